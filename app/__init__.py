@@ -1,0 +1,1 @@
+"""Sprout: efficient LLM pre-training with model growth, token selection and data mixtures."""

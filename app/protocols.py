@@ -1,0 +1,106 @@
+"""The three plugin protocols. A plugin is a small subclass of one of these.
+
+They are abstract base classes rather than ``typing.Protocol`` so that recipes can
+select them with jsonargparse's ``class_path``/``init_args`` and so that the module's
+type hints (``selector: TokenSelector``) validate a recipe before anything runs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class GrowthOperator(ABC):
+    """Turns a trained small model into a larger one (Du et al. 2024).
+
+    ``grow`` returns a new ``nn.Module`` with the target configuration's shape. Operators
+    that keep state after growth (G_random's mask ramp, G_learn's learned mapping) expose
+    it through ``state_dict``/``load_state_dict`` and advance it in ``on_train_step``.
+    """
+
+    kind: ClassVar[str] = "growth"
+
+    @abstractmethod
+    def grow(self, model: nn.Module, target: Any) -> nn.Module:
+        """Return a model shaped by ``target`` (an ``app.model.LlamaConfig``)."""
+
+    def on_train_step(self, model: nn.Module, step: int) -> None:
+        """Called after every optimizer step of the grown model (ramps, schedules)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+class TokenSelector(ABC):
+    """Decides which tokens contribute to the loss (Rho-1, Lin et al. 2024).
+
+    ``token_weights`` sees the per-token cross-entropy of the model (detached, shape
+    ``[B, T]``) and the batch; it returns weights of the same shape (0/1 for selection).
+    The module computes ``sum(w * loss) / sum(w)`` over valid tokens, so a selector never
+    touches the graph. Set ``needs_reference = True`` to receive ``batch["ref_loss"]``.
+    """
+
+    kind: ClassVar[str] = "selector"
+    needs_reference: ClassVar[bool] = False
+
+    @abstractmethod
+    def token_weights(self, token_loss: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Weights over tokens; ``batch["valid"]`` marks tokens that may count at all."""
+
+    def metrics(self) -> dict[str, float]:
+        """Scalars about the last call, logged under ``select/``."""
+        return {}
+
+
+@dataclass
+class DomainStats:
+    """What a mixture policy may know about a domain before training (from its metadata)."""
+
+    name: str
+    tokens: int
+    documents: int = 0
+    entropy: dict[str, float] = field(default_factory=dict)
+
+
+class MixturePolicy(ABC):
+    """Chooses domain proportions (BiMix, Ge et al. 2024; DoReMi).
+
+    Static policies compute weights once from ``DomainStats``. Dynamic ones
+    (``dynamic = True``) receive per-domain feedback (e.g. losses) every
+    ``update_every`` steps and keep their state in ``state_dict`` so a resume continues
+    with the same weights.
+    """
+
+    kind: ClassVar[str] = "mixture"
+    dynamic: ClassVar[bool] = False
+
+    @abstractmethod
+    def weights(
+        self,
+        step: int,
+        domains: Mapping[str, DomainStats],
+        feedback: Mapping[str, float] | None = None,
+    ) -> dict[str, float]:
+        """Return ``{domain: weight}`` over exactly ``domains``; weights sum to 1."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass
+
+
+KINDS: dict[str, type] = {
+    "growth": GrowthOperator,
+    "selector": TokenSelector,
+    "mixture": MixturePolicy,
+}
