@@ -1,0 +1,69 @@
+"""Map-style access to prepared token shards, one ``StreamingDataset`` per domain.
+
+Blocks are ``seq_len + 1`` tokens so that inputs and shifted targets come from one read.
+The streaming datasets are opened lazily, inside whichever process reads, because a
+DataLoader worker must not inherit an open reader from its parent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from litdata import StreamingDataset, TokensLoader
+from torch.utils.data import Dataset
+
+
+def open_blocks(split_dir: str | Path, block_size: int) -> StreamingDataset:
+    return StreamingDataset(str(split_dir), item_loader=TokensLoader(block_size=block_size), shuffle=False)
+
+
+class DomainBlocks(Dataset):
+    """Reads key ``(batch_no, domain, block)`` into one training sample."""
+
+    def __init__(self, split_dirs: Sequence[str | Path], block_size: int) -> None:
+        self.split_dirs = [str(d) for d in split_dirs]
+        self.block_size = block_size
+        self._datasets: list[StreamingDataset] | None = None
+
+    def sizes(self) -> list[int]:
+        return [len(open_blocks(d, self.block_size)) for d in self.split_dirs]
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
+        if self._datasets is None:
+            self._datasets = [open_blocks(d, self.block_size) for d in self.split_dirs]
+        batch_no, domain, block = key
+        tokens = self._datasets[domain][block].long()
+        return {
+            "input_ids": tokens[:-1],
+            "targets": tokens[1:],
+            "domain": torch.tensor(domain),
+            "block": torch.tensor(block),
+            "batch_no": torch.tensor(batch_no),
+        }
+
+    def __len__(self) -> int:  # keys come from the sampler; this only satisfies the Dataset API
+        return sum(self.sizes())
+
+
+class SequentialBlocks(Dataset):
+    """One domain's validation blocks in order, strided by rank so ranks share the work."""
+
+    def __init__(self, split_dir: str | Path, block_size: int, domain: int, limit: int | None, rank: int = 0, world_size: int = 1) -> None:
+        self.split_dir = str(split_dir)
+        self.block_size = block_size
+        self.domain = domain
+        total = len(open_blocks(split_dir, block_size))
+        self.indices = list(range(total))[: limit if limit else total][rank::world_size]
+        self._dataset: StreamingDataset | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self._dataset is None:
+            self._dataset = open_blocks(self.split_dir, self.block_size)
+        block = self.indices[i]
+        tokens = self._dataset[block].long()
+        return {"input_ids": tokens[:-1], "targets": tokens[1:], "domain": torch.tensor(self.domain), "block": torch.tensor(block)}

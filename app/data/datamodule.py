@@ -1,0 +1,201 @@
+"""The LightningDataModule: per-domain shards, a mixture policy, per-domain validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from app import registry
+from app.data.blocks import DomainBlocks, SequentialBlocks
+from app.data.preparation import Preparation
+from app.data.sampler import MixtureBatchSampler
+from app.data.tokenizer import Tokenizer
+from app.errors import SproutError
+from app.protocols import DomainStats, MixturePolicy
+
+META = "meta.json"
+
+
+def read_meta(domain_dir: Path) -> dict[str, Any]:
+    path = domain_dir / META
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SproutError(f"{path} is missing: {domain_dir} is not a prepared domain (or its preparation did not finish). Run tools/prepare_data.py for it.") from None
+    except json.JSONDecodeError as err:
+        raise SproutError(f"{path} is not valid JSON ({err}); re-run tools/prepare_data.py with --overwrite for this domain.") from None
+
+
+def domain_stats(name: str, meta: dict[str, Any]) -> DomainStats:
+    stats = meta.get("stats", {})
+    entropy = {k: stats[f"{k}_entropy"] for k in ("unigram", "joint", "conditional") if f"{k}_entropy" in stats}
+    if "unigram" in entropy:
+        entropy["shannon"] = entropy.pop("unigram")
+    train = meta["splits"]["train"]
+    return DomainStats(name=name, tokens=int(train["tokens"]), documents=int(train.get("documents", 0)), entropy=entropy)
+
+
+class SproutDataModule(L.LightningDataModule):
+    """Streams prepared domains (``<data_dir>/<domain>/{train,val}``) mixed by a policy.
+
+    Args:
+        data_dir: folder of prepared domains, as written by ``tools/prepare_data.py``.
+        tokenizer: the tokenizer file the shards must have been made with
+            (default ``<data_dir>/tokenizer.json``).
+        domains: domains to train on (default: every prepared domain in ``data_dir``).
+        mixture: a ``mixture`` plugin choosing domain weights (default ``natural``).
+        mixture_update_every: steps between calls to a dynamic policy.
+        seq_len: tokens per training sequence.
+        batch_size: sequences per micro-batch on each device.
+        val_blocks: validation sequences per domain (``null`` for all).
+        prepare: builds ``data_dir`` on first use when it is missing (e.g. the quick start's
+            embedded corpus); a prepared ``data_dir`` is reused.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        tokenizer: str | None = None,
+        domains: list[str] | None = None,
+        mixture: MixturePolicy | None = None,
+        mixture_update_every: int = 100,
+        seq_len: int = 256,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        val_blocks: int | None = 64,
+        num_workers: int = 0,
+        seed: int = 42,
+        prepare: Preparation | None = None,
+    ) -> None:
+        super().__init__()
+        self.data_dir = Path(data_dir).expanduser()
+        self.tokenizer_path = Path(tokenizer).expanduser() if tokenizer else self.data_dir / "tokenizer.json"
+        self.requested_domains = domains
+        self.mixture = mixture if mixture is not None else registry.create("mixture", "natural")
+        self.mixture_update_every = mixture_update_every
+        self.seq_len = seq_len
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.val_blocks = val_blocks
+        self.num_workers = num_workers
+        self.seed = seed
+        self.preparation = prepare
+        self.domains: list[str] = []
+        self.stats: dict[str, DomainStats] = {}
+        self.sampler: MixtureBatchSampler | None = None
+        self._consumed = 0  # training batches the loop has taken
+        self._resume: dict[str, Any] | None = None
+
+    # -- preparation and checks ------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.preparation is not None:
+            self.preparation.run(self.data_dir, self.tokenizer_path)
+
+    def _discover_domains(self) -> list[str]:
+        if not self.data_dir.is_dir():
+            raise SproutError(f"data.data_dir {self.data_dir} does not exist. Prepare data with tools/prepare_data.py --out_dir {self.data_dir}, or fix the path in the recipe.")
+        found = sorted(p.name for p in self.data_dir.iterdir() if (p / META).is_file())
+        if self.requested_domains is None:
+            if not found:
+                raise SproutError(f"No prepared domains (folders with {META}) in data.data_dir {self.data_dir}. Run tools/prepare_data.py first.")
+            return found
+        missing = [d for d in self.requested_domains if d not in found]
+        if missing:
+            raise SproutError(f"data.domains names {missing}, which are not prepared in {self.data_dir} (prepared: {found or 'none'}). Fix data.domains or prepare those domains.")
+        return list(self.requested_domains)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return Tokenizer.load(self.tokenizer_path)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.domains:
+            return
+        self.domains = self._discover_domains()
+        identity = self.tokenizer.identity
+        self.tokenizer_identity = identity
+        for name in self.domains:
+            meta = read_meta(self.data_dir / name)
+            shard_tok = meta.get("tokenizer", {})
+            if shard_tok.get("sha256") != identity["sha256"]:
+                raise SproutError(
+                    f"Domain {name!r} in {self.data_dir} was tokenized with {shard_tok.get('name')} (sha256 {str(shard_tok.get('sha256'))[:12]}), "
+                    f"but the recipe's tokenizer is {self.tokenizer_path} (sha256 {identity['sha256'][:12]}). Re-prepare the shards with this tokenizer or point data.tokenizer at the one they were made with."
+                )
+            self.stats[name] = domain_stats(name, meta)
+        self.train_blocks = DomainBlocks([self.data_dir / d / "train" for d in self.domains], self.seq_len + 1)
+        self.sizes = self.train_blocks.sizes()
+        world = self.trainer.world_size if self.trainer else 1
+        empty = [d for d, n in zip(self.domains, self.sizes) if n < world]
+        if empty:
+            raise SproutError(f"Domain(s) {empty} in {self.data_dir} have fewer than {world} training sequences of {self.seq_len + 1} tokens: too little data. Add data, drop the domain from data.domains, or lower data.seq_len.")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    # -- mixture ------------------------------------------------------------------------
+    def _policy_weights(self, step: int, feedback: dict[str, float] | None = None) -> list[float]:
+        weights = self.mixture.weights(step, self.stats, feedback)
+        if set(weights) != set(self.domains):
+            raise SproutError(f"The mixture policy {type(self.mixture).__name__} returned weights for {sorted(weights)} but the domains are {self.domains}. Make its weights name exactly the data domains.")
+        values = [float(weights[d]) for d in self.domains]
+        if any(not (v >= 0) for v in values) or sum(values) <= 0:
+            raise SproutError(f"The mixture policy {type(self.mixture).__name__} returned invalid weights {weights}: they must be non-negative and not all zero.")
+        total = sum(values)
+        return [v / total for v in values]
+
+    @property
+    def mixture_weights(self) -> dict[str, float]:
+        weights = self.sampler.weights if self.sampler else self._policy_weights(0)
+        return dict(zip(self.domains, weights))
+
+    def update_mixture(self, step: int, feedback: dict[str, float]) -> None:
+        """Give a dynamic policy its feedback; new weights apply from the next batch drawn."""
+        if self.sampler is None or not self.mixture.dynamic:
+            return
+        self.sampler.set_weights(self._policy_weights(step, feedback), from_batch=self.sampler.state["batch_no"])
+
+    # -- loaders ------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        self.sampler = MixtureBatchSampler(self.sizes, self._policy_weights(0), self.batch_size, seed=self.seed, rank=rank, world_size=world)
+        if self._resume is not None:
+            self.sampler.load_state(self._resume["sampler"])
+            self._consumed = self._resume["consumed"]
+            self._resume = None
+        return DataLoader(self.train_blocks, batch_sampler=self.sampler, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return [
+            DataLoader(SequentialBlocks(self.data_dir / d / "val", self.seq_len + 1, i, self.val_blocks, rank, world), batch_size=self.val_batch_size, num_workers=self.num_workers)
+            for i, d in enumerate(self.domains)
+        ]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.val_dataloader()
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.trainer is not None and self.trainer.training and "batch_no" in batch:
+            self._consumed = int(batch["batch_no"][0]) + 1
+        return batch
+
+    # -- checkpoint -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self.sampler is None:
+            return {}
+        return {"consumed": self._consumed, "sampler": self.sampler.snapshot(self._consumed), "mixture": self.mixture.state_dict(), "domains": self.domains}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        if state.get("domains") and self.domains and state["domains"] != self.domains:
+            raise SproutError(f"The checkpoint was trained on domains {state['domains']} but the recipe has {self.domains}; resume with the same data.domains.")
+        self.mixture.load_state_dict(state.get("mixture", {}))
+        self._resume = state
