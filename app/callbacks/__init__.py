@@ -1,0 +1,3 @@
+from app.callbacks.monitor import ThroughputMonitor
+
+__all__ = ["ThroughputMonitor"]

@@ -1,0 +1,90 @@
+"""``sprout``: the LightningCLI face of the application.
+
+``sprout fit|validate|test --config recipes/X.yaml`` runs a recipe; ``sprout plugins``
+lists every registered plugin. Recipes may name plugins by their registered short name
+(``class_path: rho1``); the recipe loader expands it before jsonargparse checks types.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+from jsonargparse import set_loader
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from app import registry
+from app.callbacks import ThroughputMonitor
+from app.data.datamodule import SproutDataModule
+from app.errors import SproutError
+from app.module import SproutModule
+
+RECIPE_MODE = "sprout"
+
+
+def load_recipe(text: str):
+    return registry.expand_short_names(yaml.safe_load(text))
+
+
+set_loader(RECIPE_MODE, load_recipe, exceptions=(yaml.YAMLError, SproutError))
+
+
+class SproutCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        # Always-on callbacks with their own recipe sections: `monitor:` and `checkpoint:`.
+        parser.add_lightning_class_args(ThroughputMonitor, "monitor")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "step{step:06d}", "checkpoint.auto_insert_metric_name": False})
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        lines = ["", "Training finished."]
+        ckpt = trainer.checkpoint_callback
+        if ckpt is not None and (ckpt.last_model_path or ckpt.best_model_path):
+            lines.append(f"  checkpoint:  {ckpt.last_model_path or ckpt.best_model_path}")
+        if trainer.logger is not None and trainer.logger.log_dir:
+            root = Path(trainer.logger.save_dir)
+            lines.append(f"  logs:        {trainer.logger.log_dir}")
+            lines.append(f"  TensorBoard: tensorboard --logdir {root}")
+        print("\n".join(lines))
+
+
+TRAINER_DEFAULTS = {
+    "use_distributed_sampler": False,  # the data module shards by rank itself
+    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "sprout"}},
+}
+
+
+def print_plugins() -> None:
+    rows = [(p.kind, p.name, p.package, p.doc) for p in registry.plugins()]
+    header = ("KIND", "NAME", "PACKAGE", "DESCRIPTION")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
+    try:
+        if argv[:1] == ["plugins"]:
+            print_plugins()
+            return
+        SproutCLI(
+            SproutModule,
+            SproutDataModule,
+            args=argv,
+            parser_kwargs={"parser_mode": RECIPE_MODE},
+            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [LearningRateMonitor(logging_interval="step")]},
+            save_config_kwargs={"overwrite": True},
+        )
+    except SproutError as err:
+        print(f"sprout: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""The LightningModule: one training step, its loss, optimizer and schedule.
+
+The model is plain PyTorch (``app.model``); the token selector decides which tokens
+count; everything else (data, growth, monitoring) lives in the data module and the
+callbacks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import nn
+
+from app import registry
+from app.errors import SproutError
+from app.loss import IGNORE_INDEX, token_losses
+from app.model import Llama, LlamaConfig
+from app.protocols import TokenSelector
+from app.schedule import WarmupCosine
+
+
+class SproutModule(L.LightningModule):
+    """Causal-LM pre-training of a Llama.
+
+    Args:
+        arch: a named configuration from ``app.model.CONFIGS`` (``micro``, ``tiny-llama-1.1b``, ...).
+        arch_overrides: fields of ``LlamaConfig`` to change, e.g. ``{vocab_size: 4096}``.
+        selector: a ``selector`` plugin (default ``all``: every token counts).
+        optimizer: the optimizer class and its arguments; weight decay applies to matrices only.
+        schedule: warm-up then cosine decay to ``min_lr``.
+    """
+
+    def __init__(
+        self,
+        arch: str = "micro",
+        arch_overrides: dict[str, Any] | None = None,
+        selector: TokenSelector | None = None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        schedule: WarmupCosine | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = LlamaConfig.from_name(arch, **(arch_overrides or {}))
+        self.selector = selector if selector is not None else registry.create("selector", "all")
+        self.optimizer_factory = optimizer
+        self.schedule = schedule or WarmupCosine()
+        self.model: nn.Module | None = None
+        self._val_sums: dict[int, torch.Tensor] = {}
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = Llama(self.config)
+            self.model.init_weights()
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None:
+            return
+        if dm.vocab_size > self.config.vocab_size:
+            raise SproutError(
+                f"The tokenizer {dm.tokenizer_path} has {dm.vocab_size} tokens but the model's embedding has "
+                f"vocab_size={self.config.vocab_size}. Set model.arch_overrides.vocab_size to at least {dm.vocab_size} "
+                f"(a multiple of 64 is fastest) or use the tokenizer the model was built for."
+            )
+        if dm.seq_len > self.config.block_size:
+            raise SproutError(f"data.seq_len={dm.seq_len} is longer than the model's context block_size={self.config.block_size}. Lower data.seq_len or set model.arch_overrides.block_size.")
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)
+
+    # -- training -------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = token_losses(self.model(batch["input_ids"]), batch["targets"])
+        valid = batch["targets"] != IGNORE_INDEX
+        weights = self.selector.token_weights(loss.detach(), {**batch, "valid": valid}).to(loss.dtype) * valid
+        objective = (weights * loss).sum() / weights.sum().clamp_min(1.0)
+        n_valid = valid.sum().clamp_min(1)
+        self.log("train/loss", loss.detach().masked_fill(~valid, 0).sum() / n_valid, prog_bar=True)
+        self.log("select/fraction", (weights > 0).sum() / n_valid)
+        for name, value in self.selector.metrics().items():
+            self.log(f"select/{name}", value)
+        return objective
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        peak = optimizer.param_groups[0]["lr"]
+        max_steps = self.schedule.max_steps or self.trainer.max_steps
+        if max_steps is None or max_steps < 0:
+            raise SproutError("The LR schedule needs a length: set trainer.max_steps or model.schedule.max_steps in the recipe.")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.schedule.factor(step, peak, max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -- validation: per domain, token-weighted --------------------------------------------
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        loss = token_losses(self.model(batch["input_ids"]), batch["targets"])
+        valid = batch["targets"] != IGNORE_INDEX
+        sums = torch.stack([loss.masked_fill(~valid, 0).sum(), valid.sum().to(loss.dtype)])
+        self._val_sums[dataloader_idx] = self._val_sums.get(dataloader_idx, 0) + sums.detach().double()
+
+    test_step = validation_step
+
+    def on_validation_epoch_end(self) -> None:
+        domains = self._domain_names()
+        per_domain = {}
+        for idx, sums in sorted(self._val_sums.items()):
+            total = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            per_domain[domains[idx]] = (total[0] / total[1].clamp_min(1)).float()
+        self._val_sums = {}
+        prefix = "test" if self.trainer.testing else "val"
+        for name, value in per_domain.items():
+            self.log(f"{prefix}/loss/{name}", value, sync_dist=False)
+        if per_domain:
+            self.log(f"{prefix}/loss", torch.stack(list(per_domain.values())).mean(), prog_bar=True, sync_dist=False)
+
+    on_test_epoch_end = on_validation_epoch_end
+
+    def _domain_names(self) -> list[str]:
+        dm = getattr(self.trainer, "datamodule", None)
+        return list(getattr(dm, "domains", [])) or [str(i) for i in range(len(self._val_sums))]
+
+    # -- checkpoint -------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        checkpoint["sprout"] = {"model_config": self.config.to_dict(), "tokenizer": getattr(dm, "tokenizer_identity", None)}
