@@ -76,7 +76,7 @@ def main(args: list[str] | None = None) -> None:
         SproutCLI(
             SproutModule,
             SproutDataModule,
-            args=argv,
+            args=args,
             parser_kwargs={"parser_mode": RECIPE_MODE},
             trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [LearningRateMonitor(logging_interval="step")]},
             save_config_kwargs={"overwrite": True},

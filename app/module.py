@@ -98,7 +98,7 @@ class SproutModule(L.LightningModule):
         if max_steps is None or max_steps < 0:
             raise SproutError("The LR schedule needs a length: set trainer.max_steps or model.schedule.max_steps in the recipe.")
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.schedule.factor(step, peak, max_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
     # -- validation: per domain, token-weighted --------------------------------------------
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
