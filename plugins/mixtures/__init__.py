@@ -1,0 +1,1 @@
+"""Built-in mixture policies; each registers under ``mixture.<name>`` in pyproject.toml."""
