@@ -1,0 +1,126 @@
+"""When to grow: the growth-timing guideline of "Stacking Your Transformers" (Du et al. 2024).
+
+For a target model of N parameters trained on D tokens (compute C = 6 N D FLOPs), the paper fits
+the number of tokens d to train the small model before stacking it by g = 4 as
+
+    log10(d) = 0.88 * log10(N) + 163.27 / log10(C) - 5.74
+
+    python tools/growth_plan.py --params 7B --tokens 2T --config llama-7b-32l --write_recipe growth.yaml
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from pathlib import Path
+
+from jsonargparse import ArgumentParser
+
+from app.errors import SproutError
+
+GROWTH_FACTOR = 4  # the paper's recommended g
+SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+
+
+def parse_count(text: str | float | int, option: str) -> float:
+    """``7e9``, ``7000000000``, ``7B``, ``1.1b``, ``2T``, ``500M`` -> a float count."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([kKmMbBgGtT]?)\s*", str(text))
+    if not match or float(match.group(1)) <= 0:
+        raise SproutError(f"{option} {text!r} is not a positive count; write it as 7e9, 7000000000, 7B, 500M or 2T.")
+    return float(match.group(1)) * SUFFIXES[match.group(2).upper()]
+
+
+def format_count(n: float) -> str:
+    for suffix, unit in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= unit:
+            return f"{n / unit:.2f}{suffix}"
+    return f"{n:.0f}"
+
+
+def growth_tokens(params: float, tokens: float) -> float:
+    """Tokens d to train the small model before growth, for a target of ``params`` trained on ``tokens``."""
+    compute = 6.0 * params * tokens
+    return 10 ** (0.88 * math.log10(params) + 163.27 / math.log10(compute) - 5.74)
+
+
+def small_config(name: str, factor: int):
+    """The target named ``name`` with ``1/factor`` of its layers, and that shape's name if the table has it."""
+    from app.model.config import CONFIGS, LlamaConfig
+
+    target = LlamaConfig.from_name(name)
+    if target.n_layer % factor:
+        divisors = [g for g in range(2, target.n_layer + 1) if target.n_layer % g == 0]
+        raise SproutError(
+            f"--config {name} has {target.n_layer} layers, which growth factor {factor} does not divide, so stacking cannot reach it. "
+            f"Use --factor from {divisors} or a target with a multiple of {factor} layers (e.g. llama-1.1b-24l instead of tiny-llama-1.1b)."
+        )
+    small = target.replace(n_layer=target.n_layer // factor)
+    small_name = next((k for k, v in CONFIGS.items() if LlamaConfig.from_dict(v) == small), None)
+    return target, small, small_name
+
+
+def growth_stanza(at_tokens: float, factor: int, target: str | None) -> str:
+    target_field = f", target: {target}" if target else ""
+    return f"growth: {{operator: gstack, factor: {factor}, at_tokens: {round(at_tokens)}{target_field}}}\n"
+
+
+def main(tokens: str, params: str | None = None, config: str | None = None, factor: int = GROWTH_FACTOR, write_recipe: str | None = None) -> float:
+    """Print the plan and optionally write the growth stanza; return d."""
+    if factor < 2:
+        raise SproutError(f"--factor must be at least 2, got {factor}.")
+    shapes = small_config(config, factor) if config else None
+    if params is not None:
+        n = parse_count(params, "--params")
+    elif shapes is not None:
+        from app.model.config import param_count
+
+        n = float(param_count(shapes[0]))
+    else:
+        raise SproutError("Give the target size with --params (e.g. 7B) or a model shape with --config NAME.")
+    d_total = parse_count(tokens, "--tokens")
+    d = growth_tokens(n, d_total)
+
+    print(f"target: N = {format_count(n)} parameters, D = {format_count(d_total)} tokens, C = 6ND = {6 * n * d_total:.3e} FLOPs")
+    print(f"grow after d = {format_count(d)} tokens ({d:.4g}) on the small model")
+    if factor == GROWTH_FACTOR:
+        print(f"growth factor g = {factor} (the paper's recommendation), operator gstack")
+    else:
+        print(f"growth factor g = {factor} (the paper recommends {GROWTH_FACTOR}), operator gstack")
+    if d >= d_total:
+        print("warning: d >= D: at this scale the guideline's fit (made on runs of LLM scale) extrapolates past the whole budget; choose d from a small sweep instead.")
+    if shapes is not None:
+        target, small, small_name = shapes
+        print(f"target shape {config}: {target.n_layer} layers x {target.n_embd} wide, {target.n_head} heads, {target.n_kv_head} KV heads")
+        print(f"small shape {small_name or '(' + config + ' with n_layer=' + str(small.n_layer) + ')'}: {small.n_layer} layers x {small.n_embd} wide (same width)")
+    stanza = growth_stanza(d, factor, config)
+    print("\n" + stanza, end="")
+    if write_recipe:
+        Path(write_recipe).parent.mkdir(parents=True, exist_ok=True)
+        header = f"# tools/growth_plan.py --params {format_count(n)} --tokens {format_count(d_total)}" + (f" --config {config}" if config else "") + "\n"
+        Path(write_recipe).write_text(header + stanza)
+        print(f"wrote {write_recipe}")
+    return d
+
+
+def parser() -> ArgumentParser:
+    p = ArgumentParser(
+        prog="growth_plan.py",
+        description="Growth timing from Du et al. 2024: log10(d) = 0.88 log10(N) + 163.27 / log10(6ND) - 5.74 gives the tokens d "
+        "to train a small model (1/g of the layers, same width) before stacking it g = 4 times into the target.",
+    )
+    p.add_argument("--params", type=str | None, default=None, help="Target model parameters N: 7e9, 7B, 1.1B ... (default: counted from --config).")
+    p.add_argument("--tokens", type=str, required=True, help="Tokens D the target model trains on: 2T, 15T, 3e12 ...")
+    p.add_argument("--config", type=str | None, default=None, help="Target shape name from app.model.config.CONFIGS (e.g. llama-7b-32l); prints the small model's shape.")
+    p.add_argument("--factor", type=int, default=GROWTH_FACTOR, help="Growth factor g (layers of target / layers of small model).")
+    p.add_argument("--write_recipe", type=str | None, default=None, help="Write the growth stanza as YAML to this path.")
+    return p
+
+
+if __name__ == "__main__":
+    args = parser().parse_args()
+    try:
+        main(**args.as_dict())
+    except SproutError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
