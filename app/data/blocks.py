@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from litdata import StreamingDataset, TokensLoader
 from torch.utils.data import Dataset
+
+from app.reference import open_scores
 
 
 def open_blocks(split_dir: str | Path, block_size: int) -> StreamingDataset:
@@ -20,12 +23,18 @@ def open_blocks(split_dir: str | Path, block_size: int) -> StreamingDataset:
 
 
 class DomainBlocks(Dataset):
-    """Reads key ``(batch_no, domain, block)`` into one training sample."""
+    """Reads key ``(batch_no, domain, block)`` into one training sample.
 
-    def __init__(self, split_dirs: Sequence[str | Path], block_size: int) -> None:
+    With ``score_dirs`` (offline reference scores, one folder per domain, see
+    ``app.reference``) a sample also carries ``ref_loss``, the reference's loss on its targets.
+    """
+
+    def __init__(self, split_dirs: Sequence[str | Path], block_size: int, score_dirs: Sequence[str | Path] | None = None) -> None:
         self.split_dirs = [str(d) for d in split_dirs]
         self.block_size = block_size
+        self.score_dirs = [str(d) for d in score_dirs] if score_dirs is not None else None
         self._datasets: list[StreamingDataset] | None = None
+        self._scores: list[np.ndarray] | None = None
 
     def sizes(self) -> list[int]:
         return [len(open_blocks(d, self.block_size)) for d in self.split_dirs]
@@ -35,13 +44,18 @@ class DomainBlocks(Dataset):
             self._datasets = [open_blocks(d, self.block_size) for d in self.split_dirs]
         batch_no, domain, block = key
         tokens = self._datasets[domain][block].long()
-        return {
+        sample = {
             "input_ids": tokens[:-1],
             "targets": tokens[1:],
             "domain": torch.tensor(domain),
             "block": torch.tensor(block),
             "batch_no": torch.tensor(batch_no),
         }
+        if self.score_dirs is not None:
+            if self._scores is None:
+                self._scores = [open_scores(Path(d)) for d in self.score_dirs]
+            sample["ref_loss"] = torch.from_numpy(self._scores[domain][block].astype(np.float32))
+        return sample
 
     def __len__(self) -> int:  # keys come from the sampler; this only satisfies the Dataset API
         return sum(self.sizes())
