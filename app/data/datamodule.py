@@ -17,6 +17,7 @@ from app.data.sampler import MixtureBatchSampler
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.protocols import DomainStats, MixturePolicy
+from app.reference import check_scores, describe, scores_folder
 
 META = "meta.json"
 
@@ -55,6 +56,9 @@ class SproutDataModule(L.LightningDataModule):
         val_blocks: validation sequences per domain (``null`` for all).
         prepare: builds ``data_dir`` on first use when it is missing (e.g. the quick start's
             embedded corpus); a prepared ``data_dir`` is reused.
+        reference_scores: folder of offline reference losses written by
+            ``tools/score_reference.py`` for these domains; training samples then carry
+            ``ref_loss`` and Rho-1 needs no reference forward pass.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class SproutDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 42,
         prepare: Preparation | None = None,
+        reference_scores: str | None = None,
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
@@ -85,6 +90,8 @@ class SproutDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.preparation = prepare
+        self.reference_scores = Path(reference_scores).expanduser() if reference_scores else None
+        self.reference_scores_identity: dict[str, Any] | None = None  # the reference that made them
         self.domains: list[str] = []
         self.stats: dict[str, DomainStats] = {}
         self.sampler: MixtureBatchSampler | None = None
@@ -134,6 +141,22 @@ class SproutDataModule(L.LightningDataModule):
         empty = [d for d, n in zip(self.domains, self.sizes) if n < world]
         if empty:
             raise SproutError(f"Domain(s) {empty} in {self.data_dir} have fewer than {world} training sequences of {self.seq_len + 1} tokens: too little data. Add data, drop the domain from data.domains, or lower data.seq_len.")
+        if self.reference_scores is not None:
+            self._use_reference_scores(identity)
+
+    def _use_reference_scores(self, tokenizer: dict[str, Any]) -> None:
+        """Check every domain's offline reference scores and have training samples carry them."""
+        metas = [check_scores(self.reference_scores, d, self.data_dir / d / "train", tokenizer, self.seq_len + 1, n) for d, n in zip(self.domains, self.sizes)]
+        first = metas[0]["reference"]
+        for name, meta in zip(self.domains, metas):
+            if meta["reference"]["sha256"] != first["sha256"]:
+                raise SproutError(
+                    f"data.reference_scores={self.reference_scores} mixes reference models: domain {self.domains[0]!r} was scored by "
+                    f"{describe(first)} but domain {name!r} by {describe(meta['reference'])}. Re-score the domains with one reference."
+                )
+        self.reference_scores_identity = first
+        score_dirs = [scores_folder(self.reference_scores, d, "train") for d in self.domains]
+        self.train_blocks = DomainBlocks([self.data_dir / d / "train" for d in self.domains], self.seq_len + 1, score_dirs)
 
     @property
     def vocab_size(self) -> int:
