@@ -19,6 +19,7 @@ from app.errors import SproutError
 from app.loss import IGNORE_INDEX, token_losses
 from app.model import Llama, LlamaConfig
 from app.protocols import TokenSelector
+from app.reference import Reference, describe, path_sha256
 from app.schedule import WarmupCosine
 
 
@@ -31,6 +32,10 @@ class SproutModule(L.LightningModule):
         selector: a ``selector`` plugin (default ``all``: every token counts).
         optimizer: the optimizer class and its arguments; weight decay applies to matrices only.
         schedule: warm-up then cosine decay to ``min_lr``.
+        reference: a reference model for selectors that compare against one (``rho1``): a Sprout
+            ``.ckpt`` or a Hugging Face Llama folder. It scores every batch online (one extra
+            no-grad forward) unless ``data.reference_scores`` holds offline scores, which must
+            then have been made by this same reference.
     """
 
     def __init__(
@@ -40,12 +45,15 @@ class SproutModule(L.LightningModule):
         selector: TokenSelector | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         schedule: WarmupCosine | None = None,
+        reference: str | None = None,
     ) -> None:
         super().__init__()
         self.config = LlamaConfig.from_name(arch, **(arch_overrides or {}))
         self.selector = selector if selector is not None else registry.create("selector", "all")
         self.optimizer_factory = optimizer
         self.schedule = schedule or WarmupCosine()
+        self.reference_path = reference
+        self.reference: Reference | None = None
         self.model: nn.Module | None = None
         self._val_sums: dict[int, torch.Tensor] = {}
 
@@ -56,6 +64,8 @@ class SproutModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and self.reference is None:
+            self._setup_reference(dm)
         if dm is None:
             return
         if dm.vocab_size > self.config.vocab_size:
@@ -67,6 +77,27 @@ class SproutModule(L.LightningModule):
         if dm.seq_len > self.config.block_size:
             raise SproutError(f"data.seq_len={dm.seq_len} is longer than the model's context block_size={self.config.block_size}. Lower data.seq_len or set model.arch_overrides.block_size.")
 
+    def _setup_reference(self, dm: Any) -> None:
+        """Reference losses come from offline scores in the batch, else from a frozen model online."""
+        offline = getattr(dm, "reference_scores_identity", None)
+        if offline is not None:
+            sha = path_sha256(self.reference_path) if self.reference_path is not None else offline["sha256"]
+            if sha != offline["sha256"]:
+                raise SproutError(
+                    f"data.reference_scores={dm.reference_scores} were made by the reference {describe(offline)}, but model.reference is "
+                    f"{self.reference_path} (sha256 {sha[:12]}). Re-score the data with model.reference, or fix one of the two options."
+                )
+            return
+        if self.reference_path is not None:
+            self.reference = Reference(self.reference_path, self.config.vocab_size, getattr(dm, "tokenizer_identity", None))
+            if dm is not None and dm.seq_len > self.reference.block_size:
+                raise SproutError(f"data.seq_len={dm.seq_len} is longer than the context block_size={self.reference.block_size} of the reference model {self.reference_path}. Lower data.seq_len or use a reference trained for longer sequences.")
+        elif self.selector.needs_reference:
+            raise SproutError(
+                f"The selector {type(self.selector).__name__} needs reference losses: set model.reference to a reference model checkpoint "
+                "(scored online every step) or data.reference_scores to a folder written by tools/score_reference.py (offline, no extra cost)."
+            )
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
 
@@ -74,14 +105,29 @@ class SproutModule(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = token_losses(self.model(batch["input_ids"]), batch["targets"])
         valid = batch["targets"] != IGNORE_INDEX
+        if self.reference is not None and "ref_loss" not in batch:
+            batch = {**batch, "ref_loss": self.reference.losses(batch["input_ids"], batch["targets"], next(self.model.parameters()).dtype)}
         weights = self.selector.token_weights(loss.detach(), {**batch, "valid": valid}).to(loss.dtype) * valid
         objective = (weights * loss).sum() / weights.sum().clamp_min(1.0)
         n_valid = valid.sum().clamp_min(1)
         self.log("train/loss", loss.detach().masked_fill(~valid, 0).sum() / n_valid, prog_bar=True)
         self.log("select/fraction", (weights > 0).sum() / n_valid)
+        if "domain" in batch:
+            self._log_kept_share(weights, batch["domain"])
         for name, value in self.selector.metrics().items():
             self.log(f"select/{name}", value)
         return objective
+
+    def _log_kept_share(self, weights: torch.Tensor, domain: torch.Tensor) -> None:
+        """Which domains the kept tokens come from: ``select/kept_share/<domain>`` sums to 1."""
+        names = list(getattr(getattr(self.trainer, "datamodule", None), "domains", []))
+        if not names:
+            return
+        kept = (weights > 0).sum(dim=1).float()
+        per_domain = torch.zeros(len(names), device=kept.device).index_add_(0, domain, kept)
+        share = per_domain / per_domain.sum().clamp_min(1)
+        for i, name in enumerate(names):
+            self.log(f"select/kept_share/{name}", share[i])
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.parameters() if p.grad is not None]
