@@ -130,7 +130,7 @@ class Llama(nn.Module):
 
     def reset_rope(self) -> None:
         """Rebuild the RoPE tables in fp32 (after ``to_empty()`` or a cast to a low-precision dtype)."""
-        self.rope_cos, self.rope_sin = rope_tables(self.config, self.rope_cos.device)
+        self.rope_cos, self.rope_sin = rope_tables(self.config, self.tok_embeddings.weight.device)
 
     def init_weights(self) -> None:
         """Normal(0, init_std) for every matrix, with the residual projections ``wo`` and ``w2``

@@ -1,0 +1,169 @@
+"""Load a trained Llama from whatever checkpoint a user points at, or say clearly why not.
+
+Growth sources, Rho-1 reference models, export and evaluation all start from a path; this is the
+one reader, so every format Sprout writes (and Hugging Face folders) works everywhere.
+A Sprout checkpoint is a dict with ``state_dict`` (keys ``model.<Llama key>``, as the
+LightningModule holds the model as ``self.model``) and ``sprout`` metadata
+(``model_config``, ``tokenizer`` identity, ...).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+
+import torch
+
+from app.errors import SproutError
+from app.hf import read_hf
+from app.model import Llama, LlamaConfig
+from app.model.attention import flash_available
+
+FORMATS = (
+    "a Lightning .ckpt file written by `sprout fit` (or by tools/import_hf.py), "
+    "a Lightning distributed-checkpoint folder (.metadata, *.distcp and meta.pt), "
+    "or a Hugging Face LlamaForCausalLM folder (config.json + safetensors)"
+)
+PREFIX = "model."
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", config: LlamaConfig | None = None) -> tuple[Llama, dict]:
+    """The model stored at ``path`` and the checkpoint's ``sprout`` metadata.
+
+    ``config`` overrides the stored config (e.g. another attention backend); its tensor shapes
+    must match the checkpoint's. A stored ``attention: flash`` becomes ``auto`` where flash-attn
+    is missing (same function), so a GPU run's checkpoint loads on a CPU machine.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise SproutError(f"Checkpoint {path} does not exist; pass {FORMATS}.")
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            hf_config, state = read_hf(path, map_location)
+            meta = {"model_config": hf_config.to_dict(), "tokenizer": _folder_tokenizer(path), "source": str(path)}
+        elif (path / ".metadata").is_file():
+            state, meta = _read_distributed(path, map_location)
+        else:
+            raise SproutError(f"Checkpoint folder {path} is in no format Sprout reads; pass {FORMATS}.")
+    else:
+        state, meta = _read_file(path, map_location)
+    stored = _stored_config(meta, path)
+    if stored.attention == "flash" and not flash_available():
+        stored = stored.replace(attention="auto")
+    return build_model(config or stored, state, path), meta
+
+
+def build_model(config: LlamaConfig, state_dict: dict[str, torch.Tensor], source: str | os.PathLike) -> Llama:
+    """A ``Llama`` holding exactly ``state_dict``'s tensors (no copy, their device and dtype).
+
+    Built on the meta device and filled with ``assign=True``, so a large model is never
+    initialised only to be overwritten.
+    """
+    with torch.device("meta"):
+        model = Llama(config)
+    expected = model.state_dict()
+    state = dict(state_dict)
+    if config.tie_embeddings:
+        state.pop("output.weight", None)
+        expected.pop("output.weight")
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        details = "; ".join(
+            part for part in (
+                f"missing {len(missing)} tensor(s), e.g. {', '.join(missing[:3])}" if missing else "",
+                f"{len(unexpected)} unexpected tensor(s), e.g. {', '.join(unexpected[:3])}" if unexpected else "",
+            ) if part
+        )
+        raise SproutError(
+            f"Checkpoint {source} does not match the model config ({_describe(config)}): {details}. "
+            "The file is incomplete or was written for another model; use the matching checkpoint or config."
+        )
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            raise SproutError(
+                f"Checkpoint {source}: tensor {name} has shape {tuple(state[name].shape)} but the model config "
+                f"({_describe(config)}) needs {tuple(tensor.shape)}; the checkpoint was written for another model shape."
+            )
+    model.load_state_dict(state, strict=False, assign=True)
+    if config.tie_embeddings:
+        model.output.weight = model.tok_embeddings.weight
+    model.reset_rope()
+    return model
+
+
+def save_model(model: Llama, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write ``model`` as a Sprout checkpoint ``load_model`` reads (atomically: temp file + rename)."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {
+        "state_dict": {PREFIX + k: v for k, v in model.state_dict().items()},
+        "sprout": {**(meta or {}), "model_config": model.config.to_dict()},
+    }
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _read_file(path: Path, map_location) -> tuple[dict[str, torch.Tensor], dict]:
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        raise SproutError(
+            f"Checkpoint {path} holds Python objects other than tensors and plain data, which Sprout (like Lightning) refuses "
+            f"to unpickle for safety ({str(error).splitlines()[0]}). Load it only if you trust it, and re-save its state_dict."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise SproutError(
+            f"Cannot read checkpoint {path}: {str(error).splitlines()[0]}. The file is truncated or not a PyTorch checkpoint; "
+            f"use an earlier checkpoint of the run, or pass {FORMATS}."
+        ) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise SproutError(f"{path} is a PyTorch file but not a Lightning checkpoint (no `state_dict` entry); pass {FORMATS}.")
+    return _model_tensors(checkpoint["state_dict"]), checkpoint.get("sprout")
+
+
+def _read_distributed(path: Path, map_location) -> tuple[dict[str, torch.Tensor], dict]:
+    """Gather a sharded (torch.distributed.checkpoint) Lightning checkpoint into full tensors in
+    this process; only the model's tensors are read, not the optimizer state."""
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*single process")
+            checkpoint = _load_state_dict_from_keys(keys={"state_dict"}, checkpoint_id=path)
+        extra = torch.load(path / "meta.pt", map_location="cpu", weights_only=True) if (path / "meta.pt").is_file() else {}
+    except Exception as error:  # DCP wraps reader failures in its own CheckpointException
+        raise SproutError(f"Cannot read distributed checkpoint {path}: {str(error).splitlines()[0]}. A shard is missing or truncated; use an earlier checkpoint.") from None
+    state = {k: v.to(map_location) for k, v in _model_tensors(checkpoint.get("state_dict", {})).items()}
+    return state, extra.get("sprout")
+
+
+def _model_tensors(state_dict: dict) -> dict[str, torch.Tensor]:
+    return {k[len(PREFIX):]: v for k, v in state_dict.items() if k.startswith(PREFIX)}
+
+
+def _stored_config(meta: dict | None, path: Path) -> LlamaConfig:
+    if not isinstance(meta, dict) or "model_config" not in meta:
+        raise SproutError(
+            f"Checkpoint {path} has no `sprout.model_config` entry, so its model shape is unknown; it was not written by "
+            "`sprout fit` or tools/import_hf.py. Re-export it with one of those, or pass a Hugging Face folder."
+        )
+    return LlamaConfig.from_dict(meta["model_config"])
+
+
+def _folder_tokenizer(folder: Path) -> dict | None:
+    """Identity of the tokenizer shipped in an HF folder, so data made with it can be matched."""
+    from app.data.tokenizer import Tokenizer
+
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
+        return None
+    return Tokenizer.load(folder).identity
+
+
+def _describe(config: LlamaConfig) -> str:
+    c = config
+    return f"n_layer={c.n_layer}, n_embd={c.n_embd}, n_head={c.n_head}, n_kv_head={c.n_kv_head}, intermediate_size={c.intermediate_size}, vocab_size={c.vocab_size}"
