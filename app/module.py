@@ -92,9 +92,10 @@ class SproutModule(L.LightningModule):
             self.reference = Reference(self.reference_path, self.config.vocab_size, getattr(dm, "tokenizer_identity", None))
             if dm is not None and dm.seq_len > self.reference.block_size:
                 raise SproutError(f"data.seq_len={dm.seq_len} is longer than the context block_size={self.reference.block_size} of the reference model {self.reference_path}. Lower data.seq_len or use a reference trained for longer sequences.")
-        elif self.selector.needs_reference:
+        elif self.selector.needs_reference or getattr(getattr(dm, "mixture", None), "needs_reference", False):
+            who = f"selector {type(self.selector).__name__}" if self.selector.needs_reference else f"mixture {type(dm.mixture).__name__}"
             raise SproutError(
-                f"The selector {type(self.selector).__name__} needs reference losses: set model.reference to a reference model checkpoint "
+                f"The {who} needs reference losses: set model.reference to a reference model checkpoint "
                 "(scored online every step) or data.reference_scores to a folder written by tools/score_reference.py (offline, no extra cost)."
             )
 
@@ -102,7 +103,7 @@ class SproutModule(L.LightningModule):
         return self.model(input_ids)
 
     # -- training -------------------------------------------------------------------------
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         loss = token_losses(self.model(batch["input_ids"]), batch["targets"])
         valid = batch["targets"] != IGNORE_INDEX
         if self.reference is not None and "ref_loss" not in batch:
@@ -116,7 +117,11 @@ class SproutModule(L.LightningModule):
             self._log_kept_share(weights, batch["domain"])
         for name, value in self.selector.metrics().items():
             self.log(f"select/{name}", value)
-        return objective
+        # token losses go to the callbacks, e.g. the feedback of a dynamic mixture
+        out = {"loss": objective, "token_loss": loss.detach()}
+        if "ref_loss" in batch:
+            out["ref_loss"] = batch["ref_loss"]
+        return out
 
     def _log_kept_share(self, weights: torch.Tensor, domain: torch.Tensor) -> None:
         """Which domains the kept tokens come from: ``select/kept_share/<domain>`` sums to 1."""
