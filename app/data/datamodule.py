@@ -50,7 +50,6 @@ class SproutDataModule(L.LightningDataModule):
             (default ``<data_dir>/tokenizer.json``).
         domains: domains to train on (default: every prepared domain in ``data_dir``).
         mixture: a ``mixture`` plugin choosing domain weights (default ``natural``).
-        mixture_update_every: steps between calls to a dynamic policy.
         seq_len: tokens per training sequence.
         batch_size: sequences per micro-batch on each device.
         val_blocks: validation sequences per domain (``null`` for all).
@@ -67,7 +66,6 @@ class SproutDataModule(L.LightningDataModule):
         tokenizer: str | None = None,
         domains: list[str] | None = None,
         mixture: MixturePolicy | None = None,
-        mixture_update_every: int = 100,
         seq_len: int = 256,
         batch_size: int = 8,
         val_batch_size: int | None = None,
@@ -82,7 +80,6 @@ class SproutDataModule(L.LightningDataModule):
         self.tokenizer_path = Path(tokenizer).expanduser() if tokenizer else self.data_dir / "tokenizer.json"
         self.requested_domains = domains
         self.mixture = mixture if mixture is not None else registry.create("mixture", "natural")
-        self.mixture_update_every = mixture_update_every
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
@@ -179,7 +176,8 @@ class SproutDataModule(L.LightningDataModule):
         return dict(zip(self.domains, weights))
 
     def update_mixture(self, step: int, feedback: dict[str, float]) -> None:
-        """Give a dynamic policy its feedback; new weights apply from the next batch drawn."""
+        """Give a dynamic policy its feedback (``app.callbacks.MixtureFeedback`` calls this every
+        ``mixture.update_every`` steps); new weights apply from the next batch drawn."""
         if self.sampler is None or not self.mixture.dynamic:
             return
         self.sampler.set_weights(self._policy_weights(step, feedback), from_batch=self.sampler.state["batch_no"])
