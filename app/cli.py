@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from app import registry
-from app.callbacks import ThroughputMonitor
+from app.callbacks import MixtureFeedback, ThroughputMonitor
 from app.data.datamodule import SproutDataModule
 from app.errors import SproutError
 from app.module import SproutModule
@@ -78,7 +78,7 @@ def main(args: list[str] | None = None) -> None:
             SproutDataModule,
             args=args,
             parser_kwargs={"parser_mode": RECIPE_MODE},
-            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [LearningRateMonitor(logging_interval="step")]},
+            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [LearningRateMonitor(logging_interval="step"), MixtureFeedback()]},
             save_config_kwargs={"overwrite": True},
         )
     except SproutError as err:

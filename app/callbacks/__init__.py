@@ -1,3 +1,4 @@
+from app.callbacks.mixture_feedback import MixtureFeedback
 from app.callbacks.monitor import ThroughputMonitor
 
-__all__ = ["ThroughputMonitor"]
+__all__ = ["MixtureFeedback", "ThroughputMonitor"]

@@ -91,8 +91,8 @@ class DoReMi(MixturePolicy):
         return {d: s / self.updates for d, s in self.alpha_sum.items()}
 
     def metrics(self) -> dict[str, float]:
-        """Last excess loss and time-averaged weight per domain, for logging."""
-        return {**{f"excess/{d}": v for d, v in self.excess.items()}, **{f"average/{d}": v for d, v in self.average.items()}}
+        """The time-averaged weight per domain, for logging."""
+        return {f"average/{d}": v for d, v in self.average.items()}
 
     def report(self) -> str:
         """The time-averaged weights as a recipe snippet for a ``fixed`` mixture."""

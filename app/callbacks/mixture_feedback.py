@@ -1,0 +1,93 @@
+"""The feedback path of dynamic mixtures: per-domain losses from training back to the policy.
+
+Every training batch adds, per domain, the summed per-token loss (minus the reference loss,
+clipped at 0, when the policy ``needs_reference``, as DoReMi does) and the token count.
+Every ``update_every`` optimizer steps of the policy the sums are added up across ranks, so
+all ranks hand the policy the same feedback and get the same weights, then turned into
+per-domain means and given to ``datamodule.update_mixture``. The sums since the last update
+are this callback's checkpoint state, so a resumed run makes the same updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from app.errors import SproutError
+from app.loss import IGNORE_INDEX
+
+
+class MixtureFeedback(L.Callback):
+    """Feeds a dynamic mixture policy the mean (excess) loss per domain since its last update.
+
+    Does nothing for static policies. The policy sets the cadence with its ``update_every``.
+    """
+
+    def __init__(self) -> None:
+        self.sums: torch.Tensor | None = None  # [2, domains] float64: loss sums, token counts
+        self.last_update = 0
+
+    @staticmethod
+    def _policy(trainer: L.Trainer):
+        policy = getattr(getattr(trainer, "datamodule", None), "mixture", None)
+        return policy if getattr(policy, "dynamic", False) else None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        policy = self._policy(trainer)
+        if policy is None:
+            return
+        every = getattr(policy, "update_every", None)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise SproutError(f"The dynamic mixture policy {type(policy).__name__} has update_every={every!r}; a dynamic policy must set update_every to a positive number of steps between weight updates.")
+        n = len(trainer.datamodule.domains)
+        if self.sums is None:
+            self.sums = torch.zeros(2, n, dtype=torch.float64)
+        elif self.sums.shape != (2, n):
+            raise SproutError(f"The checkpoint's mixture feedback covers {self.sums.shape[1]} domains but data.domains has {n}; resume with the same data.domains.")
+        self.sums = self.sums.to(pl_module.device)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        policy = self._policy(trainer)
+        if policy is None:
+            return
+        if not isinstance(outputs, Mapping) or "token_loss" not in outputs:
+            raise SproutError(f"A dynamic mixture ({type(policy).__name__}) needs the per-token losses of each step, but {type(pl_module).__name__}.training_step returned no 'token_loss'. Use SproutModule or return {{'loss': ..., 'token_loss': ...}}.")
+        loss = outputs["token_loss"].double()
+        if getattr(policy, "needs_reference", False):
+            if "ref_loss" not in outputs:
+                raise SproutError(f"The mixture policy {type(policy).__name__} needs reference losses: set model.reference to a reference checkpoint (scored online) or data.reference_scores to offline scores from tools/score_reference.py.")
+            loss = (loss - outputs["ref_loss"].double()).clamp_min(0)
+        valid = batch["targets"] != IGNORE_INDEX
+        rows = torch.stack([(loss * valid).sum(dim=1), valid.sum(dim=1).double()])
+        self.sums.index_add_(1, batch["domain"].to(self.sums.device), rows.to(self.sums.device))
+
+        step = trainer.global_step
+        if step % policy.update_every or step == self.last_update:
+            return  # not an update step, or a later micro-batch of the step that already updated
+        total = trainer.strategy.reduce(self.sums.clone(), reduce_op="sum").cpu()
+        dm = trainer.datamodule
+        feedback = {d: float(total[0, i] / total[1, i]) for i, d in enumerate(dm.domains) if total[1, i] > 0}
+        dm.update_mixture(step, feedback)
+        self.sums.zero_()
+        self.last_update = step
+        for domain, value in feedback.items():
+            pl_module.log(f"mixture/feedback/{domain}", value)
+        for name, value in getattr(policy, "metrics", dict)().items():
+            pl_module.log(f"mixture/{name}", value)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        policy = self._policy(trainer)
+        report = getattr(policy, "report", None)
+        if callable(report):
+            rank_zero_info(report())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": None if self.sums is None else self.sums.cpu(), "last_update": self.last_update}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.sums = state_dict["sums"]
+        self.last_update = int(state_dict["last_update"])
