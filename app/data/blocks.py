@@ -43,7 +43,7 @@ class DomainBlocks(Dataset):
         if self._datasets is None:
             self._datasets = [open_blocks(d, self.block_size) for d in self.split_dirs]
         batch_no, domain, block = key
-        tokens = self._datasets[domain][block].long()
+        tokens = torch.as_tensor(self._datasets[domain][block]).long()
         sample = {
             "input_ids": tokens[:-1],
             "targets": tokens[1:],
@@ -79,5 +79,5 @@ class SequentialBlocks(Dataset):
         if self._dataset is None:
             self._dataset = open_blocks(self.split_dir, self.block_size)
         block = self.indices[i]
-        tokens = self._dataset[block].long()
+        tokens = torch.as_tensor(self._dataset[block]).long()
         return {"input_ids": tokens[:-1], "targets": tokens[1:], "domain": torch.tensor(self.domain), "block": torch.tensor(block)}
