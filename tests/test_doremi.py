@@ -1,0 +1,103 @@
+import math
+
+import pytest
+import yaml
+
+from app import registry
+from app.errors import SproutError
+from app.protocols import DomainStats
+from plugins.mixtures.doremi import DoReMi
+from plugins.mixtures.static import Fixed
+
+DOMAINS = {d: DomainStats(name=d, tokens=1000) for d in ("books", "code", "math")}
+
+
+def test_registered():
+    assert isinstance(registry.create("mixture", "doremi"), DoReMi)
+
+
+def test_starts_uniform_and_feedbackless_calls_change_nothing():
+    policy = DoReMi()
+    for step in (0, 5, 9):
+        assert policy.weights(step, DOMAINS) == pytest.approx({d: 1 / 3 for d in DOMAINS})
+    assert policy.updates == 0
+
+
+def test_one_update_by_hand():
+    policy = DoReMi(eta=0.5, smoothing=0.1)
+    excess = {"books": 0.2, "code": 1.0, "math": 0.0}
+    got = policy.weights(10, DOMAINS, excess)
+    # softmax(log(1/3) + 0.5 * lambda) = exp(0.5 * lambda) / sum, then 0.9 * that + 0.1 / 3
+    z = sum(math.exp(0.5 * v) for v in excess.values())
+    want = {d: 0.9 * math.exp(0.5 * v) / z + 0.1 / 3 for d, v in excess.items()}
+    assert got == pytest.approx(want, abs=1e-12)
+    assert sum(got.values()) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_weights_move_towards_the_domain_with_larger_excess_loss():
+    policy = DoReMi(eta=1.0, smoothing=1e-3)
+    history = [policy.weights(0, DOMAINS)["math"]]
+    for step in range(10, 110, 10):
+        history.append(policy.weights(step, DOMAINS, {"books": 0.1, "code": 0.1, "math": 0.6})["math"])
+    assert all(b > a for a, b in zip(history, history[1:]))
+    final = policy.weights(110, DOMAINS)
+    assert final["math"] > 0.95 and final["books"] == pytest.approx(final["code"])
+    # the time average trails the current weights but leans the same way
+    assert 1 / 3 < policy.average["math"] < final["math"]
+
+
+def test_smoothing_keeps_every_domain_above_its_floor():
+    policy = DoReMi(eta=50.0, smoothing=0.03)
+    for step in range(1, 20):
+        w = policy.weights(step, DOMAINS, {"books": 5.0, "code": 0.0, "math": 0.0})
+    assert min(w.values()) >= 0.03 / 3 - 1e-12
+    assert w["code"] == pytest.approx(0.01, abs=1e-9)
+
+
+def test_a_domain_missing_from_feedback_keeps_its_last_excess():
+    a, b = DoReMi(), DoReMi()
+    a.weights(1, DOMAINS, {"books": 0.5, "code": 0.2, "math": 0.1})
+    b.weights(1, DOMAINS, {"books": 0.5, "code": 0.2, "math": 0.1})
+    assert a.weights(2, DOMAINS, {"books": 0.3, "code": 0.4}) == b.weights(2, DOMAINS, {"books": 0.3, "code": 0.4, "math": 0.1})
+
+
+def test_state_dict_round_trip_continues_identically():
+    feedback = [{"books": 0.3, "code": 0.9, "math": 0.1}, {"books": 0.5, "code": 0.2, "math": 0.4}, {"books": 0.1, "code": 0.1, "math": 0.7}]
+    uninterrupted = DoReMi(eta=2.0)
+    for i, f in enumerate(feedback):
+        uninterrupted.weights(i, DOMAINS, f)
+    first = DoReMi(eta=2.0)
+    first.weights(0, DOMAINS, feedback[0])
+    resumed = DoReMi(eta=2.0)
+    resumed.load_state_dict(first.state_dict())
+    for i, f in enumerate(feedback[1:], start=1):
+        resumed.weights(i, DOMAINS, f)
+    assert resumed.state_dict() == uninterrupted.state_dict()
+
+
+def test_report_is_a_fixed_mixture_of_the_time_average():
+    policy = DoReMi()
+    policy.weights(1, DOMAINS, {"books": 0.1, "code": 0.8, "math": 0.3})
+    policy.weights(2, DOMAINS, {"books": 0.2, "code": 0.5, "math": 0.3})
+    snippet = yaml.safe_load(policy.report().split("\n", 1)[1])
+    mixture = snippet["data"]["mixture"]
+    assert mixture["class_path"] == "fixed"
+    weights = mixture["init_args"]["weights"]
+    assert sum(weights.values()) == pytest.approx(1.0, abs=1e-12)
+    assert weights == pytest.approx(policy.average, abs=1e-4)
+    assert Fixed(**mixture["init_args"]).weights(0, DOMAINS) == pytest.approx(policy.average, abs=1e-4)
+
+
+def test_changed_domains_and_bad_feedback_are_clear_errors():
+    policy = DoReMi()
+    policy.weights(0, DOMAINS)
+    with pytest.raises(SproutError, match="data.domains"):
+        policy.weights(1, {"books": DOMAINS["books"]})
+    with pytest.raises(SproutError, match="non-finite"):
+        policy.weights(1, DOMAINS, {"books": float("nan"), "code": 0.1, "math": 0.1})
+
+
+@pytest.mark.parametrize("kwargs, field", [({"update_every": 0}, "update_every"), ({"eta": -1.0}, "eta"), ({"smoothing": 1.5}, "smoothing")])
+def test_bad_options_name_the_field(kwargs, field):
+    with pytest.raises(SproutError, match=f"data.mixture.init_args.{field}"):
+        DoReMi(**kwargs)
