@@ -225,8 +225,8 @@ def _doc_hash(text: str, key: bytes) -> int:
 
 def _bad_record_error(bad: BadRecord) -> SproutError:
     return SproutError(
-        f"Bad input record at {bad.describe()}. Fix or remove it, or re-run with --skip_bad_records "
-        "(skip_bad_records=True) to skip such records; they are then counted and listed in the summary and meta.json."
+        f"Bad input record at {bad.describe()}. Fix or remove it, or re-run with --skip_bad_records true "
+        "(skip_bad_records=True in Python) to skip such records; they are then counted and listed in the summary and meta.json."
     )
 
 
@@ -441,6 +441,19 @@ def _finished_domains(out_root: Path, tok: Tokenizer) -> dict[str, dict]:
     return finished
 
 
+def _place_tokenizer(tok: Tokenizer, out_root: Path, overwrite: bool) -> None:
+    """Copy the tokenizer next to the domains, where the data module looks by default."""
+    dest = out_root / ("tokenizer.json" if tok.kind == "hf" else "tokenizer.model")
+    if dest.exists():
+        if dest.resolve() == tok.path.resolve() or hashlib.sha256(dest.read_bytes()).hexdigest() == tok.sha256:
+            return
+        if not overwrite:
+            raise SproutError(f"{dest} is another tokenizer than {tok.path}. Choose another output folder, or pass --overwrite to replace it.")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.copyfile(tok.path, tmp)
+    os.replace(tmp, dest)
+
+
 def _split_tasks(files: list[_File], n_tasks: int) -> list[list[_File]]:
     """Contiguous runs of files with about equal bytes each (order kept, so output is stable)."""
     n_tasks = max(1, min(n_tasks, len(files)))
@@ -644,6 +657,7 @@ def prepare(
     results: list[_TaskResult] = []
     finished_now: dict[str, dict] = {}
     out_root.mkdir(parents=True, exist_ok=True)
+    _place_tokenizer(tok, out_root, overwrite)
     if todo:
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_root))
         try:

@@ -62,6 +62,9 @@ class Tokenizer:
         eos_id = next((backend.token_to_id(t) for t in _EOS_CANDIDATES if backend.token_to_id(t) is not None), None)
         if eos_id is None:
             raise SproutError(f"Tokenizer {path} has no end-of-text token (looked for {', '.join(_EOS_CANDIDATES)}); documents need one as separator. Add one as a special token.")
+        # A document that spells "<|endoftext|>" must not get a separator in its middle:
+        # special tokens are only ever inserted by id (SentencePiece behaves so already).
+        backend.encode_special_tokens = True
         return cls(path, backend, "hf", eos_id, backend.get_vocab_size(with_added_tokens=True))
 
     @classmethod

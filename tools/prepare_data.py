@@ -1,0 +1,133 @@
+"""Turn raw corpora into Sprout's per-domain token shards (litdata, one folder per domain).
+
+    # SlimPajama without its GitHub part, as TinyLlama trained (one domain per RedPajama set)
+    python tools/prepare_data.py --tokenizer tokenizer.model --out_dir data/tinyllama \\
+        --slimpajama /data/SlimPajama-627B/train --drop_github true
+    # Starcoderdata, some languages, merged into one "code" domain (default: a domain per language)
+    python tools/prepare_data.py --tokenizer tokenizer.model --out_dir data/tinyllama \\
+        --starcoder /data/starcoderdata --languages '[python, java]' --starcoder_domain code
+    # plain text files or JSON lines, the domain named by you (one domain per run)
+    python tools/prepare_data.py --tokenizer tok.json --out_dir data/demo \\
+        --text ../shared/corpus/books --domain books --max_doc_chars 50000
+    python tools/prepare_data.py --tokenizer tok.json --out_dir data/demo \\
+        --jsonl ../shared/corpus/math/gsm8k_train.jsonl --domain math --text_fields '[question, answer]'
+    # several inputs: --text a.txt --text+ b.txt, or --text '[a.txt, b.txt]'
+    # any number of sources from a YAML file (keys as below, "sources:" a list of Source fields)
+    python tools/prepare_data.py --config prepare.yaml
+
+Re-running skips domains already prepared with the same tokenizer; --overwrite rebuilds them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from argparse import RawDescriptionHelpFormatter
+
+from jsonargparse import DefaultHelpFormatter, auto_cli
+
+from app.data.prepare import DEFAULT_CHUNK_TOKENS, Source, prepare
+from app.errors import SproutError
+
+
+def prepare_data(
+    tokenizer: str,
+    out_dir: str,
+    slimpajama: list[str] | str | None = None,
+    drop_github: bool = False,
+    starcoder: list[str] | str | None = None,
+    languages: list[str] | str | None = None,
+    starcoder_domain: str | None = None,
+    text: list[str] | str | None = None,
+    jsonl: list[str] | str | None = None,
+    domain: str | None = None,
+    text_fields: list[str] | str | None = None,
+    max_doc_chars: int | None = None,
+    sources: list[Source] | None = None,
+    val_fraction: float = 0.01,
+    num_workers: int | None = None,
+    overwrite: bool = False,
+    skip_bad_records: bool = False,
+    seed: int = 0,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Tokenize corpora into OUT_DIR/<domain>/{train,val}/ litdata shards plus meta.json.
+
+    Every document is encoded and followed by the tokenizer's EOS id. Bad input (a line that
+    is not JSON, a record without the text field, a truncated .zst, an empty file) stops the
+    run with the file and line, unless --skip_bad_records is given.
+
+    Args:
+        tokenizer: tokenizer.json (Hugging Face) or SentencePiece .model file, or a folder
+            holding one; the Llama-2 tokenizer.model works as it is. It is copied into OUT_DIR.
+        out_dir: output folder; one sub-folder per domain.
+        slimpajama: SlimPajama folders, files or globs (*.jsonl.zst or *.jsonl); the domain of
+            each record is its meta.redpajama_set_name (commoncrawl, c4, github, book, arxiv,
+            wikipedia, stackexchange).
+        drop_github: leave out SlimPajama's RedPajamaGithub records (TinyLlama did, and took
+            code from Starcoderdata instead).
+        starcoder: Starcoderdata folders, files or globs (*.parquet with a 'content' column);
+            the domain is the language folder name.
+        languages: only these Starcoderdata language folders (default: all).
+        starcoder_domain: put all Starcoderdata languages into this one domain.
+        text: plain-text files, folders or globs for the domain --domain; a file is one
+            document (see --max_doc_chars).
+        jsonl: JSON-lines files (.jsonl or .jsonl.zst) for the domain --domain; see --text_fields.
+        domain: domain name for --text and --jsonl inputs.
+        text_fields: JSON fields (or parquet columns) joined with a newline into one document
+            (default: text for JSON lines, content for parquet).
+        max_doc_chars: split text files longer than this many characters into several documents
+            at paragraph breaks (default: one document per file).
+        sources: further inputs, each a Source (paths, format, domain, text_fields,
+            max_doc_chars, include, exclude), usually given in a --config YAML file.
+        val_fraction: share of documents held out for validation, chosen by a hash of each
+            document's text (a domain with 2+ documents always gets at least one).
+        num_workers: worker processes (default: every usable core); parallelism is over files.
+        overwrite: rebuild domains that are already prepared (also those made with another tokenizer).
+        skip_bad_records: skip bad records instead of stopping; they are counted and listed in
+            the summary and in each domain's meta.json.
+        seed: key of the validation-split hash; another seed picks other validation documents.
+        chunk_tokens: tokens per shard chunk file (int32, so 4 bytes each).
+        progress: show a progress bar with documents/s and tokens/s.
+    """
+    languages, text_fields = _as_list(languages), _as_list(text_fields)
+    all_sources = list(sources or [])
+    if slimpajama:
+        all_sources.append(Source(slimpajama, format="slimpajama", exclude=["github"] if drop_github else []))
+    if starcoder:
+        all_sources.append(Source(starcoder, format="starcoder", include=languages, domain=starcoder_domain))
+    if (text or jsonl) and not domain:
+        raise SproutError("--text and --jsonl inputs need --domain NAME (the folder their shards go to).")
+    if text:
+        all_sources.append(Source(text, format="text", domain=domain, max_doc_chars=max_doc_chars))
+    if jsonl:
+        all_sources.append(Source(jsonl, format="jsonl", domain=domain, text_fields=text_fields))
+    if not all_sources:
+        raise SproutError("Nothing to prepare: give --slimpajama, --starcoder, --text or --jsonl inputs, or sources in a --config file.")
+    metas = prepare(
+        all_sources, tokenizer, out_dir, val_fraction=val_fraction, num_workers=num_workers, overwrite=overwrite,
+        skip_bad_records=skip_bad_records, seed=seed, chunk_tokens=chunk_tokens, progress=progress,
+    )
+    print(f"Shards are in {out_dir}; point a recipe's data.data_dir at it (domains: {', '.join(metas)}).")
+    return metas
+
+
+def _as_list(value: list[str] | str | None) -> list[str] | None:
+    return [value] if isinstance(value, str) else value
+
+
+class _HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """Keeps the example commands in the description as written."""
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        auto_cli(prepare_data, args=args, as_positional=False, description=__doc__, formatter_class=_HelpFormatter)
+    except SproutError as error:
+        print(f"prepare_data: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
