@@ -12,12 +12,14 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
 
 from app import registry
 from app.errors import SproutError
-from app.loss import IGNORE_INDEX, token_losses
+from app.loss import IGNORE_INDEX, chunked_token_losses
 from app.model import Llama, LlamaConfig
+from app.parallel import Parallelism, compute_dtype, data_parallel_mesh, fused_optimizer_kwargs, parallelize, total_norm
 from app.protocols import TokenSelector
 from app.reference import Reference, describe, path_sha256
 from app.schedule import WarmupCosine
@@ -36,6 +38,8 @@ class SproutModule(L.LightningModule):
             ``.ckpt`` or a Hugging Face Llama folder. It scores every batch online (one extra
             no-grad forward) unless ``data.reference_scores`` holds offline scores, which must
             then have been made by this same reference.
+        parallel: activation checkpointing, compiled blocks and, under ``ModelParallelStrategy``,
+            FSDP2 sharding (``full`` or ``hybrid``); see ``app.parallel.Parallelism``.
     """
 
     def __init__(
@@ -46,21 +50,38 @@ class SproutModule(L.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         schedule: WarmupCosine | None = None,
         reference: str | None = None,
+        parallel: Parallelism | None = None,
     ) -> None:
         super().__init__()
         self.config = LlamaConfig.from_name(arch, **(arch_overrides or {}))
         self.selector = selector if selector is not None else registry.create("selector", "all")
         self.optimizer_factory = optimizer
         self.schedule = schedule or WarmupCosine()
+        self.schedule_start = 0  # global step the LR schedule counts from (moved by growth)
         self.reference_path = reference
+        self.parallel = parallel or Parallelism()
         self.reference: Reference | None = None
         self.model: nn.Module | None = None
         self._val_sums: dict[int, torch.Tensor] = {}
 
     def configure_model(self) -> None:
         if self.model is None:
-            self.model = Llama(self.config)
-            self.model.init_weights()
+            self.model = self.build_model(self.config)
+
+    def build_model(self, config: LlamaConfig) -> nn.Module:
+        """A freshly initialised Llama laid out for this run: checkpointed/compiled blocks as
+        ``parallel`` asks, and under ``ModelParallelStrategy`` built on the meta device, sharded
+        with FSDP2, then materialised shard by shard (the full model never exists on one rank)."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if not isinstance(strategy, ModelParallelStrategy):
+            return parallelize(Llama(config), self.parallel)
+        with torch.device("meta"):
+            model = Llama(config)
+        mesh = data_parallel_mesh(strategy, self.parallel.sharding)
+        parallelize(model, self.parallel, mesh, compute_dtype(self.trainer.precision))
+        model.to_empty(device=strategy.root_device)
+        model.init_weights()
+        return model
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -104,7 +125,7 @@ class SproutModule(L.LightningModule):
 
     # -- training -------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        loss = token_losses(self.model(batch["input_ids"]), batch["targets"])
+        loss = self._token_losses(batch)
         valid = batch["targets"] != IGNORE_INDEX
         if self.reference is not None and "ref_loss" not in batch:
             batch = {**batch, "ref_loss": self.reference.losses(batch["input_ids"], batch["targets"], next(self.model.parameters()).dtype)}
@@ -123,6 +144,11 @@ class SproutModule(L.LightningModule):
             out["ref_loss"] = batch["ref_loss"]
         return out
 
+    def _token_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-token losses [B, T]; the head is applied in chunks, so the batch's logits never exist at once."""
+        hidden = self.model.hidden_states(batch["input_ids"])
+        return chunked_token_losses(hidden, self.model.output.weight, batch["targets"])
+
     def _log_kept_share(self, weights: torch.Tensor, domain: torch.Tensor) -> None:
         """Which domains the kept tokens come from: ``select/kept_share/<domain>`` sums to 1."""
         names = list(getattr(getattr(self.trainer, "datamodule", None), "domains", []))
@@ -137,23 +163,28 @@ class SproutModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
+            self.log("train/grad_norm", total_norm(grads))
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
-        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        optimizer = self.optimizer_factory(groups, **fused_optimizer_kwargs(self.optimizer_factory, params))
         peak = optimizer.param_groups[0]["lr"]
         max_steps = self.schedule.max_steps or self.trainer.max_steps
         if max_steps is None or max_steps < 0:
             raise SproutError("The LR schedule needs a length: set trainer.max_steps or model.schedule.max_steps in the recipe.")
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: self.schedule.factor(step, peak, max_steps))
+        # the step comes from the trainer, not the scheduler's own count, so a scheduler made at
+        # growth or on resume lands on the right point of its window [schedule_start, max_steps]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda _: self.schedule.factor(max(0, self.trainer.global_step - self.schedule_start), peak, max_steps - self.schedule_start)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
     # -- validation: per domain, token-weighted --------------------------------------------
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        loss = token_losses(self.model(batch["input_ids"]), batch["targets"])
+        loss = self._token_losses(batch)
         valid = batch["targets"] != IGNORE_INDEX
         sums = torch.stack([loss.masked_fill(~valid, 0).sum(), valid.sum().to(loss.dtype)])
         self._val_sums[dataloader_idx] = self._val_sums.get(dataloader_idx, 0) + sums.detach().double()
@@ -182,4 +213,39 @@ class SproutModule(L.LightningModule):
     # -- checkpoint -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         dm = getattr(self.trainer, "datamodule", None)
-        checkpoint["sprout"] = {"model_config": self.config.to_dict(), "tokenizer": getattr(dm, "tokenizer_identity", None)}
+        checkpoint["sprout"] = {
+            "model_config": self.config.to_dict(),
+            "tokenizer": getattr(dm, "tokenizer_identity", None),
+            "schedule_start": self.schedule_start,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint written after growth holds a larger model than the recipe's ``arch``:
+        rebuild the model in the checkpoint's shape before Lightning loads the weights (this
+        runs before the optimizer is set up, except under ``ModelParallelStrategy``)."""
+        sprout = checkpoint.get("sprout") or {}
+        self.schedule_start = sprout.get("schedule_start", 0)
+        saved = sprout.get("model_config")
+        if saved is None:
+            return
+        config = LlamaConfig.from_dict({**saved, "attention": self.config.attention, "init_std": self.config.init_std})
+        if config != self.config or not isinstance(self.model, Llama):
+            self.config = config
+            self.model = self.build_model(config)
+
+    # -- growth ---------------------------------------------------------------------------
+    def replace_model(self, model: nn.Module, config: LlamaConfig, restart_schedule: bool) -> None:
+        """Train ``model`` (shaped ``config``) from now on: the growth callback's swap at a stage
+        boundary. The model gets the run's layout (``parallel``), a new optimizer over its
+        parameters and a new scheduler, whose warm-up + cosine restarts at the current step over
+        the steps left (``restart_schedule``) or continues the run's schedule. Under DDP the
+        model is wrapped again, since the old wrapper's gradient buckets hold the old parameters."""
+        self.model = parallelize(model, self.parallel) if isinstance(model, Llama) else model
+        self.config = config
+        if restart_schedule:
+            self.schedule_start = self.trainer.global_step
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy):
+            strategy.model = self
+            strategy.configure_ddp()
+        strategy.setup_optimizers(self.trainer)
