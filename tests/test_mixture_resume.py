@@ -1,0 +1,125 @@
+"""Mixtures end to end on data made by ``app/data/prepare.py``: entropy weights from the
+statistics in ``meta.json``, and a dynamic (doremi) mixture whose weights, batches and model
+resume from a checkpoint exactly as if training had not stopped."""
+
+import json
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from app.callbacks import MixtureFeedback
+from app.checkpoint import save_model
+from app.data.corpus import build_default_corpus, train_default_tokenizer
+from app.data.datamodule import SproutDataModule
+from app.data.prepare import Source, prepare
+from app.data.tokenizer import Tokenizer
+from app.errors import SproutError
+from app.model import Llama, LlamaConfig
+from app.module import SproutModule
+from app.schedule import WarmupCosine
+from plugins.mixtures.doremi import DoReMi
+from plugins.mixtures.entropy import EntropyMixture
+
+VOCAB, SEQ = 320, 32
+STEPS, RESUME_AT, UPDATE_EVERY = 12, 5, 3  # resume between two updates: half a feedback window is in the checkpoint
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """Two real domains (stdlib ``code`` and ``text``), tokenized and prepared with statistics."""
+    root = tmp_path_factory.mktemp("mixtures")
+    corpus = build_default_corpus(root / "raw", max_bytes=150_000, shards=2)
+    tok = train_default_tokenizer(corpus, root / "data" / "tokenizer.json", vocab_size=VOCAB)
+    sources = [Source([str(p) for p in files], format="jsonl", domain=name) for name, files in sorted(corpus.items())]
+    prepare(sources, tok, root / "data", val_fraction=0.05, num_workers=1, progress=False, summary=False)
+    return root / "data"
+
+
+@pytest.mark.parametrize("measure, key", [("conditional", "conditional_entropy"), ("joint", "joint_entropy"), ("shannon", "unigram_entropy")])
+def test_entropy_mixture_from_prepared_stats(prepared, measure, key):
+    dm = SproutDataModule(str(prepared), mixture=EntropyMixture(measure), seq_len=SEQ, batch_size=4)
+    dm.setup("fit")
+    entropy = {d: json.loads((prepared / d / "meta.json").read_text())["stats"][key] for d in ("code", "text")}
+    total = sum(math.exp(h) for h in entropy.values())
+    want = {d: math.exp(h) / total for d, h in entropy.items()}
+    assert abs(want["code"] - want["text"]) > 1e-3  # the two domains really differ
+    assert dm.mixture_weights == pytest.approx(want, abs=1e-12)
+    dm.train_dataloader()
+    assert dm.sampler.weights == pytest.approx([want[d] for d in dm.domains], abs=1e-12)
+
+
+class Recorder(L.Callback):
+    """Per step: the batch's (domain, block) keys; after the step, the policy's weights and the
+    sampler's (those of the last batch drawn, which the monitor logs as ``mixture/weight/*``)."""
+
+    def __init__(self) -> None:
+        self.batches: dict[int, list] = {}
+        self.policy: dict[int, dict[str, float]] = {}
+        self.weights: dict[int, dict[str, float]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches[trainer.global_step] = list(zip(batch["domain"].tolist(), batch["block"].tolist()))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.policy[trainer.global_step] = dict(trainer.datamodule.mixture.alpha)
+        self.weights[trainer.global_step] = trainer.datamodule.mixture_weights
+
+
+@pytest.fixture(scope="module")
+def reference(prepared, tmp_path_factory) -> Path:
+    """A frozen reference the trained model starts below and soon overtakes, unevenly by domain."""
+    torch.manual_seed(123)
+    model = Llama(LlamaConfig.from_name("micro", vocab_size=VOCAB, block_size=SEQ))
+    model.init_weights()
+    return save_model(model, tmp_path_factory.mktemp("ref") / "reference.ckpt", {"tokenizer": Tokenizer.load(prepared / "tokenizer.json").identity})
+
+
+def fit(prepared, reference, ckpt_dir, max_steps, ckpt_path=None):
+    L.seed_everything(0)
+    dm = SproutDataModule(str(prepared), mixture=DoReMi(update_every=UPDATE_EVERY, eta=5.0), seq_len=SEQ, batch_size=4)
+    module = SproutModule(
+        arch="micro",
+        arch_overrides={"vocab_size": VOCAB, "block_size": SEQ},
+        optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
+        schedule=WarmupCosine(warmup_steps=2, min_lr=3e-4, max_steps=STEPS),
+        reference=str(reference),
+    )
+    recorder = Recorder()
+    checkpoints = ModelCheckpoint(dirpath=ckpt_dir, filename="at{step:03d}", auto_insert_metric_name=False, every_n_train_steps=RESUME_AT, save_top_k=-1)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=max_steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False, callbacks=[MixtureFeedback(), recorder, checkpoints],
+    )
+    trainer.fit(module, dm, ckpt_path=ckpt_path)
+    return recorder, dm.mixture, module
+
+
+def test_dynamic_mixture_resumes_exactly(prepared, reference, tmp_path):
+    whole, whole_policy, whole_module = fit(prepared, reference, tmp_path / "a", STEPS)
+    # the feedback path is live: the policy's weights change at every update step and only there
+    changes = [s for s in range(1, STEPS + 1) if whole.policy[s] != whole.policy.get(s - 1, {"code": 0.5, "text": 0.5})]
+    assert changes == list(range(UPDATE_EVERY, STEPS + 1, UPDATE_EVERY))
+    assert abs(whole.weights[STEPS]["code"] - 0.5) > 0.01
+    assert whole_policy.updates == STEPS // UPDATE_EVERY
+
+    ckpt = tmp_path / "a" / f"at{RESUME_AT:03d}.ckpt"
+    resumed, resumed_policy, resumed_module = fit(prepared, reference, tmp_path / "b", STEPS, ckpt_path=ckpt)
+    assert sorted(resumed.batches) == list(range(RESUME_AT, STEPS))
+    assert resumed.batches == {s: whole.batches[s] for s in resumed.batches}
+    assert resumed.policy == {s: whole.policy[s] for s in resumed.policy}
+    assert resumed.weights == {s: whole.weights[s] for s in resumed.weights}
+    assert resumed_policy.state_dict() == whole_policy.state_dict()
+    for (name, a), b in zip(whole_module.state_dict().items(), resumed_module.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_doremi_without_a_reference_is_a_clear_error(prepared):
+    dm = SproutDataModule(str(prepared), mixture=DoReMi(), seq_len=SEQ, batch_size=4)
+    module = SproutModule(arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": SEQ})
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    with pytest.raises(SproutError, match="mixture DoReMi needs reference losses: set model.reference"):
+        trainer.fit(module, dm)
