@@ -194,11 +194,11 @@ def recipe_snippet(mixture: dict[str, float], fit_file: str, target_steps: int, 
     bounds = "" if (r_min, r_max) == (0.0, 1.0) else f", r_min: {r_min}, r_max: {r_max}"
     return (
         "# either the solved weights as a fixed mixture:\n"
-        "data:\n  init_args:\n    mixture:\n      class_path: fixed\n"
-        f"      init_args: {{weights: {{{weights}}}}}\n"
+        "data:\n  mixture:\n    class_path: fixed\n"
+        f"    init_args: {{weights: {{{weights}}}}}\n"
         "# or the law itself, solved when training starts:\n"
-        "data:\n  init_args:\n    mixture:\n      class_path: bimix\n"
-        f"      init_args: {{fit_file: {fit_file}, target_steps: {target_steps}{bounds}}}\n"
+        "data:\n  mixture:\n    class_path: bimix\n"
+        f"    init_args: {{fit_file: {fit_file}, target_steps: {target_steps}{bounds}}}\n"
     )
 
 
