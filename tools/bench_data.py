@@ -1,0 +1,183 @@
+"""Data pipeline benchmarks on this machine, printed as tables.
+
+    python tools/bench_data.py                      # ../shared/corpus + stdlib code if present, else the embedded corpus
+    python tools/bench_data.py --corpus default --tokenizer data/tokenizer.json
+
+``prepare``: tokens/s of ``app.data.prepare.prepare`` (read, tokenize, split, write litdata
+shards, count statistics, all cores) against the tokenizer's own ``encode_batch`` on the same
+documents, already in memory, in one process that uses all cores through the tokenizer's
+own threads. Both count the same tokens (each document's ids plus its EOS). The target is
+preparation at >= 80% of the tokenizer's speed.
+
+Each benchmark is a function ``bench_<name>(setup) -> rows`` listed in ``BENCHMARKS``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from jsonargparse import auto_cli
+
+from app.data.corpus import build_default_corpus
+from app.data.prepare import _BATCH_CHARS, Source, _resolve, prepare
+from app.data.readers import SLIMPAJAMA_DOMAIN_FIELD, Document, read_documents
+from app.data.tokenizer import Tokenizer
+from app.errors import SproutError
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+
+
+@dataclass
+class Setup:
+    """What every benchmark gets: inputs, a tokenizer, a scratch folder, the worker count."""
+
+    sources: list[Source]
+    tokenizer: Tokenizer
+    workdir: Path
+    num_workers: int
+    repeats: int
+
+
+def _documents(sources: list[Source]) -> list[str]:
+    """The documents ``prepare`` will see, read the same way."""
+    texts = []
+    for source in sources:
+        for f in _resolve(source):
+            for item in read_documents(f.path, f.read_format, text_fields=list(f.text_fields) if f.text_fields else None,
+                                       domain_field=SLIMPAJAMA_DOMAIN_FIELD if f.record_domains else None, max_doc_chars=f.max_doc_chars):
+                if isinstance(item, Document):
+                    texts.append(item.text)
+    return texts
+
+
+def _head(texts: list[str], max_chars: int) -> list[str]:
+    out, total = [], 0
+    for text in texts:
+        if total >= max_chars:
+            break
+        out.append(text)
+        total += len(text)
+    return out
+
+
+def bench_prepare(setup: Setup) -> list[tuple]:
+    texts = _documents(setup.sources)
+    batches, batch, size = [], [], 0
+    for text in texts:  # the batch size preparation uses
+        batch.append(text)
+        size += len(text)
+        if size >= _BATCH_CHARS:
+            batches.append(batch)
+            batch, size = [], 0
+    batches.append(batch)
+    best_encode, tokens = float("inf"), 0
+    for _ in range(setup.repeats):
+        start = time.perf_counter()
+        tokens = sum(len(ids) + 1 for b in batches for ids in setup.tokenizer.encode_batch(b))
+        best_encode = min(best_encode, time.perf_counter() - start)
+    best_prepare, written = float("inf"), 0
+    for _ in range(setup.repeats):
+        out = setup.workdir / "prepared"
+        start = time.perf_counter()
+        metas = prepare(setup.sources, setup.tokenizer, out, num_workers=setup.num_workers, overwrite=True, progress=False, summary=False)
+        best_prepare = min(best_prepare, time.perf_counter() - start)
+        written = sum(s["tokens"] for m in metas.values() for s in m["splits"].values())
+        shutil.rmtree(out)
+    if written != tokens:
+        raise RuntimeError(f"prepare wrote {written} tokens but encode_batch gives {tokens}: the benchmark compares different work")
+    encode_rate = tokens / best_encode
+    return [
+        ("tokenizer encode_batch (texts in memory)", f"{len(texts):,}", f"{tokens:,}", f"{best_encode:.2f}", f"{encode_rate:,.0f}", "100%"),
+        (f"prepare, {setup.num_workers} workers (files to shards)", f"{len(texts):,}", f"{written:,}", f"{best_prepare:.2f}",
+         f"{written / best_prepare:,.0f}", f"{100 * written / best_prepare / encode_rate:.0f}%"),
+    ]
+
+
+BENCHMARKS = {"prepare": bench_prepare}
+HEADERS = {"prepare": ("measurement", "documents", "tokens", "seconds", "tokens/s", "of encode_batch")}
+
+
+def print_table(title: str, headers: tuple, rows: list[tuple]) -> None:
+    table = [headers, *rows]
+    widths = [max(len(str(r[i])) for r in table) for i in range(len(headers))]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
+    print(f"\n{title}\n" + lines[0] + "\n" + "-" * len(lines[0]) + "\n" + "\n".join(lines[1:]), flush=True)
+
+
+def _default_sources(corpus: str, workdir: Path) -> list[Source]:
+    stdlib = build_default_corpus(workdir / "stdlib_corpus")
+    if corpus == "default" or (corpus == "auto" and not SHARED.is_dir()):
+        return [Source(paths, format="jsonl", domain=name) for name, paths in stdlib.items()]
+    if not SHARED.is_dir():
+        raise SproutError(f"--corpus shared needs the sample corpus at {SHARED}; use --corpus default for the embedded one.")
+    return [
+        Source([str(SHARED / "books")], domain="books", max_doc_chars=50_000),
+        Source([str(SHARED / "shakespeare")], format="text", domain="shakespeare", max_doc_chars=20_000),
+        Source([str(SHARED / "math" / "gsm8k_train.jsonl")], domain="math", text_fields=["question", "answer"]),
+        Source(stdlib["code"], format="jsonl", domain="code"),
+    ]
+
+
+def bench_data(
+    benchmarks: list[str] | None = None,
+    corpus: Literal["auto", "shared", "default"] = "auto",
+    tokenizer: str | None = None,
+    vocab_size: int = 4096,
+    num_workers: int | None = None,
+    repeats: int = 2,
+    workdir: str | None = None,
+) -> dict[str, list[tuple]]:
+    """Run data benchmarks and print one table each.
+
+    Args:
+        benchmarks: which to run (default: all of ``prepare``).
+        corpus: ``shared`` (../shared/corpus books, Shakespeare, GSM8K + stdlib code),
+            ``default`` (the embedded stdlib corpus) or ``auto`` (shared when present).
+        tokenizer: tokenizer file to use (default: train a byte-level BPE on the corpus).
+        vocab_size: vocabulary of the trained BPE when no tokenizer is given.
+        num_workers: worker processes for preparation (default: every usable core).
+        repeats: runs per measurement; the fastest counts.
+        workdir: scratch folder (default: a temporary one, removed afterwards).
+    """
+    names = benchmarks or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        raise SproutError(f"Unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}.")
+    scratch = Path(workdir or tempfile.mkdtemp(prefix="sprout-bench-"))
+    try:
+        sources = _default_sources(corpus, scratch)
+        if tokenizer:
+            tok = Tokenizer.load(tokenizer)
+        else:  # a BPE trained on an equal share of every source's documents
+            sample = [text for source in sources for text in _head(_documents([source]), 1_000_000)]
+            tok = Tokenizer.train_bpe(sample, vocab_size, scratch / "tokenizer.json")
+        workers = num_workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        setup = Setup(sources, tok, scratch, workers, repeats)
+        print(f"{os.cpu_count()} cores, tokenizer {tok.path.name} ({tok.kind}, vocab {tok.vocab_size}), {workers} preparation workers, best of {repeats}")
+        results = {}
+        for name in names:
+            results[name] = BENCHMARKS[name](setup)
+            print_table(name, HEADERS[name], results[name])
+        return results
+    finally:
+        if workdir is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        auto_cli(bench_data, args=args, as_positional=False)
+    except SproutError as error:
+        print(f"bench_data: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
