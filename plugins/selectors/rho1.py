@@ -53,8 +53,8 @@ def _keep_top(scores: torch.Tensor, valid: torch.Tensor, k: float) -> torch.Tens
     order = torch.sort(scores.float(), dim=1, descending=True, stable=True).indices
     order = order.gather(1, torch.sort(valid.gather(1, order).to(torch.uint8), dim=1, descending=True, stable=True).indices)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    # ceil, with a tolerance so that e.g. 60% of 10 is 6 despite 10 * 60 / 100 = 6.000000000000001
-    n_keep = torch.ceil(valid.sum(dim=1, dtype=torch.float64) * (k / 100) - 1e-6).clamp_min(0)
+    # ceil, less a relative 1e-9 so that 60% of 10 is 6 although 10 * 0.6 = 6.000000000000001
+    n_keep = torch.ceil(valid.sum(dim=1, dtype=torch.float64) * (k / 100) * (1 - 1e-9))
     return (rank < n_keep.unsqueeze(1)) & valid
 
 
