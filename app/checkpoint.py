@@ -143,7 +143,8 @@ def _read_distributed(path: Path, map_location) -> tuple[dict[str, torch.Tensor]
 
 
 def _model_tensors(state_dict: dict) -> dict[str, torch.Tensor]:
-    return {k[len(PREFIX):]: v for k, v in state_dict.items() if k.startswith(PREFIX)}
+    """The model's tensors under their ``Llama`` names; ``torch.compile`` wrappers add ``_orig_mod.``."""
+    return {k[len(PREFIX):].replace("_orig_mod.", ""): v for k, v in state_dict.items() if k.startswith(PREFIX)}
 
 
 def _stored_config(meta: dict | None, path: Path) -> LlamaConfig:

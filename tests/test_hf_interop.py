@@ -184,6 +184,17 @@ def test_distributed_checkpoint_folder_loads(tmp_path):
         assert torch.equal(tensor, model.state_dict()[name]), name
 
 
+def test_keys_of_a_compiled_model_load(tmp_path):
+    model = random_model()
+    compiled = torch.compile(model.layers[0])  # the wrapper adds `_orig_mod.` to its keys
+    model.layers[0] = compiled
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    assert "model.layers.0._orig_mod.attention.wq.weight" in state
+    torch.save({"state_dict": state, "sprout": {"model_config": model.config.to_dict()}}, tmp_path / "m.ckpt")
+    loaded, _ = load_model(tmp_path / "m.ckpt")
+    assert torch.equal(loaded.layers[0].attention.wq.weight, compiled._orig_mod.attention.wq.weight)
+
+
 def test_stored_flash_attention_loads_where_flash_is_missing(tmp_path):
     from app.model.attention import flash_available
 
