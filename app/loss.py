@@ -28,8 +28,8 @@ def chunked_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 
     ``hidden`` [B, T, C] are the final normed hidden states, ``weight`` [V, C] the output head,
     ``targets`` [B, T] with ``IGNORE_INDEX`` for tokens that do not count (loss 0). Returns fp32
-    [B, T]. Under autocast the matmuls run in the autocast dtype, as ``nn.Linear`` would.
-    ``chunk_size`` is tokens per slice; the default keeps a slice's logits about the size of
+    [B, T] (fp64 for fp64 inputs). Under autocast the matmuls run in the autocast dtype, as
+    ``nn.Linear`` would; the softmax always runs in fp32. ``chunk_size`` is tokens per slice; the default keeps a slice's logits about the size of
     the hidden states (Liger-Kernel's rule), at least 256 tokens so the matmuls stay efficient.
     """
     C = hidden.size(-1)
@@ -47,11 +47,12 @@ def chunked_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: to
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
-        losses = torch.empty(hidden.size(0), dtype=torch.float32, device=hidden.device)
+        acc_dtype = torch.promote_types(hidden.dtype, torch.float32)  # fp32 softmax for bf16/fp16, fp64 stays
+        losses = torch.empty(hidden.size(0), dtype=acc_dtype, device=hidden.device)
         lse = torch.empty_like(losses)
         for start in range(0, hidden.size(0), chunk_size):
             rows = slice(start, start + chunk_size)
-            logits = (hidden[rows] @ weight.T).float()
+            logits = (hidden[rows] @ weight.T).to(acc_dtype)
             lse[rows] = torch.logsumexp(logits, dim=-1)
             t = targets[rows]
             valid = t != IGNORE_INDEX
@@ -65,13 +66,13 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_losses: torch.Tensor):
         hidden, weight, targets, lse = ctx.saved_tensors
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if ctx.needs_input_grad[1] else None
-        scale = grad_losses.float().masked_fill(targets == IGNORE_INDEX, 0.0)
+        grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if ctx.needs_input_grad[1] else None
+        scale = grad_losses.to(lse.dtype).masked_fill(targets == IGNORE_INDEX, 0.0)
         for start in range(0, hidden.size(0), ctx.chunk_size):
             rows = slice(start, start + ctx.chunk_size)
             h = hidden[rows]
             # d loss / d logits = softmax(logits) - onehot(target), times the upstream gradient
-            grad_logits = (h @ weight.T).float().sub_(lse[rows, None]).exp_()
+            grad_logits = (h @ weight.T).to(lse.dtype).sub_(lse[rows, None]).exp_()
             t = targets[rows]
             grad_logits[torch.arange(t.numel(), device=t.device), t.clamp_min(0)] -= 1.0
             grad_logits.mul_(scale[rows, None])
