@@ -22,6 +22,10 @@ class GrowthOperator(ABC):
     ``grow`` returns a new ``nn.Module`` with the target configuration's shape. Operators
     that keep state after growth (G_random's mask ramp, G_learn's learned mapping) expose
     it through ``state_dict``/``load_state_dict`` and advance it in ``on_train_step``.
+
+    Checkpoints always hold a plain Llama's weights (``export``), so an operator whose
+    grown module is something else while it learns (G_learn) keeps the rest in its own
+    state and rebuilds its module in ``restore`` when a run resumes.
     """
 
     kind: ClassVar[str] = "growth"
@@ -30,8 +34,28 @@ class GrowthOperator(ABC):
     def grow(self, model: nn.Module, target: Any) -> nn.Module:
         """Return a model shaped by ``target`` (an ``app.model.LlamaConfig``)."""
 
-    def on_train_step(self, model: nn.Module, step: int) -> None:
-        """Called after every optimizer step of the grown model (ramps, schedules)."""
+    def check(self, source: Any, target: Any) -> None:
+        """Raise ``SproutError`` if ``grow`` cannot turn a ``source``-shaped model into ``target``
+        (both ``LlamaConfig``); called before training, so a bad recipe fails at once."""
+
+    def on_train_step(self, model: nn.Module, step: int) -> nn.Module | None:
+        """Called after every optimizer step of the grown model; ``step`` counts steps since growth.
+        Return a replacement model when a phase ends (G_learn materialising), else ``None``."""
+        return None
+
+    def restore(self, model: nn.Module) -> nn.Module:
+        """On resume, after ``load_state_dict``: the module to train, given the plain grown model
+        the checkpoint's weights were loaded into (G_random re-attaches its masks)."""
+        return model
+
+    def export(self, model: nn.Module) -> nn.Module:
+        """The plain model whose weights a checkpoint stores for ``model`` (G_learn materialises)."""
+        return model
+
+    def source_parameter(self, name: str) -> str | None:
+        """The source model's parameter whose optimizer state the grown parameter ``name`` may
+        inherit (``growth.fresh_optimizer: false``); ``None`` for a new or reshaped parameter."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}
