@@ -277,6 +277,20 @@ def test_cli_prepares_and_reports_errors(tmp_path, corpus, tok, capsys):
     out = capsys.readouterr().out
     assert "math" in out and "prepared" in out and "tokens/s" in out
     assert json.loads((tmp_path / "out" / "math" / "meta.json").read_text())["splits"]["train"]["documents"] > 0
+    config = tmp_path / "prepare.yaml"
+    config.write_text(f"""tokenizer: {tok.path}
+out_dir: {tmp_path / "out"}
+num_workers: 1
+progress: false
+sources:
+  - paths: {corpus["books"]}
+    domain: books
+  - paths: [{corpus["sp"]}]
+    format: slimpajama
+    include: [c4]
+""")
+    main(["--config", str(config)])
+    assert sorted(p.parent.name for p in (tmp_path / "out").glob("*/meta.json")) == ["books", "c4", "math"]
     with pytest.raises(SystemExit) as exit_:
         main(["--tokenizer", str(tok.path), "--out_dir", str(tmp_path / "out"), "--text", str(corpus["books"])])
     assert exit_.value.code == 2 and "--domain" in capsys.readouterr().err

@@ -37,6 +37,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from litdata.streaming.item_loader import TokensLoader
@@ -86,8 +87,8 @@ class Source:
         exclude: drop these natural domains (TinyLlama dropped SlimPajama's ``github``).
     """
 
-    paths: list[str]
-    format: str = "auto"
+    paths: list[str] | str
+    format: Literal["auto", "slimpajama", "starcoder", "jsonl", "parquet", "text"] = "auto"
     domain: str | None = None
     text_fields: list[str] | None = None
     max_doc_chars: int | None = None
@@ -709,7 +710,10 @@ def _print_summary(metas: dict, prepared: dict, reused: set[str], results: list[
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
-    lines.append(f"prepared {total_tokens:,} tokens in {wall:.1f} s wall with {num_workers} worker(s): {total_tokens / max(wall, 1e-9):,.0f} tokens/s")
+    if prepared:
+        lines.append(f"prepared {total_tokens:,} tokens in {wall:.1f} s wall with {num_workers} worker(s): {total_tokens / max(wall, 1e-9):,.0f} tokens/s")
+    else:
+        lines.append("nothing new to prepare: every domain was already prepared with this tokenizer (--overwrite rebuilds)")
     excluded = sum((r.excluded for r in results), Counter())
     if excluded:
         lines.append("left out by include/exclude: " + ", ".join(f"{k} {v:,} docs" for k, v in sorted(excluded.items())))
