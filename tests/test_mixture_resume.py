@@ -11,8 +11,10 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from app.bimix import BiMixLaw, write_fit
 from app.callbacks import MixtureFeedback
 from app.checkpoint import save_model
+from app.cli import RECIPE_MODE, SproutCLI
 from app.data.corpus import build_default_corpus, train_default_tokenizer
 from app.data.datamodule import SproutDataModule
 from app.data.prepare import Source, prepare
@@ -21,8 +23,11 @@ from app.errors import SproutError
 from app.model import Llama, LlamaConfig
 from app.module import SproutModule
 from app.schedule import WarmupCosine
+from plugins.mixtures.bimix import BiMixMixture
 from plugins.mixtures.doremi import DoReMi
 from plugins.mixtures.entropy import EntropyMixture
+from plugins.mixtures.static import Fixed
+from tools.fit_bimix import recipe_snippet
 
 VOCAB, SEQ = 320, 32
 STEPS, RESUME_AT, UPDATE_EVERY = 12, 5, 3  # resume between two updates: half a feedback window is in the checkpoint
@@ -123,3 +128,21 @@ def test_doremi_without_a_reference_is_a_clear_error(prepared):
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     with pytest.raises(SproutError, match="mixture DoReMi needs reference losses: set model.reference"):
         trainer.fit(module, dm)
+
+
+def test_printed_mixtures_are_recipes_the_cli_accepts(prepared, tmp_path):
+    """What fit_bimix.py and doremi print for the user to paste must parse and build."""
+    write_fit(tmp_path / "fit.json", {"code": BiMixLaw(3.0, 0.6, 0.4, 0.2, 0.3), "text": BiMixLaw(4.0, 0.5, 0.5, 0.1, 0.4)})
+    snippet = recipe_snippet({"code": 0.25, "text": 0.75}, str(tmp_path / "fit.json"), 1000, 0.05, 1.0)
+    fixed, law = snippet.split("\n# or ")  # two alternatives, each a recipe fragment
+    law = "# or " + law
+    doremi = DoReMi()
+    doremi.weights(3, {"code": None, "text": None}, {"code": 0.4, "text": 0.1})
+    averaged = doremi.report().split("\n", 1)[1]
+    for text, cls, weights in ((fixed, Fixed, {"code": 0.25, "text": 0.75}), (law, BiMixMixture, None), (averaged, Fixed, doremi.average)):
+        (tmp_path / "mixture.yaml").write_text(text)
+        args = ["--data.data_dir", str(prepared), "--trainer.logger", "false", "--config", str(tmp_path / "mixture.yaml")]
+        mixture = SproutCLI(SproutModule, SproutDataModule, args=args, run=False, parser_kwargs={"parser_mode": RECIPE_MODE}).datamodule.mixture
+        assert isinstance(mixture, cls)
+        if weights is not None:
+            assert mixture.fixed == pytest.approx(weights, abs=1e-4)
