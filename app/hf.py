@@ -77,8 +77,8 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: LlamaConfig, s
 
 
 def hf_config(config: LlamaConfig, dtype: torch.dtype, bos_token_id: int | None = None, eos_token_id: int | None = None) -> dict:
-    """``config.json`` of a ``LlamaForCausalLM``. ``rope_theta`` is written both at the top level
-    (transformers 4.x, vLLM) and in ``rope_parameters`` (transformers 5)."""
+    """``config.json`` of a ``LlamaForCausalLM``. ``rope_theta`` and the dtype are written both the
+    transformers 4.x way (``rope_theta``, ``torch_dtype``; also read by vLLM) and the 5.x way."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -101,6 +101,7 @@ def hf_config(config: LlamaConfig, dtype: torch.dtype, bos_token_id: int | None 
         "bos_token_id": bos_token_id,
         "eos_token_id": eos_token_id,
         "dtype": str(dtype).removeprefix("torch."),
+        "torch_dtype": str(dtype).removeprefix("torch."),
         "use_cache": True,
     }
 
