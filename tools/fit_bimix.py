@@ -33,7 +33,7 @@ class Run:
     curves: dict[str, tuple[np.ndarray, np.ndarray]]  # domain -> (steps, losses)
 
 
-def _scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+def read_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     """Every scalar tag of a run, ``tag -> {step: value}``, merged over all its event files.
 
     A resumed run writes a new event file and may log a step again; the later write wins.
@@ -62,7 +62,7 @@ def _scalars(run_dir: Path) -> dict[str, dict[int, float]]:
 
 def read_run(run_dir: str, loss_prefix: str = "val/loss/", weight_prefix: str = "mixture/weight/", step_tag: str | None = None) -> Run:
     """The mixture and per-domain validation curves logged by one proxy run."""
-    scalars = _scalars(Path(run_dir))
+    scalars = read_scalars(Path(run_dir))
     losses = {tag[len(loss_prefix):]: points for tag, points in scalars.items() if tag.startswith(loss_prefix) and len(tag) > len(loss_prefix)}
     weights = {tag[len(weight_prefix):]: points for tag, points in scalars.items() if tag.startswith(weight_prefix) and len(tag) > len(weight_prefix)}
     if not losses:
