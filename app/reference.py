@@ -45,6 +45,8 @@ def _file_sha256(path: Path) -> str:
 def path_sha256(path: str | os.PathLike) -> str:
     """Content hash of a checkpoint file, or of every file in a checkpoint folder (names included)."""
     path = Path(path).expanduser()
+    if not path.exists():
+        raise SproutError(f"Reference checkpoint {path} does not exist. Point model.reference (or --reference) at a Sprout .ckpt or a Hugging Face Llama folder.")
     if path.is_file():
         return _file_sha256(path)
     digest = hashlib.sha256()
@@ -56,8 +58,6 @@ def path_sha256(path: str | os.PathLike) -> str:
 def reference_identity(path: str | os.PathLike, model_config: dict | None = None) -> dict[str, Any]:
     """What score files record about the reference model; equal ``sha256`` means the same weights."""
     path = Path(path).expanduser()
-    if not path.exists():
-        raise SproutError(f"Reference checkpoint {path} does not exist. Point model.reference (or --reference) at a Sprout .ckpt or a Hugging Face Llama folder.")
     return {"path": str(path.resolve()), "sha256": path_sha256(path), "model_config": model_config}
 
 
@@ -88,12 +88,19 @@ class Reference:
     ``*-mixed`` precision the training step's autocast applies to it as to the model.
     """
 
-    def __init__(self, path: str | os.PathLike, vocab_size: int, tokenizer: dict | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, vocab_size: int | None, tokenizer: dict | None = None) -> None:
+        """``vocab_size``: the trained model's, which the reference must share (``None``: only
+        check that the reference covers ``tokenizer``'s vocabulary, as the offline scorer does)."""
         from app.checkpoint import load_model
 
         self.path = Path(path).expanduser()
         model, meta = load_model(self.path)
-        if model.config.vocab_size != vocab_size:
+        if tokenizer and model.config.vocab_size < tokenizer["vocab_size"]:
+            raise SproutError(
+                f"The reference model {self.path} has vocab_size={model.config.vocab_size}, fewer than the {tokenizer['vocab_size']} tokens "
+                f"of the data's tokenizer {describe(tokenizer)}: it was trained for another vocabulary. Use a reference trained with this tokenizer."
+            )
+        if vocab_size is not None and model.config.vocab_size != vocab_size:
             raise SproutError(
                 f"The reference model {self.path} has vocab_size={model.config.vocab_size} but the model being trained has "
                 f"vocab_size={vocab_size}: reference losses are only comparable over the same vocabulary. Train the reference "
@@ -107,6 +114,7 @@ class Reference:
             )
         self.model = model.eval().requires_grad_(False)
         self.block_size = model.config.block_size
+        self.meta = meta or {}
 
     def losses(self, input_ids: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         param = next(self.model.parameters())
