@@ -151,7 +151,7 @@ class SproutModule(L.LightningModule):
 
     def _log_kept_share(self, weights: torch.Tensor, domain: torch.Tensor) -> None:
         """Which domains the kept tokens come from: ``select/kept_share/<domain>`` sums to 1."""
-        names = list(getattr(getattr(self.trainer, "datamodule", None), "domains", []))
+        names = list(getattr(getattr(self._trainer, "datamodule", None), "domains", []))
         if not names:
             return
         kept = (weights > 0).sum(dim=1).float()
