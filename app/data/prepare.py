@@ -204,6 +204,17 @@ def _worker_init(progress_queue) -> None:
     global _progress_queue
     _progress_queue = progress_queue
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the pool is the parallelism
+    progress_queue.put(("pid", os.getpid()))  # so the parent notices if this worker is killed
+
+
+def _gone(pid: int) -> bool:
+    if os.name != "posix":
+        return False  # os.kill(pid, 0) would terminate the process on Windows
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def _worker_tokenizer(path: str) -> Tokenizer:
@@ -501,17 +512,29 @@ def _run_tasks(tasks: list[_Task], tok: Tokenizer, num_workers: int, progress: b
                 os.environ["TOKENIZERS_PARALLELISM"] = saved
         with pool:
             running = [pool.apply_async(_pool_task, (task,)) for task in tasks]
-            results = []
-            while running:
+            results, pids = [], set()
+
+            def drain(timeout: float | None) -> None:
                 try:
-                    report(*progress_queue.get(timeout=0.2))
+                    message = progress_queue.get(timeout=timeout) if timeout else progress_queue.get_nowait()
                 except queue.Empty:
-                    pass
+                    return
+                if message[0] == "pid":
+                    pids.add(message[1])
+                else:
+                    report(*message)
+
+            while running:
+                drain(0.2)
                 for r in [r for r in running if r.ready()]:
                     results.append(r.get())  # re-raises a worker's error here
                     running.remove(r)
+                # multiprocessing.Pool silently replaces a killed worker and its task never ends
+                dead = [pid for pid in pids if _gone(pid)]
+                if dead and running:
+                    raise SproutError(f"A preparation worker process (pid {dead[0]}) died, most likely killed by the system for lack of memory. Re-run with fewer --num_workers.")
             while not progress_queue.empty():
-                report(*progress_queue.get())
+                drain(None)
             return sorted(results, key=lambda r: r.task_id)
     finally:
         bar.close()
