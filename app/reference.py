@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from app.errors import SproutError
-from app.loss import token_losses
+from app.loss import chunked_token_losses
 
 FORMAT = "sprout-ref-scores/1"
 SCORES_FILE = "scores.npy"
@@ -75,8 +75,10 @@ def describe(identity: dict | None) -> str:
 # -- online ---------------------------------------------------------------------------------
 @torch.no_grad()
 def reference_losses(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-token reference loss ``[B, T]`` (float32 values that are exact in float16)."""
-    return token_losses(model(input_ids), targets).half().float()
+    """Per-token reference loss ``[B, T]`` (float32 values that are exact in float16), computed
+    like the training loss: the head in chunks, so a 32000-token vocabulary's logits never
+    exist for the whole batch at once."""
+    return chunked_token_losses(model.hidden_states(input_ids), model.output.weight, targets).half().float()
 
 
 class Reference:
