@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from app import registry
 from app.callbacks import MixtureFeedback, ThroughputMonitor
+from app.callbacks.growth import Growth
 from app.data.datamodule import SproutDataModule
 from app.errors import SproutError
 from app.module import SproutModule
@@ -33,9 +34,10 @@ set_loader(RECIPE_MODE, load_recipe, exceptions=(yaml.YAMLError, SproutError))
 
 class SproutCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        # Always-on callbacks with their own recipe sections: `monitor:` and `checkpoint:`.
+        # Always-on callbacks with their own recipe sections: `monitor:`, `checkpoint:` and `growth:`.
         parser.add_lightning_class_args(ThroughputMonitor, "monitor")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Growth, "growth")  # inert unless growth.operator is set
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "step{step:06d}", "checkpoint.auto_insert_metric_name": False})
 
     def after_fit(self) -> None:

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from app import registry
 from app.errors import SproutError
@@ -236,15 +237,27 @@ class SproutModule(L.LightningModule):
     # -- growth ---------------------------------------------------------------------------
     def replace_model(self, model: nn.Module, config: LlamaConfig, restart_schedule: bool) -> None:
         """Train ``model`` (shaped ``config``) from now on: the growth callback's swap at a stage
-        boundary. The model gets the run's layout (``parallel``), a new optimizer over its
-        parameters and a new scheduler, whose warm-up + cosine restarts at the current step over
-        the steps left (``restart_schedule``) or continues the run's schedule. Under DDP the
-        model is wrapped again, since the old wrapper's gradient buckets hold the old parameters."""
-        self.model = parallelize(model, self.parallel) if isinstance(model, Llama) else model
+        boundary. The model gets the run's layout (``parallel``; under ``ModelParallelStrategy`` a
+        freshly sharded model filled with ``model``'s full tensors from rank 0), a new optimizer
+        over its parameters and a new scheduler, whose warm-up + cosine restarts at the current
+        step over the steps left (``restart_schedule``) or continues the run's schedule. Under DDP
+        the module is wrapped again, since the old wrapper's gradient buckets hold the old parameters."""
+        strategy = self.trainer.strategy
+        if isinstance(strategy, ModelParallelStrategy):
+            if not isinstance(model, Llama):
+                raise SproutError(
+                    f"The grown model is a {type(model).__name__}, which FSDP2 cannot shard (G_learn trains its growth map on the whole model). "
+                    "Use growth.operator gstack (or another operator that returns a plain Llama) with ModelParallelStrategy, or train this stage with DDP."
+                )
+            sharded = self.build_model(config)  # laid out like the run's first model, then filled from rank 0
+            set_model_state_dict(sharded, model.state_dict(), options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+            model = sharded
+        elif isinstance(model, Llama):
+            model = parallelize(model, self.parallel)
+        self.model = model
         self.config = config
         if restart_schedule:
             self.schedule_start = self.trainer.global_step
-        strategy = self.trainer.strategy
         if isinstance(strategy, DDPStrategy):
             strategy.model = self
             strategy.configure_ddp()

@@ -44,8 +44,9 @@ class GrowthOperator(ABC):
         return None
 
     def restore(self, model: nn.Module) -> nn.Module:
-        """On resume, after ``load_state_dict``: the module to train, given the plain grown model
-        the checkpoint's weights were loaded into (G_random re-attaches its masks)."""
+        """The module to train, given a plain grown model that is not the one ``grow`` returned:
+        on resume (after ``load_state_dict``) the model the checkpoint's weights were loaded
+        into, or the sharded copy FSDP trains (G_random re-attaches its masks to it)."""
         return model
 
     def export(self, model: nn.Module) -> nn.Module:

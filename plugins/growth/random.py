@@ -69,7 +69,8 @@ class MaskedGrowth(GrowthOperator):
         return None
 
     def restore(self, model: nn.Module) -> nn.Module:
-        if self.source is not None and self.mask < 1 and not self._hooks:
+        self.detach()  # masks live on one model: the one trained now
+        if self.source is not None and self.mask < 1:
             self.attach(model)
         return model
 

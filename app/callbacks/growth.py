@@ -1,0 +1,247 @@
+"""The stage switch of model growth (Du et al. 2024): train the recipe's model, grow it, train on.
+
+One ``sprout fit`` runs both stages. At the boundary (``at_step`` optimizer steps or
+``at_tokens`` training tokens) the callback saves a stage-1 checkpoint, hands the trained
+model to a ``growth`` plugin, and swaps the grown model into the module
+(``SproutModule.replace_model``): the run's layout (activation checkpointing, compile, FSDP2
+sharding), a fresh optimizer and, by default, a warm-up + cosine schedule restarted over the
+remaining steps, as the official code trains stage 2. FLOPs and tokens keep counting across
+the switch (``perf/flops_seen``), ``growth/stage`` steps from 0 to 1 in TensorBoard, and the
+event is written there as text too.
+
+Resuming needs no option: a checkpoint records its model's shape (``sprout.model_config``),
+and ``SproutModule.on_load_checkpoint`` rebuilds that shape before Lightning loads the
+weights; this callback's state (step of growth, tokens, the operator's ramp or learned map)
+comes back in ``on_load_checkpoint``, where the operator may re-wrap the model before the
+optimizer is set up. Checkpoints always hold a plain Llama (``GrowthOperator.export``).
+
+Sharded runs: a model sharded by FSDP2 is gathered into full tensors on every rank, grown
+there, and ``replace_model`` shards the grown model again (rank 0's tensors are broadcast,
+so random initialisations agree). ``source`` starts stage 2 from any small checkpoint
+``app.checkpoint.load_model`` reads (single-device ``.ckpt``, DDP, sharded FSDP folders).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
+
+from app.checkpoint import PREFIX, build_model, load_model
+from app.errors import SproutError
+from app.model import CONFIGS, Llama, LlamaConfig, param_count
+from app.protocols import GrowthOperator
+
+# What ``target_arch`` takes from its table entry; the rest (vocabulary, context, numerics)
+# stays the trained model's.
+SHAPE_FIELDS = ("n_layer", "n_embd", "n_head", "n_kv_head", "intermediate_size")
+
+
+class Growth(L.Callback):
+    """Grow the model once during training (recipe section ``growth:``; inert without an operator).
+
+    Args:
+        operator: the ``growth`` plugin: ``gstack``, ``direct_width``, ``zero_depth``,
+            ``zero_width``, ``random_depth``, ``random_width``, ``learn``.
+        target_arch: named shape (``app.model.CONFIGS``) of the grown model; only its layer
+            count and widths are taken, the vocabulary, context and numerics stay the model's.
+        target_overrides: shape fields set on top, e.g. ``{n_layer: 8}`` (4x deeper than 2).
+        at_step: grow after this many optimizer steps ...
+        at_tokens: ... or once this many training tokens have been seen (give one of the two).
+        source: instead of a stage 1 in this run, grow this small checkpoint at the start.
+        restart_schedule: restart warm-up + cosine at growth over the steps left; ``false``
+            continues the run's schedule.
+        fresh_optimizer: a new optimizer state for the grown model; ``false`` carries each
+            parameter's state over from the parameter it was copied from (depth operators).
+        save_stage: save ``stage1-step<N>.ckpt`` next to the run's checkpoints before growing.
+    """
+
+    def __init__(
+        self,
+        operator: GrowthOperator | None = None,
+        target_arch: str | None = None,
+        target_overrides: dict[str, Any] | None = None,
+        at_step: int | None = None,
+        at_tokens: int | None = None,
+        source: str | None = None,
+        restart_schedule: bool = True,
+        fresh_optimizer: bool = True,
+        save_stage: bool = True,
+    ) -> None:
+        self.operator = operator
+        self.target_arch = target_arch
+        self.target_overrides = dict(target_overrides or {})
+        self.at_step = at_step
+        self.at_tokens = at_tokens
+        self.source = source
+        self.restart_schedule = restart_schedule
+        self.fresh_optimizer = fresh_optimizer
+        self.save_stage = save_stage
+        self.grown_at: int | None = None  # global step of the growth
+        self.tokens_seen = 0
+        self.stage_checkpoint: Path | None = None
+        self._last_step = -1
+        self._source_model: Llama | None = None  # growth.source, loaded in setup
+
+    # -- configuration ------------------------------------------------------------------------
+    def target_config(self, source: LlamaConfig) -> LlamaConfig:
+        """The grown model's config: ``source`` with the target's shape fields."""
+        shape = {}
+        if self.target_arch is not None:
+            if self.target_arch not in CONFIGS:
+                raise SproutError(f"growth.target_arch={self.target_arch!r} is not a known shape; use one of {', '.join(CONFIGS)} or set growth.target_overrides.")
+            shape = {k: CONFIGS[self.target_arch][k] for k in SHAPE_FIELDS}
+        try:
+            return source.replace(**{**shape, **self.target_overrides})
+        except SproutError as err:
+            raise SproutError(f"growth.target_arch / growth.target_overrides give an invalid grown model: {err}") from None
+
+    def _check_options(self) -> None:
+        if self.operator is None:
+            if self.source or self.at_step is not None or self.at_tokens is not None:
+                raise SproutError("The recipe's growth section sets when or what to grow but no growth.operator; add e.g. `operator: {class_path: gstack}`.")
+            return
+        if self.source is not None:
+            if self.at_step is not None or self.at_tokens is not None:
+                raise SproutError("growth.source grows a checkpoint at the start of the run, so growth.at_step / growth.at_tokens must not be set with it; remove one of them.")
+        elif (self.at_step is None) == (self.at_tokens is None):
+            raise SproutError("Set exactly one of growth.at_step (optimizer steps) or growth.at_tokens (training tokens) to say when to grow, or growth.source to grow a saved checkpoint.")
+        if not self.fresh_optimizer and type(self.operator).source_parameter is GrowthOperator.source_parameter:
+            raise SproutError(
+                f"growth.fresh_optimizer: false needs an operator that maps each grown parameter to its source; {type(self.operator).__name__} does not "
+                "(depth operators gstack, zero_depth and random_depth do). Set growth.fresh_optimizer: true."
+            )
+        if not self.fresh_optimizer and self.source is not None:
+            raise SproutError("growth.source loads only the small model's weights, not its optimizer state; set growth.fresh_optimizer: true with it.")
+        if not self.target_arch and not self.target_overrides:
+            raise SproutError("growth needs the grown model's shape: set growth.target_arch (e.g. llama-1.1b-24l) or growth.target_overrides (e.g. {n_layer: 8}).")
+
+    # -- Lightning hooks ----------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Check the recipe before any training: options, the grown shape, the operator's limits."""
+        self._check_options()
+        if self.operator is None or stage != "fit":
+            return
+        source = pl_module.config
+        if self.source is not None:
+            self._source_model, _ = load_model(self.source)
+            source = self._source_model.config
+        self.operator.check(source, self.target_config(source))
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_step = trainer.global_step
+        # growth.source, or a run resumed from the checkpoint saved at the boundary
+        if self.operator is not None and self.grown_at is None and (self.source is not None or self._due(trainer)):
+            self._grow(trainer, pl_module)
+        self._source_model = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.operator is None:
+            return
+        self.tokens_seen += batch["input_ids"].numel() * trainer.world_size
+        step = trainer.global_step
+        if step != self._last_step:  # an optimizer step was taken (not mid gradient accumulation)
+            self._last_step = step
+            if self.grown_at is not None:
+                replacement = self.operator.on_train_step(pl_module.model, step - self.grown_at)
+                if replacement is not None:  # a phase of the operator ended (G_learn materialised)
+                    pl_module.replace_model(replacement, pl_module.config, restart_schedule=False)
+                    rank_zero_info(f"Growth: {type(self.operator).__name__} finished its phase at step {step}; training the plain grown model.")
+            elif self._due(trainer):
+                self._grow(trainer, pl_module)
+        pl_module.log("growth/stage", 0.0 if self.grown_at is None else 1.0)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Store the plain model's weights even while the operator trains something else (G_learn)."""
+        if self.operator is None or self.grown_at is None:
+            return
+        plain = self.operator.export(pl_module.model)
+        if plain is not pl_module.model:
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith(PREFIX)]:
+                del state[key]
+            state.update({PREFIX + k: v for k, v in plain.state_dict().items()})
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """After the module loaded the plain grown weights and before optimizers exist: give the
+        operator its state back and let it re-wrap the model (masks, learned map)."""
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if self.operator is None or not state or state["grown_at"] is None:
+            return
+        self.operator.load_state_dict(state["operator"])
+        pl_module.model = self.operator.restore(pl_module.model)
+
+    def state_dict(self) -> dict[str, Any]:
+        operator = self.operator.state_dict() if self.operator is not None and self.grown_at is not None else {}
+        return {"grown_at": self.grown_at, "tokens_seen": self.tokens_seen, "operator": operator}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # the operator's part was loaded with the model in on_load_checkpoint
+        self.grown_at = state_dict["grown_at"]
+        self.tokens_seen = int(state_dict["tokens_seen"])
+
+    # -- the switch ---------------------------------------------------------------------------
+    def _due(self, trainer: L.Trainer) -> bool:
+        if self.at_step is not None:
+            return trainer.global_step >= self.at_step
+        return self.at_tokens is not None and self.tokens_seen >= self.at_tokens
+
+    def _grow(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if self.source is None and self.save_stage:
+            self.stage_checkpoint = self._stage_path(trainer, step)
+            trainer.save_checkpoint(self.stage_checkpoint)
+        old_params = dict(pl_module.model.named_parameters())
+        old_optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        small = self._source_model if self.source is not None else _full_model(pl_module.model)
+        target = self.target_config(small.config)
+        grown = self.operator.grow(small, target)
+        pl_module.replace_model(grown, target, restart_schedule=self.restart_schedule)
+        if pl_module.model is not grown:  # a sharded copy: the operator's masks go on the copy
+            self.operator.restore(pl_module.model)
+        if not self.fresh_optimizer and old_optimizer is not None:
+            self._carry_optimizer_state(old_params, old_optimizer, pl_module.model, trainer.optimizers[0])
+        self.grown_at = step
+        self._announce(trainer, small.config, target, step)
+
+    def _carry_optimizer_state(self, old_params: dict[str, torch.nn.Parameter], old: torch.optim.Optimizer, grown: torch.nn.Module, new: torch.optim.Optimizer) -> None:
+        for name, param in grown.named_parameters():
+            source = self.operator.source_parameter(name)
+            before = old_params.get(source) if source is not None else None
+            if before is None or before not in old.state or before.shape != param.shape:
+                continue
+            new.state[param] = {k: v.clone() if torch.is_tensor(v) else v for k, v in old.state[before].items()}
+
+    def _stage_path(self, trainer: L.Trainer, step: int) -> Path:
+        ckpt = trainer.checkpoint_callback
+        folder = Path(ckpt.dirpath) if ckpt is not None and getattr(ckpt, "dirpath", None) else Path(trainer.default_root_dir)
+        return folder / f"stage1-step{step:06d}.ckpt"
+
+    def _announce(self, trainer: L.Trainer, source: LlamaConfig, target: LlamaConfig, step: int) -> None:
+        text = (
+            f"Growth at step {step} ({self.tokens_seen:,} tokens): {type(self.operator).__name__} grew {_describe(source)} "
+            f"to {_describe(target)}; schedule {'restarted' if self.restart_schedule else 'continued'}, "
+            f"optimizer {'fresh' if self.fresh_optimizer else 'carried over'}."
+            + (f" Stage-1 checkpoint: {self.stage_checkpoint}" if self.stage_checkpoint else "")
+        )
+        rank_zero_info(text)
+        if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
+            trainer.logger.experiment.add_text("growth", text, step)
+
+
+def _full_model(model: torch.nn.Module) -> Llama:
+    """``model`` itself, or for an FSDP2-sharded model a plain copy gathered on every rank."""
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return model
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+    return build_model(model.config, full, source="the sharded stage-1 model")
+
+
+def _describe(c: LlamaConfig) -> str:
+    return f"{c.n_layer} layers x {c.n_embd} wide ({c.n_head} heads, {c.n_kv_head} KV, FFN {c.intermediate_size}; {param_count(c) / 1e6:.2f}M params)"

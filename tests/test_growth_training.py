@@ -1,0 +1,174 @@
+"""Multi-stage training end to end: grow at a step inside one fit, resume from either stage
+exactly, carry optimizer state, restart the schedule, start stage 2 from a small checkpoint,
+and the shipped tiny recipe through the CLI."""
+
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from app.callbacks.growth import Growth
+from app.checkpoint import load_model, save_model
+from app.cli import main
+from app.data.datamodule import SproutDataModule
+from app.data.tokenizer import Tokenizer
+from app.errors import SproutError
+from app.model import Llama, LlamaConfig
+from app.module import SproutModule
+from app.schedule import WarmupCosine
+from plugins.growth.direct import DirectWidth, Gstack
+from plugins.growth.learn import LearnedGrowth, LigoModel
+from plugins.growth.random import RandomWidth
+from plugins.mixtures.static import Uniform
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB, SEQ = 320, 32
+STEPS, GROW_AT, SAVE_EVERY, PHASE = 10, 4, 3, 3  # checkpoints at 3, 6, 9: step 6 is mid-ramp / mid-learning
+LR, WARMUP = 3e-3, 2
+
+
+def fit(data, ckpt_dir, growth, max_steps=STEPS, ckpt_path=None):
+    L.seed_everything(0)
+    dm = SproutDataModule(str(data), mixture=Uniform(), seq_len=SEQ, batch_size=4)
+    module = SproutModule(
+        arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": SEQ},
+        optimizer=lambda params: torch.optim.AdamW(params, lr=LR), schedule=WarmupCosine(warmup_steps=WARMUP, min_lr=3e-4),
+    )
+    checkpoints = ModelCheckpoint(dirpath=ckpt_dir, filename="at{step:03d}", auto_insert_metric_name=False, every_n_train_steps=SAVE_EVERY, save_top_k=-1)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=max_steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False, callbacks=[growth, checkpoints],
+    )
+    trainer.fit(module, dm, ckpt_path=ckpt_path)
+    return module, trainer
+
+
+def run_cli(cwd: Path, *args: str) -> None:
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        main(list(args))
+    finally:
+        os.chdir(old)
+
+
+def scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    values = {}
+    for events in run_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values.update({e.step: e.value for e in acc.Scalars(tag)})
+    return values
+
+
+def deeper(operator, **options):
+    return Growth(operator=operator, target_overrides={"n_layer": 4}, at_step=GROW_AT, **options)
+
+
+@pytest.mark.parametrize(
+    "make_growth",
+    [
+        lambda: deeper(Gstack()),
+        lambda: Growth(operator=RandomWidth(ramp_steps=PHASE), target_overrides={"n_embd": 128, "n_head": 8, "n_kv_head": 4, "intermediate_size": 352}, at_step=GROW_AT),
+        lambda: deeper(LearnedGrowth(learn_steps=PHASE)),
+    ],
+    ids=["gstack", "random_width", "learn"],
+)
+def test_growth_inside_one_fit_resumes_exactly_from_either_stage(tiny_data, tmp_path, make_growth):
+    whole, trainer = fit(tiny_data, tmp_path / "whole", make_growth())
+    growth = trainer.callbacks[0]
+    assert growth.grown_at == GROW_AT and isinstance(whole.model, Llama)
+    assert whole.config.n_layer * whole.config.n_embd > 2 * 64  # grown
+    stage1 = tmp_path / "whole" / f"stage1-step{GROW_AT:06d}.ckpt"
+    small, meta = load_model(stage1)
+    assert small.config.n_layer == 2 and small.config.n_embd == 64
+    mid = tmp_path / "whole" / "at006.ckpt"
+    assert load_model(mid)[0].config == whole.config  # stage-2 checkpoints hold the plain grown Llama
+
+    for start in (stage1, mid):
+        resumed, _ = fit(tiny_data, tmp_path / start.stem, make_growth(), ckpt_path=start)
+        assert resumed.config == whole.config
+        for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+            assert torch.equal(a, b), (start.name, name)
+
+
+def test_learn_resumed_mid_phase_trains_its_map_then_the_plain_model(tiny_data, tmp_path):
+    _, trainer = fit(tiny_data, tmp_path / "a", deeper(LearnedGrowth(learn_steps=PHASE)), max_steps=GROW_AT + 1)
+    module = trainer.lightning_module
+    assert isinstance(module.model, LigoModel)  # one step into learning: only the map trains
+    trainable = {id(p) for p in module.model.parameters() if p.requires_grad}
+    assert {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]} == trainable
+    assert all(not p.requires_grad for p in module.model.source.parameters())
+
+
+def test_schedule_restarts_at_growth_or_continues(tiny_data, tmp_path):
+    lrs = {}
+    for restart in (True, False):
+        _, trainer = fit(tiny_data, tmp_path / str(restart), deeper(Gstack(), restart_schedule=restart), max_steps=GROW_AT + 1)
+        lrs[restart] = trainer.optimizers[0].param_groups[0]["lr"]
+    schedule = WarmupCosine(warmup_steps=WARMUP, min_lr=3e-4)
+    assert lrs[True] == pytest.approx(LR * schedule.factor(1, LR, GROW_AT + 1 - GROW_AT))  # warm-up again, one step in
+    assert lrs[False] == pytest.approx(LR * schedule.factor(GROW_AT + 1, LR, GROW_AT + 1))
+
+
+def test_optimizer_state_carries_over_from_the_copied_layer(tiny_data, tmp_path):
+    _, trainer = fit(tiny_data, tmp_path / "carry", deeper(Gstack(), fresh_optimizer=False), max_steps=GROW_AT)
+    optimizer, model = trainer.optimizers[0], trainer.lightning_module.model
+    state = {name: optimizer.state[p] for name, p in model.named_parameters()}
+    assert int(state["layers.2.attention.wq.weight"]["step"]) == GROW_AT
+    assert torch.equal(state["layers.2.attention.wq.weight"]["exp_avg"], state["layers.0.attention.wq.weight"]["exp_avg"])
+    _, fresh = fit(tiny_data, tmp_path / "fresh", deeper(Gstack()), max_steps=GROW_AT)
+    assert not fresh.optimizers[0].state
+
+
+def test_stage_two_from_a_small_checkpoint(tiny_data, tmp_path):
+    torch.manual_seed(7)
+    small = Llama(LlamaConfig.from_name("micro", vocab_size=VOCAB, block_size=SEQ))
+    path = save_model(small, tmp_path / "small.ckpt", {"tokenizer": Tokenizer.load(tiny_data / "tokenizer.json").identity})
+    module, trainer = fit(tiny_data, tmp_path / "ckpt", Growth(operator=DirectWidth(), target_overrides={"n_embd": 128, "n_head": 8, "n_kv_head": 4, "intermediate_size": 352}, source=str(path)), max_steps=2)
+    assert trainer.callbacks[0].grown_at == 0 and module.config.n_embd == 128
+    assert not (tmp_path / "ckpt" / "stage1-step000000.ckpt").exists()
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"operator": Gstack(), "target_overrides": {"n_layer": 4}}, "exactly one of growth.at_step"),
+        ({"operator": Gstack(), "at_step": 3}, "growth.target_arch"),
+        ({"at_step": 3}, "no growth.operator"),
+        ({"operator": DirectWidth(), "target_overrides": {"n_embd": 128, "n_head": 8, "n_kv_head": 4}, "at_step": 3, "fresh_optimizer": False}, "fresh_optimizer"),
+        ({"operator": Gstack(), "target_overrides": {"n_layer": 4, "n_embd": 128, "n_head": 8}, "at_step": 3}, "cannot change `n_embd`"),
+        ({"operator": Gstack(), "target_arch": "no-such-shape", "at_step": 3}, "growth.target_arch"),
+    ],
+)
+def test_bad_growth_sections_fail_before_training(tiny_data, tmp_path, options, message):
+    with pytest.raises(SproutError, match=message):
+        fit(tiny_data, tmp_path, Growth(**options), max_steps=1)
+
+
+def test_tiny_recipe_runs_through_the_cli(tiny_data, tmp_path):
+    """recipes/gstack-tiny.yaml, shortened, on the test data: both stages, a stage-1 checkpoint,
+    growth/stage and more FLOPs per step after growth in TensorBoard."""
+    recipe = yaml.safe_load((REPO / "recipes" / "gstack-tiny.yaml").read_text())
+    run_cli(
+        tmp_path, "fit", "--config", str(REPO / "recipes" / "gstack-tiny.yaml"),
+        "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
+        "--data.data_dir", str(tiny_data), "--data.prepare", "null", "--data.seq_len", str(SEQ), "--data.batch_size", "2",
+        "--model.arch_overrides", yaml.safe_dump({**recipe["model"]["arch_overrides"], "block_size": SEQ}, default_flow_style=True).strip(),
+        "--model.schedule.warmup_steps", "1", "--growth.at_step", "3", "--monitor.peak_flops", "1e12",
+    )
+    run = next((tmp_path / "runs").glob("*/version_0"))
+    assert (run / "checkpoints" / "stage1-step000003.ckpt").is_file()
+    grown, _ = load_model(run / "checkpoints" / "last.ckpt")
+    assert grown.config.n_layer == 4 * recipe["model"]["arch_overrides"]["n_layer"]
+    stage = scalars(run, "growth/stage")
+    assert stage[1] == 0.0 and stage[5] == 1.0
+    flops = scalars(run, "perf/flops_seen")
+    assert flops[5] - flops[4] > 2 * (flops[2] - flops[1])
