@@ -5,6 +5,15 @@ from __future__ import annotations
 import time
 
 import torch
+from torch.utils import flop_counter
+
+# FlopCounterMode knows the CUDA flash-attention kernels but not the CPU one, which takes the
+# same leading arguments: count it with the same formulas.
+_aten = torch.ops.aten
+flop_counter.flop_registry.setdefault(_aten._scaled_dot_product_flash_attention_for_cpu, flop_counter.flop_registry[_aten._scaled_dot_product_flash_attention])
+flop_counter.flop_registry.setdefault(
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward, flop_counter.flop_registry[_aten._scaled_dot_product_flash_attention_backward]
+)
 
 # Dense peak FLOP/s per device (vendor datasheets, SXM parts, no sparsity).
 GPU_PEAKS: dict[str, dict[torch.dtype, float]] = {
