@@ -17,6 +17,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from app import registry
+from app.checkpoint import load_model
 from app.errors import SproutError
 from app.loss import IGNORE_INDEX, chunked_token_losses
 from app.model import Llama, LlamaConfig
@@ -41,6 +42,9 @@ class SproutModule(L.LightningModule):
             then have been made by this same reference.
         parallel: activation checkpointing, compiled blocks and, under ``ModelParallelStrategy``,
             FSDP2 sharding (``full`` or ``hybrid``); see ``app.parallel.Parallelism``.
+        init_from: start from this checkpoint's weights instead of a random initialisation
+            (continued pre-training; a Sprout ``.ckpt`` or a Hugging Face Llama folder of the
+            same shape). Only the weights: optimizer and schedule start afresh.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class SproutModule(L.LightningModule):
         schedule: WarmupCosine | None = None,
         reference: str | None = None,
         parallel: Parallelism | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.config = LlamaConfig.from_name(arch, **(arch_overrides or {}))
@@ -61,6 +66,7 @@ class SproutModule(L.LightningModule):
         self.schedule_start = 0  # global step the LR schedule counts from (moved by growth)
         self.reference_path = reference
         self.parallel = parallel or Parallelism()
+        self.init_from = init_from
         self.reference: Reference | None = None
         self.model: nn.Module | None = None
         self._val_sums: dict[int, torch.Tensor] = {}
@@ -68,6 +74,18 @@ class SproutModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model = self.build_model(self.config)
+            if self.init_from is not None:
+                self._load_initial_weights()
+
+    def _load_initial_weights(self) -> None:
+        """Copy ``init_from``'s weights into the freshly built (possibly sharded) model."""
+        source, _ = load_model(self.init_from)
+        ignore = {"attention", "init_std", "block_size"}  # no effect on the weights' meaning
+        differ = {k: (v, getattr(self.config, k)) for k, v in source.config.to_dict().items() if k not in ignore and v != getattr(self.config, k)}
+        if differ:
+            fields = ", ".join(f"{k}={a} in the checkpoint vs {b} in the recipe" for k, (a, b) in differ.items())
+            raise SproutError(f"model.init_from={self.init_from} has another shape than the recipe's model ({fields}). Set model.arch / model.arch_overrides to the checkpoint's shape, or start from a matching checkpoint.")
+        set_model_state_dict(self.model, source.state_dict(), options=StateDictOptions(full_state_dict=True))
 
     def build_model(self, config: LlamaConfig) -> nn.Module:
         """A freshly initialised Llama laid out for this run: checkpointed/compiled blocks as
