@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ class SproutDataModule(L.LightningDataModule):
     Args:
         data_dir: folder of prepared domains, as written by ``tools/prepare_data.py``.
         tokenizer: the tokenizer file the shards must have been made with
-            (default ``<data_dir>/tokenizer.json``).
+            (default: the tokenizer.json or tokenizer.model that preparation put in ``data_dir``).
         domains: domains to train on (default: every prepared domain in ``data_dir``).
         mixture: a ``mixture`` plugin choosing domain weights (default ``natural``).
         seq_len: tokens per training sequence.
@@ -77,7 +78,7 @@ class SproutDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.data_dir = Path(data_dir).expanduser()
-        self.tokenizer_path = Path(tokenizer).expanduser() if tokenizer else self.data_dir / "tokenizer.json"
+        self._tokenizer_arg = Path(tokenizer).expanduser() if tokenizer else None
         self.requested_domains = domains
         self.mixture = mixture if mixture is not None else registry.create("mixture", "natural")
         self.seq_len = seq_len
@@ -114,6 +115,14 @@ class SproutDataModule(L.LightningDataModule):
         return list(self.requested_domains)
 
     @property
+    def tokenizer_path(self) -> Path:
+        """``data.tokenizer``, else the one ``tools/prepare_data.py`` copied into ``data_dir``."""
+        if self._tokenizer_arg is not None:
+            return self._tokenizer_arg
+        spm = self.data_dir / "tokenizer.model"
+        return spm if spm.is_file() else self.data_dir / "tokenizer.json"
+
+    @functools.cached_property
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.load(self.tokenizer_path)
 
