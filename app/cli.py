@@ -12,12 +12,17 @@ from pathlib import Path
 
 import yaml
 from jsonargparse import set_loader
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from app import registry
 from app.callbacks import MixtureFeedback, ThroughputMonitor
 from app.callbacks.growth import Growth
+from app.callbacks.nan_guard import NaNGuard
+from app.callbacks.preemption import Preemption
+from app.callbacks.rng import TrainingRNG
+from app.checkpointing import AtomicCheckpointIO, SproutCheckpoint, continue_last_run
 from app.data.datamodule import SproutDataModule
 from app.errors import SproutError
 from app.module import SproutModule
@@ -36,9 +41,28 @@ class SproutCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         # Always-on callbacks with their own recipe sections: `monitor:`, `checkpoint:` and `growth:`.
         parser.add_lightning_class_args(ThroughputMonitor, "monitor")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(SproutCheckpoint, "checkpoint")
         parser.add_lightning_class_args(Growth, "growth")  # inert unless growth.operator is set
         parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "step{step:06d}", "checkpoint.auto_insert_metric_name": False})
+        # Retention: `checkpoint:` keeps the newest save_top_k by step (plus last.ckpt),
+        # `best_checkpoint:` the best by mean validation loss; `nan_guard:` skips non-finite steps.
+        parser.set_defaults({"checkpoint.monitor": "step", "checkpoint.mode": "max", "checkpoint.save_top_k": 3})
+        parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
+        parser.set_defaults({
+            "best_checkpoint.monitor": "val/loss", "best_checkpoint.mode": "min", "best_checkpoint.save_top_k": 1,
+            "best_checkpoint.filename": "best-step{step:06d}-val{val/loss:.4f}", "best_checkpoint.auto_insert_metric_name": False,
+        })
+        parser.add_lightning_class_args(NaNGuard, "nan_guard")
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":
+            continue_last_run(self.config["fit"])
+
+    def instantiate_trainer(self, **kwargs):
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a CheckpointIO the recipe chose
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def after_fit(self) -> None:
         trainer = self.trainer
@@ -80,7 +104,7 @@ def main(args: list[str] | None = None) -> None:
             SproutDataModule,
             args=args,
             parser_kwargs={"parser_mode": RECIPE_MODE},
-            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [LearningRateMonitor(logging_interval="step"), MixtureFeedback()]},
+            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [LearningRateMonitor(logging_interval="step"), MixtureFeedback(), TrainingRNG(), Preemption()]},
             save_config_kwargs={"overwrite": True},
         )
     except SproutError as err:

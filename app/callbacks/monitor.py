@@ -86,8 +86,12 @@ class ThroughputMonitor(L.Callback):
         self._window = (now, self.tokens_seen, self.flops_seen)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen}
+        # The per-batch count is kept too: counting runs the step under FlopCounterMode, whose
+        # kernels round differently, so recounting after a resume would break bit-exact resume.
+        return {"tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen, "flops_per_batch": self._flops_per_batch, "counted_params": self._counted_params}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.tokens_seen = int(state_dict["tokens_seen"])
         self.flops_seen = float(state_dict["flops_seen"])
+        self._flops_per_batch = state_dict.get("flops_per_batch")
+        self._counted_params = int(state_dict.get("counted_params", -1))

@@ -1,0 +1,104 @@
+"""Preemption: a SIGTERM or SIGUSR1 ends the run at the next step boundary with a checkpoint.
+
+Schedulers warn before they kill: SLURM sends SIGUSR1 some time before the end of a job
+(``#SBATCH --signal=USR1@120``) and SIGTERM when it preempts or cancels one; Kubernetes and
+most clouds send SIGTERM. Lightning already catches SIGTERM: it sets
+``trainer.received_sigterm`` and stops at the next step boundary, which is reused here.
+Lightning's own SIGUSR1 handler (SLURM auto-requeue) is not: it saves from inside the
+signal handler, in the middle of a step, so the checkpoint mixes two steps' state.
+
+The checkpoint is written at the end of the training step during which the signal came, as
+``last.ckpt`` in the run's checkpoint folder, so ``--ckpt_path last`` continues from it. The
+callback is a Lightning ``Checkpoint`` so that Lightning runs it after every other callback
+(a mixture's feedback, the periodic checkpoint) has finished with that step.
+The process then exits with status 128 + the signal number, the shell's convention for
+"ended by this signal", so a job script can tell a preempted run from a finished one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+
+class Preemption(Checkpoint):
+    """On SIGTERM or SIGUSR1: finish the current step, save ``last.ckpt``, exit with a message.
+
+    Args:
+        signals: the signal names that trigger it.
+    """
+
+    def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")) -> None:
+        unknown = [s for s in signals if not isinstance(getattr(signal, s, None), signal.Signals)]
+        if unknown:
+            raise ValueError(f"unknown signal name(s) {unknown}; use names like SIGTERM, SIGUSR1")
+        self.signals = tuple(signal.Signals[s] for s in signals)
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+        self._stepped = False  # a training step finished in this process, so there is new state to save
+        self._saved = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signal.Signals(signum)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # SIGTERM stays Lightning's (its handler also stops DDP launchers); the others are ours.
+        # Registered before Lightning registers its handlers, so SLURM auto-requeue leaves SIGUSR1 alone.
+        for sig in self.signals:
+            if sig != signal.SIGTERM:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _pending(self, trainer: L.Trainer) -> signal.Signals | None:
+        if self.received is None and signal.SIGTERM in self.signals and trainer.received_sigterm:
+            self.received = signal.SIGTERM
+        return self.received
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._stepped = True
+        # every rank must agree to stop, or the others would wait forever in the next collective
+        if trainer.strategy.reduce_boolean_decision(self._pending(trainer) is not None, all=False):
+            raise SIGTERMException(self._save(trainer, during="training"))
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Lightning raises SIGTERMException itself when SIGTERM comes during validation or after
+        # this callback's on_train_batch_end; the training state is whole there as well.
+        if isinstance(exception, SIGTERMException) and not self._saved and self._pending(trainer) is not None:
+            exception.code = self._save(trainer, during="validation")
+
+    def _save(self, trainer: L.Trainer, during: str) -> int:
+        """Save (if a step finished here), tell the user, return the exit status."""
+        sig = self.received or signal.SIGTERM
+        self._restore_handlers()
+        self._saved = True
+        if self._stepped:
+            path = _last_checkpoint_path(trainer)
+            trainer.save_checkpoint(path)
+            what = f"saved {path} at step {trainer.global_step}"
+        else:
+            what = "no training step finished since the start, so there was nothing new to save"
+        if trainer.is_global_zero:
+            print(f"sprout: received {sig.name} during {during}; {what}. Resume with the same command and --ckpt_path last.", file=sys.stderr, flush=True)
+        return 128 + sig.value
+
+
+def _last_checkpoint_path(trainer: L.Trainer) -> str:
+    """``last.ckpt`` in the run's checkpoint folder, where ``--ckpt_path last`` looks."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            return os.path.join(callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION)
+    return os.path.join(trainer.default_root_dir, "checkpoints", ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)

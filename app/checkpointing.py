@@ -1,0 +1,142 @@
+"""Writing checkpoints so that a crash never leaves one that looks valid, and finding the last one.
+
+A week-long run is killed at random moments, sometimes in the middle of a save, and disks
+fill up. ``AtomicCheckpointIO`` writes every checkpoint (periodic, last, preemption) to a
+hidden temporary file in the same folder, flushes it to disk, then renames it over the
+target: a reader sees the old file or the complete new one, never half of one. A failed
+write (disk full) removes the temporary file and says what to do. ``SproutCheckpoint`` makes
+sure the final step of a run is in ``last.ckpt``.
+
+``--ckpt_path last`` must mean "the newest last checkpoint of this recipe's runs", but
+Lightning looks only in the checkpoint folder of the *new* logger version, which is empty,
+and then silently starts from scratch. ``continue_last_run`` finds the newest ``last.ckpt``
+under the logger's folder instead and, with TensorBoard, continues in that run's version
+folder (its checkpoints, its retention, one curve). The same command line serves the first
+launch and every restart.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from app.errors import SproutError
+
+_LAST = re.compile(rf"^{ModelCheckpoint.CHECKPOINT_NAME_LAST}(-v\d+)?{re.escape(ModelCheckpoint.FILE_EXTENSION)}$")
+
+
+def _temporary(path: Path) -> Path:
+    # Hidden and without the .ckpt suffix: no checkpoint search ever picks it up.
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to a temporary file, fsync, rename; clear errors on failed saves and loads."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
+        if not isinstance(get_filesystem(path), LocalFileSystem):
+            return super().save_checkpoint(checkpoint, path, storage_options)  # object stores: fsspec's transaction
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        path = Path(path)
+        tmp = _temporary(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            space = " The disk is full:" if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            raise SproutError(
+                f"Could not write checkpoint {path}: {err.strerror or err}.{space} nothing was written there and the checkpoints "
+                f"already in {path.parent} are intact. Free space on that disk (or set checkpoint.dirpath to a folder on a larger one, "
+                "or keep fewer with checkpoint.save_top_k), then resume with --ckpt_path last."
+            ) from None
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed mid-save
+            stale.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if not get_filesystem(path).exists(path):
+            raise SproutError(f"Checkpoint {path} does not exist. Pass an existing .ckpt file to --ckpt_path, or `--ckpt_path last` to resume the newest run of this recipe.")
+        local = isinstance(get_filesystem(path), LocalFileSystem)
+        try:
+            if local and not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has no central directory
+                raise RuntimeError("not a complete zip archive")
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        except RuntimeError as err:
+            if "zip archive" not in str(err):
+                raise
+            raise SproutError(
+                f"Checkpoint {path} cannot be read ({str(err).splitlines()[0]}): the file is truncated or corrupt. "
+                f"Resume from another checkpoint in {Path(path).parent} instead (pass its path to --ckpt_path)."
+            ) from None
+
+
+class SproutCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` always holds the final step of a run.
+
+    Lightning writes ``last.ckpt`` at the end of training only if it wrote none before, so a
+    run whose ``max_steps`` falls between two saves would lose its final steps.
+    """
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.save_last and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        else:
+            super().on_train_end(trainer, pl_module)
+
+
+def find_last_checkpoint(root: str | os.PathLike) -> Path | None:
+    """The newest ``last*.ckpt`` in ``<root>/*/checkpoints`` (one folder per logger version)."""
+    candidates = [p for p in Path(root).glob("*/checkpoints/*.ckpt") if _LAST.match(p.name)]
+    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def continue_last_run(config: Any) -> Path | None:
+    """For ``ckpt_path: last``, resume from the newest last checkpoint of the recipe's logger folder.
+
+    ``config`` is the parsed ``fit`` namespace; its ``ckpt_path`` becomes that file. With
+    TensorBoard (which appends to a run's folder) the logger also gets that run's version,
+    so the run continues in its own folder; other loggers (CSV rewrites its file) start a
+    new version. Does nothing when ``checkpoint.dirpath`` is fixed (Lightning finds the file
+    there itself), when the logger has no ``save_dir``/``name``, or when nothing is found
+    (then Lightning warns and starts from scratch, so one command serves the first launch too).
+    """
+    if config.get("ckpt_path") != "last" or config.get("checkpoint.dirpath"):
+        return None
+    logger = config.get("trainer.logger")
+    args = getattr(logger, "init_args", None)
+    if args is None or not {"save_dir", "name", "version"} <= set(vars(args)) or args.version is not None:
+        return None
+    last = find_last_checkpoint(Path(args.save_dir or ".") / (args.name or ""))
+    if last is None:
+        return None
+    config.ckpt_path = str(last)
+    module, _, name = logger.class_path.rpartition(".")
+    if issubclass(getattr(importlib.import_module(module), name), TensorBoardLogger):
+        args.version = last.parent.parent.name
+    return last

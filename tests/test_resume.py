@@ -1,0 +1,54 @@
+"""Exact resume: a run stopped and resumed with ``--ckpt_path last`` logs the very same losses.
+
+The stopped run ends at a step that is no multiple of the validation or checkpoint interval
+(its final ``last.ckpt`` must still hold that step) and the uninterrupted run and the
+resumed one are compared bit for bit, on CPU with deterministic settings, with two
+DataLoader workers, a dynamic mixture (DoReMi, whose weights change every 3 steps from
+the training losses) and a selector that draws from the global torch generator.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_run import make_data, recipe, save_reference, scalars, sprout
+
+STEPS, STOP = 12, 5
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_data(tmp_path_factory.mktemp("resume"))
+
+
+def test_stop_and_resume_with_ckpt_path_last_is_bit_identical(data, tmp_path):
+    sections = {
+        "model": {"selector": {"class_path": "tiny_run.GlobalRandomTokens"}, "reference": str(save_reference(data, tmp_path / "ref.ckpt"))},
+        "data": {"num_workers": 2, "mixture": {"class_path": "doremi", "init_args": {"update_every": 3, "eta": 5.0}}},
+    }
+    whole = recipe(tmp_path / "whole.yaml", data, tmp_path / "whole", STEPS, **sections)
+    assert sprout("fit", "--config", str(whole))[0] == 0
+
+    legs = recipe(tmp_path / "legs.yaml", data, tmp_path / "legs", STEPS, **sections)
+    # the same command serves the first launch (nothing to resume yet) and the restart
+    assert sprout("fit", "--config", str(legs), "--trainer.max_steps", str(STOP), "--ckpt_path", "last")[0] == 0
+    run = tmp_path / "legs" / "tiny" / "version_0"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == STOP
+    assert sprout("fit", "--config", str(legs), "--ckpt_path", "last")[0] == 0
+    assert not (tmp_path / "legs" / "tiny" / "version_1").exists()  # continued in its own folder
+
+    expected = tmp_path / "whole" / "tiny" / "version_0"
+    for tag in ("train/loss", "train/grad_norm", "select/fraction"):
+        got, want = scalars(run, tag), scalars(expected, tag)
+        assert sorted(got) == list(range(STEPS)), tag
+        assert got == want, tag  # exact float equality, every step, both legs
+
+    a = torch.load(expected / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == STEPS
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    dm_a, dm_b = a["SproutDataModule"], b["SproutDataModule"]
+    assert dm_a["sampler"]["weights"] == dm_b["sampler"]["weights"] != [0.5, 0.5]  # the mixture moved, identically
+    assert dm_a["consumed"] == dm_b["consumed"] == STEPS

@@ -1,0 +1,113 @@
+"""A tiny but real Sprout run for the reliability tests: prepared shards, a recipe, its losses.
+
+The data are stdlib sources (``json`` and ``email`` packages, always present) tokenized by a
+320-token BPE and prepared by ``app.data.prepare``; the model is the ``micro`` Llama. A
+whole run of a dozen steps takes a few seconds on one CPU core.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from app.checkpoint import save_model
+from app.cli import main
+from app.data.prepare import Source, prepare
+from app.data.tokenizer import Tokenizer
+from app.model import Llama, LlamaConfig
+from app.protocols import TokenSelector
+
+VOCAB, SEQ = 320, 32
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+DOMAINS = {"json": sorted((STDLIB / "json").glob("*.py")), "email": sorted((STDLIB / "email").glob("*.py"))[:12]}
+
+
+def make_data(root: Path) -> Path:
+    """``root/data``: domains ``email`` and ``json`` with train/val shards and ``tokenizer.json``."""
+    out = root / "data"
+    tok = Tokenizer.train_bpe((p.read_text() for paths in DOMAINS.values() for p in paths), VOCAB, out / "tokenizer.json")
+    sources = [Source([str(p) for p in paths], format="text", domain=name) for name, paths in DOMAINS.items()]
+    prepare(sources, tok, out, val_fraction=0.2, num_workers=1, progress=False, summary=False)
+    return out
+
+
+def recipe(path: Path, data_dir: Path, runs_dir: Path, steps: int = 12, **sections) -> Path:
+    """Write a deterministic recipe; ``sections`` are merged into its top-level sections."""
+    config = {
+        "seed_everything": 1,
+        "trainer": {
+            "max_steps": steps, "val_check_interval": 4, "check_val_every_n_epoch": None, "log_every_n_steps": 1,
+            "gradient_clip_val": 1.0, "deterministic": True, "enable_progress_bar": False, "enable_model_summary": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(runs_dir), "name": "tiny"}},
+        },
+        "model": {
+            "arch": "micro", "arch_overrides": {"vocab_size": VOCAB, "block_size": SEQ},
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-3, "betas": [0.9, 0.95], "weight_decay": 0.1}},
+            "schedule": {"warmup_steps": 3, "min_lr": 3e-4, "max_steps": steps},  # fixed, so a shorter first leg keeps it
+        },
+        "data": {"data_dir": str(data_dir), "seq_len": SEQ, "batch_size": 4, "val_blocks": 4, "mixture": {"class_path": "uniform"}},
+        "monitor": {"peak_flops": 1.0e12},  # skip measuring the machine's matmul peak
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def sprout(*args: str, cwd: Path | None = None) -> tuple[int, str]:
+    """``sprout <args>`` in this process: (exit status, what it wrote to stderr)."""
+    err = io.StringIO()
+    old = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stderr(err):
+            main(list(args))
+        code = 0
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+    finally:
+        os.chdir(old)
+    sys.stderr.write(err.getvalue())
+    return code, err.getvalue()
+
+
+def scalars(run_dir: Path, tag: str = "train/loss") -> dict[int, float]:
+    """``{step: value}`` of one TensorBoard scalar over every event file of a run folder."""
+    values: dict[int, float] = {}
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values.update({e.step: e.value for e in acc.Scalars(tag)})
+    return values
+
+
+def save_reference(data_dir: Path, path: Path) -> Path:
+    """A frozen micro model to score reference losses (what doremi and rho1 compare against)."""
+    torch.manual_seed(123)
+    model = Llama(LlamaConfig.from_name("micro", vocab_size=VOCAB, block_size=SEQ))
+    model.init_weights()
+    return save_model(model, path, {"tokenizer": Tokenizer.load(data_dir / "tokenizer.json").identity})
+
+
+class GlobalRandomTokens(TokenSelector):
+    """Keeps each token with probability 1/2, drawn from the *global* torch generator.
+
+    The built-in selectors seed their own generators; this one stands for any plugin that
+    does not, so a test can see that the checkpoint carries the global generator states.
+    """
+
+    def token_weights(self, token_loss, batch):
+        return (torch.rand(token_loss.shape) < 0.5).to(token_loss.dtype)
