@@ -64,6 +64,16 @@ class SproutCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
+    def before_fit(self) -> None:
+        # A checkpoint written after growth holds the grown model: build that shape from the start
+        # (ModelParallelStrategy loads weights into what configure_model built; see Growth.resume_from).
+        config = self.config["fit"]
+        path = config.get("ckpt_path")
+        if path == "last" and config.get("checkpoint.dirpath"):
+            path = str(Path(config["checkpoint.dirpath"]) / "last.ckpt")
+        if path and Path(path).exists():
+            self.config_init["fit"]["growth"].resume_from(path)
+
     def after_fit(self) -> None:
         trainer = self.trainer
         if not trainer.is_global_zero:

@@ -2,7 +2,10 @@
 exactly, carry optimizer state, restart the schedule, start stage 2 from a small checkpoint,
 and the shipped tiny recipe through the CLI."""
 
+import csv
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -172,3 +175,38 @@ def test_tiny_recipe_runs_through_the_cli(tiny_data, tmp_path):
     assert stage[1] == 0.0 and stage[5] == 1.0
     flops = scalars(run, "perf/flops_seen")
     assert flops[5] - flops[4] > 2 * (flops[2] - flops[1])
+
+
+def test_fsdp2_grows_mid_run_and_resumes_in_the_grown_shape(tiny_data, tmp_path):
+    """Two ranks over gloo: the sharded stage-1 model is gathered, grown (G_random width, masks on
+    the sharded copy) and sharded again; resuming from the grown sharded checkpoint builds the
+    grown shape before Lightning loads the shards."""
+    def recipe(max_steps):
+        config = {
+            "seed_everything": 3,
+            "trainer": {
+                "accelerator": "cpu", "devices": 2, "strategy": {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"},
+                "max_steps": max_steps, "limit_val_batches": 0, "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False,
+                "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "logs"), "name": "run"}},
+            },
+            "model": {"arch": "micro", "arch_overrides": {"vocab_size": VOCAB, "block_size": SEQ}, "parallel": {"activation_checkpointing": True},
+                      "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": LR}}, "schedule": {"warmup_steps": WARMUP, "min_lr": 3e-4}},
+            "data": {"data_dir": str(tiny_data), "seq_len": SEQ, "batch_size": 2, "mixture": {"class_path": "uniform"}},
+            "checkpoint": {"dirpath": str(tmp_path / "ckpt"), "every_n_train_steps": 2},
+            "monitor": {"peak_flops": 1e11},
+            "growth": {"operator": {"class_path": "random_width", "init_args": {"ramp_steps": 4}}, "at_step": 2,
+                       "target_overrides": {"n_embd": 128, "n_head": 8, "n_kv_head": 4, "intermediate_size": 352}},
+        }
+        path = tmp_path / f"recipe{max_steps}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    for max_steps, extra in ((4, []), (5, ["--ckpt_path", "last"])):
+        run = subprocess.run([sys.executable, "-m", "app", "fit", "--config", str(recipe(max_steps)), *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "ckpt" / "stage1-step000002.ckpt" / ".metadata").is_file()  # a sharded stage-1 checkpoint
+    grown, meta = load_model(tmp_path / "ckpt" / "last.ckpt")
+    assert grown.config.n_embd == 128 and meta["schedule_start"] == 2
+    rows = [r for r in csv.DictReader((tmp_path / "logs" / "run" / "version_1" / "metrics.csv").open()) if r.get("train/loss")]
+    assert [int(r["step"]) for r in rows] == [4] and float(rows[0]["growth/stage"]) == 1.0

@@ -88,6 +88,7 @@ class Growth(L.Callback):
         self.stage_checkpoint: Path | None = None
         self._last_step = -1
         self._source_model: Llama | None = None  # growth.source, loaded in setup
+        self._resumed_config: LlamaConfig | None = None  # shape of a grown checkpoint to resume
 
     # -- configuration ------------------------------------------------------------------------
     def target_config(self, source: LlamaConfig) -> LlamaConfig:
@@ -123,10 +124,22 @@ class Growth(L.Callback):
             raise SproutError("growth needs the grown model's shape: set growth.target_arch (e.g. llama-1.1b-24l) or growth.target_overrides (e.g. {n_layer: 8}).")
 
     # -- Lightning hooks ----------------------------------------------------------------------
+    def resume_from(self, path: str | Path) -> None:
+        """Before ``fit(ckpt_path=path)``: if that checkpoint was written after growth, build the
+        module in its grown shape from the start. Needed under ``ModelParallelStrategy``, which
+        loads the weights into the model ``configure_model`` built, before any module hook could
+        reshape it (the CLI calls this; elsewhere ``SproutModule.on_load_checkpoint`` reshapes)."""
+        sprout, state = stored_growth(path)
+        if sprout and state and state.get("grown_at") is not None:
+            self._resumed_config = LlamaConfig.from_dict(sprout["model_config"])
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Check the recipe before any training: options, the grown shape, the operator's limits."""
         self._check_options()
         if self.operator is None or stage != "fit":
+            return
+        if self._resumed_config is not None:
+            pl_module.config = pl_module.config.replace(**{k: getattr(self._resumed_config, k) for k in SHAPE_FIELDS})
             return
         source = pl_module.config
         if self.source is not None:
@@ -233,6 +246,14 @@ class Growth(L.Callback):
         rank_zero_info(text)
         if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
             trainer.logger.experiment.add_text("growth", text, step)
+
+
+def stored_growth(path: str | Path) -> tuple[dict | None, dict | None]:
+    """The ``sprout`` metadata and the ``Growth`` state of a Lightning checkpoint (a file, or a
+    distributed-checkpoint folder's ``meta.pt``), without reading its tensors."""
+    path = Path(path)
+    meta = torch.load(path / "meta.pt" if path.is_dir() else path, map_location="cpu", weights_only=True, mmap=not path.is_dir())
+    return meta.get("sprout"), meta.get("callbacks", {}).get(Growth.__qualname__)
 
 
 def _full_model(model: torch.nn.Module) -> Llama:
