@@ -1,0 +1,262 @@
+"""Rho-1 at CPU scale on the shared corpus: continued pre-training with all, rho1, loss_topk and random.
+
+The paper's continued-pretraining setting, shrunk: a base model pre-trained on books and code;
+a reference model, the base continued on half of GSM8K (``math_ref``); then continued
+pre-training from the base on a uniform mix of books, code and the other half of GSM8K
+(``math``) with each selector for the same steps and batch, i.e. the same tokens through the
+model. The table and PNG give the held-out math loss (``math``'s validation split, which neither
+the reference nor any run trained on) against tokens, plus the final books and code losses.
+
+    python tools/experiments/selection.py --work_dir runs/selection
+
+Steps, each reused when the command is repeated (so an interrupted experiment continues):
+1. ``data``: tokenizer and shards for books, code (stdlib), math and math_ref;
+2. ``base``: pre-training on books + code;
+3. ``reference``: ``recipes/rho1-reference-math.yaml`` from the base on math_ref;
+4. ``scores``: ``tools/score_reference.py`` over books, code and math;
+5. one ``recipes/rho1-continued.yaml`` run per selector, offline reference scores for all of
+   them (so every run logs the excess loss of what it keeps).
+Every run is an ordinary ``sprout fit`` of a recipe written to its folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from jsonargparse import auto_cli
+
+from app.data.corpus import build_default_corpus, corpus_texts
+from app.data.prepare import Source, prepare
+from app.data.tokenizer import Tokenizer
+from app.errors import SproutError
+from tools import fit_bimix
+from tools.score_reference import score_reference
+
+ROOT = Path(__file__).resolve().parents[2]
+SELECTORS = ("all", "rho1", "loss_topk", "random")
+DONE = "result.json"
+
+
+def prepare_data(corpus: Path, work: Path, vocab_size: int, code_bytes: int, max_doc_chars: int, tokenizer_chars: int) -> Path:
+    """Shards of books, code, math (GSM8K even records) and math_ref (odd records) in ``work/data``."""
+    books, gsm8k = corpus / "books", corpus / "math" / "gsm8k_train.jsonl"
+    missing = [str(p) for p in (books, gsm8k) if not p.exists()]
+    if missing:
+        raise SproutError(f"The shared corpus is incomplete: {missing} not found. Pass --corpus pointing at the folder with books/ and math/ (see its README.md).")
+    data, raw = work / "data", work / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    records = gsm8k.read_text(encoding="utf-8").splitlines()
+    (raw / "gsm8k_cpt.jsonl").write_text("\n".join(records[0::2]) + "\n", encoding="utf-8")
+    (raw / "gsm8k_ref.jsonl").write_text("\n".join(records[1::2]) + "\n", encoding="utf-8")
+    code = build_default_corpus(raw, max_bytes=code_bytes)["code"]
+    tokenizer_path = data / "tokenizer.json"
+    if tokenizer_path.is_file():
+        tok = Tokenizer.load(tokenizer_path)
+    else:
+        def sample():  # about tokenizer_chars characters of each domain
+            for texts in ((p.read_text(encoding="utf-8", errors="replace") for p in sorted(books.glob("*.txt"))),
+                          (" ".join(json.loads(r).values()) for r in records), corpus_texts(code)):
+                total = 0
+                for text in texts:
+                    yield text[: tokenizer_chars - total]
+                    total += len(text)
+                    if total >= tokenizer_chars:
+                        break
+
+        tok = Tokenizer.train_bpe(sample(), vocab_size, tokenizer_path)
+    fields = ["question", "answer"]
+    prepare([Source([str(books)], format="text", domain="books", max_doc_chars=max_doc_chars), Source([str(p) for p in code], format="jsonl", domain="code"),
+             Source([str(raw / "gsm8k_ref.jsonl")], format="jsonl", domain="math_ref", text_fields=fields)], tok, data, val_fraction=0.02, progress=False)
+    # more held-out math: the curve the experiment is about
+    prepare([Source([str(raw / "gsm8k_cpt.jsonl")], format="jsonl", domain="math", text_fields=fields)], tok, data, val_fraction=0.06, progress=False)
+    return data
+
+
+def recipe(template: str, run_dir: Path, args: dict, **changes) -> dict:
+    """``recipes/<template>`` with this experiment's paths, shape and lengths, plus ``changes``
+    (dotted keys, e.g. ``model.selector``; ``None`` deletes a key)."""
+    config = yaml.safe_load((ROOT / "recipes" / template).read_text())
+    config["seed_everything"] = args["seed"]
+    config["trainer"].update(max_steps=args["cpt_steps"], val_check_interval=args["val_every"], enable_progress_bar=False)
+    config["trainer"]["logger"]["init_args"].update(save_dir=str(run_dir.parent), name=run_dir.name, version="logs")
+    config["model"].update(arch=args["arch"], arch_overrides={"vocab_size": args["vocab_size"], "block_size": args["seq_len"]}, init_from=str(args["base"]))
+    config["data"].update(data_dir=str(args["data"]), seq_len=args["seq_len"], batch_size=args["batch_size"], val_blocks=args["val_blocks"], seed=args["seed"])
+    config["checkpoint"] = {"dirpath": str(run_dir / "checkpoints")}
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = copy.deepcopy(value)
+    return config
+
+
+def train(run_dir: Path, config: dict, threads: int | None) -> dict:
+    """``sprout fit`` the recipe in a fresh process (reused if it finished before); returns its curves."""
+    if (run_dir / DONE).is_file():
+        print(f"  {run_dir.name}: finished before, reused")
+        return json.loads((run_dir / DONE).read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    started = time.perf_counter()
+    with open(run_dir / "train.log", "w") as log:
+        code = subprocess.call([sys.executable, "-m", "app", "fit", "--config", str(run_dir / "recipe.yaml")], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    if code != 0:
+        tail = "".join((run_dir / "train.log").read_text().splitlines(keepends=True)[-15:])
+        raise SproutError(f"The run in {run_dir} failed (exit code {code}); the end of {run_dir / 'train.log'}:\n{tail}")
+    scalars = fit_bimix.read_scalars(run_dir / "logs")
+    tokens_per_step = config["data"]["batch_size"] * config["data"]["seq_len"]
+    result = {
+        "seconds": time.perf_counter() - started,
+        "tokens_per_step": tokens_per_step,
+        "val": {tag.removeprefix("val/loss/"): sorted(points.items()) for tag, points in scalars.items() if tag.startswith("val/loss/")},
+        "select": {tag.removeprefix("select/"): _mean(points) for tag, points in scalars.items() if tag.startswith("select/")},
+    }
+    (run_dir / DONE).write_text(json.dumps(result, indent=1))
+    last = {d: points[-1][1] for d, points in result["val"].items()}
+    print(f"  {run_dir.name}: " + ", ".join(f"val/loss/{d} {v:.4f}" for d, v in last.items()) + f" ({result['seconds']:.0f} s)")
+    return result
+
+
+def _mean(points: dict[int, float]) -> float:
+    return sum(points.values()) / max(len(points), 1)
+
+
+def table(results: dict[str, dict], columns: int = 4) -> str:
+    """Held-out math loss at evenly spaced token counts, then the final books and code losses."""
+    steps = [s for s, _ in next(iter(results.values()))["val"]["math"]]
+    picks = [steps[round(i * (len(steps) - 1) / (columns - 1))] for i in range(columns)] if len(steps) >= columns else steps
+    tokens = next(iter(results.values()))["tokens_per_step"]
+    head = "| selector | " + " | ".join(f"math @ {s * tokens / 1e6:.2f}M tok" for s in picks) + " | books (final) | code (final) | kept excess − dropped excess |"
+    rows = [head, "|" + "---|" * (len(picks) + 4)]
+    final_best = min(dict(r["val"]["math"])[picks[-1]] for r in results.values())
+    for name, r in results.items():
+        math = dict(r["val"]["math"])
+        cells = [f"**{math[s]:.4f}**" if s == picks[-1] and math[s] == final_best else f"{math[s]:.4f}" for s in picks]
+        sel = r["select"]
+        gap = f"{sel['kept_excess'] - sel['dropped_excess']:+.3f}" if "dropped_excess" in sel else "n/a"
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {r['val']['books'][-1][1]:.4f} | {r['val']['code'][-1][1]:.4f} | {gap} |")
+    return "\n".join(rows)
+
+
+def plot(path: Path, results: dict[str, dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = ("math", "books", "code")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5))
+    for ax, domain in zip(axes, panels):
+        for i, (name, r) in enumerate(results.items()):
+            steps, losses = zip(*r["val"][domain])
+            ax.plot([s * r["tokens_per_step"] / 1e6 for s in steps], losses, "o-", ms=3, color=f"C{i}", label=name)
+        ax.set_title("held-out math (GSM8K)" if domain == "math" else domain)
+        ax.set_xlabel("tokens through the model (M)")
+        ax.set_ylabel("validation loss")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def selection(
+    work_dir: str = "runs/selection",
+    corpus: str = str(ROOT.parent / "shared" / "corpus"),
+    selectors: list[str] = list(SELECTORS),
+    k: float = 60.0,
+    base_steps: int = 600,
+    ref_steps: int = 300,
+    cpt_steps: int = 400,
+    val_every: int = 50,
+    arch: str = "tiny",
+    vocab_size: int = 2048,
+    seq_len: int = 128,
+    batch_size: int = 16,
+    val_blocks: int = 48,
+    base_lr: float = 3e-3,
+    code_bytes: int = 2_000_000,
+    max_doc_chars: int = 20_000,
+    tokenizer_chars: int = 1_000_000,
+    threads: int | None = None,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Run the experiment; prints and writes ``<work_dir>/selection.md``, ``selection.png`` and ``selection.json``.
+
+    Args:
+        work_dir: where data, runs and results go.
+        corpus: the shared corpus (books/ and math/gsm8k_train.jsonl).
+        selectors: the continued-pretraining runs to make.
+        k: percent of tokens rho1, loss_topk and random keep.
+        base_steps: steps of the base model's pre-training on books + code.
+        ref_steps: steps of the reference model's training on math_ref.
+        cpt_steps: steps of each continued-pretraining run (equal tokens for every selector).
+        val_every: steps between validations.
+        arch: model shape from app/model/config.py (all runs share it).
+        vocab_size: BPE vocabulary trained on the corpus.
+        seq_len: tokens per sequence.
+        batch_size: sequences per step.
+        val_blocks: validation sequences per domain.
+        base_lr: peak learning rate of the base model (the recipes' for the others).
+        code_bytes: stdlib source taken as the code domain.
+        max_doc_chars: books are cut into documents of about this many characters.
+        tokenizer_chars: characters of each domain the tokenizer is trained on.
+        threads: OMP_NUM_THREADS of each training process (default: torch's choice); 1 helps on a busy machine.
+        seed: seed of every run.
+    """
+    unknown = [s for s in selectors if s not in SELECTORS]
+    if unknown:
+        raise SproutError(f"--selectors names {unknown}; choose from {', '.join(SELECTORS)}.")
+    started = time.perf_counter()
+    work = Path(work_dir).expanduser().resolve()
+    print(f"[1/5] data -> {work / 'data'}")
+    data = prepare_data(Path(corpus).expanduser(), work, vocab_size, code_bytes, max_doc_chars, tokenizer_chars)
+    args = dict(seed=seed, cpt_steps=cpt_steps, val_every=val_every, arch=arch, vocab_size=vocab_size, seq_len=seq_len, batch_size=batch_size,
+                val_blocks=val_blocks, data=data, base=work / "base" / "checkpoints" / "last.ckpt")
+    print("[2/5] base model on books + code")
+    train(work / "base", recipe("rho1-continued.yaml", work / "base", args, **{
+        "trainer.max_steps": base_steps, "model.init_from": None, "model.selector": {"class_path": "all"}, "data.domains": ["books", "code"],
+        "data.mixture": {"class_path": "natural"}, "data.reference_scores": None, "model.optimizer.init_args.lr": base_lr,
+        "model.schedule": {"warmup_steps": max(1, base_steps // 20), "min_lr": base_lr / 10}}), threads)
+    print("[3/5] reference model: the base continued on math_ref")
+    train(work / "reference", recipe("rho1-reference-math.yaml", work / "reference", args, **{"trainer.max_steps": ref_steps}), threads)
+    reference = work / "reference" / "checkpoints" / "last.ckpt"
+    print("[4/5] reference scores of books, code and math")
+    score_reference(str(reference), str(data), str(work / "scores"), seq_len, domains=["books", "code", "math"], batch_size=32, progress=False)
+    print(f"[5/5] continued pre-training, {cpt_steps} steps x {batch_size * seq_len} tokens each")
+    results = {}
+    for name in selectors:
+        selector = {"class_path": name} if name == "all" else {"class_path": name, "init_args": {"k": k}}
+        results[name] = train(work / f"cpt-{name}", recipe("rho1-continued.yaml", work / f"cpt-{name}", args, **{
+            "model.selector": selector, "data.reference_scores": str(work / "scores")}), threads)
+    text = table(results)
+    (work / "selection.md").write_text(text + "\n")
+    (work / "selection.json").write_text(json.dumps(results, indent=1))
+    plot(work / "selection.png", results)
+    print(f"\n{text}\n\nWrote {work / 'selection.md'}, {work / 'selection.png'} and {work / 'selection.json'} ({(time.perf_counter() - started) / 60:.1f} min).")
+    return results
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        auto_cli(selection, args=args, as_positional=False)
+    except SproutError as error:
+        print(f"selection: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
