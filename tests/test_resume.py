@@ -24,6 +24,7 @@ def data(tmp_path_factory) -> Path:
 
 def test_stop_and_resume_with_ckpt_path_last_is_bit_identical(data, tmp_path):
     sections = {
+        "trainer": {"num_sanity_val_steps": 2},  # the sanity check draws random numbers only in the resumed run
         "model": {"selector": {"class_path": "tiny_run.GlobalRandomTokens"}, "reference": str(save_reference(data, tmp_path / "ref.ckpt"))},
         "data": {"num_workers": 2, "mixture": {"class_path": "doremi", "init_args": {"update_every": 3, "eta": 5.0}}},
     }

@@ -12,12 +12,15 @@ import io
 import os
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
+import lightning as L
 import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from app.callbacks.preemption import Preemption
 from app.checkpoint import save_model
 from app.cli import main
 from app.data.prepare import Source, prepare
@@ -45,7 +48,7 @@ def recipe(path: Path, data_dir: Path, runs_dir: Path, steps: int = 12, **sectio
         "seed_everything": 1,
         "trainer": {
             "max_steps": steps, "val_check_interval": 4, "check_val_every_n_epoch": None, "log_every_n_steps": 1,
-            "gradient_clip_val": 1.0, "deterministic": True, "enable_progress_bar": False, "enable_model_summary": False,
+            "gradient_clip_val": 1.0, "deterministic": True, "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(runs_dir), "name": "tiny"}},
         },
         "model": {
@@ -111,3 +114,24 @@ class GlobalRandomTokens(TokenSelector):
 
     def token_weights(self, token_loss, batch):
         return (torch.rand(token_loss.shape) < 0.5).to(token_loss.dtype)
+
+
+class PauseAt(L.Callback):
+    """Prints ``paused at step N`` after that step and waits there until a signal has been noticed.
+
+    Lets a test send a signal to a real training process at a known step: the run resumes
+    as soon as Lightning (SIGTERM) or the preemption callback (SIGUSR1) has seen the signal.
+    """
+
+    def __init__(self, step: int, timeout: float = 60.0) -> None:
+        self.step = step
+        self.timeout = timeout
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step != self.step:
+            return
+        print(f"paused at step {self.step}", flush=True)
+        preemption = next(cb for cb in trainer.callbacks if isinstance(cb, Preemption))
+        deadline = time.monotonic() + self.timeout
+        while not (trainer.received_sigterm or preemption.received) and time.monotonic() < deadline:
+            time.sleep(0.02)

@@ -10,7 +10,8 @@ signal handler, in the middle of a step, so the checkpoint mixes two steps' stat
 The checkpoint is written at the end of the training step during which the signal came, as
 ``last.ckpt`` in the run's checkpoint folder, so ``--ckpt_path last`` continues from it. The
 callback is a Lightning ``Checkpoint`` so that Lightning runs it after every other callback
-(a mixture's feedback, the periodic checkpoint) has finished with that step.
+(a mixture's feedback, the periodic checkpoint) has finished with that step; the process
+leaves once Lightning has logged that step, before any validation or the next step.
 The process then exits with status 128 + the signal number, the shell's convention for
 "ended by this signal", so a job script can tell a preempted run from a finished one.
 """
@@ -43,7 +44,7 @@ class Preemption(Checkpoint):
         self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
         self._stepped = False  # a training step finished in this process, so there is new state to save
-        self._saved = False
+        self._exit_code: int | None = None  # set once the checkpoint is saved
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signal.Signals(signum)
@@ -71,20 +72,34 @@ class Preemption(Checkpoint):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._stepped = True
         # every rank must agree to stop, or the others would wait forever in the next collective
-        if trainer.strategy.reduce_boolean_decision(self._pending(trainer) is not None, all=False):
-            raise SIGTERMException(self._save(trainer, during="training"))
+        if not trainer.strategy.reduce_boolean_decision(self._pending(trainer) is not None, all=False):
+            return
+        if 0 <= trainer.max_steps <= trainer.global_step:
+            return  # the last step: the run ends normally and saves last.ckpt itself
+        self._exit_code = self._save(trainer, during="training")
+
+    # The exit waits until Lightning has logged the step just saved; it skips any validation.
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._exit_code is not None:
+            raise SIGTERMException(self._exit_code)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._exit_code is not None:
+            raise SIGTERMException(self._exit_code)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # Lightning raises SIGTERMException itself when SIGTERM comes during validation or after
-        # this callback's on_train_batch_end; the training state is whole there as well.
-        if isinstance(exception, SIGTERMException) and not self._saved and self._pending(trainer) is not None:
-            exception.code = self._save(trainer, during="validation")
+        # Lightning raises SIGTERMException itself when SIGTERM comes during validation; the
+        # training state is whole there as well.
+        if not isinstance(exception, SIGTERMException) or self._pending(trainer) is None:
+            return
+        if self._exit_code is None:
+            self._exit_code = self._save(trainer, during="validation")
+        exception.code = self._exit_code
 
     def _save(self, trainer: L.Trainer, during: str) -> int:
         """Save (if a step finished here), tell the user, return the exit status."""
         sig = self.received or signal.SIGTERM
         self._restore_handlers()
-        self._saved = True
         if self._stepped:
             path = _last_checkpoint_path(trainer)
             trainer.save_checkpoint(path)
