@@ -124,7 +124,10 @@ def _write_shards(folder: Path, name: str, docs: list[tuple[str, str]], shards: 
     finally:
         for f in outs:
             f.close()
-    return paths
+    for p in paths:  # one large document can fill several shares, leaving a shard empty
+        if p.stat().st_size == 0:
+            p.unlink()
+    return [p for p in paths if p.exists()]
 
 
 def build_default_corpus(out_dir: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, shards: int = DEFAULT_SHARDS) -> dict[str, list[Path]]:
