@@ -236,3 +236,27 @@ def test_grown_model_trains(operator, target):
         operator.on_train_step(grown, step)
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.5, losses
+
+
+# -- the paper-scale recipes ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, small, big, target_name, tokens", [("1.1b", 6, 24, "llama-1.1b-24l", 100e9), ("3b", 8, 32, "llama-3b-32l", 300e9), ("7b", 8, 32, "llama-7b-32l", 300e9)])
+def test_paper_recipes_grow_the_paper_shapes_at_the_guideline_time(name, small, big, target_name, tokens):
+    import yaml
+    from pathlib import Path
+
+    from app.callbacks.growth import Growth
+    from app.model import param_count
+    from tools.growth_plan import growth_tokens
+
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / f"gstack-{name}.yaml").read_text())
+    source = LlamaConfig.from_name(recipe["model"]["arch"])
+    section = recipe["growth"]
+    assert registry.resolve("growth", section["operator"]["class_path"]) is Gstack
+    target = Growth(target_arch=section["target_arch"]).target_config(source)
+    assert (source.n_layer, target.n_layer) == (small, big) and target == LlamaConfig.from_name(target_name)
+    Gstack().check(source, target)
+    assert section["at_tokens"] == round(growth_tokens(param_count(target), tokens))
+    step_tokens = recipe["data"]["batch_size"] * recipe["trainer"]["devices"] * recipe["trainer"]["accumulate_grad_batches"] * recipe["data"]["seq_len"]
+    assert step_tokens == 1024 * 2048 and abs(recipe["trainer"]["max_steps"] * step_tokens - tokens) < step_tokens

@@ -38,7 +38,10 @@ def test_small_shape_and_written_stanza(tmp_path, capsys):
     d = main(tokens="2T", params="7B", config="llama-7b-32l", write_recipe=str(out))
     printed = capsys.readouterr().out
     assert "small shape llama-7b-8l: 8 layers x 4096 wide" in printed
-    assert yaml.safe_load(out.read_text()) == {"growth": {"operator": "gstack", "factor": 4, "at_tokens": round(d), "target": "llama-7b-32l"}}
+    assert yaml.safe_load(out.read_text()) == {
+        "model": {"arch": "llama-7b-8l"},
+        "growth": {"operator": {"class_path": "gstack"}, "target_arch": "llama-7b-32l", "at_tokens": round(d)},
+    }
 
 
 def test_params_counted_from_config_when_not_given(capsys):

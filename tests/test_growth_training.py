@@ -210,3 +210,18 @@ def test_fsdp2_grows_mid_run_and_resumes_in_the_grown_shape(tiny_data, tmp_path)
     assert grown.config.n_embd == 128 and meta["schedule_start"] == 2
     rows = [r for r in csv.DictReader((tmp_path / "logs" / "run" / "version_1" / "metrics.csv").open()) if r.get("train/loss")]
     assert [int(r["step"]) for r in rows] == [4] and float(rows[0]["growth/stage"]) == 1.0
+
+
+def test_growth_plan_writes_sections_the_cli_accepts(tmp_path, capsys):
+    from tools.growth_plan import main as plan
+
+    plan(tokens="50M", config="tiny", write_recipe=str(tmp_path / "plan.yaml"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", str(REPO / "recipes" / "gstack-tiny.yaml"), "--config", str(tmp_path / "plan.yaml"), "--print_config"])
+    assert done.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["growth"]["operator"]["class_path"] == "plugins.growth.direct.Gstack"
+    module = SproutModule(arch=config["model"]["arch"], arch_overrides=config["model"]["arch_overrides"])
+    assert module.config.n_layer == 1
+    assert Growth(target_arch=config["growth"]["target_arch"]).target_config(module.config).n_layer == 4

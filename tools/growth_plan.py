@@ -60,9 +60,17 @@ def small_config(name: str, factor: int):
     return target, small, small_name
 
 
-def growth_stanza(at_tokens: float, factor: int, target: str | None) -> str:
-    target_field = f", target: {target}" if target else ""
-    return f"growth: {{operator: gstack, factor: {factor}, at_tokens: {round(at_tokens)}{target_field}}}\n"
+def growth_stanza(at_tokens: float, factor: int, target: str | None, model: str | None = None) -> str:
+    """The plan as recipe sections, in the format of the ``growth:`` section (app/callbacks/growth.py);
+    ``model`` is the small model's ``model:`` mapping when the target shape is known."""
+    lines = [f"model: {model}"] if model else []
+    lines += ["growth:", "  operator: {class_path: gstack}"]
+    if target is not None:
+        lines.append(f"  target_arch: {target}")
+    else:
+        lines.append(f"  # grown shape: target_arch: <name in app/model/config.py>, or target_overrides: {{n_layer: {factor} x the model's layers}}")
+    lines.append(f"  at_tokens: {round(at_tokens)}")
+    return "\n".join(lines) + "\n"
 
 
 def main(tokens: str, params: str | None = None, config: str | None = None, factor: int = GROWTH_FACTOR, write_recipe: str | None = None) -> float:
@@ -93,7 +101,10 @@ def main(tokens: str, params: str | None = None, config: str | None = None, fact
         target, small, small_name = shapes
         print(f"target shape {config}: {target.n_layer} layers x {target.n_embd} wide, {target.n_head} heads, {target.n_kv_head} KV heads")
         print(f"small shape {small_name or '(' + config + ' with n_layer=' + str(small.n_layer) + ')'}: {small.n_layer} layers x {small.n_embd} wide (same width)")
-    stanza = growth_stanza(d, factor, config)
+    model = None
+    if shapes is not None:
+        model = f"{{arch: {shapes[2]}}}" if shapes[2] else f"{{arch: {config}, arch_overrides: {{n_layer: {shapes[1].n_layer}}}}}"
+    stanza = growth_stanza(d, factor, config, model)
     print("\n" + stanza, end="")
     if write_recipe:
         Path(write_recipe).parent.mkdir(parents=True, exist_ok=True)
