@@ -61,8 +61,8 @@ class MixtureFeedback(L.Callback):
             if "ref_loss" not in outputs:
                 raise SproutError(f"The mixture policy {type(policy).__name__} needs reference losses: set model.reference to a reference checkpoint (scored online) or data.reference_scores to offline scores from tools/score_reference.py.")
             loss = (loss - outputs["ref_loss"].double()).clamp_min(0)
-        valid = batch["targets"] != IGNORE_INDEX
-        rows = torch.stack([(loss * valid).sum(dim=1), valid.sum(dim=1).double()])
+        valid = (batch["targets"] != IGNORE_INDEX) & loss.isfinite()  # a step the NaN guard skips adds nothing
+        rows = torch.stack([loss.where(valid, 0.0).sum(dim=1), valid.sum(dim=1).double()])
         self.sums.index_add_(1, batch["domain"].to(self.sums.device), rows.to(self.sums.device))
 
         step = trainer.global_step
