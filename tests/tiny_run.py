@@ -135,3 +135,20 @@ class PauseAt(L.Callback):
         deadline = time.monotonic() + self.timeout
         while not (trainer.received_sigterm or preemption.received) and time.monotonic() < deadline:
             time.sleep(0.02)
+
+
+class NaNAt(TokenSelector):
+    """Every token counts, except that the batches numbered in ``batches`` get NaN weights.
+
+    A stand-in for a corrupt batch or an overflow: the step's objective and gradients are NaN.
+    ``from_batch`` makes every batch from that number on bad (a diverged run).
+    """
+
+    def __init__(self, batches: list[int] | None = None, from_batch: int | None = None) -> None:
+        self.batches = set(batches or [])
+        self.from_batch = from_batch
+
+    def token_weights(self, token_loss, batch):
+        b = int(batch["batch_no"][0])
+        bad = b in self.batches or (self.from_batch is not None and b >= self.from_batch)
+        return torch.full_like(token_loss, float("nan") if bad else 1.0)
