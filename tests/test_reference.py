@@ -37,7 +37,7 @@ def random_reference(path: Path, tok: Tokenizer, seed: int, vocab_size: int = VO
 def world(tmp_path_factory):
     """Two small prepared domains (many chunks, so blocks skip chunk tails), a reference, its scores."""
     root = tmp_path_factory.mktemp("rho1")
-    code, mail = sorted((STDLIB / "json").glob("*.py")), sorted((STDLIB / "email").glob("*.py"))[:8]
+    code, mail = sorted((STDLIB / "json").glob("*.py")), sorted((STDLIB / "email").glob("*.py"))[3:8]  # ~50 kB each
     tok = Tokenizer.train_bpe([p.read_text() for p in code + mail], VOCAB, root / "tokenizer.json")
     sources = [Source([str(p) for p in code], format="text", domain="code"), Source([str(p) for p in mail], format="text", domain="mail")]
     prepare(sources, tok, root / "data", num_workers=1, chunk_tokens=1000, val_fraction=0.2, progress=False, summary=False)
@@ -163,3 +163,17 @@ checkpoint: {{dirpath: {tmp_path / 'ckpt'}}}
     shares = np.array([scalar["select/kept_share/code"], scalar["select/kept_share/mail"]])
     np.testing.assert_allclose(shares.sum(axis=0), 1.0, rtol=1e-5)
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()
+
+
+def test_init_from_starts_from_the_checkpoint_and_checks_its_shape(world):
+    from app.checkpoint import load_model
+    from app.module import SproutModule
+
+    module = SproutModule(arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": 64}, init_from=str(world["ref"]))
+    module.configure_model()
+    ref, _ = load_model(world["ref"])
+    x = torch.randint(0, VOCAB, (2, 8))
+    torch.testing.assert_close(module.model(x), ref(x))
+    wrong = SproutModule(arch="micro", arch_overrides={"vocab_size": 384, "block_size": 32}, init_from=str(world["ref"]))
+    with pytest.raises(SproutError, match=r"model.init_from=.*ref.ckpt has another shape.*vocab_size=320 in the checkpoint vs 384 in the recipe"):
+        wrong.configure_model()

@@ -1,18 +1,15 @@
 """Token-loss dynamics: the paper's four classes on hand-made curves, and the tool end to end."""
 
 import json
-import sysconfig
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from app.checkpoint import save_model
-from app.data.prepare import Source, prepare
-from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.model import Llama, LlamaConfig
+from conftest import TINY_VOCAB
 from tools.token_dynamics import CLASSES, classify, token_dynamics
 
 
@@ -37,30 +34,28 @@ def test_classes_on_hand_made_curves():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tiny_data, tmp_path_factory):
+    """Two random checkpoints over the shared tiny data (conftest.py)."""
     root = tmp_path_factory.mktemp("dyn")
-    files = sorted((Path(sysconfig.get_paths()["stdlib"]) / "json").glob("*.py"))
-    tok = Tokenizer.train_bpe([f.read_text() for f in files], 300, root / "data" / "tokenizer.json")
-    prepare([Source([str(f) for f in files], format="text", domain="code")], tok, root / "data", num_workers=1, val_fraction=0.4, progress=False, summary=False)
     ckpts = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        model = Llama(LlamaConfig.from_name("micro", vocab_size=320, block_size=32))
+        model = Llama(LlamaConfig.from_name("micro", vocab_size=TINY_VOCAB, block_size=32))
         model.init_weights()
         ckpts.append(str(save_model(model, root / f"m{seed}.ckpt")))
-    return root, ckpts
+    return tiny_data, root, ckpts
 
 
 def test_tool_writes_shares_curves_and_passage(run):
-    root, (a, b) = run
-    forward = token_dynamics([a, b], str(root / "data"), "code", 16, str(root / "ab"), max_blocks=6)
-    backward = token_dynamics([b, a], str(root / "data"), "code", 16, str(root / "ba"), max_blocks=6)
+    data, root, (a, b) = run
+    forward = token_dynamics([a, b], str(data), "code", 16, str(root / "ab"), max_blocks=6)
+    backward = token_dynamics([b, a], str(data), "code", 16, str(root / "ba"), max_blocks=6)
     assert forward["tokens"] == 6 * 16
     assert sum(forward["shares"].values()) == pytest.approx(1.0)
     # reversing the checkpoints turns every falling token into a rising one
     assert forward["shares"]["H→L"] == backward["shares"]["L→H"] and forward["shares"]["L→H"] == backward["shares"]["H→L"]
     assert forward["shares"]["H→L"] + forward["shares"]["L→H"] > 0  # two random models disagree on some tokens
-    same = token_dynamics([a, a, a], str(root / "data"), "code", 16, str(root / "aa"), max_blocks=6)
+    same = token_dynamics([a, a, a], str(data), "code", 16, str(root / "aa"), max_blocks=6)
     assert same["shares"]["H→L"] == same["shares"]["L→H"] == 0
     assert json.loads((root / "ab" / "shares.json").read_text())["shares"] == forward["shares"]
     assert (root / "ab" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -69,6 +64,6 @@ def test_tool_writes_shares_curves_and_passage(run):
 
 
 def test_tool_needs_two_checkpoints(run):
-    root, (a, _) = run
+    data, root, (a, _) = run
     with pytest.raises(SproutError, match="at least 2"):
-        token_dynamics([a], str(root / "data"), "code", 16, str(root / "x"))
+        token_dynamics([a], str(data), "code", 16, str(root / "x"))
