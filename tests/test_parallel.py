@@ -1,0 +1,184 @@
+"""FSDP2, activation checkpointing and the strategy helpers, on CPU over gloo.
+
+The sharded gradients are checked against one process's in two spawned ranks; the Lightning
+path (ModelParallelStrategy and DDP, two processes each) trains, writes a sharded checkpoint,
+resumes from it and consolidates it, each run in a subprocess so this process stays clean.
+"""
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+
+from app.checkpoint import load_model
+from app.errors import SproutError
+from app.loss import chunked_token_losses
+from app.model import Llama, LlamaConfig
+from app.parallel import Parallelism, compute_dtype, fused_optimizer_kwargs, parallelize, total_norm
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = LlamaConfig.from_name("micro", vocab_size=96, block_size=32)
+
+
+def _loss(model, x, y):
+    return chunked_token_losses(model.hidden_states(x), model.output.weight, y, chunk_size=24).mean()
+
+
+def _batches(world):
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, CONFIG.vocab_size, (world, 2, 16), generator=g), torch.randint(0, CONFIG.vocab_size, (world, 2, 16), generator=g)
+
+
+def _sharded_worker(rank, world, init_file, mesh_shape):
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = Llama(CONFIG)
+        reference = copy.deepcopy(model)
+        x, y = _batches(world)
+        # one process over every rank's batch: the gradient data parallelism must reproduce
+        sum(_loss(reference, x[r], y[r]) for r in range(world)).div(world).backward()
+
+        names = ("dp_shard",) if len(mesh_shape) == 1 else ("dp_replicate", "dp_shard")
+        mesh = init_device_mesh("cpu", mesh_shape, mesh_dim_names=names)
+        parallelize(model, Parallelism(activation_checkpointing=True), mesh)
+        assert isinstance(model, FSDPModule)
+        _loss(model, x[rank], y[rank]).backward()
+
+        grads = {n.replace("._checkpoint_wrapped_module", ""): p.grad for n, p in model.named_parameters()}
+        assert grads.keys() == dict(reference.named_parameters()).keys()
+        for name, ref in reference.named_parameters():
+            got = grads[name]
+            assert isinstance(got, DTensor), name
+            torch.testing.assert_close(got.full_tensor(), ref.grad, rtol=1e-5, atol=1e-6, msg=name)
+        ref_norm = torch.nn.utils.get_total_norm([p.grad for p in reference.parameters()])
+        torch.testing.assert_close(total_norm(list(grads.values())), ref_norm)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mesh_shape", [(2,), (1, 2)], ids=["full", "hybrid"])
+def test_fsdp2_gradients_equal_one_process(tmp_path, mesh_shape):
+    """Sharded parameters, the registered ``hidden_states`` forward and the chunked loss on the
+    gathered head give exactly the single-process gradients (and grad norm)."""
+    mp.spawn(_sharded_worker, args=(2, str(tmp_path / "init"), mesh_shape), nprocs=2, join=True)
+
+
+def test_activation_checkpointing_keeps_names_and_gradients():
+    torch.manual_seed(0)
+    plain = Llama(CONFIG)
+    checkpointed = parallelize(copy.deepcopy(plain), Parallelism(activation_checkpointing=True))
+    assert list(checkpointed.state_dict()) == list(plain.state_dict())  # checkpoints stay interchangeable
+    x, y = _batches(1)
+    for model in (plain, checkpointed):
+        _loss(model, x[0], y[0]).backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_parallelism_checks_sharding():
+    with pytest.raises(SproutError, match="model.parallel.sharding"):
+        Parallelism(sharding="zero3")
+
+
+def test_compute_dtype_follows_precision():
+    assert compute_dtype("bf16-mixed") is torch.bfloat16
+    assert compute_dtype("bf16-true") is torch.bfloat16
+    assert compute_dtype("16-mixed") is torch.float16
+    assert compute_dtype("32-true") is None
+
+
+def test_fused_adamw_only_on_cuda_and_only_when_unset():
+    cuda = [SimpleNamespace(is_cuda=True)]
+    assert fused_optimizer_kwargs(torch.optim.AdamW, [torch.zeros(1)]) == {}  # CPU: untouched
+    assert fused_optimizer_kwargs(torch.optim.AdamW, cuda) == {"fused": True}
+    assert fused_optimizer_kwargs(torch.optim.RMSprop, cuda) == {}  # no fused kernel
+    from functools import partial
+
+    assert fused_optimizer_kwargs(partial(torch.optim.AdamW, lr=1e-3, fused=None, foreach=None), cuda) == {"fused": True}
+    assert fused_optimizer_kwargs(partial(torch.optim.AdamW, lr=1e-3, fused=False, foreach=None), cuda) == {}  # recipe chose
+    assert fused_optimizer_kwargs(partial(torch.optim.AdamW, fused=None, foreach=True), cuda) == {}
+
+
+# -- Lightning, two processes --------------------------------------------------------------
+def _recipe(tmp_path, data_dir, strategy, max_steps, **parallel):
+    recipe = {
+        "seed_everything": 3,
+        "trainer": {
+            "accelerator": "cpu", "devices": 2, "strategy": strategy, "max_steps": max_steps,
+            "limit_val_batches": 0, "log_every_n_steps": 1, "gradient_clip_val": 1.0,
+            "enable_progress_bar": False, "enable_model_summary": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "logs"), "name": "run"}},
+        },
+        "model": {
+            "arch": "micro", "arch_overrides": {"vocab_size": 384, "block_size": 32},
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.003}},
+            "schedule": {"warmup_steps": 2, "min_lr": 0.0003}, "parallel": parallel,
+        },
+        "data": {"data_dir": str(data_dir), "seq_len": 32, "batch_size": 2, "mixture": {"class_path": "uniform"}},
+        "checkpoint": {"dirpath": str(tmp_path / "ckpt"), "every_n_train_steps": 2},
+        "monitor": {"log_every": 1, "peak_flops": 1e11},
+    }
+    path = tmp_path / f"recipe_{max_steps}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def _fit(recipe, *extra):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "app", "fit", "--config", str(recipe), *extra], cwd=recipe.parent, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-6000:]
+    return run
+
+
+def _metrics(tmp_path, version):
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "logs" / "run" / f"version_{version}" / "metrics.csv").open()))
+    return {int(r["step"]): r for r in rows if r.get("train/loss")}
+
+
+def test_fsdp2_run_checkpoints_resumes_and_consolidates(tmp_path, tiny_data):
+    strategy = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}
+    _fit(_recipe(tmp_path, tiny_data, strategy, 4, activation_checkpointing=True))
+    last = tmp_path / "ckpt" / "last.ckpt"
+    assert last.is_dir() and (last / ".metadata").is_file()
+    assert sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # one shard per rank
+    first = _metrics(tmp_path, 0)
+    assert sorted(first) == [0, 1, 2, 3] and float(first[3]["train/loss"]) < float(first[0]["train/loss"])
+
+    _fit(_recipe(tmp_path, tiny_data, strategy, 6, activation_checkpointing=True), "--ckpt_path", str(last))
+    resumed = _metrics(tmp_path, 1)
+    assert sorted(resumed) == [4, 5]  # continued from step 4, optimizer and schedule restored
+    assert float(resumed[4]["perf/tokens_seen"]) == 5 * 2 * 2 * 32
+
+    out = tmp_path / "model.ckpt"
+    from tools.consolidate_checkpoint import consolidate
+
+    consolidate(last, out)
+    single, meta = load_model(out)
+    sharded, _ = load_model(last)
+    assert meta["model_config"]["vocab_size"] == 384
+    for name, tensor in sharded.state_dict().items():
+        assert torch.equal(single.state_dict()[name], tensor), name
+
+
+def test_ddp_run_with_checkpointed_blocks(tmp_path, tiny_data):
+    _fit(_recipe(tmp_path, tiny_data, "ddp", 2, activation_checkpointing=True))
+    rows = _metrics(tmp_path, 0)
+    assert sorted(rows) == [0, 1]
+    assert all(float(r["train/grad_norm"]) > 0 for r in rows.values())
+    assert (tmp_path / "ckpt" / "last.ckpt").is_file()  # DDP writes one ordinary file
+    assert isinstance(load_model(tmp_path / "ckpt" / "last.ckpt")[0], Llama)
