@@ -50,6 +50,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _os_error(err: BaseException | None) -> OSError | None:
+    """The OSError behind ``err``: torch.save reports a failed write as a RuntimeError of its zip writer."""
+    while err is not None and not isinstance(err, OSError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temporary file, fsync, rename; clear errors on failed saves and loads."""
 
@@ -68,13 +75,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             _fsync_dir(path.parent)
-        except OSError as err:
+        except BaseException as err:
             tmp.unlink(missing_ok=True)
-            space = " The disk is full:" if err.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+            cause = _os_error(err)
+            if cause is None:
+                raise
+            if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                fix = "Free space on that disk, set checkpoint.dirpath to a folder on a larger one, or keep fewer checkpoints (checkpoint.save_top_k)"
+            else:
+                fix = "Make that folder writable or set checkpoint.dirpath to one that is"
             raise SproutError(
-                f"Could not write checkpoint {path}: {err.strerror or err}.{space} nothing was written there and the checkpoints "
-                f"already in {path.parent} are intact. Free space on that disk (or set checkpoint.dirpath to a folder on a larger one, "
-                "or keep fewer with checkpoint.save_top_k), then resume with --ckpt_path last."
+                f"Could not write checkpoint {path}: {cause.strerror or cause}. Nothing was written there, and the checkpoints already in "
+                f"{path.parent} are intact. {fix}, then resume with --ckpt_path last."
             ) from None
         for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed mid-save
             stale.unlink(missing_ok=True)
