@@ -361,3 +361,22 @@ def test_shared_corpus_four_domains(tmp_path):
     assert sum(s["documents"] for s in metas["shakespeare"]["splits"].values()) == len(plays)
     assert sum(s["tokens"] for s in metas["shakespeare"]["splits"].values()) == sum(len(e) + 1 for e in tok.encode_batch(plays))
     assert metas["code"]["sources"] == sorted(os.path.realpath(p) for p in code)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="uses SIGKILL and fork")
+def test_a_killed_worker_fails_the_run_instead_of_hanging(tmp_path, corpus, tok, monkeypatch):
+    import signal
+
+    import app.data.prepare as prepare_module
+
+    real = prepare_module._run_task
+
+    def killed_on_second_task(task, tokenizer, report):
+        if task.task_id == 1:
+            os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+        return real(task, tokenizer, report)
+
+    monkeypatch.setattr(prepare_module, "_run_task", killed_on_second_task)  # forked workers inherit it
+    with pytest.raises(SproutError, match="died"):
+        prepare([Source([str(corpus["books"])], domain="books")], tok, tmp_path / "out", num_workers=2, progress=False)
+    assert not (tmp_path / "out" / "books" / "meta.json").exists() and not list((tmp_path / "out").glob(".staging*"))

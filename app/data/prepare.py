@@ -204,7 +204,6 @@ def _worker_init(progress_queue) -> None:
     global _progress_queue
     _progress_queue = progress_queue
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the pool is the parallelism
-    progress_queue.put(("pid", os.getpid()))  # so the parent notices if this worker is killed
 
 
 def _gone(pid: int) -> bool:
@@ -503,8 +502,10 @@ def _run_tasks(tasks: list[_Task], tok: Tokenizer, num_workers: int, progress: b
         # Set before forking: HF tokenizers then neither warns in the children nor fights the pool for cores.
         saved = os.environ.get("TOKENIZERS_PARALLELISM")
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
+        before = {p.pid for p in mp.active_children()}
         try:
             pool = ctx.Pool(min(num_workers, len(tasks)), initializer=_worker_init, initargs=(progress_queue,))
+            workers = {p.pid for p in mp.active_children()} - before
         finally:
             if saved is None:
                 os.environ.pop("TOKENIZERS_PARALLELISM")
@@ -512,29 +513,21 @@ def _run_tasks(tasks: list[_Task], tok: Tokenizer, num_workers: int, progress: b
                 os.environ["TOKENIZERS_PARALLELISM"] = saved
         with pool:
             running = [pool.apply_async(_pool_task, (task,)) for task in tasks]
-            results, pids = [], set()
-
-            def drain(timeout: float | None) -> None:
-                try:
-                    message = progress_queue.get(timeout=timeout) if timeout else progress_queue.get_nowait()
-                except queue.Empty:
-                    return
-                if message[0] == "pid":
-                    pids.add(message[1])
-                else:
-                    report(*message)
-
+            results = []
             while running:
-                drain(0.2)
+                try:
+                    report(*progress_queue.get(timeout=0.2))
+                except queue.Empty:
+                    pass
                 for r in [r for r in running if r.ready()]:
                     results.append(r.get())  # re-raises a worker's error here
                     running.remove(r)
-                # multiprocessing.Pool silently replaces a killed worker and its task never ends
-                dead = [pid for pid in pids if _gone(pid)]
+                # multiprocessing.Pool silently replaces a killed worker, and its task never ends
+                dead = [pid for pid in workers if _gone(pid)]
                 if dead and running:
                     raise SproutError(f"A preparation worker process (pid {dead[0]}) died, most likely killed by the system for lack of memory. Re-run with fewer --num_workers.")
             while not progress_queue.empty():
-                drain(None)
+                report(*progress_queue.get())
             return sorted(results, key=lambda r: r.task_id)
     finally:
         bar.close()
