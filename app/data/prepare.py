@@ -17,7 +17,8 @@ Work is spread over files: each task (a run of files) streams its documents, tok
 them in batches and writes its own chunk files with litdata's ``BinaryWriter`` into a
 staging folder; the parent then moves the chunks into place, merges the indexes and the
 statistics, and writes ``meta.json``. Chunks hold exactly ``chunk_tokens`` tokens except
-each task's last one.
+each task's last one. The staging folder (``<out_root>/.staging-*``) is removed at the end,
+also on errors; only a run killed outright leaves one behind, safe to delete.
 """
 
 from __future__ import annotations

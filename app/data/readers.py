@@ -1,10 +1,13 @@
-"""Readers: input files in, documents out, one file at a time and never a whole file in memory.
+"""Readers: input files in, documents out, one file at a time.
 
 Three file formats cover SlimPajama (JSON lines, zstd-compressed or not), Starcoderdata
-(parquet) and plain text. A reader never raises on bad data: it yields a ``BadRecord``
-saying where and why, and the caller decides whether that stops the run or is counted
-and reported. A stream that cannot go on (truncated ``.zst``, unreadable file) yields one
-``BadRecord`` and ends.
+(parquet) and plain text. JSON lines and parquet are streamed (line by line, record batch
+by record batch), never held whole in memory; a plain-text file is one document, so it is
+read whole and then cut by ``max_doc_chars``.
+
+A reader never raises on bad data: it yields a ``BadRecord`` saying where and why, and the
+caller decides whether that stops the run or is counted and reported. A stream that cannot
+go on (truncated ``.zst``, unreadable file) yields one ``BadRecord`` and ends.
 """
 
 from __future__ import annotations
