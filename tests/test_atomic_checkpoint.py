@@ -15,7 +15,7 @@ import torch
 
 import app.checkpointing
 from app.checkpointing import AtomicCheckpointIO
-from tiny_run import make_data, recipe, scalars, sprout
+from tiny_run import recipe, scalars, sprout
 
 # A process that saves one checkpoint, then starts a second and is stuck half way through writing it.
 KILLED_MID_SAVE = """
@@ -67,12 +67,8 @@ class FullDisk(io.FileIO):
         return super().write(data)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("atomic"))
 
-
-def test_disk_full_while_saving_is_a_clear_error_and_leaves_the_earlier_checkpoints(data, tmp_path, monkeypatch):
+def test_disk_full_while_saving_is_a_clear_error_and_leaves_the_earlier_checkpoints(tiny_data, tmp_path, monkeypatch):
     saves = []
 
     def open_on_filling_disk(path, mode="r", *args, **kwargs):
@@ -82,7 +78,7 @@ def test_disk_full_while_saving_is_a_clear_error_and_leaves_the_earlier_checkpoi
         return FullDisk(path, "wb")
 
     monkeypatch.setattr(app.checkpointing, "open", open_on_filling_disk, raising=False)
-    config = recipe(tmp_path / "r.yaml", data, tmp_path / "runs", 8, checkpoint={"every_n_train_steps": 2})
+    config = recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", 8, checkpoint={"every_n_train_steps": 2})
     code, err = sprout("fit", "--config", str(config))
     folder = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints"
     assert code == 2
@@ -96,8 +92,8 @@ def test_disk_full_while_saving_is_a_clear_error_and_leaves_the_earlier_checkpoi
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 2
 
 
-def test_keeps_the_newest_checkpoints_and_the_best_by_validation_loss(data, tmp_path):
-    config = recipe(tmp_path / "r.yaml", data, tmp_path / "runs", 9, checkpoint={"save_top_k": 2}, trainer={"val_check_interval": 2})
+def test_keeps_the_newest_checkpoints_and_the_best_by_validation_loss(tiny_data, tmp_path):
+    config = recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", 9, checkpoint={"save_top_k": 2}, trainer={"val_check_interval": 2})
     assert sprout("fit", "--config", str(config))[0] == 0
     run = tmp_path / "runs" / "tiny" / "version_0"
     val = scalars(run, "val/loss")

@@ -7,14 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny_run import make_data, recipe, scalars, sprout
+from tiny_run import recipe, scalars, sprout
 
 EVERY_STEP = {"every_n_train_steps": 1, "save_top_k": -1}
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("nan"))
 
 
 def weights(path: Path) -> dict:
@@ -33,9 +29,9 @@ def assert_same_training_state(a: Path, b: Path) -> None:
             assert torch.equal(tensor, sb[i][key]), (i, key)
 
 
-def test_bad_steps_are_skipped_counted_and_training_goes_on(data, tmp_path):
+def test_bad_steps_are_skipped_counted_and_training_goes_on(tiny_data, tmp_path):
     config = recipe(
-        tmp_path / "r.yaml", data, tmp_path / "runs", 6, checkpoint=EVERY_STEP, nan_guard={"max_consecutive": 3},
+        tmp_path / "r.yaml", tiny_data, tmp_path / "runs", 6, checkpoint=EVERY_STEP, nan_guard={"max_consecutive": 3},
         model={"selector": {"class_path": "tiny_run.NaNAt", "init_args": {"batches": [2, 3]}}},
     )
     with pytest.warns(UserWarning) as warned:
@@ -56,9 +52,9 @@ def test_bad_steps_are_skipped_counted_and_training_goes_on(data, tmp_path):
     assert torch.load(checkpoints / "last.ckpt", weights_only=True)["callbacks"]["NaNGuard"]["skipped"] == 2
 
 
-def test_a_streak_stops_the_run_with_the_weights_from_before_it(data, tmp_path):
+def test_a_streak_stops_the_run_with_the_weights_from_before_it(tiny_data, tmp_path):
     config = recipe(
-        tmp_path / "r.yaml", data, tmp_path / "runs", 12, checkpoint=EVERY_STEP, nan_guard={"max_consecutive": 3},
+        tmp_path / "r.yaml", tiny_data, tmp_path / "runs", 12, checkpoint=EVERY_STEP, nan_guard={"max_consecutive": 3},
         model={"selector": {"class_path": "tiny_run.NaNAt", "init_args": {"from_batch": 3}}},
     )
     code, err = sprout("fit", "--config", str(config))

@@ -10,21 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny_run import make_data, recipe, scalars, sprout
+from tiny_run import recipe, scalars, sprout
 
 STEPS, AT = 8, 3
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("preemption"))
-
 
 @pytest.fixture(scope="module")
-def uninterrupted(data, tmp_path_factory) -> Path:
+def uninterrupted(tiny_data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("whole")
-    assert sprout("fit", "--config", str(recipe(root / "r.yaml", data, root / "runs", STEPS)))[0] == 0
+    assert sprout("fit", "--config", str(recipe(root / "r.yaml", tiny_data, root / "runs", STEPS)))[0] == 0
     return root / "runs" / "tiny" / "version_0"
 
 
@@ -44,8 +40,8 @@ def interrupt(config: Path, sig: signal.Signals, cwd: Path) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
-def test_signal_saves_last_checkpoint_and_exits_cleanly(sig, data, uninterrupted, tmp_path):
-    config = recipe(tmp_path / "r.yaml", data, tmp_path / "runs", STEPS, trainer={"callbacks": [{"class_path": "tiny_run.PauseAt", "init_args": {"step": AT}}]})
+def test_signal_saves_last_checkpoint_and_exits_cleanly(sig, tiny_data, uninterrupted, tmp_path):
+    config = recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", STEPS, trainer={"callbacks": [{"class_path": "tiny_run.PauseAt", "init_args": {"step": AT}}]})
     code, err = interrupt(config, sig, tmp_path)
     assert code == 128 + sig.value, err[-3000:]
     ckpt = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"

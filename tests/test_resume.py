@@ -12,26 +12,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny_run import make_data, recipe, save_reference, scalars, sprout
+from tiny_run import recipe, save_reference, scalars, sprout
 
 STEPS, STOP = 12, 5
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_data(tmp_path_factory.mktemp("resume"))
 
-
-def test_stop_and_resume_with_ckpt_path_last_is_bit_identical(data, tmp_path):
+def test_stop_and_resume_with_ckpt_path_last_is_bit_identical(tiny_data, tmp_path):
     sections = {
         "trainer": {"num_sanity_val_steps": 2},  # the sanity check draws random numbers only in the resumed run
-        "model": {"selector": {"class_path": "tiny_run.GlobalRandomTokens"}, "reference": str(save_reference(data, tmp_path / "ref.ckpt"))},
+        "model": {"selector": {"class_path": "tiny_run.GlobalRandomTokens"}, "reference": str(save_reference(tiny_data, tmp_path / "ref.ckpt"))},
         "data": {"num_workers": 2, "mixture": {"class_path": "doremi", "init_args": {"update_every": 3, "eta": 5.0}}},
     }
-    whole = recipe(tmp_path / "whole.yaml", data, tmp_path / "whole", STEPS, **sections)
+    whole = recipe(tmp_path / "whole.yaml", tiny_data, tmp_path / "whole", STEPS, **sections)
     assert sprout("fit", "--config", str(whole))[0] == 0
 
-    legs = recipe(tmp_path / "legs.yaml", data, tmp_path / "legs", STEPS, **sections)
+    legs = recipe(tmp_path / "legs.yaml", tiny_data, tmp_path / "legs", STEPS, **sections)
     # the same command serves the first launch (nothing to resume yet) and the restart
     assert sprout("fit", "--config", str(legs), "--trainer.max_steps", str(STOP), "--ckpt_path", "last")[0] == 0
     run = tmp_path / "legs" / "tiny" / "version_0"

@@ -1,8 +1,8 @@
 """A tiny but real Sprout run for the reliability tests: prepared shards, a recipe, its losses.
 
-The data are stdlib sources (``json`` and ``email`` packages, always present) tokenized by a
-320-token BPE and prepared by ``app.data.prepare``; the model is the ``micro`` Llama. A
-whole run of a dozen steps takes a few seconds on one CPU core.
+The data are the shared ``tiny_data`` fixture (two stdlib domains, a 320-token BPE, prepared by
+``app.data.prepare``); the model is the ``micro`` Llama. A whole run of a dozen steps takes a
+few seconds on one CPU core.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import contextlib
 import io
 import os
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -23,23 +22,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from app.callbacks.preemption import Preemption
 from app.checkpoint import save_model
 from app.cli import main
-from app.data.prepare import Source, prepare
 from app.data.tokenizer import Tokenizer
 from app.model import Llama, LlamaConfig
 from app.protocols import TokenSelector
 
-VOCAB, SEQ = 320, 32
-STDLIB = Path(sysconfig.get_paths()["stdlib"])
-DOMAINS = {"json": sorted((STDLIB / "json").glob("*.py")), "email": sorted((STDLIB / "email").glob("*.py"))[:12]}
-
-
-def make_data(root: Path) -> Path:
-    """``root/data``: domains ``email`` and ``json`` with train/val shards and ``tokenizer.json``."""
-    out = root / "data"
-    tok = Tokenizer.train_bpe((p.read_text() for paths in DOMAINS.values() for p in paths), VOCAB, out / "tokenizer.json")
-    sources = [Source([str(p) for p in paths], format="text", domain=name) for name, paths in DOMAINS.items()]
-    prepare(sources, tok, out, val_fraction=0.2, num_workers=1, progress=False, summary=False)
-    return out
+VOCAB, SEQ = 320, 32  # the tiny_data tokenizer's size
 
 
 def recipe(path: Path, data_dir: Path, runs_dir: Path, steps: int = 12, **sections) -> Path:
