@@ -25,6 +25,9 @@ class MixtureFeedback(L.Callback):
     """Feeds a dynamic mixture policy the mean (excess) loss per domain since its last update.
 
     Does nothing for static policies. The policy sets the cadence with its ``update_every``.
+    At each update it logs the feedback as ``mixture/feedback/<domain>`` and the policy's
+    ``metrics()`` (if any) under ``mixture/``, e.g. doremi's ``mixture/current/<domain>``;
+    at the end of training it prints the policy's ``report()`` (if any).
     """
 
     def __init__(self) -> None:

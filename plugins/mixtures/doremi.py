@@ -91,8 +91,8 @@ class DoReMi(MixturePolicy):
         return {d: s / self.updates for d, s in self.alpha_sum.items()}
 
     def metrics(self) -> dict[str, float]:
-        """The time-averaged weight per domain, for logging."""
-        return {f"average/{d}": v for d, v in self.average.items()}
+        """The weights just set and their time average per domain, for logging at each update."""
+        return {**{f"current/{d}": v for d, v in self.alpha.items()}, **{f"average/{d}": v for d, v in self.average.items()}}
 
     def report(self) -> str:
         """The time-averaged weights as a recipe snippet for a ``fixed`` mixture."""
