@@ -45,7 +45,7 @@ from litdata.streaming.item_loader import TokensLoader
 from litdata.streaming.writer import BinaryWriter
 
 from app.data.readers import SLIMPAJAMA_DOMAIN_FIELD, BadRecord, detect_format, read_documents, slimpajama_domain
-from app.data.stats import PairCounter, count_unigrams, entropies, pair_codes
+from app.data.stats import PairCounter, count_codes, count_unigrams, entropies, pair_codes
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 
@@ -585,8 +585,8 @@ def _finish_domain(name: str, parts: list[_Part], out_root: Path, staging: Path,
         tokens["train"] -= len(moved)
         tokens["val"] += len(moved)
         unigram -= count_unigrams(moved, tok.vocab_size)
-        codes, counts = np.unique(pair_codes(moved, tok.vocab_size), return_counts=True)
-        pairs.merge(codes, -counts.astype(np.int64))
+        codes, counts = count_codes(pair_codes(moved, tok.vocab_size))
+        pairs.merge(codes, -counts)
     if candidates:
         writer = _SplitWriter(extra / "train" / "99999", chunk_tokens)
         for _, doc in candidates:

@@ -1,7 +1,8 @@
 """Per-domain token statistics for entropy-based mixture policies (entropies in nats).
 
 Adjacent pairs ``(a, b)`` are kept as sparse codes ``a * V + b`` with counts, sorted and
-unique, so a 32000-token vocabulary never needs a dense V x V table. Pairs are counted
+unique, so a 32000-token vocabulary never needs a dense V x V table. Counting is by sorting
+(uint32 codes while V * V fits), which is several times faster than hashing in Python. Pairs are counted
 inside each document (its tokens followed by EOS), so the numbers do not depend on how
 files were split between workers.
 """
@@ -19,34 +20,48 @@ def count_unigrams(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
     return counts.astype(np.int64)
 
 
+def code_dtype(vocab_size: int):
+    """uint32 while V * V fits (sorting it is several times faster than int64), else int64."""
+    return np.uint32 if vocab_size <= 65535 else np.int64
+
+
 def pair_codes(tokens: np.ndarray, vocab_size: int) -> np.ndarray:
     """Codes ``a * V + b`` of the adjacent pairs of one token sequence."""
-    tokens = tokens.astype(np.int64)
+    tokens = tokens.astype(code_dtype(vocab_size))
     return tokens[:-1] * vocab_size + tokens[1:]
 
 
-def reduce_pairs(codes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sum counts of equal codes; returns sorted unique codes and their counts, zeros dropped."""
+def count_codes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique codes and how often each occurs (a plain sort: no argsort needed)."""
+    codes = np.sort(codes)
     if len(codes) == 0:
-        return codes.astype(np.int64), counts.astype(np.int64)
-    order = np.argsort(codes, kind="stable")  # timsort: merging sorted runs is linear
-    codes, counts = codes[order], counts[order]
+        return codes, np.zeros(0, np.int64)
     starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-    codes, counts = codes[starts], np.add.reduceat(counts, starts)
+    return codes[starts], np.diff(np.r_[starts, len(codes)]).astype(np.int64)
+
+
+def merge_counts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sum several (sorted unique codes, counts) into one; zero counts are dropped."""
+    parts = [p for p in parts if len(p[0])]
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    codes, _ = count_codes(np.concatenate([c for c, _ in parts]))  # sorted union
+    counts = np.zeros(len(codes), np.int64)
+    for part_codes, part_counts in parts:
+        counts[np.searchsorted(codes, part_codes)] += part_counts  # codes are unique within a part
     keep = counts != 0
     return codes[keep], counts[keep]
 
 
 class PairCounter:
-    """Accumulates pair codes; buffers them and folds them into sorted counts now and then."""
+    """Accumulates pair codes: buffers them, counts each full buffer, sums the counts at the end."""
 
     def __init__(self, vocab_size: int, fold_every: int = 1 << 22) -> None:
         self.vocab_size = vocab_size
         self.fold_every = fold_every
-        self.codes = np.zeros(0, np.int64)
-        self.counts = np.zeros(0, np.int64)
         self._buffer: list[np.ndarray] = []
         self._buffered = 0
+        self._folded: list[tuple[np.ndarray, np.ndarray]] = []
 
     def add(self, codes: np.ndarray) -> None:
         self._buffer.append(codes)
@@ -56,19 +71,20 @@ class PairCounter:
 
     def merge(self, codes: np.ndarray, counts: np.ndarray) -> None:
         """Add already-counted pairs (counts may be negative to take a document back out)."""
+        self._folded.append((codes, counts))
         self._fold()
-        self.codes, self.counts = reduce_pairs(np.concatenate([self.codes, codes]), np.concatenate([self.counts, counts]))
 
     def _fold(self) -> None:
-        if not self._buffer:
-            return
-        codes, counts = np.unique(np.concatenate(self._buffer), return_counts=True)
-        self._buffer, self._buffered = [], 0
-        self.codes, self.counts = reduce_pairs(np.concatenate([self.codes, codes]), np.concatenate([self.counts, counts.astype(np.int64)]))
+        if self._buffer:
+            self._folded.append(count_codes(np.concatenate(self._buffer)))
+            self._buffer, self._buffered = [], 0
+        if len(self._folded) > 8:  # bound memory: keep one summed part
+            self._folded = [merge_counts(self._folded)]
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         self._fold()
-        return self.codes, self.counts
+        self._folded = [merge_counts(self._folded)]
+        return self._folded[0]
 
     def to_sparse(self) -> scipy.sparse.coo_array:
         codes, counts = self.result()
