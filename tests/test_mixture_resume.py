@@ -1,4 +1,4 @@
-"""Mixtures end to end on data made by ``app/data/prepare.py``: entropy weights from the
+"""Mixtures end to end on data made by ``app/data/prepare.py`` (the ``tiny_data`` fixture): entropy weights from the
 statistics in ``meta.json``, and a dynamic (doremi) mixture whose weights, batches and model
 resume from a checkpoint exactly as if training had not stopped."""
 
@@ -15,9 +15,7 @@ from app.bimix import BiMixLaw, write_fit
 from app.callbacks import MixtureFeedback
 from app.checkpoint import save_model
 from app.cli import RECIPE_MODE, SproutCLI
-from app.data.corpus import build_default_corpus, train_default_tokenizer
 from app.data.datamodule import SproutDataModule
-from app.data.prepare import Source, prepare
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.model import Llama, LlamaConfig
@@ -29,26 +27,19 @@ from plugins.mixtures.entropy import EntropyMixture
 from plugins.mixtures.static import Fixed
 from tools.fit_bimix import recipe_snippet
 
-VOCAB, SEQ = 320, 32
+SEQ = 32
 STEPS, RESUME_AT, UPDATE_EVERY = 12, 5, 3  # resume between two updates: half a feedback window is in the checkpoint
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """Two real domains (stdlib ``code`` and ``text``), tokenized and prepared with statistics."""
-    root = tmp_path_factory.mktemp("mixtures")
-    corpus = build_default_corpus(root / "raw", max_bytes=150_000, shards=2)
-    tok = train_default_tokenizer(corpus, root / "data" / "tokenizer.json", vocab_size=VOCAB)
-    sources = [Source([str(p) for p in files], format="jsonl", domain=name) for name, files in sorted(corpus.items())]
-    prepare(sources, tok, root / "data", val_fraction=0.05, num_workers=1, progress=False, summary=False)
-    return root / "data"
+def vocab(data: Path) -> int:
+    return Tokenizer.load(data / "tokenizer.json").vocab_size
 
 
 @pytest.mark.parametrize("measure, key", [("conditional", "conditional_entropy"), ("joint", "joint_entropy"), ("shannon", "unigram_entropy")])
-def test_entropy_mixture_from_prepared_stats(prepared, measure, key):
-    dm = SproutDataModule(str(prepared), mixture=EntropyMixture(measure), seq_len=SEQ, batch_size=4)
+def test_entropy_mixture_from_prepared_stats(tiny_data, measure, key):
+    dm = SproutDataModule(str(tiny_data), mixture=EntropyMixture(measure), seq_len=SEQ, batch_size=4)
     dm.setup("fit")
-    entropy = {d: json.loads((prepared / d / "meta.json").read_text())["stats"][key] for d in ("code", "text")}
+    entropy = {d: json.loads((tiny_data / d / "meta.json").read_text())["stats"][key] for d in ("code", "text")}
     total = sum(math.exp(h) for h in entropy.values())
     want = {d: math.exp(h) / total for d, h in entropy.items()}
     assert abs(want["code"] - want["text"]) > 1e-3  # the two domains really differ
@@ -75,20 +66,20 @@ class Recorder(L.Callback):
 
 
 @pytest.fixture(scope="module")
-def reference(prepared, tmp_path_factory) -> Path:
+def reference(tiny_data, tmp_path_factory) -> Path:
     """A frozen reference the trained model starts below and soon overtakes, unevenly by domain."""
     torch.manual_seed(123)
-    model = Llama(LlamaConfig.from_name("micro", vocab_size=VOCAB, block_size=SEQ))
+    model = Llama(LlamaConfig.from_name("micro", vocab_size=vocab(tiny_data), block_size=SEQ))
     model.init_weights()
-    return save_model(model, tmp_path_factory.mktemp("ref") / "reference.ckpt", {"tokenizer": Tokenizer.load(prepared / "tokenizer.json").identity})
+    return save_model(model, tmp_path_factory.mktemp("ref") / "reference.ckpt", {"tokenizer": Tokenizer.load(tiny_data / "tokenizer.json").identity})
 
 
-def fit(prepared, reference, ckpt_dir, max_steps, ckpt_path=None):
+def fit(tiny_data, reference, ckpt_dir, max_steps, ckpt_path=None):
     L.seed_everything(0)
-    dm = SproutDataModule(str(prepared), mixture=DoReMi(update_every=UPDATE_EVERY, eta=5.0), seq_len=SEQ, batch_size=4)
+    dm = SproutDataModule(str(tiny_data), mixture=DoReMi(update_every=UPDATE_EVERY, eta=5.0), seq_len=SEQ, batch_size=4)
     module = SproutModule(
         arch="micro",
-        arch_overrides={"vocab_size": VOCAB, "block_size": SEQ},
+        arch_overrides={"vocab_size": vocab(tiny_data), "block_size": SEQ},
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
         schedule=WarmupCosine(warmup_steps=2, min_lr=3e-4, max_steps=STEPS),
         reference=str(reference),
@@ -103,8 +94,8 @@ def fit(prepared, reference, ckpt_dir, max_steps, ckpt_path=None):
     return recorder, dm.mixture, module
 
 
-def test_dynamic_mixture_resumes_exactly(prepared, reference, tmp_path):
-    whole, whole_policy, whole_module = fit(prepared, reference, tmp_path / "a", STEPS)
+def test_dynamic_mixture_resumes_exactly(tiny_data, reference, tmp_path):
+    whole, whole_policy, whole_module = fit(tiny_data, reference, tmp_path / "a", STEPS)
     # the feedback path is live: the policy's weights change at every update step and only there
     changes = [s for s in range(1, STEPS + 1) if whole.policy[s] != whole.policy.get(s - 1, {"code": 0.5, "text": 0.5})]
     assert changes == list(range(UPDATE_EVERY, STEPS + 1, UPDATE_EVERY))
@@ -112,7 +103,7 @@ def test_dynamic_mixture_resumes_exactly(prepared, reference, tmp_path):
     assert whole_policy.updates == STEPS // UPDATE_EVERY
 
     ckpt = tmp_path / "a" / f"at{RESUME_AT:03d}.ckpt"
-    resumed, resumed_policy, resumed_module = fit(prepared, reference, tmp_path / "b", STEPS, ckpt_path=ckpt)
+    resumed, resumed_policy, resumed_module = fit(tiny_data, reference, tmp_path / "b", STEPS, ckpt_path=ckpt)
     assert sorted(resumed.batches) == list(range(RESUME_AT, STEPS))
     assert resumed.batches == {s: whole.batches[s] for s in resumed.batches}
     assert resumed.policy == {s: whole.policy[s] for s in resumed.policy}
@@ -122,15 +113,15 @@ def test_dynamic_mixture_resumes_exactly(prepared, reference, tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_doremi_without_a_reference_is_a_clear_error(prepared):
-    dm = SproutDataModule(str(prepared), mixture=DoReMi(), seq_len=SEQ, batch_size=4)
-    module = SproutModule(arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": SEQ})
+def test_doremi_without_a_reference_is_a_clear_error(tiny_data):
+    dm = SproutDataModule(str(tiny_data), mixture=DoReMi(), seq_len=SEQ, batch_size=4)
+    module = SproutModule(arch="micro", arch_overrides={"vocab_size": vocab(tiny_data), "block_size": SEQ})
     trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     with pytest.raises(SproutError, match="mixture DoReMi needs reference losses: set model.reference"):
         trainer.fit(module, dm)
 
 
-def test_printed_mixtures_are_recipes_the_cli_accepts(prepared, tmp_path):
+def test_printed_mixtures_are_recipes_the_cli_accepts(tiny_data, tmp_path):
     """What fit_bimix.py and doremi print for the user to paste must parse and build."""
     write_fit(tmp_path / "fit.json", {"code": BiMixLaw(3.0, 0.6, 0.4, 0.2, 0.3), "text": BiMixLaw(4.0, 0.5, 0.5, 0.1, 0.4)})
     snippet = recipe_snippet({"code": 0.25, "text": 0.75}, str(tmp_path / "fit.json"), 1000, 0.05, 1.0)
@@ -141,7 +132,7 @@ def test_printed_mixtures_are_recipes_the_cli_accepts(prepared, tmp_path):
     averaged = doremi.report().split("\n", 1)[1]
     for text, cls, weights in ((fixed, Fixed, {"code": 0.25, "text": 0.75}), (law, BiMixMixture, None), (averaged, Fixed, doremi.average)):
         (tmp_path / "mixture.yaml").write_text(text)
-        args = ["--data.data_dir", str(prepared), "--trainer.logger", "false", "--config", str(tmp_path / "mixture.yaml")]
+        args = ["--data.data_dir", str(tiny_data), "--trainer.logger", "false", "--config", str(tmp_path / "mixture.yaml")]
         mixture = SproutCLI(SproutModule, SproutDataModule, args=args, run=False, parser_kwargs={"parser_mode": RECIPE_MODE}).datamodule.mixture
         assert isinstance(mixture, cls)
         if weights is not None:
