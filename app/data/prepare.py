@@ -57,6 +57,7 @@ SOURCE_FORMATS = ("auto", "slimpajama", "starcoder", "jsonl", "parquet", "text")
 DEFAULT_CHUNK_TOKENS = 1 << 22  # 16 MiB of int32 per chunk
 MAX_EXAMPLES = 20  # bad records listed per domain in meta.json
 _BATCH_CHARS = 1 << 20  # text per encode_batch call
+_PARENT_PART = "99999"  # staging part written by the parent, after the tasks' 00000, 00001, ...
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _AUTO_DIR_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.zstd", ".parquet", ".txt")
 _DIR_SUFFIXES = {"slimpajama": (".jsonl", ".jsonl.zst", ".jsonl.zstd"), "jsonl": (".jsonl", ".jsonl.zst", ".jsonl.zstd"), "starcoder": (".parquet",), "parquet": (".parquet",)}
@@ -513,7 +514,9 @@ def _run_tasks(tasks: list[_Task], tok: Tokenizer, num_workers: int, progress: b
             else:
                 os.environ["TOKENIZERS_PARALLELISM"] = saved
         with pool:
-            running = [pool.apply_async(_pool_task, (task,)) for task in tasks]
+            # largest first, so that no big task starts last and leaves the other workers idle
+            by_size = sorted(tasks, key=lambda t: -sum(f.size for f in t.files))
+            running = [pool.apply_async(_pool_task, (task,)) for task in by_size]
             results = []
             while running:
                 try:
@@ -577,7 +580,7 @@ def _finish_domain(name: str, parts: list[_Part], out_root: Path, staging: Path,
     extra = Path(staging) / name
     if candidates and docs["val"] == 0 and docs["train"] >= 2:
         _, moved = candidates.pop(0)
-        writer = _SplitWriter(extra / "val" / "99999", chunk_tokens)
+        writer = _SplitWriter(extra / "val" / _PARENT_PART, chunk_tokens)
         writer.add(moved)
         writer.close()
         docs["train"] -= 1
@@ -588,7 +591,7 @@ def _finish_domain(name: str, parts: list[_Part], out_root: Path, staging: Path,
         codes, counts = count_codes(pair_codes(moved, tok.vocab_size))
         pairs.merge(codes, -counts)
     if candidates:
-        writer = _SplitWriter(extra / "train" / "99999", chunk_tokens)
+        writer = _SplitWriter(extra / "train" / _PARENT_PART, chunk_tokens)
         for _, doc in candidates:
             writer.add(doc)
         writer.close()
