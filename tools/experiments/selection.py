@@ -140,15 +140,16 @@ def table(results: dict[str, dict], columns: int = 4) -> str:
     steps = [s for s, _ in next(iter(results.values()))["val"]["math"]]
     picks = [steps[round(i * (len(steps) - 1) / (columns - 1))] for i in range(columns)] if len(steps) >= columns else steps
     tokens = next(iter(results.values()))["tokens_per_step"]
-    head = "| selector | " + " | ".join(f"math @ {s * tokens / 1e6:.2f}M tok" for s in picks) + " | books (final) | code (final) | kept excess − dropped excess |"
-    rows = [head, "|" + "---|" * (len(picks) + 4)]
+    head = "| selector | " + " | ".join(f"math @ {s * tokens / 1e6:.2f}M tok" for s in picks) + " | books (final) | code (final) | kept tokens from books / code / math | kept excess − dropped excess |"
+    rows = [head, "|" + "---|" * (len(picks) + 5)]
     final_best = min(dict(r["val"]["math"])[picks[-1]] for r in results.values())
     for name, r in results.items():
         math = dict(r["val"]["math"])
         cells = [f"**{math[s]:.4f}**" if s == picks[-1] and math[s] == final_best else f"{math[s]:.4f}" for s in picks]
         sel = r["select"]
         gap = f"{sel['kept_excess'] - sel['dropped_excess']:+.3f}" if "dropped_excess" in sel else "n/a"
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {r['val']['books'][-1][1]:.4f} | {r['val']['code'][-1][1]:.4f} | {gap} |")
+        shares = " / ".join(f"{sel[f'kept_share/{d}']:.0%}" for d in ("books", "code", "math"))
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {r['val']['books'][-1][1]:.4f} | {r['val']['code'][-1][1]:.4f} | {shares} | {gap} |")
     return "\n".join(rows)
 
 
