@@ -37,12 +37,12 @@ def random_reference(path: Path, tok: Tokenizer, seed: int, vocab_size: int = VO
 def world(tmp_path_factory):
     """Two small prepared domains (many chunks, so blocks skip chunk tails), a reference, its scores."""
     root = tmp_path_factory.mktemp("rho1")
-    code, mail = sorted((STDLIB / "json").glob("*.py")), sorted((STDLIB / "email").glob("*.py"))[3:8]  # ~50 kB each
+    code, mail = sorted((STDLIB / "json").glob("*.py")), sorted((STDLIB / "email").glob("*.py"))[3:6]  # ~40 kB each
     tok = Tokenizer.train_bpe([p.read_text() for p in code + mail], VOCAB, root / "tokenizer.json")
     sources = [Source([str(p) for p in code], format="text", domain="code"), Source([str(p) for p in mail], format="text", domain="mail")]
     prepare(sources, tok, root / "data", num_workers=1, chunk_tokens=1000, val_fraction=0.2, progress=False, summary=False)
     ref = random_reference(root / "ref.ckpt", tok, seed=1)
-    report = score_reference(str(ref), str(root / "data"), str(root / "scores"), SEQ_LEN, batch_size=5, piece_blocks=64, progress=False)
+    report = score_reference(str(ref), str(root / "data"), str(root / "scores"), SEQ_LEN, batch_size=64, piece_blocks=64, progress=False)
     return {"root": root, "data": root / "data", "scores": root / "scores", "tok": tok, "ref": ref, "report": report}
 
 
@@ -79,7 +79,7 @@ def test_scoring_resumes_where_it_stopped(world, tmp_path):
     partial = np.load(folder / "scores.npy", mmap_mode="r+")
     partial[64:] = 0
     partial.flush()
-    report = score_reference(str(world["ref"]), str(world["data"]), str(out), SEQ_LEN, batch_size=5, piece_blocks=64, progress=False)
+    report = score_reference(str(world["ref"]), str(world["data"]), str(out), SEQ_LEN, batch_size=64, piece_blocks=64, progress=False)
     assert report["code"]["train"]["scored_now"] == 0
     assert report["mail"]["train"]["scored_now"] == len(full) - 64
     np.testing.assert_allclose(np.load(folder / "scores.npy").astype(np.float32), full.astype(np.float32), atol=2e-2)
