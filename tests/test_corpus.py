@@ -92,3 +92,20 @@ def test_default_tokenizer_and_preparation(small_corpus, tmp_path):
     assert set(metas) == {"code", "text"}
     for meta in metas.values():
         assert meta["splits"]["train"]["tokens"] > 10_000 and meta["splits"]["val"]["documents"] >= 1
+
+
+def test_contiguous_runs_leave_no_shard_empty():
+    from app.data.prepare import contiguous_runs
+
+    assert contiguous_runs([1, 1, 100, 1, 1, 1], 4) == [0, 0, 0, 1, 2, 3]  # after the big one no shard is skipped
+    assert contiguous_runs([5, 5, 5, 5], 2) == [0, 0, 1, 1]
+    assert contiguous_runs([1, 1, 1, 100], 3) == [0, 0, 1, 2]  # the last ones still fill every shard
+    assert contiguous_runs([3, 4], 8) == [0, 1] and contiguous_runs([], 3) == []
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        sizes = [rng.choice([1, 10, 1000]) for _ in range(rng.randint(1, 30))]
+        n = rng.randint(1, 10)
+        groups = contiguous_runs(sizes, n)
+        assert sorted(set(groups)) == list(range(min(n, len(sizes)))) and groups == sorted(groups)

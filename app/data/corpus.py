@@ -18,6 +18,7 @@ import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from app.data.prepare import contiguous_runs
 from app.data.tokenizer import Tokenizer
 
 CORPUS_VERSION = 1
@@ -111,23 +112,16 @@ def text_documents(max_bytes: int) -> Iterator[tuple[str, str]]:
 def _write_shards(folder: Path, name: str, docs: list[tuple[str, str]], shards: int) -> list[Path]:
     """Contiguous runs of documents with about equal bytes per shard, in document order."""
     folder.mkdir(parents=True, exist_ok=True)
-    shards = max(1, min(shards, len(docs)))
-    sizes = [len(text) for _, text in docs]
-    total, done = sum(sizes) or 1, 0
-    paths = [folder / f"{name}-{i:02d}.jsonl" for i in range(shards)]
+    groups = contiguous_runs([len(text) for _, text in docs], shards)
+    paths = [folder / f"{name}-{i:02d}.jsonl" for i in range(max(groups, default=0) + 1)]
     outs = [open(p, "w", encoding="utf-8") for p in paths]
     try:
-        for i, ((label, text), size) in enumerate(zip(docs, sizes)):
-            shard = max(min(shards - 1, done * shards // total), shards - (len(docs) - i))
-            outs[shard].write(json.dumps({"text": text, "source": label}, ensure_ascii=False) + "\n")
-            done += size
+        for (label, text), group in zip(docs, groups):
+            outs[group].write(json.dumps({"text": text, "source": label}, ensure_ascii=False) + "\n")
     finally:
         for f in outs:
             f.close()
-    for p in paths:  # one large document can fill several shares, leaving a shard empty
-        if p.stat().st_size == 0:
-            p.unlink()
-    return [p for p in paths if p.exists()]
+    return paths
 
 
 def build_default_corpus(out_dir: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, shards: int = DEFAULT_SHARDS) -> dict[str, list[Path]]:

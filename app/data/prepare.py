@@ -467,18 +467,28 @@ def _place_tokenizer(tok: Tokenizer, out_root: Path, overwrite: bool) -> None:
     os.replace(tmp, dest)
 
 
+def contiguous_runs(sizes: list[int], n: int) -> list[int]:
+    """Group index of each item: n contiguous runs of about equal total size, in order.
+
+    A group index never skips one (a large item cannot leave a group empty) and the last
+    items are spread so that every group gets at least one item when there are enough.
+    """
+    n = max(1, min(n, len(sizes)))
+    total, done, group, groups = sum(sizes) or 1, 0, 0, []
+    for i, size in enumerate(sizes):
+        target = min(n - 1, done * n // total)
+        group = max(group, min(target, group + 1), n - (len(sizes) - i))
+        groups.append(group)
+        done += size
+    return groups
+
+
 def _split_tasks(files: list[_File], n_tasks: int) -> list[list[_File]]:
     """Contiguous runs of files with about equal bytes each (order kept, so output is stable)."""
-    n_tasks = max(1, min(n_tasks, len(files)))
-    total = sum(f.size for f in files) or 1
-    groups: list[list[_File]] = [[] for _ in range(n_tasks)]
-    done = 0
-    for i, f in enumerate(files):
-        g = min(n_tasks - 1, done * n_tasks // total)
-        g = max(g, n_tasks - (len(files) - i))  # leave no group empty
-        groups[g].append(f)
-        done += f.size
-    return [g for g in groups if g]
+    groups: dict[int, list[_File]] = {}
+    for f, g in zip(files, contiguous_runs([f.size for f in files], n_tasks)):
+        groups.setdefault(g, []).append(f)
+    return list(groups.values())
 
 
 # -- running ------------------------------------------------------------------------------
