@@ -7,6 +7,7 @@ DataLoader worker must not inherit an open reader from its parent.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,14 @@ from app.reference import open_scores
 
 def open_blocks(split_dir: str | Path, block_size: int) -> StreamingDataset:
     return StreamingDataset(str(split_dir), item_loader=TokensLoader(block_size=block_size), shuffle=False)
+
+
+def count_blocks(split_dir: str | Path, block_size: int) -> int:
+    """Blocks in a split as ``TokensLoader`` lays them out: each chunk holds ``dim // block_size``
+    (a block never straddles two chunks). Not ``len(StreamingDataset)``: under DDP that is one
+    rank's share, while indexing stays global, so it would hide the other ranks' blocks."""
+    chunks = json.loads((Path(split_dir) / "index.json").read_text())["chunks"]
+    return sum(chunk["dim"] // block_size for chunk in chunks)
 
 
 class DomainBlocks(Dataset):
@@ -37,7 +46,7 @@ class DomainBlocks(Dataset):
         self._scores: list[np.ndarray] | None = None
 
     def sizes(self) -> list[int]:
-        return [len(open_blocks(d, self.block_size)) for d in self.split_dirs]
+        return [count_blocks(d, self.block_size) for d in self.split_dirs]
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
         if self._datasets is None:
@@ -68,7 +77,7 @@ class SequentialBlocks(Dataset):
         self.split_dir = str(split_dir)
         self.block_size = block_size
         self.domain = domain
-        total = len(open_blocks(split_dir, block_size))
+        total = count_blocks(split_dir, block_size)
         self.indices = list(range(total))[: limit if limit else total][rank::world_size]
         self._dataset: StreamingDataset | None = None
 
