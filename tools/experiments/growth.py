@@ -1,0 +1,256 @@
+"""Growth-operator experiment at CPU scale (Du et al. 2024, section 3): scratch vs every operator.
+
+The target is an 8-layer, 128-wide Llama. Depthwise operators (gstack, zero_depth,
+random_depth, learn) grow a 2-layer model of the same width (g = 4); widthwise operators
+(direct_width, zero_width, random_width, learn) grow a 64-wide model of the same depth
+(whole heads of the same size, half as many). Every run spends the same total training
+FLOPs as the scratch run, the small stage included: a grown run trains the small model for
+``grow_at`` steps and the grown one for as many steps as the FLOPs left allow. The data are
+the shared corpus (books, Shakespeare, GSM8K math) and the Python standard library as code,
+prepared as for the mixture experiment.
+
+The table holds each run's mean validation loss at the scratch run's total FLOPs and the
+training FLOPs at which it first reaches the scratch run's final loss (both linear between
+validations); the speed-up is scratch FLOPs / those FLOPs - 1, as the paper reports it. The PNG plots validation loss
+against training FLOPs (``perf/flops_seen``, measured by the throughput monitor).
+
+    python tools/experiments/growth.py --work_dir runs/growth
+
+Every run is an ordinary ``sprout fit`` of a recipe written to its folder; finished runs are
+reused when the command is repeated, so an interrupted experiment continues.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from jsonargparse import auto_cli
+
+from app.errors import SproutError
+from app.model import LlamaConfig, flops_per_token
+from tools import fit_bimix
+from tools.experiments.mixtures import prepare_corpus, train
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPTH = ("gstack", "zero_depth", "random_depth", "learn")
+WIDTH = ("direct_width", "zero_width", "random_width", "learn")
+TARGET = {"n_layer": 8, "n_embd": 128, "n_head": 4, "n_kv_head": 2, "intermediate_size": 352}  # `tiny`, 8 layers deep
+SOURCES = {
+    "depth": {**TARGET, "n_layer": 2},
+    "width": {**TARGET, "n_embd": 64, "n_head": 2, "n_kv_head": 1, "intermediate_size": 176},
+}
+
+
+def recipe(run_dir: Path, data_dir: Path, shape: dict, steps: int, args: dict, growth: dict | None = None) -> dict:
+    """One run's complete recipe (``growth``: the section that grows it, or none for scratch)."""
+    config = {
+        "seed_everything": args["seed"],
+        "trainer": {
+            "max_steps": steps, "val_check_interval": args["val_every"], "check_val_every_n_epoch": None,
+            "log_every_n_steps": args["log_every"], "gradient_clip_val": 1.0, "enable_progress_bar": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(run_dir.parent), "name": run_dir.name, "version": "logs"}},
+        },
+        "model": {
+            "arch": "tiny",
+            "arch_overrides": {**shape, "vocab_size": args["vocab_size"], "block_size": args["seq_len"]},
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": args["lr"], "betas": [0.9, 0.95], "weight_decay": 0.1}},
+            "schedule": {"warmup_steps": args["warmup_steps"], "min_lr": args["lr"] / 10},
+        },
+        "data": {"data_dir": str(data_dir), "seq_len": args["seq_len"], "batch_size": args["batch_size"], "val_blocks": args["val_blocks"],
+                 "seed": args["seed"], "mixture": {"class_path": "natural"}},
+        "monitor": {"log_every": args["log_every"]},
+        "checkpoint": {"dirpath": str(run_dir / "checkpoints")},
+    }
+    if growth is not None:
+        config["growth"] = growth
+    return config
+
+
+def operator_section(name: str, args: dict) -> dict:
+    init = {"random_depth": {"ramp_steps": args["ramp_steps"]}, "random_width": {"ramp_steps": args["ramp_steps"]},
+            "learn": {"learn_steps": args["learn_steps"]}, "direct_width": {"split_noise": args["split_noise"]}}.get(name)
+    return {"class_path": name, **({"init_args": init} if init else {})}
+
+
+def grown_run_steps(scratch_steps: int, grow_at: int, source: dict, args: dict) -> int:
+    """Steps of a grown run that spend at least scratch's FLOPs: the small stage is cheaper, so
+    the grown model gets the difference as extra steps (rounded up to the next validation;
+    results are read at exactly scratch's FLOPs)."""
+    def per_step(shape: dict) -> float:
+        config = LlamaConfig.from_name("tiny", **shape, vocab_size=args["vocab_size"], block_size=args["seq_len"])
+        return flops_per_token(config, args["seq_len"]) * args["seq_len"] * args["batch_size"]
+
+    steps = grow_at + (scratch_steps * per_step(TARGET) - grow_at * per_step(source)) / per_step(TARGET)
+    return math.ceil(steps / args["val_every"]) * args["val_every"]
+
+
+def curve(run_dir: Path) -> list[tuple[float, float]]:
+    """(training FLOPs, mean validation loss) at each validation of a run."""
+    scalars = fit_bimix.read_scalars(run_dir / "logs")
+    flops = sorted(scalars["perf/flops_seen"].items())
+    points = []
+    for step, loss in sorted(scalars["val/loss"].items()):
+        seen = [f for s, f in flops if s <= step]
+        points.append((seen[-1] if seen else 0.0, loss))
+    return points
+
+
+def loss_at(points: list[tuple[float, float]], flops: float) -> float:
+    """Validation loss at ``flops`` training FLOPs, linear between validations."""
+    for (f0, l0), (f1, l1) in zip(points, points[1:]):
+        if f0 <= flops <= f1:
+            return l0 + (l1 - l0) * (flops - f0) / (f1 - f0)
+    return points[-1][1]
+
+
+def flops_to_reach(points: list[tuple[float, float]], loss: float) -> float | None:
+    """First FLOPs at which the curve is at or below ``loss``, linear between validations."""
+    for (f0, l0), (f1, l1) in zip([(0.0, float("inf"))] + points, points):
+        if l1 <= loss:
+            return f1 if l0 == float("inf") else f0 + (f1 - f0) * (l0 - loss) / (l0 - l1)
+    return None
+
+
+def table(results: dict[str, dict]) -> str:
+    budget = results["scratch"]["curve"][-1][0]  # scratch's FLOPs at its final validation
+    rows = ["| run | small stage | steps | val loss at scratch's FLOPs | FLOPs to scratch's final loss | speed-up |", "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        reach = r["flops_to_scratch_loss"]
+        speedup = f"{budget / reach - 1:+.1%}" if reach else "not reached"
+        small = "-" if name == "scratch" else f"{r['grow_at']} steps, {r['source']}"
+        reached = f"{reach:.3e}" if reach else "-"
+        rows.append(f"| {name} | {small} | {r['steps']} | {r['val_loss']:.4f} | {reached} | {speedup} |")
+    return "\n".join(rows)
+
+
+def plot(path: Path, results: dict[str, dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for ax, kind in zip(axes, ("depth", "width")):
+        names = ["scratch"] + [n for n in results if n.endswith(f"({kind})")]
+        for i, name in enumerate(names):
+            flops, losses = zip(*results[name]["curve"])
+            ax.plot([f / 1e12 for f in flops], losses, "o-", ms=2.5, color="k" if name == "scratch" else f"C{i}", label=name)
+            if name != "scratch":
+                ax.axvline(results[name]["grown_flops"] / 1e12, color=f"C{i}", lw=0.6, ls=":")
+        ax.axhline(results["scratch"]["val_loss"], color="k", lw=0.6, ls="--")
+        ax.axvline(results["scratch"]["curve"][-1][0] / 1e12, color="k", lw=0.6, ls="--")
+        ax.set_title(f"{kind}wise growth (dotted: growth)")
+        ax.set_xlabel("training TFLOPs (small stage included)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("mean validation loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def growth(
+    work_dir: str = "runs/growth",
+    corpus: str = str(ROOT.parent / "shared" / "corpus"),
+    depth_operators: list[str] = list(DEPTH),
+    width_operators: list[str] = list(WIDTH),
+    steps: int = 300,
+    grow_at: int = 75,
+    val_every: int = 25,
+    log_every: int = 5,
+    vocab_size: int = 1024,
+    seq_len: int = 64,
+    batch_size: int = 8,
+    val_blocks: int = 32,
+    lr: float = 3e-3,
+    warmup_steps: int = 15,
+    ramp_steps: int = 25,
+    learn_steps: int = 25,
+    split_noise: float = 0.0,
+    code_bytes: int = 3_000_000,
+    max_doc_chars: int = 20_000,
+    tokenizer_chars: int = 1_000_000,
+    seed: int = 0,
+) -> dict[str, dict]:
+    """Run the experiment; prints and writes ``<work_dir>/growth.md``, ``growth.json`` and ``growth.png``.
+
+    Args:
+        work_dir: where data, runs and the report go.
+        corpus: the shared corpus folder (books/, shakespeare/, math/).
+        depth_operators: depthwise operators to compare (from 2 to 8 layers).
+        width_operators: widthwise operators to compare (from 64 to 128 wide).
+        steps: optimizer steps of the scratch run; sets every run's FLOPs budget.
+        grow_at: steps of the small model before growth.
+        val_every: steps between validations.
+        log_every: steps between logged FLOP counts (``val_every`` must be a multiple).
+        vocab_size: BPE vocabulary trained on the corpus (also the model's).
+        seq_len: tokens per training sequence.
+        batch_size: sequences per step.
+        val_blocks: validation sequences per domain.
+        lr: peak AdamW learning rate of both stages (cosine decay to a tenth; restarted at growth).
+        warmup_steps: linear warm-up of each stage.
+        ramp_steps: steps over which random_depth/random_width open their masks.
+        learn_steps: steps learn trains its growth map before it is applied.
+        split_noise: direct_width's noise on the 1/c shares of copied inputs (0: the exact split).
+        code_bytes: bytes of standard-library source in the code domain.
+        max_doc_chars: books and Shakespeare are cut into documents of about this size.
+        tokenizer_chars: characters of each domain the tokenizer is trained on.
+        seed: seed of every run.
+    """
+    args = dict(locals())
+    if val_every % log_every:
+        raise SproutError(f"--val_every {val_every} must be a multiple of --log_every {log_every}, so each validation has its FLOP count.")
+    if steps % val_every:
+        raise SproutError(f"--steps {steps} must be a multiple of --val_every {val_every}, so the scratch run ends with a validation.")
+    if not 0 < grow_at < steps:
+        raise SproutError(f"--grow_at {grow_at} must lie inside the scratch run's {steps} steps.")
+    unknown = sorted(set(depth_operators) - set(DEPTH) | set(width_operators) - set(WIDTH))
+    if unknown:
+        raise SproutError(f"Unknown operators {unknown}: depthwise ones are {', '.join(DEPTH)}, widthwise ones {', '.join(WIDTH)}.")
+    work = Path(work_dir).expanduser().resolve()
+    data_dir = work / "data"
+    started = time.perf_counter()
+    print(f"preparing {corpus} -> {data_dir}")
+    prepare_corpus(Path(corpus).expanduser(), data_dir, vocab_size, code_bytes, max_doc_chars, tokenizer_chars)
+
+    runs = {"scratch": (TARGET, steps, None, None)}
+    for kind, names in (("depth", depth_operators), ("width", width_operators)):
+        total = grown_run_steps(steps, grow_at, SOURCES[kind], args)
+        for name in names:
+            section = {"operator": operator_section(name, args), "target_overrides": TARGET, "at_step": grow_at, "save_stage": False}
+            runs[f"{name} ({kind})"] = (SOURCES[kind], total, section, kind)
+
+    results = {}
+    for label, (shape, total, section, kind) in runs.items():
+        run_dir = work / "runs" / label.replace(" (", "-").rstrip(")")
+        print(f"{label}: {total} steps" + (f", grown at step {grow_at}" if section else ""))
+        train(run_dir, recipe(run_dir, data_dir, shape, total, args, section))
+        points = curve(run_dir)
+        flops = fit_bimix.read_scalars(run_dir / "logs")["perf/flops_seen"]
+        results[label] = {
+            "steps": total, "flops": max(flops.values()), "curve": points,
+            **({"grow_at": grow_at, "source": "2 layers" if kind == "depth" else "64 wide", "grown_flops": flops[max(s for s in flops if s < grow_at)]} if section else {}),
+        }
+    budget = results["scratch"]["curve"][-1][0]
+    for r in results.values():
+        r["val_loss"] = loss_at(r["curve"], budget)
+    for r in results.values():
+        r["flops_to_scratch_loss"] = flops_to_reach(r["curve"], results["scratch"]["val_loss"])
+
+    report = table(results)
+    minutes = (time.perf_counter() - started) / 60
+    command = "python tools/experiments/growth.py " + " ".join(f"--{k} {json.dumps(v) if isinstance(v, list) else v}" for k, v in args.items() if k not in ("work_dir", "corpus"))
+    (work / "growth.md").write_text(f"{report}\n\n{minutes:.1f} min wall (runs reused from earlier: not timed again). Command: `{command}`\n")
+    (work / "growth.json").write_text(json.dumps(results, indent=1))
+    plot(work / "growth.png", results)
+    print(f"\n{report}\n\nwrote {work / 'growth.md'}, {work / 'growth.png'} ({minutes:.1f} min)")
+    return results
+
+
+if __name__ == "__main__":
+    try:
+        auto_cli(growth, as_positional=False)
+    except SproutError as err:
+        raise SystemExit(f"error: {err}") from None
