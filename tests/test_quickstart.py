@@ -50,3 +50,22 @@ def test_quickstart_trains_saves_and_reuses_data(tmp_path, capsys):
     out = run_quickstart(tmp_path, capsys)
     assert "Building the embedded quick-start corpus" not in out
     assert meta.stat().st_mtime_ns == before
+
+
+def test_domain_without_validation_data_is_a_clear_error(tiny_data, tmp_path):
+    import json
+    import shutil
+
+    import pytest
+
+    from app.data.datamodule import SproutDataModule
+    from app.errors import SproutError
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    meta = json.loads((data / "text" / "meta.json").read_text())
+    meta["splits"]["val"] = {"tokens": 0, "documents": 0}  # what prepare writes when no document was held out
+    (data / "text" / "meta.json").write_text(json.dumps(meta))
+    dm = SproutDataModule(str(data), seq_len=32)
+    with pytest.raises(SproutError, match=r"'text'.*no validation sequence.*--val_fraction"):
+        dm.setup("fit")

@@ -33,6 +33,30 @@ def read_meta(domain_dir: Path) -> dict[str, Any]:
         raise SproutError(f"{path} is not valid JSON ({err}); re-run tools/prepare_data.py with --overwrite for this domain.") from None
 
 
+def check_shards(split_dir: Path) -> None:
+    """Every chunk listed in the split's litdata index is there with the size the index says.
+
+    Cheap (one stat per chunk) and catches a half-copied or truncated data folder before
+    litdata would fail in a DataLoader worker with a timeout or an index error.
+    """
+    fix = f"Copy {split_dir.parent} again, or re-run tools/prepare_data.py for this domain with --overwrite."
+    index = split_dir / "index.json"
+    if not split_dir.is_dir():
+        raise SproutError(f"Shard folder {split_dir} is missing, though {split_dir.parent / META} is there. {fix}")
+    try:
+        chunks = json.loads(index.read_text())["chunks"]
+    except FileNotFoundError:
+        raise SproutError(f"{index} is missing, so the shards in {split_dir} cannot be read. {fix}") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SproutError(f"{index} is corrupt ({type(err).__name__}: {err}). {fix}") from None
+    for chunk in chunks:
+        path = split_dir / chunk["filename"]
+        size = path.stat().st_size if path.is_file() else None
+        if size != chunk["chunk_bytes"]:
+            found = "missing" if size is None else f"{size:,} bytes"
+            raise SproutError(f"Shard {path} is {found}, but {index} says {chunk['chunk_bytes']:,} bytes: it is truncated or corrupt. {fix}")
+
+
 def domain_stats(name: str, meta: dict[str, Any]) -> DomainStats:
     stats = meta.get("stats", {})
     entropy = {k: stats[f"{k}_entropy"] for k in ("unigram", "joint", "conditional") if f"{k}_entropy" in stats}
@@ -140,7 +164,12 @@ class SproutDataModule(L.LightningDataModule):
                     f"Domain {name!r} in {self.data_dir} was tokenized with {shard_tok.get('name')} (sha256 {str(shard_tok.get('sha256'))[:12]}), "
                     f"but the recipe's tokenizer is {self.tokenizer_path} (sha256 {identity['sha256'][:12]}). Re-prepare the shards with this tokenizer or point data.tokenizer at the one they were made with."
                 )
+            if meta["splits"]["val"]["tokens"] < self.seq_len + 1:
+                raise SproutError(f"Domain {name!r} in {self.data_dir} has no validation sequence of {self.seq_len + 1} tokens. Re-prepare it with a larger --val_fraction, or lower data.seq_len.")
             self.stats[name] = domain_stats(name, meta)
+            for split, info in meta["splits"].items():
+                if info.get("tokens"):  # a domain too small for a validation document has no val shards
+                    check_shards(self.data_dir / name / split)
         self.train_blocks = DomainBlocks([self.data_dir / d / "train" for d in self.domains], self.seq_len + 1)
         self.sizes = self.train_blocks.sizes()
         world = self.trainer.world_size if self.trainer else 1
