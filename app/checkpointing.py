@@ -92,20 +92,25 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             stale.unlink(missing_ok=True)
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        if not get_filesystem(path).exists(path):
-            raise SproutError(f"Checkpoint {path} does not exist. Pass an existing .ckpt file to --ckpt_path, or `--ckpt_path last` to resume the newest run of this recipe.")
-        local = isinstance(get_filesystem(path), LocalFileSystem)
-        try:
-            if local and not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut-off one has no central directory
-                raise RuntimeError("not a complete zip archive")
-            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-        except RuntimeError as err:
-            if "zip archive" not in str(err):
-                raise
-            raise SproutError(
-                f"Checkpoint {path} cannot be read ({str(err).splitlines()[0]}): the file is truncated or corrupt. "
-                f"Resume from another checkpoint in {Path(path).parent} instead (pass its path to --ckpt_path)."
-            ) from None
+        check_checkpoint(path)
+        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+
+
+def check_checkpoint(path: str | os.PathLike) -> None:
+    """A clear error for a checkpoint file that is missing or cut off, before anything reads it.
+
+    ``torch.save`` writes a zip archive whose directory is at its end, so a truncated or
+    overwritten file has none. Folders (distributed checkpoints) and remote paths are left to
+    their readers.
+    """
+    fs = get_filesystem(path)
+    if not fs.exists(path):
+        raise SproutError(f"Checkpoint {path} does not exist. Pass an existing .ckpt file to --ckpt_path, or `--ckpt_path last` to resume the newest run of this recipe.")
+    if isinstance(fs, LocalFileSystem) and Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise SproutError(
+            f"Checkpoint {path} cannot be read: it is truncated or corrupt (not a complete archive). "
+            f"Resume from another checkpoint in {Path(path).parent} instead (pass its path to --ckpt_path)."
+        )
 
 
 class SproutCheckpoint(ModelCheckpoint):

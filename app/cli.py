@@ -22,10 +22,11 @@ from app.callbacks.growth import Growth
 from app.callbacks.nan_guard import NaNGuard
 from app.callbacks.preemption import Preemption
 from app.callbacks.rng import TrainingRNG
-from app.checkpointing import AtomicCheckpointIO, SproutCheckpoint, continue_last_run
+from app.checkpointing import AtomicCheckpointIO, SproutCheckpoint, check_checkpoint, continue_last_run
 from app.data.datamodule import SproutDataModule
 from app.errors import SproutError
 from app.module import SproutModule
+from app.recipe_errors import ParseFailure, RecipeParser, explain, sprout_error_in
 
 RECIPE_MODE = "sprout"
 
@@ -54,9 +55,18 @@ class SproutCLI(LightningCLI):
         })
         parser.add_lightning_class_args(NaNGuard, "nan_guard")
 
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ParseFailure as failure:
+            raise SproutError(explain(failure, sys.argv[1:] if args is None else list(args))) from None
+        path = self.config.get(f"{self.config.get('subcommand')}.ckpt_path")
+        if path and path not in ("last", "best", "hpc"):
+            check_checkpoint(path)  # LightningCLI reads it next, with a bare torch.load
+
     def before_instantiate_classes(self) -> None:
-        if self.subcommand == "fit":
-            continue_last_run(self.config["fit"])
+        if self.subcommand == "fit" and (last := continue_last_run(self.config["fit"])) is not None:
+            check_checkpoint(last)
 
     def instantiate_trainer(self, **kwargs):
         trainer = super().instantiate_trainer(**kwargs)
@@ -114,11 +124,15 @@ def main(args: list[str] | None = None) -> None:
             SproutDataModule,
             args=args,
             parser_kwargs={"parser_mode": RECIPE_MODE},
+            parser_class=RecipeParser,
             trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [LearningRateMonitor(logging_interval="step"), MixtureFeedback(), TrainingRNG(), Preemption()]},
             save_config_kwargs={"overwrite": True},
         )
-    except SproutError as err:
-        print(f"sprout: error: {err}", file=sys.stderr)
+    except Exception as err:  # a plugin's SproutError arrives wrapped by jsonargparse
+        problem = sprout_error_in(err)
+        if problem is None:
+            raise
+        print(f"sprout: error: {problem}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

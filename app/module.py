@@ -248,6 +248,14 @@ class SproutModule(L.LightningModule):
         if saved is None:
             return
         config = LlamaConfig.from_dict({**saved, "attention": self.config.attention, "init_std": self.config.init_std})
+        grown = (checkpoint.get("callbacks", {}).get("Growth") or {}).get("grown_at") is not None
+        if config != self.config and not grown:
+            differ = ", ".join(f"{k} {v} (recipe: {getattr(self.config, k)})" for k, v in config.to_dict().items() if v != getattr(self.config, k))
+            path = getattr(self._trainer, "ckpt_path", None) or "to resume from"
+            raise SproutError(
+                f"The checkpoint {path} holds another model than the recipe's: {differ}. Resume with the recipe that wrote it "
+                "(its model.arch and model.arch_overrides); to train a larger model from it, start a new run with growth.source set to it."
+            )
         if config != self.config or not isinstance(self.model, Llama):
             self.config = config
             self.model = self.build_model(config)

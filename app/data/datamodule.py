@@ -164,12 +164,13 @@ class SproutDataModule(L.LightningDataModule):
                     f"Domain {name!r} in {self.data_dir} was tokenized with {shard_tok.get('name')} (sha256 {str(shard_tok.get('sha256'))[:12]}), "
                     f"but the recipe's tokenizer is {self.tokenizer_path} (sha256 {identity['sha256'][:12]}). Re-prepare the shards with this tokenizer or point data.tokenizer at the one they were made with."
                 )
+            if meta["splits"]["train"]["tokens"] < self.seq_len + 1:  # before the validation check: more held-out data cannot help
+                raise SproutError(f"Domain {name!r} in {self.data_dir} has less than one training sequence of {self.seq_len + 1} tokens: too little data. Add data, drop the domain from data.domains, or lower data.seq_len.")
             if meta["splits"]["val"]["tokens"] < self.seq_len + 1:
                 raise SproutError(f"Domain {name!r} in {self.data_dir} has no validation sequence of {self.seq_len + 1} tokens. Re-prepare it with a larger --val_fraction, or lower data.seq_len.")
             self.stats[name] = domain_stats(name, meta)
-            for split, info in meta["splits"].items():
-                if info.get("tokens"):  # a domain too small for a validation document has no val shards
-                    check_shards(self.data_dir / name / split)
+            for split in ("train", "val"):
+                check_shards(self.data_dir / name / split)
         self.train_blocks = DomainBlocks([self.data_dir / d / "train" for d in self.domains], self.seq_len + 1)
         self.sizes = self.train_blocks.sizes()
         world = self.trainer.world_size if self.trainer else 1

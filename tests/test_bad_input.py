@@ -1,0 +1,213 @@
+"""The bad-input catalogue: every mistake gets a one-paragraph ``sprout: error:`` naming the culprit
+(file, key, plugin, shard, checkpoint) and the fix, exit status 2, no traceback, and no
+checkpoint written. The table in docs/bad-input.md lists the same cases."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app import registry
+from app.data.prepare import Source, prepare
+from app.data.tokenizer import Tokenizer
+from tiny_run import recipe, sprout
+
+
+def fails(config: Path, *args: str) -> str:
+    """Run ``sprout fit``; it must fail cleanly. Returns the error paragraph."""
+    code, err = sprout("fit", "--config", str(config), *args)
+    assert code == 2, err[-2000:]
+    assert "Traceback" not in err and "usage:" not in err
+    lines = [line for line in err.splitlines() if line.startswith("sprout: error: ")]
+    assert len(lines) == 1, err[-2000:]
+    runs = config.parent / "runs"
+    assert not list(runs.rglob("*.ckpt")) and not list(runs.rglob(".*.tmp-*"))  # nothing half-written
+    return lines[0].removeprefix("sprout: error: ")
+
+
+@pytest.fixture
+def data(tiny_data, tmp_path) -> Path:
+    """A private copy of the tiny data to damage."""
+    return Path(shutil.copytree(tiny_data, tmp_path / "data"))
+
+
+# -- the recipe ---------------------------------------------------------------------------------
+
+
+def test_malformed_yaml(tiny_data, tmp_path):
+    config = recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs")
+    config.write_text(config.read_text().replace("max_steps: 12", "max_steps: [12"))
+    message = fails(config)
+    assert message.startswith(f"The recipe {config} is not valid YAML: while parsing a flow sequence at line 3, column 14")
+    assert message.endswith("Fix the syntax there: indentation, a missing ':' after a key, or an unclosed bracket or quote.")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_key_suggests_the_closest(tiny_data, tmp_path):
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"batch_sise": 4}))
+    assert message == (
+        f"Unknown option 'data.batch_sise' in the recipe {tmp_path / 'r.yaml'} (did you mean 'data.batch_size'?). "
+        "Fix or remove it; `sprout fit --help` lists every option with its type."
+    )
+    assert not (tmp_path / "runs").exists()
+
+
+def test_wrong_type_names_key_file_and_expected_type(tiny_data, tmp_path):
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"batch_size": "four"}))
+    assert message == (
+        f"Invalid value for data.batch_size in the recipe {tmp_path / 'r.yaml'}: expected int, got four. "
+        "Fix that value; `sprout fit --help` lists every option with its type."
+    )
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs"), "--data.seq_len", "long")
+    assert message.startswith("Invalid value for data.seq_len in the command line: expected int, got long.")
+
+
+def test_unknown_plugin_lists_the_registered_ones(tiny_data, tmp_path):
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"mixture": {"class_path": "unifrm"}}))
+    assert message.startswith(f"data.mixture in the recipe {tmp_path / 'r.yaml'}: Unknown mixture plugin 'unifrm'. Available: ")
+    assert "uniform" in message and message.endswith("Run `sprout plugins` to list them, or give a full class_path.")
+
+
+@pytest.fixture
+def exploding_plugin(tmp_path, monkeypatch):
+    """An installed package whose registered selector raises when imported."""
+    site = tmp_path / "site"
+    info = site / "exploding_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: exploding-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[sprout.plugins]\nselector.explodes = exploding_plugin:Explodes\n")
+    (site / "exploding_plugin.py").write_text("raise RuntimeError('this plugin is broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(site))
+    registry.plugins.cache_clear()
+    yield
+    registry.plugins.cache_clear()
+
+
+def test_plugin_that_raises_on_import(exploding_plugin, tiny_data, tmp_path):
+    config = recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", model={"selector": {"class_path": "explodes"}})
+    with pytest.warns(UserWarning, match="exploding-plugin"):
+        message = fails(config)
+    assert message == (
+        f"In {config}: The selector plugin 'explodes' from package 'exploding-plugin' failed to load: "
+        "RuntimeError: this plugin is broken on purpose. Fix or reinstall that package."
+    )
+
+
+@pytest.mark.parametrize("selector, k", [("rho1", 0), ("random", 150)])
+def test_selector_k_outside_0_100(selector, k, tiny_data, tmp_path):
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", model={"selector": {"class_path": selector, "init_args": {"k": k}}}))
+    assert f"k={float(k)} is outside (0, 100]. Set model.selector.init_args.k to the percentage of tokens to keep" in message
+
+
+def test_negative_mixture_weights(tiny_data, tmp_path):
+    mixture = {"class_path": "fixed", "init_args": {"weights": {"code": -1, "text": 2}}}
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"mixture": mixture}))
+    assert message == "mixture fixed: weights must be finite, non-negative and not all zero; got {'code': -1.0, 'text': 2.0}. Fix data.mixture.init_args.weights."
+
+
+def test_mixture_weights_not_matching_the_domains(tiny_data, tmp_path):
+    mixture = {"class_path": "fixed", "init_args": {"weights": {"code": 1, "prose": 2}}}
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"mixture": mixture}))
+    assert message == "mixture fixed: data.mixture.init_args.weights names ['code', 'prose'] but the data domains are ['code', 'text']. Give one weight per domain."
+
+
+# -- the data -------------------------------------------------------------------------------------
+
+
+def test_missing_shard_folder(data, tmp_path):
+    shutil.rmtree(data / "code" / "train")
+    message = fails(recipe(tmp_path / "r.yaml", data, tmp_path / "runs"))
+    assert message == (
+        f"Shard folder {data / 'code' / 'train'} is missing, though {data / 'code' / 'meta.json'} is there. "
+        f"Copy {data / 'code'} again, or re-run tools/prepare_data.py for this domain with --overwrite."
+    )
+
+
+def test_truncated_shard(data, tmp_path):
+    chunk = sorted((data / "text" / "train").glob("*.bin"))[0]
+    size = chunk.stat().st_size
+    chunk.write_bytes(chunk.read_bytes()[: size // 2])
+    message = fails(recipe(tmp_path / "r.yaml", data, tmp_path / "runs"))
+    index = data / "text" / "train" / "index.json"
+    assert message == (
+        f"Shard {chunk} is {size // 2:,} bytes, but {index} says {size:,} bytes: it is truncated or corrupt. "
+        f"Copy {data / 'text'} again, or re-run tools/prepare_data.py for this domain with --overwrite."
+    )
+
+
+def test_corrupt_shard_index(data, tmp_path):
+    index = data / "code" / "val" / "index.json"
+    index.write_text(index.read_text()[:40])
+    message = fails(recipe(tmp_path / "r.yaml", data, tmp_path / "runs"))
+    assert message.startswith(f"{index} is corrupt (JSONDecodeError: ")
+    assert message.endswith(f"Copy {data / 'code'} again, or re-run tools/prepare_data.py for this domain with --overwrite.")
+
+
+def test_shards_from_another_tokenizer(tiny_data, tmp_path):
+    other = Tokenizer.train_bpe(["another corpus, another vocabulary"] * 20, 300, tmp_path / "other.json")
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"tokenizer": str(other.path)}))
+    assert message.startswith(f"Domain 'code' in {tiny_data} was tokenized with {tiny_data / 'tokenizer.json'} (sha256 ")
+    assert message.endswith(
+        f"but the recipe's tokenizer is {other.path} (sha256 {other.sha256[:12]}). Re-prepare the shards with this tokenizer "
+        "or point data.tokenizer at the one they were made with."
+    )
+
+
+def test_tokenizer_larger_than_the_model_vocabulary(tiny_data, tmp_path):
+    model = {"arch_overrides": {"vocab_size": 256, "block_size": 32}}
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", model=model))
+    assert message == (
+        f"The tokenizer {tiny_data / 'tokenizer.json'} has 320 tokens but the model's embedding has vocab_size=256. "
+        "Set model.arch_overrides.vocab_size to at least 320 (a multiple of 64 is fastest) or use the tokenizer the model was built for."
+    )
+
+
+def test_empty_domain(data, tmp_path):
+    (tmp_path / "tiny.txt").write_text("Too short to fill one training sequence.")
+    prepare([Source([str(tmp_path / "tiny.txt")], format="text", domain="tiny")], data / "tokenizer.json", data, num_workers=1, progress=False, summary=False)
+    assert json.loads((data / "tiny" / "meta.json").read_text())["splits"]["train"]["tokens"] < 33
+    message = fails(recipe(tmp_path / "r.yaml", data, tmp_path / "runs"))
+    assert message == (
+        f"Domain 'tiny' in {data} has less than one training sequence of 33 tokens: too little data. "
+        "Add data, drop the domain from data.domains, or lower data.seq_len."
+    )
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_data, tmp_path_factory) -> Path:
+    """A 2-layer micro model's checkpoint after one step."""
+    root = tmp_path_factory.mktemp("one_step")
+    assert sprout("fit", "--config", str(recipe(root / "r.yaml", tiny_data, root / "runs", 1)))[0] == 0
+    return root / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
+
+
+def test_checkpoint_from_another_model_shape(checkpoint, tiny_data, tmp_path):
+    model = {"arch_overrides": {"vocab_size": 320, "block_size": 32, "n_layer": 3}}
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", model=model), "--ckpt_path", str(checkpoint))
+    assert message == (
+        f"The checkpoint {checkpoint} holds another model than the recipe's: n_layer 2 (recipe: 3). Resume with the recipe that wrote it "
+        "(its model.arch and model.arch_overrides); to train a larger model from it, start a new run with growth.source set to it."
+    )
+
+
+def test_truncated_checkpoint(checkpoint, tiny_data, tmp_path):
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(checkpoint.read_bytes()[:5000])
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs"), "--ckpt_path", str(cut))
+    assert message == (
+        f"Checkpoint {cut} cannot be read: it is truncated or corrupt (not a complete archive). "
+        f"Resume from another checkpoint in {tmp_path} instead (pass its path to --ckpt_path)."
+    )
+
+
+def test_growth_source_incompatible_with_the_target(checkpoint, tiny_data, tmp_path):
+    growth = {"operator": {"class_path": "gstack"}, "source": str(checkpoint), "target_overrides": {"n_embd": 128}}
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", growth=growth))
+    assert message == (
+        "Growth operator Gstack cannot change `n_embd` (64 -> 128): depth operators (gstack, zero_depth, random_depth) change only n_layer. "
+        "Fix growth.target_arch / growth.target_overrides, or use `learn` to grow depth and width together."
+    )
