@@ -225,3 +225,10 @@ def test_growth_plan_writes_sections_the_cli_accepts(tmp_path, capsys):
     module = SproutModule(arch=config["model"]["arch"], arch_overrides=config["model"]["arch_overrides"])
     assert module.config.n_layer == 1
     assert Growth(target_arch=config["growth"]["target_arch"]).target_config(module.config).n_layer == 4
+
+
+def test_growth_at_a_token_count(tiny_data, tmp_path):
+    tokens_per_step = 4 * SEQ  # batch_size x seq_len, one device
+    growth = Growth(operator=Gstack(), target_overrides={"n_layer": 4}, at_tokens=2 * tokens_per_step + 1, save_stage=False)
+    module, _ = fit(tiny_data, tmp_path, growth, max_steps=4)
+    assert growth.grown_at == 3 and growth.tokens_seen == 4 * tokens_per_step and module.config.n_layer == 4
