@@ -49,3 +49,28 @@ def test_stop_and_resume_with_ckpt_path_last_is_bit_identical(tiny_data, tmp_pat
     dm_a, dm_b = a["SproutDataModule"], b["SproutDataModule"]
     assert dm_a["sampler"]["weights"] == dm_b["sampler"]["weights"] != [0.5, 0.5]  # the mixture moved, identically
     assert dm_a["consumed"] == dm_b["consumed"] == STEPS
+
+
+def test_resume_across_the_growth_boundary_is_bit_identical(tiny_data, tmp_path):
+    """G_random depthwise at step 4 (fresh random layers, from the global generator, faded in
+    over 4 steps): resumed from step 2 the growth happens in the resumed run, from step 6 the
+    grown model and its half-open masks come from the checkpoint."""
+    sections = {
+        "growth": {"operator": {"class_path": "random_depth", "init_args": {"ramp_steps": 4}}, "at_step": 4, "target_overrides": {"n_layer": 4}},
+        "checkpoint": {"every_n_train_steps": 2, "save_top_k": -1},
+        "model": {"selector": {"class_path": "tiny_run.GlobalRandomTokens"}},  # so the generators' states differ by step
+    }
+    steps = 9
+    whole = recipe(tmp_path / "whole.yaml", tiny_data, tmp_path / "whole", steps, **sections)
+    assert sprout("fit", "--config", str(whole))[0] == 0
+    expected = tmp_path / "whole" / "tiny" / "version_0"
+    want = scalars(expected)
+    assert scalars(expected, "growth/stage") == {s: float(s >= 3) for s in range(steps)}  # logged after step s + 1
+
+    for start in (2, 6):
+        resumed = recipe(tmp_path / f"from{start}.yaml", tiny_data, tmp_path / f"from{start}", steps, **sections)
+        ckpt = expected / "checkpoints" / f"step{start:06d}.ckpt"
+        assert sprout("fit", "--config", str(resumed), "--ckpt_path", str(ckpt))[0] == 0
+        got = scalars(tmp_path / f"from{start}" / "tiny" / "version_0")
+        assert sorted(got) == list(range(start, steps))
+        assert got == {s: want[s] for s in got}, start
