@@ -3,19 +3,21 @@
 Returned unreduced (``[B, T]``) because a token selector weighs tokens before the mean.
 
 ``chunked_token_losses`` applies the output head itself, a slice of tokens at a time, so the
-``[tokens, vocab]`` logits exist only one slice at a time (in fp32 for the softmax) instead of
-for the whole batch; backward recomputes each slice's logits rather than storing them. With a
-32000-token vocabulary that is what makes the difference between the head dominating a GPU's
-memory (a 4 x 2048 micro-batch has 1 GiB of fp32 logits, several copies of it in autograd) and
-not. It costs one extra head matmul in backward.
+``[tokens, vocab]`` logits exist one slice at a time instead of for the whole batch: a
+4 x 2048 micro-batch at vocab 32000 has 1 GiB of them in fp32, and the plain loss keeps
+several such tensors for autograd. Nothing of that size is kept: backward recomputes each
+slice's logits, one extra head matmul (about 2% of a 1.1B model's FLOPs).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100
+DEFAULT_CHUNK = 1024  # tokens per slice: 125 MiB of fp32 logits at vocab 32000, matmuls still at full speed
 
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -23,64 +25,72 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return loss.view_as(targets)
 
 
-def chunked_token_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+def chunked_token_losses(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int | None = None, compiled: bool = False
+) -> torch.Tensor:
     """``token_losses(hidden @ weight.T, targets)`` without the whole batch's logits.
 
     ``hidden`` [B, T, C] are the final normed hidden states, ``weight`` [V, C] the output head,
     ``targets`` [B, T] with ``IGNORE_INDEX`` for tokens that do not count (loss 0). Returns fp32
     [B, T] (fp64 for fp64 inputs). Under autocast the matmuls run in the autocast dtype, as
-    ``nn.Linear`` would; the softmax always runs in fp32. ``chunk_size`` is tokens per slice; the default keeps a slice's logits about the size of
-    the hidden states (Liger-Kernel's rule), at least 256 tokens so the matmuls stay efficient.
+    ``nn.Linear`` would; the softmax always runs in fp32. ``chunk_size`` is tokens per slice
+    (default ``DEFAULT_CHUNK``). ``compiled`` runs each slice's softmax, target pick and
+    gradient as one fused ``torch.compile`` kernel instead of a handful of elementwise passes
+    over the [slice, vocab] logits.
     """
-    C = hidden.size(-1)
-    flat_hidden = hidden.reshape(-1, C)
-    n = flat_hidden.size(0)
-    if chunk_size is None:
-        chunk_size = max(256, n * C // weight.size(0))
+    flat_hidden = hidden.reshape(-1, hidden.size(-1))
+    chunk_size = chunk_size or DEFAULT_CHUNK
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
+    kernels = _compiled_kernels() if compiled else (_chunk_losses, _chunk_grads)
     with torch.autocast(device_type, enabled=False):
-        loss = _ChunkedCrossEntropy.apply(flat_hidden.to(dtype), weight.to(dtype), targets.reshape(-1), chunk_size)
+        loss = _ChunkedCrossEntropy.apply(flat_hidden.to(dtype), weight.to(dtype), targets.reshape(-1), chunk_size, kernels)
     return loss.view_as(targets)
+
+
+def _chunk_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token losses and log-sum-exp of one slice."""
+    logits = (hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32))
+    lse = torch.logsumexp(logits, dim=-1)
+    target_logit = logits.gather(1, targets.clamp_min(0).unsqueeze(1)).squeeze(1)
+    return (lse - target_logit).masked_fill(targets == IGNORE_INDEX, 0.0), lse
+
+
+def _chunk_grads(hidden, weight, targets, lse, scale) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of one slice w.r.t. its hidden states and the head: d loss / d logits is
+    softmax(logits) - onehot(target), times the upstream gradient ``scale`` (0 where ignored)."""
+    logits = (hidden @ weight.T).to(lse.dtype)
+    onehot = torch.arange(logits.size(1), device=logits.device) == targets.unsqueeze(1)
+    grad_logits = (((logits - lse.unsqueeze(1)).exp() - onehot.to(lse.dtype)) * scale.unsqueeze(1)).to(hidden.dtype)
+    return grad_logits @ weight, grad_logits.T @ hidden
+
+
+@functools.cache
+def _compiled_kernels():
+    return torch.compile(_chunk_losses), torch.compile(_chunk_grads)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    def forward(ctx, hidden, weight, targets, chunk_size, kernels):
         acc_dtype = torch.promote_types(hidden.dtype, torch.float32)  # fp32 softmax for bf16/fp16, fp64 stays
         losses = torch.empty(hidden.size(0), dtype=acc_dtype, device=hidden.device)
         lse = torch.empty_like(losses)
         for start in range(0, hidden.size(0), chunk_size):
             rows = slice(start, start + chunk_size)
-            logits = (hidden[rows] @ weight.T).to(acc_dtype)
-            lse[rows] = torch.logsumexp(logits, dim=-1)
-            t = targets[rows]
-            valid = t != IGNORE_INDEX
-            target_logit = logits.gather(1, t.clamp_min(0).unsqueeze(1)).squeeze(1)
-            losses[rows] = (lse[rows] - target_logit).masked_fill(~valid, 0.0)
+            losses[rows], lse[rows] = kernels[0](hidden[rows], weight, targets[rows])
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.chunk_size = chunk_size
+        ctx.chunk_size, ctx.kernels = chunk_size, kernels
         return losses
 
     @staticmethod
-    def backward(ctx, grad_losses: torch.Tensor):
+    def backward(ctx, grad_losses):
         hidden, weight, targets, lse = ctx.saved_tensors
-        grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device) if ctx.needs_input_grad[1] else None
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=lse.dtype, device=weight.device)
         scale = grad_losses.to(lse.dtype).masked_fill(targets == IGNORE_INDEX, 0.0)
         for start in range(0, hidden.size(0), ctx.chunk_size):
             rows = slice(start, start + ctx.chunk_size)
-            h = hidden[rows]
-            # d loss / d logits = softmax(logits) - onehot(target), times the upstream gradient
-            grad_logits = (h @ weight.T).to(lse.dtype).sub_(lse[rows, None]).exp_()
-            t = targets[rows]
-            grad_logits[torch.arange(t.numel(), device=t.device), t.clamp_min(0)] -= 1.0
-            grad_logits.mul_(scale[rows, None])
-            grad_logits = grad_logits.to(hidden.dtype)
-            if grad_hidden is not None:
-                grad_hidden[rows] = grad_logits @ weight
-            if grad_weight is not None:
-                grad_weight.add_(grad_logits.T @ h)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-        return grad_hidden, grad_weight, None, None
+            grad_hidden[rows], chunk_grad_weight = ctx.kernels[1](hidden[rows], weight, targets[rows], lse[rows], scale[rows])
+            grad_weight += chunk_grad_weight
+        return grad_hidden, grad_weight.to(weight.dtype), None, None, None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from app.loss import DEFAULT_CHUNK
 from app.model import LlamaConfig, param_count
 
 FP32 = 4
@@ -71,7 +72,7 @@ def estimate_memory(
         shards: ranks FSDP shards over (1: no sharding, DDP or one device).
         compute_bytes: bytes of the compute dtype (2 for bf16, 4 for fp32).
         activation_checkpointing: recompute blocks in backward.
-        loss_chunk: tokens per slice of the chunked loss (default: ``app.loss``'s rule).
+        loss_chunk: tokens per slice of the chunked loss (default ``app.loss.DEFAULT_CHUNK``).
     """
     c = config
     tokens = micro_batch * seq_len
@@ -91,7 +92,7 @@ def estimate_memory(
     else:
         activations = c.n_layer * per_block + final
 
-    chunk = loss_chunk or max(256, tokens * c.n_embd // c.vocab_size)
+    chunk = loss_chunk or DEFAULT_CHUNK
     loss_temp = 2 * min(chunk, tokens) * c.vocab_size * FP32 + stream + c.vocab_size * c.n_embd * FP32
     block_temp = tokens * (2 * c.intermediate_size + 2 * c.n_embd) * compute_bytes
     return MemoryEstimate(

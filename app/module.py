@@ -166,7 +166,7 @@ class SproutModule(L.LightningModule):
     def _token_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-token losses [B, T]; the head is applied in chunks, so the batch's logits never exist at once."""
         hidden = self.model.hidden_states(batch["input_ids"])
-        return chunked_token_losses(hidden, self.model.output.weight, batch["targets"])
+        return chunked_token_losses(hidden, self.model.output.weight, batch["targets"], compiled=self.parallel.compile)
 
     def _log_kept_share(self, weights: torch.Tensor, domain: torch.Tensor) -> None:
         """Which domains the kept tokens come from: ``select/kept_share/<domain>`` sums to 1."""

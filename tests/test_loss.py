@@ -57,12 +57,22 @@ def test_autocast_bf16_computes_the_head_in_bf16():
     assert bf16_error > 0  # the matmul really ran in bf16
 
 
-def test_saves_no_logits_sized_tensor():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_saves_no_logits_sized_tensor(dtype):
     """What autograd keeps for backward is the inputs and one float per token, not [tokens, vocab]."""
     hidden, weight, targets, _ = _problem(B=2, T=64, C=8, V=4096)
+    hidden, weight = (t.detach().to(dtype).requires_grad_() for t in (hidden, weight))
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         loss = chunked_token_losses(hidden, weight, targets, chunk_size=32)
     assert max(saved) == weight.numel() and 128 * 4096 not in saved
     loss.sum().backward()
     assert hidden.grad is not None
+
+
+def test_compiled_kernels_match_eager():
+    problem = _problem(C=32, V=64)
+    eager = _grads(lambda h, w, t: chunked_token_losses(h, w, t, chunk_size=16), *problem)
+    compiled = _grads(lambda h, w, t: chunked_token_losses(h, w, t, chunk_size=16, compiled=True), *problem)
+    for a, b in zip(compiled, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,262 @@
+"""Sprout's training step against its peers on the same shape: tokens/s, MFU and memory.
+
+Every candidate trains the same Llama shape (sequence length, batch, AdamW, dtype, random
+tokens) in a plain loop, each in a fresh process, in alternating rounds so that a noisy
+machine treats them alike; the table reports medians. Candidates:
+
+- ``sprout``: the step ``SproutModule.training_step`` runs: ``app.model.Llama`` with compiled
+  blocks (``model.parallel.compile``) and the chunked cross-entropy of ``app.loss``;
+- ``sprout-eager``: the same without compiled blocks;
+- ``hf``: Hugging Face ``transformers`` ``LlamaForCausalLM`` (SDPA attention), logits then
+  ``F.cross_entropy``;
+- ``litgpt``: LitGPT's ``GPT`` with LitGPT's own ``chunked_cross_entropy``. LitGPT pins an
+  older jsonargparse than Sprout's, so it may live in its own venv (``--litgpt_python``).
+
+MFU is model FLOPs (``app.model.flops_per_token``: 6 per matmul weight per token plus
+attention, the same count for every candidate, recomputation not credited) over the measured
+matmul peak of the dtype (``tools/bench_peak.py``). Memory is the process's peak resident
+memory during the timed steps above its resident memory before the model was built.
+
+    python tools/bench_train.py                                     # the reference shape
+    python tools/bench_train.py --shapes [bench-6l-384,bench-12l-768] --rounds 5
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+# Shapes beyond app.model.CONFIGS["bench-6l-384"], up to ~100M parameters.
+SHAPES = {
+    "bench-8l-512": dict(n_layer=8, n_embd=512, n_head=8, n_kv_head=2, intermediate_size=1408, vocab_size=8192, block_size=256),
+    "bench-12l-768": dict(n_layer=12, n_embd=768, n_head=12, n_kv_head=4, intermediate_size=2048, vocab_size=8192, block_size=256),
+}
+LITGPT_VENV = Path("/tmp/litgpt-venv/bin/python")
+
+
+# -- worker side: runs in a fresh process, possibly another venv (imports only torch + its framework)
+def _resident_kib(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
+
+
+def _reset_peak_resident() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := current resident size
+
+
+def _sprout_step(shape: dict, compile_blocks: bool):
+    import torch
+
+    from app.loss import chunked_token_losses
+    from app.model import Llama, LlamaConfig
+    from app.parallel import Parallelism, parallelize
+
+    model = parallelize(Llama(LlamaConfig(**shape)), Parallelism(compile=compile_blocks))
+
+    def loss_fn(x, y):
+        return chunked_token_losses(model.hidden_states(x), model.output.weight, y, compiled=compile_blocks).mean()
+
+    return model, loss_fn
+
+
+def _hf_step(shape: dict):
+    import torch.nn.functional as F
+    from transformers import LlamaConfig as HFConfig
+    from transformers import LlamaForCausalLM
+
+    config = HFConfig(
+        vocab_size=shape["vocab_size"], hidden_size=shape["n_embd"], intermediate_size=shape["intermediate_size"],
+        num_hidden_layers=shape["n_layer"], num_attention_heads=shape["n_head"], num_key_value_heads=shape["n_kv_head"],
+        max_position_embeddings=shape["block_size"], rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+    model = LlamaForCausalLM(config)
+
+    def loss_fn(x, y):
+        logits = model(input_ids=x).logits
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+
+    return model, loss_fn
+
+
+def _litgpt_step(shape: dict):
+    from litgpt.config import Config
+    from litgpt.model import GPT
+    from litgpt.utils import chunked_cross_entropy
+
+    config = Config(
+        n_layer=shape["n_layer"], n_embd=shape["n_embd"], n_head=shape["n_head"], n_query_groups=shape["n_kv_head"],
+        intermediate_size=shape["intermediate_size"], vocab_size=shape["vocab_size"], padded_vocab_size=shape["vocab_size"],
+        block_size=shape["block_size"], bias=False, norm_class_name="RMSNorm", norm_eps=1e-5, mlp_class_name="LLaMAMLP",
+        rotary_percentage=1.0, rope_base=10000, parallel_residual=False,
+    )
+    model = GPT(config)
+
+    def loss_fn(x, y):
+        return chunked_cross_entropy(model(x), y)
+
+    return model, loss_fn
+
+
+def worker(candidate: str, shape: dict, batch: int, seq_len: int, dtype: str, warmup: int, steps: int, threads: int | None) -> dict:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    base = _resident_kib("VmRSS")
+    if candidate in ("sprout", "sprout-eager"):
+        model, loss_fn = _sprout_step(shape, compile_blocks=candidate == "sprout")
+    elif candidate == "hf":
+        model, loss_fn = _hf_step(shape)
+    else:
+        model, loss_fn = _litgpt_step(shape)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    x = torch.randint(0, shape["vocab_size"], (batch, seq_len))
+    y = torch.randint(0, shape["vocab_size"], (batch, seq_len))
+
+    def step() -> float:
+        with torch.autocast("cpu", torch.bfloat16, enabled=dtype == "bfloat16"):
+            loss = loss_fn(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    for _ in range(warmup):  # compiles, allocates the optimizer state
+        step()
+    _reset_peak_resident()
+    times, cpu_times = [], []
+    for _ in range(steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        loss = step()
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
+    tokens = batch * seq_len
+    return {"tokens_per_s": tokens / statistics.median(times), "tokens_per_cpu_s": tokens / statistics.median(cpu_times),
+            "memory_mib": (_resident_kib("VmHWM") - base) / 1024, "loss": loss}
+
+
+# -- driver side ------------------------------------------------------------------------------
+def _run_worker(python: str, args: dict) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    run = subprocess.run([python, __file__, "--worker", json.dumps(args)], cwd=REPO, env=env, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"{args['candidate']} ({python}) failed:\n{run.stderr[-3000:]}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _litgpt_python(litgpt_python: str | None) -> str | None:
+    """The interpreter that can import litgpt: the given one, this one, or the default venv."""
+    for python in ([litgpt_python] if litgpt_python else [sys.executable, str(LITGPT_VENV)]):
+        if Path(python).exists() and subprocess.run([python, "-c", "import litgpt.model"], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+def bench_train(
+    shapes: list[str] = ["bench-6l-384"],
+    dtypes: list[str] = ["float32", "bfloat16"],
+    candidates: list[str] = ["sprout", "sprout-eager", "hf", "litgpt"],
+    batch: int = 8,
+    seq_len: int = 256,
+    rounds: int = 3,
+    warmup: int = 3,
+    steps: int = 5,
+    threads: int | None = None,
+    peak_float32: float | None = None,
+    peak_bfloat16: float | None = None,
+    litgpt_python: str | None = None,
+    json_out: Path | None = None,
+) -> list[dict]:
+    """Measure and print the table.
+
+    Args:
+        shapes: model shapes: names in app.model.CONFIGS or this tool's SHAPES.
+        dtypes: float32 and/or bfloat16 (autocast, fp32 master weights).
+        candidates: which of sprout, sprout-eager, hf, litgpt to run (litgpt is skipped when not importable).
+        batch: sequences per step.
+        seq_len: tokens per sequence.
+        rounds: alternating rounds, each a fresh process per candidate; medians are reported.
+        warmup: untimed steps per process (compilation happens here).
+        steps: timed steps per process (their median step time counts).
+        threads: torch threads per process (default: torch's choice, one per core). On a machine
+            shared with other jobs, 1 thread and the tokens per CPU-second column are the steadier measure.
+        peak_float32: matmul peak FLOP/s for MFU (default: measured now with tools/bench_peak.py).
+        peak_bfloat16: same for bf16.
+        litgpt_python: a Python that can import litgpt (default: this one, else /tmp/litgpt-venv).
+        json_out: also write the rows as JSON.
+    """
+    import torch
+
+    from app.model import CONFIGS, LlamaConfig, flops_per_token, param_count
+    from tools.bench_peak import bench_peak
+
+    litgpt = _litgpt_python(litgpt_python) if "litgpt" in candidates else None
+    if "litgpt" in candidates and litgpt is None:
+        print("litgpt is not importable here nor in /tmp/litgpt-venv; skipping it (see --litgpt_python)", file=sys.stderr)
+        candidates = [c for c in candidates if c != "litgpt"]
+    peaks = {"float32": peak_float32, "bfloat16": peak_bfloat16}
+    missing = [d for d in dtypes if peaks[d] is None]
+    if missing:
+        if threads:
+            torch.set_num_threads(threads)  # the peak of the same number of threads the candidates get
+        peaks.update(bench_peak(dtypes=missing, seconds=1.0))
+
+    rows = []
+    for shape_name in shapes:
+        shape = {**CONFIGS[shape_name], "block_size": max(seq_len, CONFIGS[shape_name]["block_size"])} if shape_name in CONFIGS else SHAPES[shape_name]
+        config = LlamaConfig(**shape)
+        for dtype in dtypes:
+            results: dict[str, list[dict]] = {c: [] for c in candidates}
+            for r in range(rounds):
+                order = candidates[r % len(candidates):] + candidates[: r % len(candidates)]  # rotate who goes first
+                for candidate in order:
+                    python = litgpt if candidate == "litgpt" else sys.executable
+                    args = dict(candidate=candidate, shape=shape, batch=batch, seq_len=seq_len, dtype=dtype, warmup=warmup, steps=steps, threads=threads)
+                    results[candidate].append(_run_worker(python, args))
+                    last = results[candidate][-1]
+                    print(f"  {shape_name} {dtype} round {r + 1}: {candidate} {last['tokens_per_s']:.0f} tokens/s, {last['tokens_per_cpu_s']:.0f} per CPU-s", file=sys.stderr)
+            for candidate, runs in results.items():
+                tps = statistics.median(run["tokens_per_s"] for run in runs)
+                rows.append(dict(
+                    shape=shape_name, params=param_count(config), dtype=dtype, candidate=candidate, tokens_per_s=tps,
+                    tokens_per_s_runs=[round(run["tokens_per_s"]) for run in runs],
+                    tokens_per_cpu_s=statistics.median(run["tokens_per_cpu_s"] for run in runs),
+                    mfu=tps * flops_per_token(config, seq_len) / peaks[dtype],
+                    memory_mib=statistics.median(run["memory_mib"] for run in runs),
+                ))
+    _print_table(rows, batch, seq_len, rounds, steps, peaks)
+    if json_out is not None:
+        Path(json_out).write_text(json.dumps({"rows": rows, "peaks": peaks, "batch": batch, "seq_len": seq_len}, indent=1))
+    return rows
+
+
+def _print_table(rows: list[dict], batch: int, seq_len: int, rounds: int, steps: int, peaks: dict) -> None:
+    peers = [c for c in ("hf", "litgpt") if any(r["candidate"] == c for r in rows)]
+    print(f"\nbatch {batch} x seq {seq_len}, AdamW; median of {rounds} rounds (fresh process each) x {steps} timed steps; "
+          + ", ".join(f"{d} matmul peak {p / 1e12:.3f} TFLOP/s" for d, p in peaks.items() if p))
+    header = (f"| {'shape':<14} | {'params':>6} | {'dtype':<8} | {'candidate':<12} | {'tokens/s':>8} | " + " | ".join(f"{'vs ' + p:>9}" for p in peers)
+              + f" | {'tok/CPU-s':>9} | {'MFU':>6} | {'mem MiB':>7} |")
+    print(header)
+    print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
+    for row in rows:
+        same = {r["candidate"]: r["tokens_per_s"] for r in rows if r["shape"] == row["shape"] and r["dtype"] == row["dtype"]}
+        ratios = " | ".join(f"{row['tokens_per_s'] / same[p]:>8.2f}x" if p in same else f"{'':>9}" for p in peers)
+        print(f"| {row['shape']:<14} | {row['params'] / 1e6:>5.1f}M | {row['dtype']:<8} | {row['candidate']:<12} | {row['tokens_per_s']:>8.0f} | {ratios} | "
+              f"{row['tokens_per_cpu_s']:>9.0f} | {100 * row['mfu']:>5.1f}% | {row['memory_mib']:>7.0f} |")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        print(json.dumps(worker(**json.loads(sys.argv[2]))))
+    else:
+        from jsonargparse import auto_cli
+
+        auto_cli(bench_train)
