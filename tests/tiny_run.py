@@ -104,19 +104,28 @@ class GlobalRandomTokens(TokenSelector):
 
 
 class PauseAt(L.Callback):
-    """Prints ``paused at step N`` after that step and waits there until a signal has been noticed.
+    """Prints ``paused at step N`` and waits there until a signal has been noticed.
 
-    Lets a test send a signal to a real training process at a known step: the run resumes
-    as soon as Lightning (SIGTERM) or the preemption callback (SIGUSR1) has seen the signal.
+    Lets a test send a signal to a real training process at a known point: after training
+    step ``step`` or, with ``during="validation"``, in the first validation batch after it.
+    The run goes on as soon as Lightning (SIGTERM) or the preemption callback (SIGUSR1) has
+    seen the signal.
     """
 
-    def __init__(self, step: int, timeout: float = 60.0) -> None:
+    def __init__(self, step: int, during: str = "training", timeout: float = 60.0) -> None:
         self.step = step
+        self.during = during
         self.timeout = timeout
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step != self.step:
-            return
+        if self.during == "training" and trainer.global_step == self.step:
+            self._pause(trainer)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.during == "validation" and not trainer.sanity_checking and trainer.global_step == self.step and batch_idx == 0 and dataloader_idx == 0:
+            self._pause(trainer)
+
+    def _pause(self, trainer) -> None:
         print(f"paused at step {self.step}", flush=True)
         preemption = next(cb for cb in trainer.callbacks if isinstance(cb, Preemption))
         deadline = time.monotonic() + self.timeout

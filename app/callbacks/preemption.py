@@ -11,7 +11,9 @@ The checkpoint is written at the end of the training step during which the signa
 ``last.ckpt`` in the run's checkpoint folder, so ``--ckpt_path last`` continues from it. The
 callback is a Lightning ``Checkpoint`` so that Lightning runs it after every other callback
 (a mixture's feedback, the periodic checkpoint) has finished with that step; the process
-leaves once Lightning has logged that step, before any validation or the next step.
+leaves once Lightning has logged that step, before any validation or the next step. A
+SIGTERM during validation stops it after the current batch (Lightning's behaviour, so the
+grace period goes to saving): the training state is saved and that validation is lost.
 The process then exits with status 128 + the signal number, the shell's convention for
 "ended by this signal", so a job script can tell a preempted run from a finished one.
 """

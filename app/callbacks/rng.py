@@ -5,7 +5,9 @@ sanity check of a resumed run) draws from the global generators too, and a stopp
 resumed run does so at other moments than an uninterrupted one. So every training step
 starts from the generator states the previous step ended with, and those states are what
 the checkpoint holds: dropout, growth initialisation and any plugin drawing from the
-global generators see the same numbers whether or not the run was interrupted.
+global generators see the same numbers whether or not the run was interrupted. (A checkpoint
+written inside another callback's end-of-step work, like growth's stage-1 checkpoint, holds
+the states of that moment, before the rest of that work drew from them.)
 """
 
 from __future__ import annotations
