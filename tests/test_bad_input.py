@@ -63,6 +63,14 @@ def test_wrong_type_names_key_file_and_expected_type(tiny_data, tmp_path):
     assert message.startswith("Invalid value for data.seq_len in the command line: expected int, got long.")
 
 
+def test_missing_option_and_missing_recipe_file(tmp_path):
+    code, err = sprout("fit", "--config", str(tmp_path / "nowhere.yaml"))
+    assert code == 2 and f"sprout: error: The recipe file {tmp_path / 'nowhere.yaml'} does not exist. Check the path given to --config." in err
+    (tmp_path / "r.yaml").write_text("trainer: {max_steps: 2}\n")
+    message = fails(tmp_path / "r.yaml")
+    assert message.startswith("Missing option data.data_dir: set it in the recipe (data: {data_dir: ...}) or on the command line with --data.data_dir;")
+
+
 def test_unknown_plugin_lists_the_registered_ones(tiny_data, tmp_path):
     message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"mixture": {"class_path": "unifrm"}}))
     assert message.startswith(f"data.mixture in the recipe {tmp_path / 'r.yaml'}: Unknown mixture plugin 'unifrm'. Available: ")
@@ -113,6 +121,14 @@ def test_mixture_weights_not_matching_the_domains(tiny_data, tmp_path):
 
 
 # -- the data -------------------------------------------------------------------------------------
+
+
+def test_missing_data_folder(tmp_path):
+    message = fails(recipe(tmp_path / "r.yaml", tmp_path / "nodata", tmp_path / "runs"))
+    assert message == (
+        f"data.data_dir {tmp_path / 'nodata'} does not exist. Prepare data with tools/prepare_data.py --out_dir {tmp_path / 'nodata'}, "
+        "or fix the path in the recipe."
+    )
 
 
 def test_missing_shard_folder(data, tmp_path):
