@@ -10,6 +10,8 @@ the registry), the wrong value with the expected type, or the plugin's own ``Spr
 from __future__ import annotations
 
 import difflib
+import importlib
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,15 @@ def _kind(message: str) -> str | None:
     return None
 
 
+def _init_args(class_path: str) -> list[str]:
+    module, _, name = class_path.rpartition(".")
+    try:
+        signature = inspect.signature(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return []
+    return [p.name for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
 def explain(failure: ParseFailure, args: list[str]) -> str:
     """One paragraph: what is wrong, where (file or command line, key), and how to fix it."""
     files = _config_files(args)
@@ -160,6 +171,13 @@ def explain(failure: ParseFailure, args: list[str]) -> str:
     keyed = re.match(r'Parser key "([^"]+)":', message)
     key = keyed.group(1) if keyed else None
     where = f"{key} in {_where(key, args)}" if key else " and ".join(f"the recipe {p}" for p in files) or "the command line"
+    init_key = re.search(r"Problem with given class_path '([\w.]+)'.*?(?:Option|Key) '([\w]+)[^']*' is not (?:accepted|expected)", message, re.S)
+    if init_key:
+        class_path, name = init_key.groups()
+        accepted = _init_args(class_path)
+        close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return f"Unknown init_args key '{name}' for {class_path} at {where}{hint}. It takes: {', '.join(accepted) or 'no arguments'}."
     plugin = re.search(r"(?:Expected a dot import path string:|Import path)\s+'?([A-Za-z_][\w.]*)", message)
     kind = _kind(message)
     if plugin and kind:

@@ -51,6 +51,12 @@ def test_unknown_key_suggests_the_closest(tiny_data, tmp_path):
         "Fix or remove it; `sprout fit --help` lists every option with its type."
     )
     assert not (tmp_path / "runs").exists()
+    mixture = {"class_path": "fixed", "init_args": {"wieghts": {"code": 1, "text": 1}}}
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"mixture": mixture}))
+    assert message == (
+        f"Unknown init_args key 'wieghts' for plugins.mixtures.static.Fixed at data.mixture in the recipe {tmp_path / 'r.yaml'} "
+        "(did you mean 'weights'?). It takes: weights."
+    )
 
 
 def test_wrong_type_names_key_file_and_expected_type(tiny_data, tmp_path):
