@@ -127,6 +127,14 @@ class SproutCheckpoint(ModelCheckpoint):
             super().on_train_end(trainer, pl_module)
 
 
+def checkpoint_dir(trainer: Any) -> str:
+    """The run's checkpoint folder: that of its first ``ModelCheckpoint``, where ``--ckpt_path last`` looks."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            return callback.dirpath
+    return os.path.join(trainer.default_root_dir, "checkpoints")
+
+
 def find_last_checkpoint(root: str | os.PathLike) -> Path | None:
     """The newest ``last*.ckpt`` in ``<root>/*/checkpoints`` (one folder per logger version)."""
     candidates = [p for p in Path(root).glob("*/checkpoints/*.ckpt") if _LAST.match(p.name)]

@@ -7,9 +7,6 @@ DataLoader workers, a dynamic mixture (DoReMi, whose weights change every 3 step
 the training losses) and a selector that draws from the global torch generator.
 """
 
-from pathlib import Path
-
-import pytest
 import torch
 
 from tiny_run import recipe, save_reference, scalars, sprout

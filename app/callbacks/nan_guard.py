@@ -19,10 +19,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
+from app.checkpointing import checkpoint_dir
 from app.errors import SproutError
+from app.parallel import total_norm
 
 
 class NaNGuard(Checkpoint):
@@ -61,7 +63,7 @@ class NaNGuard(Checkpoint):
         bad = not all(bool(torch.isfinite(loss).all()) for loss in losses)
         if getattr(trainer.precision_plugin, "scaler", None) is None:
             grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-            bad = bad or (bool(grads) and not bool(torch.isfinite(torch.nn.utils.get_total_norm(grads))))
+            bad = bad or (bool(grads) and not bool(torch.isfinite(total_norm(grads))))
         # DDP ranks all-reduce gradients, so they agree on those; a rank's own loss they must be told
         bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         step = trainer.global_step
@@ -88,7 +90,7 @@ class NaNGuard(Checkpoint):
 
     def _stop(self, trainer: L.Trainer) -> str:
         first, last = self.bad_steps[0], self.bad_steps[-1]
-        path = os.path.join(_checkpoint_dir(trainer), f"nonfinite-step{last:06d}.ckpt")
+        path = os.path.join(checkpoint_dir(trainer), f"nonfinite-step{last:06d}.ckpt")
         trainer.save_checkpoint(path)
         previous = f"{self.last_finite[1]:.4f} at step {self.last_finite[0]}" if self.last_finite else "none in this run"
         domains = ", ".join(sorted(self.bad_domains)) or "unknown"
@@ -113,9 +115,3 @@ class NaNGuard(Checkpoint):
         last = state_dict["last_finite"]
         self.last_finite = None if last is None else (int(last[0]), float(last[1]))
 
-
-def _checkpoint_dir(trainer: L.Trainer) -> str:
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-            return callback.dirpath
-    return os.path.join(trainer.default_root_dir, "checkpoints")

@@ -28,21 +28,14 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+from app.checkpointing import checkpoint_dir
 
 
 class Preemption(Checkpoint):
-    """On SIGTERM or SIGUSR1: finish the current step, save ``last.ckpt``, exit with a message.
+    """On SIGTERM or SIGUSR1: finish the current step, save ``last.ckpt``, exit with a message."""
 
-    Args:
-        signals: the signal names that trigger it.
-    """
-
-    def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")) -> None:
-        unknown = [s for s in signals if not isinstance(getattr(signal, s, None), signal.Signals)]
-        if unknown:
-            raise ValueError(f"unknown signal name(s) {unknown}; use names like SIGTERM, SIGUSR1")
-        self.signals = tuple(signal.Signals[s] for s in signals)
+    def __init__(self) -> None:
         self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
         self._stepped = False  # a training step finished in this process, so there is new state to save
@@ -52,11 +45,9 @@ class Preemption(Checkpoint):
         self.received = signal.Signals(signum)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # SIGTERM stays Lightning's (its handler also stops DDP launchers); the others are ours.
-        # Registered before Lightning registers its handlers, so SLURM auto-requeue leaves SIGUSR1 alone.
-        for sig in self.signals:
-            if sig != signal.SIGTERM:
-                self._previous[sig] = signal.signal(sig, self._handle)
+        # SIGTERM stays Lightning's (its handler also stops DDP launchers); SIGUSR1 is ours, set
+        # before Lightning registers its handlers, so SLURM auto-requeue leaves it alone.
+        self._previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._handle)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore_handlers()
@@ -67,7 +58,7 @@ class Preemption(Checkpoint):
         self._previous = {}
 
     def _pending(self, trainer: L.Trainer) -> signal.Signals | None:
-        if self.received is None and signal.SIGTERM in self.signals and trainer.received_sigterm:
+        if self.received is None and trainer.received_sigterm:
             self.received = signal.SIGTERM
         return self.received
 
@@ -103,7 +94,7 @@ class Preemption(Checkpoint):
         sig = self.received or signal.SIGTERM
         self._restore_handlers()
         if self._stepped:
-            path = _last_checkpoint_path(trainer)
+            path = os.path.join(checkpoint_dir(trainer), ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
             trainer.save_checkpoint(path)
             what = f"saved {path} at step {trainer.global_step}"
         else:
@@ -112,10 +103,3 @@ class Preemption(Checkpoint):
             print(f"sprout: received {sig.name} during {during}; {what}. Resume with the same command and --ckpt_path last.", file=sys.stderr, flush=True)
         return 128 + sig.value
 
-
-def _last_checkpoint_path(trainer: L.Trainer) -> str:
-    """``last.ckpt`` in the run's checkpoint folder, where ``--ckpt_path last`` looks."""
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-            return os.path.join(callback.dirpath, callback.CHECKPOINT_NAME_LAST + callback.FILE_EXTENSION)
-    return os.path.join(trainer.default_root_dir, "checkpoints", ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
