@@ -50,6 +50,24 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporary files of processes killed mid-save (they can be as large as a checkpoint)."""
+    for tmp in folder.glob(".*.tmp-*"):
+        pid = tmp.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def _os_error(err: BaseException | None) -> OSError | None:
     """The OSError behind ``err``: torch.save reports a failed write as a RuntimeError of its zip writer."""
     while err is not None and not isinstance(err, OSError):
@@ -88,8 +106,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"Could not write checkpoint {path}: {cause.strerror or cause}. Nothing was written there, and the checkpoints already in "
                 f"{path.parent} are intact. {fix}, then resume with --ckpt_path last."
             ) from None
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a process killed mid-save
-            stale.unlink(missing_ok=True)
+        _remove_stale_temporaries(path.parent)
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         check_checkpoint(path)

@@ -48,8 +48,9 @@ def test_sigkill_mid_save_leaves_the_previous_checkpoint_and_nothing_that_looks_
     assert torch.load(target, weights_only=True)["step"] == 1  # the previous checkpoint, whole
     leftovers = list(target.parent.glob(".last.ckpt.tmp-*"))
     assert len(leftovers) == 1  # the half-written file: hidden, and not named *.ckpt
+    AtomicCheckpointIO().save_checkpoint({"step": 3}, target.with_name("step000003.ckpt"))
+    assert not any(p.exists() for p in leftovers)  # the next save in that folder clears a dead process's leftovers
     AtomicCheckpointIO().save_checkpoint({"step": 3}, target)
-    assert not any(p.exists() for p in leftovers)  # the next save of that name clears it
     assert torch.load(target, weights_only=True)["step"] == 3
 
 
