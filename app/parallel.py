@@ -64,7 +64,7 @@ def parallelize(model: nn.Module, plan: Parallelism, mesh=None, param_dtype: tor
 
             block = checkpoint_wrapper(block, preserve_rng_state=False)
         if plan.compile:
-            block.compile(fullgraph=True)
+            block.compile()  # not fullgraph: under a dispatch mode (the FLOP counter's step) it runs eagerly
         model.layers[index] = block
     if mesh is None:
         return model
