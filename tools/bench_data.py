@@ -11,6 +11,10 @@ preparation at >= 80% of the tokenizer's speed (wall clock, all cores). Tokens p
 are printed too: on a machine shared with other work they show the overhead of preparation
 without the noise of how many cores each run happened to get. The two runs alternate.
 
+``stream``: tokens/s delivered by ``SproutDataModule`` (prepared shards, the mixture sampler,
+batches of the quick start's shape) with 0 and 2 loader workers, against the training speed
+of the quick-start model on the same machine. The target is at least 20x.
+
 Each benchmark is a function ``bench_<name>(setup) -> rows`` listed in ``BENCHMARKS``.
 """
 
@@ -27,11 +31,16 @@ from typing import Literal
 
 from jsonargparse import auto_cli
 
+import torch
+
 from app.data.corpus import build_default_corpus
+from app.data.datamodule import SproutDataModule
 from app.data.prepare import _BATCH_CHARS, Source, _resolve, prepare
 from app.data.readers import SLIMPAJAMA_DOMAIN_FIELD, Document, read_documents
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
+from app.loss import token_losses
+from app.model import Llama, LlamaConfig
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
@@ -115,8 +124,47 @@ def bench_prepare(setup: Setup) -> list[tuple]:
     ]
 
 
-BENCHMARKS = {"prepare": bench_prepare}
-HEADERS = {"prepare": ("measurement", "documents", "tokens", "wall s", "tokens/s", "of encode", "tokens/cpu-s", "of encode")}
+def _train_tokens_per_s(vocab_size: int, seq_len: int, batch_size: int, steps: int = 8) -> float:
+    """Training speed of the quick-start model (``tiny``, AdamW, fp32) on random tokens."""
+    model = Llama(LlamaConfig.from_name("tiny", vocab_size=vocab_size, block_size=seq_len))
+    model.init_weights()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randint(0, vocab_size, (batch_size, seq_len + 1))
+    for step in range(steps + 2):  # two warm-up steps
+        if step == 2:
+            start = time.perf_counter()
+        loss = token_losses(model(x[:, :-1]), x[:, 1:]).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return steps * batch_size * seq_len / (time.perf_counter() - start)
+
+
+def bench_stream(setup: Setup, seq_len: int = 256, batch_size: int = 8, batches: int = 400) -> list[tuple]:
+    """Tokens/s the data module delivers (shards -> sampler -> batches), against training speed."""
+    out = setup.workdir / "stream"
+    prepare(setup.sources, setup.tokenizer, out, num_workers=setup.num_workers, progress=False, summary=False)
+    train = _train_tokens_per_s(setup.tokenizer.vocab_size, seq_len, batch_size)
+    rows = [("quick-start model training (tiny, fp32)", "-", f"{train:,.0f}", "1x")]
+    for workers in (0, 2):
+        dm = SproutDataModule(str(out), seq_len=seq_len, batch_size=batch_size, num_workers=workers)
+        dm.setup("fit")
+        loader = iter(dm.train_dataloader())
+        next(loader)  # worker start-up is not throughput
+        start, tokens = time.perf_counter(), 0
+        for _ in range(batches):
+            tokens += next(loader)["input_ids"].numel()
+        rate = tokens / (time.perf_counter() - start)
+        rows.append((f"data module, {workers} workers", f"{batches}", f"{rate:,.0f}", f"{rate / train:.0f}x"))
+        del loader
+    return rows
+
+
+BENCHMARKS = {"prepare": bench_prepare, "stream": bench_stream}
+HEADERS = {
+    "prepare": ("measurement", "documents", "tokens", "wall s", "tokens/s", "of encode", "tokens/cpu-s", "of encode"),
+    "stream": ("measurement", "batches", "tokens/s", "of training"),
+}
 
 
 def print_table(title: str, headers: tuple, rows: list[tuple]) -> None:
@@ -152,7 +200,7 @@ def bench_data(
     """Run data benchmarks and print one table each.
 
     Args:
-        benchmarks: which to run (default: all of ``prepare``).
+        benchmarks: which to run (default: all of ``prepare``, ``stream``).
         corpus: ``shared`` (../shared/corpus books, Shakespeare, GSM8K + stdlib code),
             ``default`` (the embedded stdlib corpus) or ``auto`` (shared when present).
         tokenizer: tokenizer file to use (default: train a byte-level BPE on the corpus).
