@@ -22,7 +22,7 @@ from app.checkpoint import load_model
 from app.errors import SproutError
 from app.loss import chunked_token_losses
 from app.model import Llama, LlamaConfig
-from app.parallel import Parallelism, compute_dtype, fused_optimizer_kwargs, parallelize, total_norm
+from app.parallel import Parallelism, compute_dtype, data_parallel_mesh, fused_optimizer_kwargs, parallelize, total_norm
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = LlamaConfig.from_name("micro", vocab_size=96, block_size=32)
@@ -37,43 +37,48 @@ def _batches(world):
     return torch.randint(0, CONFIG.vocab_size, (world, 2, 16), generator=g), torch.randint(0, CONFIG.vocab_size, (world, 2, 16), generator=g)
 
 
-def _sharded_worker(rank, world, init_file, mesh_shape):
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FSDPModule
-    from torch.distributed.tensor import DTensor
-
+def _sharded_worker(rank, world, init_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)
-        model = Llama(CONFIG)
-        reference = copy.deepcopy(model)
-        x, y = _batches(world)
-        # one process over every rank's batch: the gradient data parallelism must reproduce
-        sum(_loss(reference, x[r], y[r]) for r in range(world)).div(world).backward()
-
-        names = ("dp_shard",) if len(mesh_shape) == 1 else ("dp_replicate", "dp_shard")
-        mesh = init_device_mesh("cpu", mesh_shape, mesh_dim_names=names)
-        parallelize(model, Parallelism(activation_checkpointing=True), mesh)
-        assert isinstance(model, FSDPModule)
-        _loss(model, x[rank], y[rank]).backward()
-
-        grads = {n.replace("._checkpoint_wrapped_module", ""): p.grad for n, p in model.named_parameters()}
-        assert grads.keys() == dict(reference.named_parameters()).keys()
-        for name, ref in reference.named_parameters():
-            got = grads[name]
-            assert isinstance(got, DTensor), name
-            torch.testing.assert_close(got.full_tensor(), ref.grad, rtol=1e-5, atol=1e-6, msg=name)
-        ref_norm = torch.nn.utils.get_total_norm([p.grad for p in reference.parameters()])
-        torch.testing.assert_close(total_norm(list(grads.values())), ref_norm)
+        # full sharding; hybrid as on one node of 2 ranks, and as on 2 nodes of 1 rank (replicate x shard)
+        for sharding, per_node, shape in [("full", 2, (2,)), ("hybrid", 2, (1, 2)), ("hybrid", 1, (2, 1))]:
+            strategy = SimpleNamespace(world_size=world, num_processes=per_node, root_device=torch.device("cpu"))
+            mesh = data_parallel_mesh(strategy, sharding)
+            assert mesh.shape == shape
+            _check_sharded_gradients(rank, world, mesh)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("mesh_shape", [(2,), (1, 2)], ids=["full", "hybrid"])
-def test_fsdp2_gradients_equal_one_process(tmp_path, mesh_shape):
-    """Sharded parameters, the registered ``hidden_states`` forward and the chunked loss on the
-    gathered head give exactly the single-process gradients (and grad norm)."""
-    mp.spawn(_sharded_worker, args=(2, str(tmp_path / "init"), mesh_shape), nprocs=2, join=True)
+def _check_sharded_gradients(rank, world, mesh):
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    torch.manual_seed(0)
+    model = Llama(CONFIG)
+    reference = copy.deepcopy(model)
+    x, y = _batches(world)
+    # one process over every rank's batch: the gradient data parallelism must reproduce
+    sum(_loss(reference, x[r], y[r]) for r in range(world)).div(world).backward()
+
+    parallelize(model, Parallelism(activation_checkpointing=True), mesh)
+    assert isinstance(model, FSDPModule)
+    _loss(model, x[rank], y[rank]).backward()
+
+    grads = {n.replace("._checkpoint_wrapped_module", ""): p.grad for n, p in model.named_parameters()}
+    assert grads.keys() == dict(reference.named_parameters()).keys()
+    for name, ref in reference.named_parameters():
+        got = grads[name]
+        assert isinstance(got, DTensor) and got.device_mesh == mesh, name
+        torch.testing.assert_close(got.full_tensor(), ref.grad, rtol=1e-5, atol=1e-6, msg=name)
+    ref_norm = torch.nn.utils.get_total_norm([p.grad for p in reference.parameters()])
+    torch.testing.assert_close(total_norm(list(grads.values())), ref_norm)
+
+
+def test_fsdp2_gradients_equal_one_process(tmp_path):
+    """Sharded parameters (full and hybrid), the registered ``hidden_states`` forward and the
+    chunked loss on the gathered head give the single-process gradients and grad norm."""
+    mp.spawn(_sharded_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
 
 
 def test_activation_checkpointing_keeps_names_and_gradients():

@@ -225,30 +225,40 @@ def bench_train(
                     print(f"  {shape_name} {dtype} round {r + 1}: {candidate} {last['tokens_per_s']:.0f} tokens/s, {last['tokens_per_cpu_s']:.0f} per CPU-s", file=sys.stderr)
             for candidate, runs in results.items():
                 tps = statistics.median(run["tokens_per_s"] for run in runs)
-                rows.append(dict(
+                row = dict(
                     shape=shape_name, params=param_count(config), dtype=dtype, candidate=candidate, tokens_per_s=tps,
                     tokens_per_s_runs=[round(run["tokens_per_s"]) for run in runs],
                     tokens_per_cpu_s=statistics.median(run["tokens_per_cpu_s"] for run in runs),
-                    mfu=tps * flops_per_token(config, seq_len) / peaks[dtype],
                     memory_mib=statistics.median(run["memory_mib"] for run in runs),
-                ))
-    _print_table(rows, batch, seq_len, rounds, steps, peaks)
+                )
+                row["mfu"] = row[_basis(threads)] * flops_per_token(config, seq_len) / peaks[dtype]
+                rows.append(row)
+    _print_table(rows, batch, seq_len, rounds, steps, peaks, threads)
     if json_out is not None:
         Path(json_out).write_text(json.dumps({"rows": rows, "peaks": peaks, "batch": batch, "seq_len": seq_len}, indent=1))
     return rows
 
 
-def _print_table(rows: list[dict], batch: int, seq_len: int, rounds: int, steps: int, peaks: dict) -> None:
+def _basis(threads: int | None) -> str:
+    """What ratios and MFU are computed from: with one thread, tokens per CPU-second (the
+    process's CPU time is its wall time on an idle machine, and it ignores time lost to other
+    jobs); with more, wall-clock tokens/s."""
+    return "tokens_per_cpu_s" if threads == 1 else "tokens_per_s"
+
+
+def _print_table(rows: list[dict], batch: int, seq_len: int, rounds: int, steps: int, peaks: dict, threads: int | None) -> None:
     peers = [c for c in ("hf", "litgpt") if any(r["candidate"] == c for r in rows)]
-    print(f"\nbatch {batch} x seq {seq_len}, AdamW; median of {rounds} rounds (fresh process each) x {steps} timed steps; "
-          + ", ".join(f"{d} matmul peak {p / 1e12:.3f} TFLOP/s" for d, p in peaks.items() if p))
+    basis = _basis(threads)
+    print(f"\nbatch {batch} x seq {seq_len}, AdamW, {threads or 'all'} thread(s); median of {rounds} rounds (fresh process each) x {steps} timed steps; "
+          + ", ".join(f"{d} matmul peak {p / 1e12:.3f} TFLOP/s" for d, p in peaks.items() if p)
+          + f"; ratios and MFU from {'tokens per CPU-second' if basis == 'tokens_per_cpu_s' else 'tokens/s'}")
     header = (f"| {'shape':<14} | {'params':>6} | {'dtype':<8} | {'candidate':<12} | {'tokens/s':>8} | " + " | ".join(f"{'vs ' + p:>9}" for p in peers)
               + f" | {'tok/CPU-s':>9} | {'MFU':>6} | {'mem MiB':>7} |")
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     for row in rows:
-        same = {r["candidate"]: r["tokens_per_s"] for r in rows if r["shape"] == row["shape"] and r["dtype"] == row["dtype"]}
-        ratios = " | ".join(f"{row['tokens_per_s'] / same[p]:>8.2f}x" if p in same else f"{'':>9}" for p in peers)
+        same = {r["candidate"]: r[basis] for r in rows if r["shape"] == row["shape"] and r["dtype"] == row["dtype"]}
+        ratios = " | ".join(f"{row[basis] / same[p]:>8.2f}x" if p in same else f"{'':>9}" for p in peers)
         print(f"| {row['shape']:<14} | {row['params'] / 1e6:>5.1f}M | {row['dtype']:<8} | {row['candidate']:<12} | {row['tokens_per_s']:>8.0f} | {ratios} | "
               f"{row['tokens_per_cpu_s']:>9.0f} | {100 * row['mfu']:>5.1f}% | {row['memory_mib']:>7.0f} |")
 
