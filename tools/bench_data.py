@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from jsonargparse import auto_cli
 
 import torch
 
@@ -41,6 +39,7 @@ from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.loss import token_losses
 from app.model import Llama, LlamaConfig
+from tools.cli import run_tool
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
@@ -235,11 +234,7 @@ def bench_data(
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        auto_cli(bench_data, args=args, as_positional=False)
-    except SproutError as error:
-        print(f"bench_data: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_tool(bench_data, args, as_positional=False)
 
 
 if __name__ == "__main__":

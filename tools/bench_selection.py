@@ -14,18 +14,17 @@ the median over all timed steps.
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from jsonargparse import auto_cli
 
 from app import registry
 from app.data.datamodule import SproutDataModule
 from app.errors import SproutError
 from app.module import SproutModule
+from tools.cli import run_tool
 
 CONFIGS = ("all", "rho1-offline", "rho1-online")
 
@@ -123,11 +122,7 @@ def bench_selection(
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        auto_cli(bench_selection, args=args, as_positional=False)
-    except SproutError as error:
-        print(f"bench_selection: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_tool(bench_selection, args, as_positional=False)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from jsonargparse import auto_cli
 
 from app.checkpoint import load_model
 from app.errors import SproutError
 from app.hf import DTYPES, save_hf
+from tools.cli import run_tool
 
 # What a previous export may have left in OUT_DIR; --overwrite removes only these.
 HF_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "special_tokens_map.json",
@@ -61,11 +61,7 @@ def export(
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        auto_cli(export, args=args)
-    except SproutError as error:
-        print(f"export_hf: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_tool(export, args)
 
 
 if __name__ == "__main__":

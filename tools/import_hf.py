@@ -9,13 +9,11 @@ Rho-1 reference model:
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-from jsonargparse import auto_cli
 
 from app.checkpoint import load_model, save_model
-from app.errors import SproutError
+from tools.cli import run_tool
 
 
 def import_hf(hf_dir: Path, out: Path) -> Path:
@@ -33,11 +31,7 @@ def import_hf(hf_dir: Path, out: Path) -> Path:
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        auto_cli(import_hf, args=args)
-    except SproutError as error:
-        print(f"import_hf: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_tool(import_hf, args)
 
 
 if __name__ == "__main__":

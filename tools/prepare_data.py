@@ -20,14 +20,13 @@ Re-running skips domains already prepared with the same tokenizer; --overwrite r
 
 from __future__ import annotations
 
-import sys
-
 from argparse import RawDescriptionHelpFormatter
 
-from jsonargparse import DefaultHelpFormatter, auto_cli
+from jsonargparse import DefaultHelpFormatter
 
 from app.data.prepare import DEFAULT_CHUNK_TOKENS, Source, prepare
 from app.errors import SproutError
+from tools.cli import run_tool
 
 
 def prepare_data(
@@ -122,11 +121,7 @@ class _HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        auto_cli(prepare_data, args=args, as_positional=False, description=__doc__, formatter_class=_HelpFormatter)
-    except SproutError as error:
-        print(f"prepare_data: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_tool(prepare_data, args, as_positional=False, description=__doc__, formatter_class=_HelpFormatter)
 
 
 if __name__ == "__main__":

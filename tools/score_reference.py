@@ -15,13 +15,11 @@ sequence length are never overwritten silently: pass --overwrite.
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from jsonargparse import auto_cli
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -39,6 +37,7 @@ from app.reference import (
     shards_sha256,
     write_scores_meta,
 )
+from tools.cli import run_tool
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
 # Fields that must agree for an unfinished run to be continued rather than restarted.
@@ -180,11 +179,7 @@ def score_reference(
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        auto_cli(score_reference, args=args, as_positional=False)
-    except SproutError as error:
-        print(f"score_reference: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_tool(score_reference, args, as_positional=False)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,10 @@ the paper's shares beside), ``curves.png`` (example loss curves per class) and
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from jsonargparse import auto_cli
 from torch.utils.data import DataLoader, Subset
 
 from app.checkpoint import load_model
@@ -27,6 +25,7 @@ from app.data.blocks import SequentialBlocks
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.reference import reference_losses
+from tools.cli import run_tool
 
 CLASSES = ("H→H", "L→H", "H→L", "L→L")
 PAPER_SHARES = {"H→H": 0.11, "L→H": 0.12, "H→L": 0.26, "L→L": 0.51}  # Rho-1, fig. 2 (TinyLlama-1B on 15B tokens)
@@ -169,11 +168,7 @@ def token_dynamics(
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        auto_cli(token_dynamics, args=args, as_positional=False)
-    except SproutError as error:
-        print(f"token_dynamics: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_tool(token_dynamics, args, as_positional=False)
 
 
 if __name__ == "__main__":

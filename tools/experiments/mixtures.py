@@ -25,13 +25,13 @@ import time
 from pathlib import Path
 
 import yaml
-from jsonargparse import auto_cli
 
 from app.data.corpus import build_default_corpus
 from app.data.prepare import Source, prepare
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from tools import fit_bimix
+from tools.cli import run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 STATIC = ("uniform", "natural", "entropy")
@@ -271,11 +271,7 @@ def mixtures(
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        auto_cli(mixtures, args=args, as_positional=False)
-    except SproutError as error:
-        print(f"mixtures: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_tool(mixtures, args, as_positional=False)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import yaml
-from jsonargparse import auto_cli
 
 from app.data.corpus import build_default_corpus, corpus_texts
 from app.data.prepare import Source, prepare
@@ -39,6 +38,7 @@ from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from tools import fit_bimix
 from tools.score_reference import score_reference
+from tools.cli import run_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 SELECTORS = ("all", "rho1", "loss_topk", "random")
@@ -252,11 +252,7 @@ def selection(
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        auto_cli(selection, args=args, as_positional=False)
-    except SproutError as error:
-        print(f"selection: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_tool(selection, args, as_positional=False)
 
 
 if __name__ == "__main__":
