@@ -73,6 +73,11 @@ def _check_sharded_gradients(rank, world, mesh):
         torch.testing.assert_close(got.full_tensor(), ref.grad, rtol=1e-5, atol=1e-6, msg=name)
     ref_norm = torch.nn.utils.get_total_norm([p.grad for p in reference.parameters()])
     torch.testing.assert_close(total_norm(list(grads.values())), ref_norm)
+    # gradient clipping (what Lightning's gradient_clip_val calls) scales by the full norm
+    torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.1)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+    for (name, ref), got in zip(reference.named_parameters(), model.parameters()):
+        torch.testing.assert_close(got.grad.full_tensor(), ref.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
 def test_fsdp2_gradients_equal_one_process(tmp_path):
