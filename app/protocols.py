@@ -100,13 +100,15 @@ class MixturePolicy(ABC):
     """Chooses domain proportions (BiMix, Ge et al. 2024; DoReMi).
 
     Static policies compute weights once from ``DomainStats``. Dynamic ones
-    (``dynamic = True``) receive per-domain feedback (e.g. losses) every
-    ``update_every`` steps and keep their state in ``state_dict`` so a resume continues
-    with the same weights.
+    (``dynamic = True``) receive per-domain mean token losses (excess losses over the
+    reference when ``needs_reference``) every ``update_every`` steps and keep their state
+    in ``state_dict`` so a resume continues with the same weights.
     """
 
     kind: ClassVar[str] = "mixture"
     dynamic: ClassVar[bool] = False
+    needs_reference: ClassVar[bool] = False
+    update_every: int | None = None  # steps between feedback calls; dynamic policies set it
 
     @abstractmethod
     def weights(

@@ -37,13 +37,13 @@ class MixtureFeedback(L.Callback):
     @staticmethod
     def _policy(trainer: L.Trainer):
         policy = getattr(getattr(trainer, "datamodule", None), "mixture", None)
-        return policy if getattr(policy, "dynamic", False) else None
+        return policy if policy is not None and policy.dynamic else None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         policy = self._policy(trainer)
         if policy is None:
             return
-        every = getattr(policy, "update_every", None)
+        every = policy.update_every
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise SproutError(f"The dynamic mixture policy {type(policy).__name__} has update_every={every!r}; a dynamic policy must set update_every to a positive number of steps between weight updates.")
         n = len(trainer.datamodule.domains)
@@ -60,7 +60,7 @@ class MixtureFeedback(L.Callback):
         if not isinstance(outputs, Mapping) or "token_loss" not in outputs:
             raise SproutError(f"A dynamic mixture ({type(policy).__name__}) needs the per-token losses of each step, but {type(pl_module).__name__}.training_step returned no 'token_loss'. Use SproutModule or return {{'loss': ..., 'token_loss': ...}}.")
         loss = outputs["token_loss"].double()
-        if getattr(policy, "needs_reference", False):
+        if policy.needs_reference:
             if "ref_loss" not in outputs:
                 raise SproutError(f"The mixture policy {type(policy).__name__} needs reference losses: set model.reference to a reference checkpoint (scored online) or data.reference_scores to offline scores from tools/score_reference.py.")
             loss = (loss - outputs["ref_loss"].double()).clamp_min(0)

@@ -49,7 +49,7 @@ class BiMixMixture(MixturePolicy):
         if set(domains) != set(self.laws):
             raise SproutError(
                 f"The bimix law ({self.source}) covers domains {sorted(self.laws)} but training uses {sorted(domains)}. "
-                "Fit the law on proxy runs over the same domains (tools/fit_bimix.py), or change data.init_args.domains to match."
+                "Fit the law on proxy runs over the same domains (tools/fit_bimix.py), or change data.domains to match."
             )
         if not self._announced:
             lines = "\n".join(f"  {name:<20} weight={self.mixture[name]:.4f}  predicted val loss={self.predicted[name]:.4f}" for name in domains)
