@@ -241,7 +241,7 @@ def growth(
 
     report = table(results)
     minutes = (time.perf_counter() - started) / 60
-    command = "python tools/experiments/growth.py " + " ".join(f"--{k} {json.dumps(v) if isinstance(v, list) else v}" for k, v in args.items() if k not in ("work_dir", "corpus"))
+    command = "python tools/experiments/growth.py " + " ".join(f"--{k} '[{', '.join(v)}]'" if isinstance(v, list) else f"--{k} {v}" for k, v in args.items() if k not in ("work_dir", "corpus"))
     (work / "growth.md").write_text(f"{report}\n\n{minutes:.1f} min wall (runs reused from earlier: not timed again). Command: `{command}`\n")
     (work / "growth.json").write_text(json.dumps(results, indent=1))
     plot(work / "growth.png", results)
