@@ -27,11 +27,10 @@ import math
 import time
 from pathlib import Path
 
-from jsonargparse import auto_cli
-
 from app.errors import SproutError
 from app.model import LlamaConfig, flops_per_token
 from tools import fit_bimix
+from tools.cli import run_tool
 from tools.experiments.mixtures import prepare_corpus, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -250,7 +249,4 @@ def growth(
 
 
 if __name__ == "__main__":
-    try:
-        auto_cli(growth, as_positional=False)
-    except SproutError as err:
-        raise SystemExit(f"error: {err}") from None
+    run_tool(growth, as_positional=False)
