@@ -11,7 +11,6 @@ it did not see, and solves the law for the best mixture at ``--target_steps``:
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from jsonargparse import ArgumentParser
 
 from app.bimix import BiMixLaw, fit_law, mean_relative_error, optimal_mixture, r_squared, write_fit
 from app.errors import SproutError
+from tools.cli import user_errors
 
 MIN_STEPS = 3
 
@@ -278,9 +278,5 @@ def parser() -> ArgumentParser:
 
 
 if __name__ == "__main__":
-    args = parser().parse_args()
-    try:
-        main(**args.as_dict())
-    except SproutError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    with user_errors("fit_bimix"):
+        main(**parser().parse_args().as_dict())

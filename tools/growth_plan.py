@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from pathlib import Path
 
 from jsonargparse import ArgumentParser
 
 from app.errors import SproutError
+from tools.cli import user_errors
 
 GROWTH_FACTOR = 4  # the paper's recommended g
 SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
@@ -129,9 +129,5 @@ def parser() -> ArgumentParser:
 
 
 if __name__ == "__main__":
-    args = parser().parse_args()
-    try:
-        main(**args.as_dict())
-    except SproutError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    with user_errors("growth_plan"):
+        main(**parser().parse_args().as_dict())
