@@ -11,15 +11,14 @@ state) in one process, no GPUs or process group needed, and writes a Sprout chec
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Literal
 
-from jsonargparse import auto_cli
 
 from app.checkpoint import load_model, save_model
 from app.errors import SproutError
 from app.hf import DTYPES
+from tools.cli import run_tool
 
 
 def consolidate(checkpoint: Path, output: Path, dtype: Literal["float32", "bfloat16", "float16"] | None = None, overwrite: bool = False) -> Path:
@@ -48,11 +47,7 @@ def consolidate(checkpoint: Path, output: Path, dtype: Literal["float32", "bfloa
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        auto_cli(consolidate, args=args)
-    except SproutError as error:
-        print(f"consolidate_checkpoint: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_tool(consolidate, args)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,15 @@ What is counted and what is not: see ``app/memory.py``.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import yaml
-from jsonargparse import auto_cli
 
 from app.errors import SproutError
 from app.memory import estimate_memory
 from app.model import LlamaConfig, param_count
 from app.parallel import compute_dtype
+from tools.cli import run_tool
 
 
 def estimate(
@@ -71,11 +70,7 @@ def _from_recipe(path: Path):
 
 
 def main(args: list[str] | None = None) -> None:
-    try:
-        auto_cli(estimate, args=args)
-    except SproutError as error:
-        print(f"estimate_memory: error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_tool(estimate, args)
 
 
 if __name__ == "__main__":
