@@ -1,4 +1,4 @@
-"""FLOP counting and peak FLOP/s, for MFU."""
+"""FLOP counting and peak FLOP/s, for MFU and HFU (``app.callbacks.monitor``)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,23 @@
+import types
+
+import lightning as L
+import pytest
 import torch
+from lightning.pytorch.loggers import Logger
 from torch.utils.flop_counter import FlopCounterMode
 
+import app.callbacks.monitor as monitor
 import app.flops  # noqa: F401  (registers the CPU attention formulas)
+from app.callbacks import ThroughputMonitor
+from app.callbacks.growth import Growth
 from app.model import Llama, LlamaConfig, flops_per_token
+from app.module import SproutModule
+from app.parallel import Parallelism, parallelize
+from plugins.growth.direct import Gstack
+
+VOCAB, SEQ, BATCH = 256, 32, 2
+PEAK = 1e9
+TICK = 0.25  # seconds the fake clock advances per reading: one reading per batch
 
 
 def test_counted_training_flops_include_cpu_attention():
@@ -17,3 +32,73 @@ def test_counted_training_flops_include_cpu_attention():
     attention = counter.get_flop_counts()["Global"].get(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu, 0)
     assert attention > 0
     assert abs(counted - closed_form) / closed_form < 0.05
+
+
+class Recorder(Logger):
+    """Keeps every logged scalar in memory: ``{tag: [(step, value), ...]}``."""
+
+    name = "recorder"
+    version = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, list[tuple[int, float]]] = {}
+
+    def log_metrics(self, metrics, step=None):
+        for tag, value in metrics.items():
+            self.values.setdefault(tag, []).append((step, float(value)))
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+def _run(monkeypatch, callbacks, checkpointing, steps=4):
+    """A tiny real fit on random tokens whose clock advances exactly ``TICK`` per batch."""
+    readings = iter(TICK * i for i in range(1000))
+    monkeypatch.setattr(monitor, "time", types.SimpleNamespace(perf_counter=lambda: next(readings)))
+    L.seed_everything(0)
+    batches = [{"input_ids": torch.randint(0, VOCAB, (BATCH, SEQ)), "targets": torch.randint(0, VOCAB, (BATCH, SEQ))} for _ in range(steps)]
+    module = SproutModule(arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": SEQ}, parallel=Parallelism(activation_checkpointing=checkpointing))
+    logger = Recorder()
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, logger=logger, log_every_n_steps=1,
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, callbacks=callbacks,
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
+    return logger.values
+
+
+def _utilisation(flops_per_token: float) -> float:
+    return flops_per_token * (BATCH * SEQ / TICK) / PEAK
+
+
+def _counted_per_token(config: LlamaConfig, checkpointing: bool) -> float:
+    """What the device runs per token in the module's training step, counted on a fresh model."""
+    module = SproutModule(parallel=Parallelism(activation_checkpointing=checkpointing))
+    module.model = parallelize(Llama(config), module.parallel)
+    tokens = torch.randint(0, VOCAB, (BATCH, SEQ))
+    with FlopCounterMode(display=False) as counter:
+        module._token_losses({"input_ids": tokens, "targets": tokens}).sum().backward()
+    return counter.get_total_flops() / tokens.numel()
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_mfu_counts_model_flops_and_hfu_counts_recomputation(monkeypatch, checkpointing):
+    """MFU is the analytic model FLOPs at the run's tokens/s, also after growth (the growth
+    callback, listed first, swaps the model before the monitor sees the batch end); HFU is
+    what the device ran, recomputation included, and more than MFU."""
+    growth = Growth(operator=Gstack(), target_overrides={"n_layer": 4}, at_step=2, save_stage=False)
+    values = _run(monkeypatch, [growth, ThroughputMonitor(peak_flops=PEAK, log_every=1)], checkpointing)
+    small = LlamaConfig.from_name("micro", vocab_size=VOCAB, block_size=SEQ)
+    grown = small.replace(n_layer=4)
+    # Batches 0 and 2 are counted (timing restarts after them), so batches 1 and 3 log
+    # (Lightning repeats the last value at batch 2).
+    mfu, hfu = dict(values["perf/mfu"]), dict(values["perf/hfu"])
+    assert 0 not in mfu and dict(values["perf/tokens_per_s"])[3] == BATCH * SEQ / TICK
+    for step, config in ((1, small), (3, grown)):
+        assert mfu[step] == pytest.approx(_utilisation(flops_per_token(config, SEQ)), rel=1e-6)
+        assert hfu[step] == pytest.approx(_utilisation(_counted_per_token(config, checkpointing)), rel=1e-6)
+        assert hfu[step] > mfu[step] * (1.2 if checkpointing else 1.0)
+    flops_seen = [v for _, v in values["perf/flops_seen"]]
+    model_flops = [flops_per_token(c, SEQ) * BATCH * SEQ for c in (small, small, grown, grown)]
+    assert flops_seen == pytest.approx([sum(model_flops[: i + 1]) for i in range(4)], rel=1e-6)

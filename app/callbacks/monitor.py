@@ -1,4 +1,4 @@
-"""What a researcher watches besides the loss: tokens, tokens/s, FLOPs, MFU, mixture weights."""
+"""What a researcher watches besides the loss: tokens, tokens/s, FLOPs, MFU/HFU, mixture weights."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from app.flops import gpu_peak, measured_matmul_peak
+from app.model import flops_per_token
 
 
 def _param_count(module: torch.nn.Module) -> int:
@@ -19,11 +20,23 @@ def _param_count(module: torch.nn.Module) -> int:
 class ThroughputMonitor(L.Callback):
     """Logs ``perf/*`` every ``log_every`` steps and keeps cumulative tokens and FLOPs.
 
-    FLOPs are counted with ``torch.utils.flop_counter`` over one real training step (forward,
-    backward) and counted again whenever the model changes size (growth), so the totals
-    include every stage. MFU divides achieved FLOP/s per device by ``peak_flops``: the
-    datasheet value of a known GPU, the value given here, or on CPU the measured dense
-    matmul peak of the machine.
+    Two utilisations, as Megatron-LM and PaLM define them, both FLOP/s per device over
+    ``peak_flops``:
+
+    * ``perf/mfu`` (model FLOPs utilisation): the FLOPs the model needs, whatever the
+      implementation, ``app.model.flops_per_token`` of the shape the batch ran with (6 per
+      matmul weight per token plus attention), so it follows growth and does not depend on
+      sharding. ``perf/flops_seen`` and ``perf/flops_per_s_per_device`` count these model
+      FLOPs too: they are what compute-matched comparisons and scaling laws use.
+    * ``perf/hfu`` (hardware FLOPs utilisation): the FLOPs the device actually ran, counted
+      with ``torch.utils.flop_counter`` over one real training step and again whenever the
+      model changes size (growth). This includes recomputation (activation checkpointing,
+      the chunked loss's head in backward) and an online reference model's forward, so it
+      is at least MFU.
+
+    Token selection does not change either: forward and backward still run over every token.
+    ``peak_flops`` is the datasheet value of a known GPU, the value given here, or on CPU the
+    measured dense matmul peak of the machine.
 
     Args:
         peak_flops: peak FLOP/s of one device; ``null`` picks it as described above.
@@ -34,11 +47,14 @@ class ThroughputMonitor(L.Callback):
         self.peak_flops = peak_flops
         self.log_every = log_every
         self.tokens_seen = 0
-        self.flops_seen = 0.0
-        self._flops_per_batch: float | None = None
+        self.flops_seen = 0.0  # model FLOPs
+        self._flops_per_batch: float | None = None  # counted (hardware) FLOPs of one local batch
         self._counted_params = -1
+        self._batch_params = 0
+        self._batch_model_flops = 0.0
         self._counter: FlopCounterMode | None = None
-        self._window: tuple[float, int, float] | None = None  # (time, tokens, flops) at window start
+        self._counted_flops_seen = 0.0  # since this process started; only differences are used
+        self._window: tuple[float, int, float, float] | None = None  # (time, tokens, model FLOPs, counted FLOPs) at window start
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.peak_flops is None:
@@ -46,7 +62,11 @@ class ThroughputMonitor(L.Callback):
             self.peak_flops = gpu_peak(pl_module.device, dtype) or (measured_matmul_peak(dtype) if pl_module.device.type == "cpu" else None)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        if _param_count(pl_module) != self._counted_params:
+        # Taken before the step: a growth callback may swap the model in its own batch-end hook.
+        input_ids = batch["input_ids"]
+        self._batch_model_flops = float(flops_per_token(pl_module.config, input_ids.shape[-1]) * input_ids.numel())
+        self._batch_params = _param_count(pl_module)
+        if self._batch_params != self._counted_params:
             self._counter = FlopCounterMode(display=False)
             self._counter.__enter__()
 
@@ -54,36 +74,38 @@ class ThroughputMonitor(L.Callback):
         if self._counter is not None:
             self._counter.__exit__(None, None, None)
             self._flops_per_batch = float(self._counter.get_total_flops())
-            self._counted_params = _param_count(pl_module)
+            self._counted_params = self._batch_params
             self._counter = None
             self._window = None  # the counted step is slow; start timing afresh
         world = trainer.world_size
         self.tokens_seen += batch["input_ids"].numel() * world
-        self.flops_seen += (self._flops_per_batch or 0.0) * world
+        self.flops_seen += self._batch_model_flops * world
+        self._counted_flops_seen += (self._flops_per_batch or 0.0) * world
         step = trainer.global_step
         pl_module.log("perf/tokens_seen", float(self.tokens_seen))
         pl_module.log("perf/flops_seen", self.flops_seen)
         now = time.perf_counter()
         if self._window is None:
-            self._window = (now, self.tokens_seen, self.flops_seen)
+            self._window = (now, self.tokens_seen, self.flops_seen, self._counted_flops_seen)
             return
         if step % self.log_every:
             return
-        t0, tok0, fl0 = self._window
+        t0, tokens0, model0, counted0 = self._window
         dt = now - t0
         if dt <= 0:
             return
-        tokens_per_s = (self.tokens_seen - tok0) / dt
-        flops_per_s = (self.flops_seen - fl0) / dt / world
+        tokens_per_s = (self.tokens_seen - tokens0) / dt
+        model_flops_per_s = (self.flops_seen - model0) / dt / world
         pl_module.log("perf/tokens_per_s", tokens_per_s, prog_bar=True)
         pl_module.log("perf/tokens_per_s_per_device", tokens_per_s / world)
-        pl_module.log("perf/flops_per_s_per_device", flops_per_s)
+        pl_module.log("perf/flops_per_s_per_device", model_flops_per_s)
         if self.peak_flops:
-            pl_module.log("perf/mfu", flops_per_s / self.peak_flops)
+            pl_module.log("perf/mfu", model_flops_per_s / self.peak_flops)
+            pl_module.log("perf/hfu", (self._counted_flops_seen - counted0) / dt / world / self.peak_flops)
         dm = getattr(trainer, "datamodule", None)
         for domain, weight in getattr(dm, "mixture_weights", {}).items():
             pl_module.log(f"mixture/weight/{domain}", weight)
-        self._window = (now, self.tokens_seen, self.flops_seen)
+        self._window = (now, self.tokens_seen, self.flops_seen, self._counted_flops_seen)
 
     def state_dict(self) -> dict[str, Any]:
         # The per-batch count is kept too: counting runs the step under FlopCounterMode, whose
