@@ -55,6 +55,33 @@ def test_auto_uses_sdpa_on_cpu():
     torch.testing.assert_close(causal_attention(q, k, v, "auto"), causal_attention(q, k, v, "sdpa"))
 
 
+def _kernels_run(fn) -> set[str]:
+    with torch.profiler.profile() as prof:
+        fn()
+    return {event.key for event in prof.key_averages()}
+
+
+@pytest.mark.parametrize("max_scores", [None, 0], ids=["plain-backward", "fused-kernel-fallback"])
+def test_compiled_cpu_attention_gradients_match_sdpa(monkeypatch, max_scores):
+    """Compiled on CPU, attention's backward is written out (``_CPUAttention``) unless the scores
+    would be too large; either way the gradients are SDPA's, to fp64 precision."""
+    import app.model.attention as attention
+
+    if max_scores is not None:
+        monkeypatch.setattr(attention, "CPU_MATH_BACKWARD_MAX_SCORES", max_scores)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 24, heads, 16, dtype=torch.float64, requires_grad=True) for heads in (6, 2, 2))
+    grad_out = torch.randn(2, 24, 6, 16, dtype=torch.float64)
+    expected = torch.autograd.grad(causal_attention(q, k, v, "sdpa"), (q, k, v), grad_out)
+    compiled = torch.compile(lambda q, k, v: causal_attention(q, k, v, "sdpa"), fullgraph=True)
+    got = torch.autograd.grad(compiled(q, k, v), (q, k, v), grad_out)  # compiles here
+    for name, want, have in zip("qkv", expected, got):
+        torch.testing.assert_close(have, want, rtol=1e-10, atol=1e-10, msg=f"d{name}")
+    kernels = _kernels_run(lambda: torch.autograd.grad(compiled(q, k, v), (q, k, v), grad_out))
+    fused_backward = "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in kernels
+    assert fused_backward == (max_scores == 0)
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_future_tokens_do_not_change_past_logits(attention):
     model = tiny_model(attention=attention)
