@@ -110,9 +110,10 @@ def test_compute_dtype_follows_precision():
     assert compute_dtype("32-true") is None
 
 
-def test_fused_adamw_only_on_cuda_and_only_when_unset():
-    cuda = [SimpleNamespace(is_cuda=True)]
-    assert fused_optimizer_kwargs(torch.optim.AdamW, [torch.zeros(1)]) == {}  # CPU: untouched
+def test_fused_adamw_on_cuda_and_cpu_only_when_unset():
+    cuda = [SimpleNamespace(device=torch.device("cuda", 0))]
+    assert fused_optimizer_kwargs(torch.optim.AdamW, [torch.zeros(1)]) == {"fused": True}
+    assert fused_optimizer_kwargs(torch.optim.AdamW, [torch.zeros(1, device="meta")]) == {}  # no kernel there
     assert fused_optimizer_kwargs(torch.optim.AdamW, cuda) == {"fused": True}
     assert fused_optimizer_kwargs(torch.optim.RMSprop, cuda) == {}  # no fused kernel
     from functools import partial

@@ -12,6 +12,10 @@ machine treats them alike; the table reports medians. Candidates:
 - ``litgpt``: LitGPT's ``GPT`` with LitGPT's own ``chunked_cross_entropy``. LitGPT pins an
   older jsonargparse than Sprout's, so it may live in its own venv (``--litgpt_python``).
 
+Every candidate steps torch's fused AdamW (Sprout's default on CPU and CUDA, and the Hugging
+Face Trainer's since torch 2.8), so the ratios compare the models and losses, not optimizer
+kernels.
+
 MFU is model FLOPs (``app.model.flops_per_token``: 6 per matmul weight per token plus
 attention, the same count for every candidate, recomputation not credited) over the measured
 matmul peak of the dtype (``tools/bench_peak.py``). Memory is the process's peak resident
@@ -117,7 +121,7 @@ def worker(candidate: str, shape: dict, batch: int, seq_len: int, dtype: str, wa
         model, loss_fn = _hf_step(shape)
     else:
         model, loss_fn = _litgpt_step(shape)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     x = torch.randint(0, shape["vocab_size"], (batch, seq_len))
     y = torch.randint(0, shape["vocab_size"], (batch, seq_len))
 
