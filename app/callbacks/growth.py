@@ -9,6 +9,12 @@ remaining steps, as the official code trains stage 2. FLOPs and tokens keep coun
 the switch (``perf/flops_seen``), ``growth/stage`` steps from 0 to 1 in TensorBoard, and the
 event is written there as text too.
 
+The operator draws its random weights (G_random's new units, G_learn's maps) from a torch
+stream of its own, seeded by the run seed and the step of growth, never from the global
+generators that the data, selectors and model draw from. So a run resumed from the stage-1
+checkpoint grows the very same model as the uninterrupted run, although its global
+generators stand elsewhere at that moment; the seed is part of this callback's state.
+
 Resuming needs no option: a checkpoint records its model's shape (``sprout.model_config``),
 and ``SproutModule.on_load_checkpoint`` rebuilds that shape before Lightning loads the
 weights; this callback's state (step of growth, tokens, the operator's ramp or learned map)
@@ -18,11 +24,14 @@ optimizer is set up. Checkpoints always hold a plain Llama (``GrowthOperator.exp
 Sharded runs: a model sharded by FSDP2 is gathered into full tensors on every rank, grown
 there, and ``replace_model`` shards the grown model again (rank 0's tensors are broadcast,
 so random initialisations agree). ``source`` starts stage 2 from any small checkpoint
-``app.checkpoint.load_model`` reads (single-device ``.ckpt``, DDP, sharded FSDP folders).
+``app.checkpoint.load_model`` reads (single-device ``.ckpt``, DDP, sharded FSDP folders); the
+tokens and FLOPs that checkpoint's ``ThroughputMonitor`` counted are added to this run's, so
+``perf/tokens_seen`` and ``perf/flops_seen`` include the small stage as in a one-run growth.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +42,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 
+from app.callbacks.monitor import ThroughputMonitor
 from app.checkpoint import PREFIX, build_model, load_model
 from app.errors import SproutError
 from app.model import CONFIGS, Llama, LlamaConfig, param_count
@@ -85,6 +95,7 @@ class Growth(L.Callback):
         self.save_stage = save_stage
         self.grown_at: int | None = None  # global step of the growth
         self.tokens_seen = 0
+        self.seed = 0  # the run seed, set in setup; seeds the operator's random stream
         self.stage_checkpoint: Path | None = None
         self._last_step = -1
         self._source_model: Llama | None = None  # growth.source, loaded in setup
@@ -138,6 +149,7 @@ class Growth(L.Callback):
         self._check_options()
         if self.operator is None or stage != "fit":
             return
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # seed_everything's; a resumed run loads the stored one
         if self._resumed_config is not None:
             pl_module.config = pl_module.config.replace(**{k: getattr(self._resumed_config, k) for k in SHAPE_FIELDS})
             return
@@ -192,12 +204,13 @@ class Growth(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         operator = self.operator.state_dict() if self.operator is not None and self.grown_at is not None else {}
-        return {"grown_at": self.grown_at, "tokens_seen": self.tokens_seen, "operator": operator}
+        return {"grown_at": self.grown_at, "tokens_seen": self.tokens_seen, "seed": self.seed, "operator": operator}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # the operator's part was loaded with the model in on_load_checkpoint
         self.grown_at = state_dict["grown_at"]
         self.tokens_seen = int(state_dict["tokens_seen"])
+        self.seed = int(state_dict.get("seed", self.seed))
 
     # -- the switch ---------------------------------------------------------------------------
     def _due(self, trainer: L.Trainer) -> bool:
@@ -214,14 +227,40 @@ class Growth(L.Callback):
         old_optimizer = trainer.optimizers[0] if trainer.optimizers else None
         small = self._source_model if self.source is not None else _full_model(pl_module.model)
         target = self.target_config(small.config)
-        grown = self.operator.grow(small, target)
+        grown = self._seeded_grow(small, target, step)
         pl_module.replace_model(grown, target, restart_schedule=self.restart_schedule)
         if pl_module.model is not grown:  # a sharded copy: the operator's masks go on the copy
             self.operator.restore(pl_module.model)
         if not self.fresh_optimizer and old_optimizer is not None:
             self._carry_optimizer_state(old_params, old_optimizer, pl_module.model, trainer.optimizers[0])
         self.grown_at = step
-        self._announce(trainer, small.config, target, step)
+        carried = self._carry_source_compute(trainer) if self.source is not None else ""
+        self._announce(trainer, small.config, target, step, carried)
+
+    def _seeded_grow(self, small: Llama, target: LlamaConfig, step: int) -> torch.nn.Module:
+        """``operator.grow`` on a forked torch stream seeded by (run seed, step): the same draws
+        whenever this growth happens, and the global generators are left where they were."""
+        seed = self.seed * 1_000_003 + step
+        cuda = torch.cuda.is_available()
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else [], device_type="cuda"):
+            torch.default_generator.manual_seed(seed)
+            if cuda:
+                torch.cuda.manual_seed(seed)  # this rank's device, where a model on the GPU draws
+            return self.operator.grow(small, target)
+
+    def _carry_source_compute(self, trainer: L.Trainer) -> str:
+        """Add the source checkpoint's counted tokens and FLOPs to this run's monitor (once: a
+        resumed run's monitor loads the sum from its own checkpoint); the event's text."""
+        monitor = next((cb for cb in trainer.callbacks if isinstance(cb, ThroughputMonitor)), None)
+        if monitor is None:
+            return ""
+        counted = stored_callbacks(self.source).get(monitor.state_key)
+        if not counted:
+            return f" {self.source} records no tokens or FLOPs (not written by `sprout fit`), so perf/tokens_seen and perf/flops_seen count this run only."
+        tokens, flops = int(counted["tokens_seen"]), float(counted["flops_seen"])
+        monitor.tokens_seen += tokens
+        monitor.flops_seen += flops
+        return f" The source's {tokens:,} tokens and {flops:.4g} FLOPs are included in perf/tokens_seen and perf/flops_seen."
 
     def _carry_optimizer_state(self, old_params: dict[str, torch.nn.Parameter], old: torch.optim.Optimizer, grown: torch.nn.Module, new: torch.optim.Optimizer) -> None:
         for name, param in grown.named_parameters():
@@ -236,24 +275,39 @@ class Growth(L.Callback):
         folder = Path(ckpt.dirpath) if ckpt is not None and getattr(ckpt, "dirpath", None) else Path(trainer.default_root_dir)
         return folder / f"stage1-step{step:06d}.ckpt"
 
-    def _announce(self, trainer: L.Trainer, source: LlamaConfig, target: LlamaConfig, step: int) -> None:
+    def _announce(self, trainer: L.Trainer, source: LlamaConfig, target: LlamaConfig, step: int, carried: str) -> None:
+        origin = f"of {self.source} at the start" if self.source is not None else f"at step {step} ({self.tokens_seen:,} tokens)"
         text = (
-            f"Growth at step {step} ({self.tokens_seen:,} tokens): {type(self.operator).__name__} grew {_describe(source)} "
+            f"Growth {origin}: {type(self.operator).__name__} grew {_describe(source)} "
             f"to {_describe(target)}; schedule {'restarted' if self.restart_schedule else 'continued'}, "
             f"optimizer {'fresh' if self.fresh_optimizer else 'carried over'}."
             + (f" Stage-1 checkpoint: {self.stage_checkpoint}" if self.stage_checkpoint else "")
+            + carried
         )
         rank_zero_info(text)
         if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
             trainer.logger.experiment.add_text("growth", text, step)
 
 
-def stored_growth(path: str | Path) -> tuple[dict | None, dict | None]:
-    """The ``sprout`` metadata and the ``Growth`` state of a Lightning checkpoint (a file, or a
-    distributed-checkpoint folder's ``meta.pt``), without reading its tensors."""
+def _stored_meta(path: str | Path) -> dict:
+    """A Lightning checkpoint's entries (a file, or a distributed-checkpoint folder's ``meta.pt``)
+    without reading its tensors; empty for a folder without ``meta.pt`` (a Hugging Face model)."""
     path = Path(path)
-    meta = torch.load(path / "meta.pt" if path.is_dir() else path, map_location="cpu", weights_only=True, mmap=not path.is_dir())
+    file = path / "meta.pt" if path.is_dir() else path
+    if not file.is_file():
+        return {}
+    return torch.load(file, map_location="cpu", weights_only=True, mmap=not path.is_dir())
+
+
+def stored_growth(path: str | Path) -> tuple[dict | None, dict | None]:
+    """The ``sprout`` metadata and the ``Growth`` state of a Lightning checkpoint."""
+    meta = _stored_meta(path)
     return meta.get("sprout"), meta.get("callbacks", {}).get(Growth.__qualname__)
+
+
+def stored_callbacks(path: str | Path) -> dict[str, Any]:
+    """The callbacks' states a checkpoint holds, by state key (none in a ``save_model`` file)."""
+    return _stored_meta(path).get("callbacks", {})
 
 
 def _full_model(model: torch.nn.Module) -> Llama:

@@ -4,10 +4,11 @@ Whatever runs between two training steps (validation, a new DataLoader iterator,
 sanity check of a resumed run) draws from the global generators too, and a stopped and
 resumed run does so at other moments than an uninterrupted one. So every training step
 starts from the generator states the previous step ended with, and those states are what
-the checkpoint holds: dropout, growth initialisation and any plugin drawing from the
-global generators see the same numbers whether or not the run was interrupted. (A checkpoint
-written inside another callback's end-of-step work, like growth's stage-1 checkpoint, holds
-the states of that moment, before the rest of that work drew from them.)
+the checkpoint holds: dropout and any plugin drawing from the global generators see the
+same numbers whether or not the run was interrupted. Work done once, at a moment a resumed
+run reaches in another way (growth's random initialisation runs at the start of a run
+resumed from the stage-1 checkpoint), draws from a stream of its own seeded by the run
+seed instead (``app.callbacks.growth``).
 """
 
 from __future__ import annotations
