@@ -17,12 +17,23 @@ Work is spread over files: each task (a run of files) streams its documents, tok
 them in batches and writes its own chunk files with litdata's ``BinaryWriter`` into a
 staging folder; the parent then moves the chunks into place, merges the indexes and the
 statistics, and writes ``meta.json``. Chunks hold exactly ``chunk_tokens`` tokens except
-each task's last one. The staging folder (``<out_root>/.staging-*``) is removed at the end,
-also on errors; only a run killed outright leaves one behind, safe to delete.
+each task's last one.
+
+The staging folder ``<out_root>/.staging-XXXXXXXX`` is removed at the end, also on errors
+and Ctrl-C. A run killed outright (SIGKILL, SIGTERM, a crash of the machine) leaves it
+behind; the next preparation into the same ``out_root`` removes it. To tell such a folder
+from one of a preparation still running there, each run holds an exclusive ``flock`` on
+``.staging-XXXXXXXX.lock`` from before the folder exists until after it is gone (its pool
+workers drop their inherited copy), so the lock is free only once the run's main process
+has ended. Only entries of exactly that name form are ever removed, and a staging folder
+only by whoever holds its lock. ``flock`` may not reach other machines on a network file
+system: prepare into one output folder from one machine at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import glob
 import hashlib
 import json
@@ -35,7 +46,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -59,6 +70,7 @@ MAX_EXAMPLES = 20  # bad records listed per domain in meta.json
 _BATCH_CHARS = 1 << 20  # text per encode_batch call
 _PARENT_PART = "99999"  # staging part written by the parent, after the tasks' 00000, 00001, ...
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_STAGING_NAME = re.compile(r"^(\.staging-[a-z0-9_]{8})(\.lock)?$")  # what tempfile makes from prefix ".staging-"
 _AUTO_DIR_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.zstd", ".parquet", ".txt")
 _DIR_SUFFIXES = {"slimpajama": (".jsonl", ".jsonl.zst", ".jsonl.zstd"), "jsonl": (".jsonl", ".jsonl.zst", ".jsonl.zstd"), "starcoder": (".parquet",), "parquet": (".parquet",)}
 
@@ -200,11 +212,14 @@ class _SplitWriter:
 
 _progress_queue = None  # set in pool workers
 _tokenizers: dict[str, Tokenizer] = {}
+_staging_locks: set[int] = set()  # descriptors of the staging locks this process holds
 
 
 def _worker_init(progress_queue) -> None:
     global _progress_queue
     _progress_queue = progress_queue
+    for fd in _staging_locks:  # a forked worker shares the parent's lock: drop it, so only the parent's life holds it
+        os.close(fd)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the pool is the parallelism
 
 
@@ -494,6 +509,65 @@ def _split_tasks(files: list[_File], n_tasks: int) -> list[list[_File]]:
 # -- running ------------------------------------------------------------------------------
 
 
+def _lock_if_free(lock: Path) -> int | None:
+    """A descriptor holding ``lock`` (created if missing), or None when a live run holds it."""
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:  # e.g. another user's lock: not ours to judge
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino == os.stat(lock).st_ino:  # not unlinked by another cleaner meanwhile
+            return fd
+    except (BlockingIOError, FileNotFoundError):
+        pass
+    os.close(fd)
+    return None
+
+
+def _remove_stale_staging(out_root: Path) -> None:
+    """Remove the staging folders (and lock files) that killed preparations left in ``out_root``.
+
+    A folder whose lock is held belongs to a preparation still running and is left alone; a
+    folder without a lock file (a run of an older Sprout) is claimed by creating its lock.
+    """
+    names = {m[1] for m in map(_STAGING_NAME.match, os.listdir(out_root)) if m}
+    for name in sorted(names):
+        folder, lock = out_root / name, out_root / f"{name}.lock"
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            continue  # not something preparation made
+        fd = _lock_if_free(lock)
+        if fd is None:
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            lock.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _staging_folder(out_root: Path) -> Iterator[Path]:
+    """A fresh ``<out_root>/.staging-*`` folder for this run's chunks, removed when the run ends.
+
+    Stale folders of killed runs are removed first. The lock is taken before the folder is
+    made and released after it is removed, so a folder never exists unlocked while its run lives.
+    """
+    _remove_stale_staging(out_root)
+    fd, lock = tempfile.mkstemp(prefix=".staging-", suffix=".lock", dir=out_root)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _staging_locks.add(fd)
+    staging = Path(lock).with_suffix("")
+    try:
+        staging.mkdir()
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        Path(lock).unlink(missing_ok=True)
+        _staging_locks.discard(fd)
+        os.close(fd)
+
+
 def _run_tasks(tasks: list[_Task], tok: Tokenizer, num_workers: int, progress: bool) -> list[_TaskResult]:
     from tqdm.auto import tqdm
 
@@ -690,8 +764,7 @@ def prepare(
     out_root.mkdir(parents=True, exist_ok=True)
     _place_tokenizer(tok, out_root, overwrite)
     if todo:
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_root))
-        try:
+        with _staging_folder(out_root) as staging:
             tasks = [
                 _Task(i, tuple(group), str(tok.path), str(staging), chunk_tokens, int(val_fraction * 2**64), seed.to_bytes(8, "little", signed=True),
                       skip_bad_records, frozenset(finished))
@@ -709,8 +782,6 @@ def prepare(
                     finished_now[name] = {"meta": None, "seconds": 0.0, "skipped": sum(p.skipped for p in by_domain[name])}
                     continue
                 finished_now[name] = _finish_domain(name, by_domain[name], out_root, staging, tok, chunk_tokens, extra)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     for r in results:
         reused |= r.reused
     metas = {name: finished[name] for name in sorted(reused)}
