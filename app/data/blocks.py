@@ -3,6 +3,11 @@
 Blocks are ``seq_len + 1`` tokens so that inputs and shifted targets come from one read.
 The streaming datasets are opened lazily, inside whichever process reads, because a
 DataLoader worker must not inherit an open reader from its parent.
+
+Every block read is checked against the vocabulary its domain's ``meta.json`` records
+(one min/max over the block in memory): a shard overwritten after preparation, which the
+size check of the data module cannot see, then fails with the file to fix instead of an
+index error deep inside the embedding.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 from litdata import StreamingDataset, TokensLoader
 from torch.utils.data import Dataset
 
+from app.errors import SproutError
 from app.reference import open_scores
 
 
@@ -31,6 +37,37 @@ def count_blocks(split_dir: str | Path, block_size: int) -> int:
     return sum(chunk["dim"] // block_size for chunk in chunks)
 
 
+def shard_vocab_size(split_dir: str | Path) -> int:
+    """How many token ids the split's tokenizer has, from its domain's ``meta.json``."""
+    meta = Path(split_dir).parent / "meta.json"
+    try:
+        return int(json.loads(meta.read_text())["tokenizer"]["vocab_size"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SproutError(f"{meta} cannot be read ({type(err).__name__}: {err}), so the shards in {split_dir} cannot be checked. Re-run tools/prepare_data.py for this domain with --overwrite.") from None
+
+
+def chunk_file(split_dir: str | Path, block_size: int, block: int) -> Path:
+    """The chunk file that holds ``block``, in the layout ``count_blocks`` describes."""
+    chunks = json.loads((Path(split_dir) / "index.json").read_text())["chunks"]
+    ends = np.cumsum([chunk["dim"] // block_size for chunk in chunks])
+    return Path(split_dir) / chunks[int(np.searchsorted(ends, block, side="right"))]["filename"]
+
+
+def checked_tokens(tokens, split_dir: str | Path, block_size: int, block: int, vocab_size: int) -> torch.Tensor:
+    """``tokens`` (block ``block`` of ``split_dir``) as int64, after checking every id is below ``vocab_size``."""
+    tokens = torch.as_tensor(tokens).long()
+    low, high = (int(v) for v in torch.aminmax(tokens))
+    if low < 0 or high >= vocab_size:
+        domain_dir = Path(split_dir).parent
+        raise SproutError(
+            f"Shard {chunk_file(split_dir, block_size, block)} of domain {domain_dir.name!r} holds token id {low if low < 0 else high} "
+            f"(in sequence {block} of {split_dir}), but the domain's tokenizer has {vocab_size} ids (0..{vocab_size - 1}): the file was "
+            f"overwritten or damaged after preparation. Re-run tools/prepare_data.py for domain {domain_dir.name!r} with --overwrite, "
+            f"or copy {domain_dir} again from an intact copy."
+        )
+    return tokens
+
+
 class DomainBlocks(Dataset):
     """Reads key ``(batch_no, domain, block)`` into one training sample.
 
@@ -42,6 +79,7 @@ class DomainBlocks(Dataset):
         self.split_dirs = [str(d) for d in split_dirs]
         self.block_size = block_size
         self.score_dirs = [str(d) for d in score_dirs] if score_dirs is not None else None
+        self.vocab_sizes = [shard_vocab_size(d) for d in self.split_dirs]
         self._datasets: list[StreamingDataset] | None = None
         self._scores: list[np.ndarray] | None = None
 
@@ -52,7 +90,7 @@ class DomainBlocks(Dataset):
         if self._datasets is None:
             self._datasets = [open_blocks(d, self.block_size) for d in self.split_dirs]
         batch_no, domain, block = key
-        tokens = torch.as_tensor(self._datasets[domain][block]).long()
+        tokens = checked_tokens(self._datasets[domain][block], self.split_dirs[domain], self.block_size, block, self.vocab_sizes[domain])
         sample = {
             "input_ids": tokens[:-1],
             "targets": tokens[1:],
@@ -77,6 +115,7 @@ class SequentialBlocks(Dataset):
         self.split_dir = str(split_dir)
         self.block_size = block_size
         self.domain = domain
+        self.vocab_size = shard_vocab_size(split_dir)
         total = count_blocks(split_dir, block_size)
         self.indices = list(range(total))[: limit if limit else total][rank::world_size]
         self._dataset: StreamingDataset | None = None
@@ -88,5 +127,5 @@ class SequentialBlocks(Dataset):
         if self._dataset is None:
             self._dataset = open_blocks(self.split_dir, self.block_size)
         block = self.indices[i]
-        tokens = torch.as_tensor(self._dataset[block]).long()
+        tokens = checked_tokens(self._dataset[block], self.split_dir, self.block_size, block, self.vocab_size)
         return {"input_ids": tokens[:-1], "targets": tokens[1:], "domain": torch.tensor(self.domain), "block": torch.tensor(block)}
