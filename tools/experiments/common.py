@@ -1,0 +1,182 @@
+"""What the experiments share: corpus preparation, training runs, their logs and their figures.
+
+Every experiment is a handful of ordinary ``sprout fit`` runs of recipes it writes; only what
+the runs compare differs between experiments, so the rest lives here once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+import yaml
+
+from app.data.corpus import build_default_corpus, corpus_texts
+from app.data.prepare import Source, prepare
+from app.data.tokenizer import Tokenizer
+from app.errors import SproutError
+from tools import fit_bimix
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = str(ROOT.parent / "shared" / "corpus")
+DONE = "result.json"
+
+
+def require(paths: list[Path], layout: str) -> None:
+    """Stop before anything is written when the corpus lacks a file the experiment reads."""
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise SproutError(f"The shared corpus is incomplete: {missing} not found. Pass --corpus pointing at the folder with {layout} (see its README.md).")
+
+
+def text_files(paths: Iterable[Path]) -> Iterator[str]:
+    """Each file's text, read only when the caller gets to it."""
+    for path in paths:
+        yield path.read_text(encoding="utf-8", errors="replace")
+
+
+def jsonl_texts(path: Path) -> Iterator[str]:
+    """Every record's values joined by spaces (a GSM8K record: question and answer)."""
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            yield " ".join(json.loads(line).values())
+
+
+def capped(texts: Iterable[str], chars: int) -> Iterator[str]:
+    """The first ``chars`` characters of ``texts``, the last text cut to fit."""
+    total = 0
+    for text in texts:
+        yield text[: chars - total]
+        total += len(text)
+        if total >= chars:
+            return
+
+
+def load_or_train_tokenizer(path: Path, vocab_size: int, domains: list[Iterable[str]], chars: int) -> Tokenizer:
+    """The tokenizer at ``path`` if there is one, so a repeated experiment keeps its tokens; else
+    a BPE trained on about ``chars`` characters of every domain, so no domain's words dominate
+    the vocabulary."""
+    if path.is_file():
+        return Tokenizer.load(path)
+    return Tokenizer.train_bpe((text for texts in domains for text in capped(texts, chars)), vocab_size, path)
+
+
+def prepare_corpus(corpus: Path, data_dir: Path, vocab_size: int, code_bytes: int, max_doc_chars: int, tokenizer_chars: int) -> None:
+    """Shards for books, shakespeare, math and code under ``data_dir`` (reused when present)."""
+    books, shakespeare, math = corpus / "books", corpus / "shakespeare" / "tinyshakespeare.txt", corpus / "math" / "gsm8k_train.jsonl"
+    require([books, shakespeare, math], "books/, shakespeare/ and math/")
+    code = build_default_corpus(data_dir / "raw", max_bytes=code_bytes)["code"]
+    samples = [text_files(sorted(books.glob("*.txt"))), text_files([shakespeare]), jsonl_texts(math), corpus_texts(code)]
+    tok = load_or_train_tokenizer(data_dir / "tokenizer.json", vocab_size, samples, tokenizer_chars)
+    sources = [
+        Source([str(books)], format="text", domain="books", max_doc_chars=max_doc_chars),
+        Source([str(shakespeare)], format="text", domain="shakespeare", max_doc_chars=max_doc_chars),
+        Source([str(math)], format="jsonl", domain="math", text_fields=["question", "answer"]),
+        Source([str(p) for p in code], format="jsonl", domain="code"),
+    ]
+    prepare(sources, tok, data_dir, val_fraction=0.02, progress=False)
+
+
+def logger(run_dir: Path) -> dict:
+    """The recipe's TensorBoard logger, writing to ``run_dir/logs`` where ``scalars`` reads."""
+    return {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(run_dir.parent), "name": run_dir.name, "version": "logs"}}
+
+
+def recipe(run_dir: Path, data_dir: Path, args: dict, *, steps: int, arch: str, shape: dict, warmup_steps: int, log_every: int, mixture: dict) -> dict:
+    """One run's complete recipe; everything a run chooses is in here, written next to its logs.
+
+    ``args`` holds the experiment's seed, val_every, lr, vocab_size, seq_len, batch_size and
+    val_blocks; ``shape`` overrides the ``arch``'s layers and widths.
+    """
+    return {
+        "seed_everything": args["seed"],
+        "trainer": {
+            "max_steps": steps, "val_check_interval": args["val_every"], "check_val_every_n_epoch": None,
+            "log_every_n_steps": log_every, "gradient_clip_val": 1.0, "enable_progress_bar": False, "logger": logger(run_dir),
+        },
+        "model": {
+            "arch": arch,
+            "arch_overrides": {**shape, "vocab_size": args["vocab_size"], "block_size": args["seq_len"]},
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": args["lr"], "betas": [0.9, 0.95], "weight_decay": 0.1}},
+            "schedule": {"warmup_steps": warmup_steps, "min_lr": args["lr"] / 10},
+        },
+        "data": {"data_dir": str(data_dir), "seq_len": args["seq_len"], "batch_size": args["batch_size"], "val_blocks": args["val_blocks"],
+                 "seed": args["seed"], "mixture": mixture},
+        "monitor": {"log_every": log_every},
+        "checkpoint": {"dirpath": str(run_dir / "checkpoints")},
+    }
+
+
+def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Every scalar a run logged, ``tag -> {step: value}`` (see ``fit_bimix.read_scalars``)."""
+    return fit_bimix.read_scalars(run_dir / "logs")
+
+
+def tagged(scalars: dict[str, dict[int, float]], prefix: str) -> dict[str, dict[int, float]]:
+    """The scalars under ``prefix``, keyed by the rest of their tag (``val/loss/`` -> domains)."""
+    return {tag.removeprefix(prefix): points for tag, points in scalars.items() if tag.startswith(prefix)}
+
+
+def children_cpu() -> float:
+    """CPU seconds used by finished child processes: the cost of a run however busy the machine is."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def train(run_dir: Path, config: dict, read: Callable[[dict, dict], dict] | None = None, threads: int | None = None) -> dict:
+    """``sprout fit`` ``config`` in a fresh process; returns the run's final mean validation loss
+    and step, ``read(scalars, config)`` and its wall and CPU seconds.
+
+    The result is saved as ``run_dir/result.json`` and a run that has one is reused, so a
+    repeated command continues an interrupted experiment. ``threads`` sets the run's
+    OMP_NUM_THREADS (one helps on a busy machine).
+    """
+    if (run_dir / DONE).is_file():
+        print(f"  {run_dir.name}: finished before, reused")
+        return json.loads((run_dir / DONE).read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    started, cpu = time.perf_counter(), children_cpu()
+    with open(run_dir / "train.log", "w") as log:
+        code = subprocess.call([sys.executable, "-m", "app", "fit", "--config", str(run_dir / "recipe.yaml")], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    if code != 0:
+        tail = "".join((run_dir / "train.log").read_text().splitlines(keepends=True)[-15:])
+        raise SproutError(f"The run in {run_dir} failed (exit code {code}); the end of {run_dir / 'train.log'}:\n{tail}")
+    logged = scalars(run_dir)
+    last = max(logged["val/loss"])
+    result = {"steps": last, "val_loss": logged["val/loss"][last], **(read(logged, config) if read else {})}
+    result["seconds"], result["cpu_seconds"] = time.perf_counter() - started, children_cpu() - cpu
+    (run_dir / DONE).write_text(json.dumps(result, indent=1))
+    print(f"  {run_dir.name}: val/loss {result['val_loss']:.4f} after {result['steps']} steps ({result['seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU)")
+    return result
+
+
+def command(script: str, args: dict) -> str:
+    """The command line that repeats an experiment, for its report (paths left out)."""
+    flags = (f"--{k} '[{', '.join(v)}]'" if isinstance(v, list) else f"--{k} {v}" for k, v in args.items() if k not in ("work_dir", "corpus"))
+    return f"python tools/experiments/{script}.py " + " ".join(flags)
+
+
+@contextlib.contextmanager
+def figure(path: Path, panels: int, size: tuple[float, float], **subplots) -> Iterator[list]:
+    """A row of ``panels`` axes, saved to ``path`` on exit; the Agg backend needs no display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, panels, figsize=size, squeeze=False, **subplots)
+    yield list(axes[0])
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
