@@ -29,11 +29,9 @@ from pathlib import Path
 
 from app.errors import SproutError
 from app.model import LlamaConfig, flops_per_token
-from tools import fit_bimix
 from tools.cli import run_tool
-from tools.experiments.mixtures import prepare_corpus, train
+from tools.experiments import common
 
-ROOT = Path(__file__).resolve().parents[2]
 DEPTH = ("gstack", "zero_depth", "random_depth", "learn")
 WIDTH = ("direct_width", "zero_width", "random_width", "learn")
 TARGET = {"n_layer": 8, "n_embd": 128, "n_head": 4, "n_kv_head": 2, "intermediate_size": 352}  # `tiny`, 8 layers deep
@@ -44,25 +42,9 @@ SOURCES = {
 
 
 def recipe(run_dir: Path, data_dir: Path, shape: dict, steps: int, args: dict, growth: dict | None = None) -> dict:
-    """One run's complete recipe (``growth``: the section that grows it, or none for scratch)."""
-    config = {
-        "seed_everything": args["seed"],
-        "trainer": {
-            "max_steps": steps, "val_check_interval": args["val_every"], "check_val_every_n_epoch": None,
-            "log_every_n_steps": args["log_every"], "gradient_clip_val": 1.0, "enable_progress_bar": False,
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(run_dir.parent), "name": run_dir.name, "version": "logs"}},
-        },
-        "model": {
-            "arch": "tiny",
-            "arch_overrides": {**shape, "vocab_size": args["vocab_size"], "block_size": args["seq_len"]},
-            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": args["lr"], "betas": [0.9, 0.95], "weight_decay": 0.1}},
-            "schedule": {"warmup_steps": args["warmup_steps"], "min_lr": args["lr"] / 10},
-        },
-        "data": {"data_dir": str(data_dir), "seq_len": args["seq_len"], "batch_size": args["batch_size"], "val_blocks": args["val_blocks"],
-                 "seed": args["seed"], "mixture": {"class_path": "natural"}},
-        "monitor": {"log_every": args["log_every"]},
-        "checkpoint": {"dirpath": str(run_dir / "checkpoints")},
-    }
+    """One run's recipe in this ``shape`` (``growth``: the section that grows it, or none for scratch)."""
+    config = common.recipe(run_dir, data_dir, args, steps=steps, arch="tiny", shape=shape, warmup_steps=args["warmup_steps"], log_every=args["log_every"],
+                           mixture={"class_path": "natural"})
     if growth is not None:
         config["growth"] = growth
     return config
@@ -86,9 +68,8 @@ def grown_run_steps(scratch_steps: int, grow_at: int, source: dict, args: dict) 
     return math.ceil(steps / args["val_every"]) * args["val_every"]
 
 
-def curve(run_dir: Path) -> list[tuple[float, float]]:
+def curve(scalars: dict[str, dict[int, float]]) -> list[tuple[float, float]]:
     """(training FLOPs, mean validation loss) at each validation of a run."""
-    scalars = fit_bimix.read_scalars(run_dir / "logs")
     flops = sorted(scalars["perf/flops_seen"].items())
     points = []
     for step, loss in sorted(scalars["val/loss"].items()):
@@ -126,33 +107,25 @@ def table(results: dict[str, dict]) -> str:
 
 
 def plot(path: Path, results: dict[str, dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    for ax, kind in zip(axes, ("depth", "width")):
-        names = ["scratch"] + [n for n in results if n.endswith(f"({kind})")]
-        for i, name in enumerate(names):
-            flops, losses = zip(*results[name]["curve"])
-            ax.plot([f / 1e12 for f in flops], losses, "o-", ms=2.5, color="k" if name == "scratch" else f"C{i}", label=name)
-            if name != "scratch":
-                ax.axvline(results[name]["grown_flops"] / 1e12, color=f"C{i}", lw=0.6, ls=":")
-        ax.axhline(results["scratch"]["val_loss"], color="k", lw=0.6, ls="--")
-        ax.axvline(results["scratch"]["curve"][-1][0] / 1e12, color="k", lw=0.6, ls="--")
-        ax.set_title(f"{kind}wise growth (dotted: growth)")
-        ax.set_xlabel("training TFLOPs (small stage included)")
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel("mean validation loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with common.figure(path, 2, (10, 3.8), sharey=True) as axes:
+        for ax, kind in zip(axes, ("depth", "width")):
+            names = ["scratch"] + [n for n in results if n.endswith(f"({kind})")]
+            for i, name in enumerate(names):
+                flops, losses = zip(*results[name]["curve"])
+                ax.plot([f / 1e12 for f in flops], losses, "o-", ms=2.5, color="k" if name == "scratch" else f"C{i}", label=name)
+                if name != "scratch":
+                    ax.axvline(results[name]["grown_flops"] / 1e12, color=f"C{i}", lw=0.6, ls=":")
+            ax.axhline(results["scratch"]["val_loss"], color="k", lw=0.6, ls="--")
+            ax.axvline(results["scratch"]["curve"][-1][0] / 1e12, color="k", lw=0.6, ls="--")
+            ax.set_title(f"{kind}wise growth (dotted: growth)")
+            ax.set_xlabel("training TFLOPs (small stage included)")
+            ax.legend(fontsize=7)
+        axes[0].set_ylabel("mean validation loss")
 
 
 def growth(
     work_dir: str = "runs/growth",
-    corpus: str = str(ROOT.parent / "shared" / "corpus"),
+    corpus: str = common.CORPUS,
     depth_operators: list[str] = list(DEPTH),
     width_operators: list[str] = list(WIDTH),
     steps: int = 200,
@@ -212,7 +185,7 @@ def growth(
     data_dir = work / "data"
     started = time.perf_counter()
     print(f"preparing {corpus} -> {data_dir}")
-    prepare_corpus(Path(corpus).expanduser(), data_dir, vocab_size, code_bytes, max_doc_chars, tokenizer_chars)
+    common.prepare_corpus(Path(corpus).expanduser(), data_dir, vocab_size, code_bytes, max_doc_chars, tokenizer_chars)
 
     runs = {"scratch": (TARGET, steps, None, None)}
     for kind, names in (("depth", depth_operators), ("width", width_operators)):
@@ -225,9 +198,9 @@ def growth(
     for label, (shape, total, section, kind) in runs.items():
         run_dir = work / "runs" / label.replace(" (", "-").rstrip(")")
         print(f"{label}: {total} steps" + (f", grown at step {grow_at}" if section else ""))
-        train(run_dir, recipe(run_dir, data_dir, shape, total, args, section))
-        points = curve(run_dir)
-        flops = fit_bimix.read_scalars(run_dir / "logs")["perf/flops_seen"]
+        common.train(run_dir, recipe(run_dir, data_dir, shape, total, args, section))
+        scalars = common.scalars(run_dir)
+        points, flops = curve(scalars), scalars["perf/flops_seen"]
         results[label] = {
             "steps": total, "flops": max(flops.values()), "curve": points,
             **({"grow_at": grow_at, "source": "2 layers" if kind == "depth" else "64 wide", "grown_flops": flops[max(s for s in flops if s < grow_at)]} if section else {}),
@@ -240,7 +213,7 @@ def growth(
 
     report = table(results)
     minutes = (time.perf_counter() - started) / 60
-    command = "python tools/experiments/growth.py " + " ".join(f"--{k} '[{', '.join(v)}]'" if isinstance(v, list) else f"--{k} {v}" for k, v in args.items() if k not in ("work_dir", "corpus"))
+    command = common.command("growth", args)
     (work / "growth.md").write_text(f"{report}\n\n{minutes:.1f} min wall (runs reused from earlier: not timed again). Command: `{command}`\n")
     (work / "growth.json").write_text(json.dumps(results, indent=1))
     plot(work / "growth.png", results)
