@@ -23,10 +23,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,44 +30,26 @@ import yaml
 
 from app.data.corpus import build_default_corpus, corpus_texts
 from app.data.prepare import Source, prepare
-from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
-from tools import fit_bimix
-from tools.score_reference import score_reference
 from tools.cli import run_tool
+from tools.experiments import common
+from tools.score_reference import score_reference
 
-ROOT = Path(__file__).resolve().parents[2]
 SELECTORS = ("all", "rho1", "loss_topk", "random")
-DONE = "result.json"
 
 
 def prepare_data(corpus: Path, work: Path, vocab_size: int, code_bytes: int, max_doc_chars: int, tokenizer_chars: int) -> Path:
     """Shards of books, code, math (GSM8K even records) and math_ref (odd records) in ``work/data``."""
     books, gsm8k = corpus / "books", corpus / "math" / "gsm8k_train.jsonl"
-    missing = [str(p) for p in (books, gsm8k) if not p.exists()]
-    if missing:
-        raise SproutError(f"The shared corpus is incomplete: {missing} not found. Pass --corpus pointing at the folder with books/ and math/ (see its README.md).")
+    common.require([books, gsm8k], "books/ and math/")
     data, raw = work / "data", work / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     records = gsm8k.read_text(encoding="utf-8").splitlines()
     (raw / "gsm8k_cpt.jsonl").write_text("\n".join(records[0::2]) + "\n", encoding="utf-8")
     (raw / "gsm8k_ref.jsonl").write_text("\n".join(records[1::2]) + "\n", encoding="utf-8")
     code = build_default_corpus(raw, max_bytes=code_bytes)["code"]
-    tokenizer_path = data / "tokenizer.json"
-    if tokenizer_path.is_file():
-        tok = Tokenizer.load(tokenizer_path)
-    else:
-        def sample():  # about tokenizer_chars characters of each domain
-            for texts in ((p.read_text(encoding="utf-8", errors="replace") for p in sorted(books.glob("*.txt"))),
-                          (" ".join(json.loads(r).values()) for r in records), corpus_texts(code)):
-                total = 0
-                for text in texts:
-                    yield text[: tokenizer_chars - total]
-                    total += len(text)
-                    if total >= tokenizer_chars:
-                        break
-
-        tok = Tokenizer.train_bpe(sample(), vocab_size, tokenizer_path)
+    samples = [common.text_files(sorted(books.glob("*.txt"))), common.jsonl_texts(gsm8k), corpus_texts(code)]
+    tok = common.load_or_train_tokenizer(data / "tokenizer.json", vocab_size, samples, tokenizer_chars)
     fields = ["question", "answer"]
     prepare([Source([str(books)], format="text", domain="books", max_doc_chars=max_doc_chars), Source([str(p) for p in code], format="jsonl", domain="code"),
              Source([str(raw / "gsm8k_ref.jsonl")], format="jsonl", domain="math_ref", text_fields=fields)], tok, data, val_fraction=0.02, progress=False)
@@ -83,10 +61,9 @@ def prepare_data(corpus: Path, work: Path, vocab_size: int, code_bytes: int, max
 def recipe(template: str, run_dir: Path, args: dict, **changes) -> dict:
     """``recipes/<template>`` with this experiment's paths, shape and lengths, plus ``changes``
     (dotted keys, e.g. ``model.selector``; ``None`` deletes a key)."""
-    config = yaml.safe_load((ROOT / "recipes" / template).read_text())
+    config = yaml.safe_load((common.ROOT / "recipes" / template).read_text())
     config["seed_everything"] = args["seed"]
-    config["trainer"].update(max_steps=args["cpt_steps"], val_check_interval=args["val_every"], enable_progress_bar=False)
-    config["trainer"]["logger"]["init_args"].update(save_dir=str(run_dir.parent), name=run_dir.name, version="logs")
+    config["trainer"].update(max_steps=args["cpt_steps"], val_check_interval=args["val_every"], enable_progress_bar=False, logger=common.logger(run_dir))
     config["model"].update(arch=args["arch"], arch_overrides={"vocab_size": args["vocab_size"], "block_size": args["seq_len"]}, init_from=str(args["base"]))
     config["data"].update(data_dir=str(args["data"]), seq_len=args["seq_len"], batch_size=args["batch_size"], val_blocks=args["val_blocks"], seed=args["seed"])
     config["checkpoint"] = {"dirpath": str(run_dir / "checkpoints")}
@@ -102,37 +79,13 @@ def recipe(template: str, run_dir: Path, args: dict, **changes) -> dict:
     return config
 
 
-def train(run_dir: Path, config: dict, threads: int | None) -> dict:
-    """``sprout fit`` the recipe in a fresh process (reused if it finished before); returns its curves."""
-    if (run_dir / DONE).is_file():
-        print(f"  {run_dir.name}: finished before, reused")
-        return json.loads((run_dir / DONE).read_text())
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    started = time.perf_counter()
-    with open(run_dir / "train.log", "w") as log:
-        code = subprocess.call([sys.executable, "-m", "app", "fit", "--config", str(run_dir / "recipe.yaml")], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-    if code != 0:
-        tail = "".join((run_dir / "train.log").read_text().splitlines(keepends=True)[-15:])
-        raise SproutError(f"The run in {run_dir} failed (exit code {code}); the end of {run_dir / 'train.log'}:\n{tail}")
-    scalars = fit_bimix.read_scalars(run_dir / "logs")
-    tokens_per_step = config["data"]["batch_size"] * config["data"]["seq_len"]
-    result = {
-        "seconds": time.perf_counter() - started,
-        "tokens_per_step": tokens_per_step,
-        "val": {tag.removeprefix("val/loss/"): sorted(points.items()) for tag, points in scalars.items() if tag.startswith("val/loss/")},
-        "select": {tag.removeprefix("select/"): _mean(points) for tag, points in scalars.items() if tag.startswith("select/")},
+def read_result(scalars: dict, config: dict) -> dict:
+    """Per-domain validation curves and the mean of every selection statistic over the run."""
+    return {
+        "tokens_per_step": config["data"]["batch_size"] * config["data"]["seq_len"],
+        "val": {d: sorted(points.items()) for d, points in common.tagged(scalars, "val/loss/").items()},
+        "select": {name: sum(points.values()) / max(len(points), 1) for name, points in common.tagged(scalars, "select/").items()},
     }
-    (run_dir / DONE).write_text(json.dumps(result, indent=1))
-    last = {d: points[-1][1] for d, points in result["val"].items()}
-    print(f"  {run_dir.name}: " + ", ".join(f"val/loss/{d} {v:.4f}" for d, v in last.items()) + f" ({result['seconds']:.0f} s)")
-    return result
-
-
-def _mean(points: dict[int, float]) -> float:
-    return sum(points.values()) / max(len(points), 1)
 
 
 def table(results: dict[str, dict], columns: int = 4) -> str:
@@ -154,29 +107,21 @@ def table(results: dict[str, dict], columns: int = 4) -> str:
 
 
 def plot(path: Path, results: dict[str, dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = ("math", "books", "code")
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.5))
-    for ax, domain in zip(axes, panels):
-        for i, (name, r) in enumerate(results.items()):
-            steps, losses = zip(*r["val"][domain])
-            ax.plot([s * r["tokens_per_step"] / 1e6 for s in steps], losses, "o-", ms=3, color=f"C{i}", label=name)
-        ax.set_title("held-out math (GSM8K)" if domain == "math" else domain)
-        ax.set_xlabel("tokens through the model (M)")
-        ax.set_ylabel("validation loss")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with common.figure(path, len(panels), (4.2 * len(panels), 3.5)) as axes:
+        for ax, domain in zip(axes, panels):
+            for i, (name, r) in enumerate(results.items()):
+                steps, losses = zip(*r["val"][domain])
+                ax.plot([s * r["tokens_per_step"] / 1e6 for s in steps], losses, "o-", ms=3, color=f"C{i}", label=name)
+            ax.set_title("held-out math (GSM8K)" if domain == "math" else domain)
+            ax.set_xlabel("tokens through the model (M)")
+            ax.set_ylabel("validation loss")
+        axes[0].legend(fontsize=8)
 
 
 def selection(
     work_dir: str = "runs/selection",
-    corpus: str = str(ROOT.parent / "shared" / "corpus"),
+    corpus: str = common.CORPUS,
     selectors: list[str] = list(SELECTORS),
     k: float = 60.0,
     base_steps: int = 600,
@@ -228,12 +173,12 @@ def selection(
     args = dict(seed=seed, cpt_steps=cpt_steps, val_every=val_every, arch=arch, vocab_size=vocab_size, seq_len=seq_len, batch_size=batch_size,
                 val_blocks=val_blocks, data=data, base=work / "base" / "checkpoints" / "last.ckpt")
     print("[2/5] base model on books + code")
-    train(work / "base", recipe("rho1-continued.yaml", work / "base", args, **{
+    common.train(work / "base", recipe("rho1-continued.yaml", work / "base", args, **{
         "trainer.max_steps": base_steps, "model.init_from": None, "model.selector": {"class_path": "all"}, "data.domains": ["books", "code"],
         "data.mixture": {"class_path": "natural"}, "data.reference_scores": None, "model.optimizer.init_args.lr": base_lr,
-        "model.schedule": {"warmup_steps": max(1, base_steps // 20), "min_lr": base_lr / 10}}), threads)
+        "model.schedule": {"warmup_steps": max(1, base_steps // 20), "min_lr": base_lr / 10}}), read_result, threads)
     print("[3/5] reference model: the base continued on math_ref")
-    train(work / "reference", recipe("rho1-reference-math.yaml", work / "reference", args, **{"trainer.max_steps": ref_steps}), threads)
+    common.train(work / "reference", recipe("rho1-reference-math.yaml", work / "reference", args, **{"trainer.max_steps": ref_steps}), read_result, threads)
     reference = work / "reference" / "checkpoints" / "last.ckpt"
     print("[4/5] reference scores of books, code and math")
     score_reference(str(reference), str(data), str(work / "scores"), seq_len, domains=["books", "code", "math"], batch_size=32, progress=False)
@@ -241,8 +186,8 @@ def selection(
     results = {}
     for name in selectors:
         selector = {"class_path": name} if name == "all" else {"class_path": name, "init_args": {"k": k}}
-        results[name] = train(work / f"cpt-{name}", recipe("rho1-continued.yaml", work / f"cpt-{name}", args, **{
-            "model.selector": selector, "data.reference_scores": str(work / "scores")}), threads)
+        results[name] = common.train(work / f"cpt-{name}", recipe("rho1-continued.yaml", work / f"cpt-{name}", args, **{
+            "model.selector": selector, "data.reference_scores": str(work / "scores")}), read_result, threads)
     text = table(results)
     (work / "selection.md").write_text(text + "\n")
     (work / "selection.json").write_text(json.dumps(results, indent=1))
