@@ -61,25 +61,37 @@ def _kernels_run(fn) -> set[str]:
     return {event.key for event in prof.key_averages()}
 
 
-@pytest.mark.parametrize("max_scores", [None, 0], ids=["plain-backward", "fused-kernel-fallback"])
-def test_compiled_cpu_attention_gradients_match_sdpa(monkeypatch, max_scores):
-    """Compiled on CPU, attention's backward is written out (``_CPUAttention``) unless the scores
-    would be too large; either way the gradients are SDPA's, to fp64 precision."""
+@pytest.mark.parametrize(
+    "dtype, max_scores, written_out",
+    [
+        (torch.bfloat16, None, True),
+        (torch.bfloat16, 0, False),  # scores over the limit: the fused kernel
+        (torch.float32, None, False),  # fp32 keeps the fused kernel
+        (torch.float64, None, True),  # the written-out math at full precision (fp64 let in below)
+    ],
+    ids=["bf16", "bf16-too-long", "fp32", "fp64-exact"],
+)
+def test_compiled_cpu_attention_gradients_match_sdpa(monkeypatch, dtype, max_scores, written_out):
+    """Compiled on CPU, attention's backward is written out (``_CPUAttention``) for bf16/fp16
+    while the scores are small enough, else SDPA's fused kernel; the gradients are SDPA's."""
     import app.model.attention as attention
 
     if max_scores is not None:
         monkeypatch.setattr(attention, "CPU_MATH_BACKWARD_MAX_SCORES", max_scores)
+    if dtype == torch.float64:
+        monkeypatch.setattr(attention, "CPU_MATH_BACKWARD_DTYPES", (torch.float64,))
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 24, heads, 16, dtype=torch.float64, requires_grad=True) for heads in (6, 2, 2))
-    grad_out = torch.randn(2, 24, 6, 16, dtype=torch.float64)
-    expected = torch.autograd.grad(causal_attention(q, k, v, "sdpa"), (q, k, v), grad_out)
+    q, k, v = (torch.randn(2, 24, heads, 16, dtype=dtype, requires_grad=True) for heads in (6, 2, 2))
+    grad_out = torch.randn(2, 24, 6, 16, dtype=dtype)
+    exact = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    expected = torch.autograd.grad(causal_attention(*exact, "sdpa"), exact, grad_out.double())
     compiled = torch.compile(lambda q, k, v: causal_attention(q, k, v, "sdpa"), fullgraph=True)
     got = torch.autograd.grad(compiled(q, k, v), (q, k, v), grad_out)  # compiles here
+    tolerance = {torch.bfloat16: 3e-2, torch.float32: 1e-5, torch.float64: 1e-10}[dtype]
     for name, want, have in zip("qkv", expected, got):
-        torch.testing.assert_close(have, want, rtol=1e-10, atol=1e-10, msg=f"d{name}")
+        torch.testing.assert_close(have.double(), want, rtol=tolerance, atol=tolerance, msg=f"d{name}")
     kernels = _kernels_run(lambda: torch.autograd.grad(compiled(q, k, v), (q, k, v), grad_out))
-    fused_backward = "aten::_scaled_dot_product_flash_attention_for_cpu_backward" in kernels
-    assert fused_backward == (max_scores == 0)
+    assert ("aten::_scaled_dot_product_flash_attention_for_cpu_backward" not in kernels) == written_out
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])

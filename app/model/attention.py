@@ -7,9 +7,11 @@ heads, and query head ``h`` attends with KV head ``h // (n_head // n_kv_head)``.
 On CPU inside a compiled region, ``sdpa`` keeps PyTorch's fused forward kernel but writes the
 backward as plain tensor ops (``_CPUAttention``): the fused CPU backward kernel runs its small
 per-head matmuls at a fraction of the matmul rate, while Inductor turns the plain backward into a
-few large batched matmuls and fused elementwise loops, about 1.7x faster at the benchmark shape.
-It keeps the [heads, T, T] scores of one layer in fp32 for the backward, so it is used only while
-those stay under ``CPU_MATH_BACKWARD_MAX_SCORES``; longer sequences keep the fused kernel.
+few large batched matmuls and fused elementwise loops, about 1.7x faster in bf16 at the
+benchmark shape. In fp32 the fused kernel stays: it skips the masked half of the scores, which the
+plain backward computes, and fp32 matmuls are slow enough for that to cost more than it saves. The
+plain backward keeps a layer's [heads, T, T] scores in fp32, so it is used only while those stay
+under ``CPU_MATH_BACKWARD_MAX_SCORES``; longer sequences keep the fused kernel.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ except ImportError:
     flash_attn_func = None
 
 FLASH_DTYPES = (torch.float16, torch.bfloat16)
+CPU_MATH_BACKWARD_DTYPES = (torch.bfloat16, torch.float16)
 CPU_MATH_BACKWARD_MAX_SCORES = 2**26  # batch x heads x T x T; 256 MiB of fp32 scores
 
 
@@ -80,6 +83,7 @@ def _use_cpu_math_backward(q: torch.Tensor) -> bool:
     B, H, T, _ = q.shape
     return (
         q.device.type == "cpu"
+        and q.dtype in CPU_MATH_BACKWARD_DTYPES
         and q.requires_grad
         and torch.compiler.is_compiling()  # uncompiled, the plain backward is slower than the fused kernel
         and B * H * T * T <= CPU_MATH_BACKWARD_MAX_SCORES
