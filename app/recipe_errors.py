@@ -49,14 +49,20 @@ class RecipeParser(LightningArgumentParser):
 
 
 def sprout_error_in(err: BaseException | None) -> SproutError | None:
-    """The ``SproutError`` a plugin or loader raised, wherever jsonargparse wrapped it."""
+    """The ``SproutError`` a plugin or loader raised, wherever jsonargparse wrapped it, and with
+    its own message when a DataLoader worker raised it (torch re-raises it in the main process
+    with the worker's whole traceback as the message)."""
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, SproutError):
-            return err
+            worker = WORKER_TRACEBACK.fullmatch(str(err))
+            return SproutError(worker.group(1)) if worker else err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+WORKER_TRACEBACK = re.compile(r"Caught SproutError in DataLoader worker process \d+\.\nOriginal Traceback .*\n(?:[\w.]+\.)?SproutError: (.*?)\n?", re.S)
 
 
 def _config_files(args: list[str]) -> list[Path]:

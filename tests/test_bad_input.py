@@ -158,6 +158,16 @@ def test_truncated_shard(data, tmp_path):
     )
 
 
+def test_garbage_shard_read_by_a_dataloader_worker(data, tmp_path):
+    """torch re-raises a worker's error with the worker's traceback as its message; the user
+    still gets the one paragraph."""
+    for chunk in (data / "text" / "train").glob("*.bin"):
+        chunk.write_bytes(b"\xff\xff\xff\x7f" * (chunk.stat().st_size // 4))  # int32 2**31 - 1, same size
+    message = fails(recipe(tmp_path / "r.yaml", data, tmp_path / "runs"), "--data.num_workers", "1")
+    assert message.startswith("Shard ") and "of domain 'text' holds token id 2147483647" in message
+    assert "DataLoader worker" not in message
+
+
 def test_corrupt_shard_index(data, tmp_path):
     index = data / "code" / "val" / "index.json"
     index.write_text(index.read_text()[:40])
