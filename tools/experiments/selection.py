@@ -101,7 +101,7 @@ def table(results: dict[str, dict], columns: int = 4) -> str:
         cells = [f"**{math[s]:.4f}**" if s == picks[-1] and math[s] == final_best else f"{math[s]:.4f}" for s in picks]
         sel = r["select"]
         gap = f"{sel['kept_excess'] - sel['dropped_excess']:+.3f}" if "dropped_excess" in sel else "n/a"
-        shares = " / ".join(f"{sel[f'kept_share/{d}']:.0%}" for d in ("books", "code", "math"))
+        shares = " / ".join(f"{sel[f'kept_share/{d}']:.0%}" if f"kept_share/{d}" in sel else "n/a" for d in ("books", "code", "math"))  # none logged in a run shorter than the logging interval
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {r['val']['books'][-1][1]:.4f} | {r['val']['code'][-1][1]:.4f} | {shares} | {gap} |")
     return "\n".join(rows)
 
