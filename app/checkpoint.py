@@ -129,16 +129,27 @@ def _read_file(path: Path, map_location) -> tuple[dict[str, torch.Tensor], dict]
 def _read_distributed(path: Path, map_location) -> tuple[dict[str, torch.Tensor], dict]:
     """Gather a sharded (torch.distributed.checkpoint) Lightning checkpoint into full tensors in
     this process; only the model's tensors are read, not the optimizer state."""
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     try:
+        reader = dcp.FileSystemReader(path)
+        stored = reader.read_metadata().state_dict_metadata  # flattened keys: "state_dict.model.<Llama key>"
+        wanted = {
+            key.removeprefix("state_dict."): torch.empty(meta.size, dtype=meta.properties.dtype)
+            for key, meta in stored.items()
+            if key.startswith("state_dict.") and isinstance(meta, TensorStorageMetadata)
+        }
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*single process")
-            checkpoint = _load_state_dict_from_keys(keys={"state_dict"}, checkpoint_id=path)
+            warnings.filterwarnings("ignore", message=".*single process")  # DCP warns even when asked for no_dist
+            dcp.load({"state_dict": wanted}, storage_reader=reader, no_dist=True)  # reads these, not the optimizer state
         extra = torch.load(path / "meta.pt", map_location="cpu", weights_only=True) if (path / "meta.pt").is_file() else {}
-    except Exception as error:  # DCP wraps reader failures in its own CheckpointException
-        raise SproutError(f"Cannot read distributed checkpoint {path}: {str(error).splitlines()[0]}. A shard is missing or truncated; use an earlier checkpoint.") from None
-    state = {k: v.to(map_location) for k, v in _model_tensors(checkpoint.get("state_dict", {})).items()}
+    except (Exception, CheckpointException) as error:  # DCP wraps a reader's failure in a CheckpointException (a BaseException)
+        cause = next(iter(error.failures.values()))[0] if isinstance(error, CheckpointException) and error.failures else error
+        reason = f"{type(cause).__name__}: {cause}".splitlines()[0].removesuffix(": ")
+        raise SproutError(f"Cannot read distributed checkpoint {path} ({reason}). A shard is missing or truncated; use an earlier checkpoint.") from None
+    state = {k: v.to(map_location) for k, v in _model_tensors(wanted).items()}
     return state, extra.get("sprout")
 
 
