@@ -130,6 +130,9 @@ class SproutModule(L.LightningModule):
             return
         if self.reference_path is not None:
             self.reference = Reference(self.reference_path, self.config.vocab_size, getattr(dm, "tokenizer_identity", None))
+            strategy = self.trainer.strategy
+            if isinstance(strategy, ModelParallelStrategy):
+                self.reference.shard(data_parallel_mesh(strategy, self.parallel.sharding), strategy.root_device, compute_dtype(self.trainer.precision))
             if dm is not None and dm.seq_len > self.reference.block_size:
                 raise SproutError(f"data.seq_len={dm.seq_len} is longer than the context block_size={self.reference.block_size} of the reference model {self.reference_path}. Lower data.seq_len or use a reference trained for longer sequences.")
         elif self.selector.needs_reference or getattr(getattr(dm, "mixture", None), "needs_reference", False):

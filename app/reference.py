@@ -84,10 +84,12 @@ def reference_losses(model: nn.Module, input_ids: torch.Tensor, targets: torch.T
 class Reference:
     """A frozen reference model scoring each training batch under ``no_grad``.
 
-    Kept out of the LightningModule's submodules on purpose: it is not trained, not saved in
-    the run's checkpoints and not wrapped by DDP/FSDP (every rank holds a full copy). It moves
-    to the batch's device and to the training model's parameter dtype on first use; with a
-    ``*-mixed`` precision the training step's autocast applies to it as to the model.
+    Kept out of the LightningModule's submodules on purpose: it is not trained and not saved
+    in the run's checkpoints. Under FSDP2 the module calls ``shard``, and the reference is laid
+    over the ranks like the trained model, so each rank holds 1/N of it (a 7B reference is
+    14 GB in bf16); otherwise every rank holds a full copy, which moves to the batch's device
+    and to the training model's parameter dtype on first use. With a ``*-mixed`` precision the
+    training step's autocast applies to it as to the model.
     """
 
     def __init__(self, path: str | os.PathLike, vocab_size: int | None, tokenizer: dict | None = None) -> None:
@@ -117,10 +119,19 @@ class Reference:
         self.model = model.eval().requires_grad_(False)
         self.block_size = model.config.block_size
         self.meta = meta or {}
+        self.sharded = False
+
+    def shard(self, mesh, device: torch.device, param_dtype: torch.dtype | None) -> None:
+        """Shard with FSDP2 over ``mesh`` as ``app.parallel.parallelize`` shards the trained
+        model: per block, gathered in ``param_dtype`` for each forward and freed after it."""
+        from app.parallel import Parallelism, parallelize
+
+        parallelize(self.model.to(device), Parallelism(), mesh, param_dtype)
+        self.sharded = True
 
     def losses(self, input_ids: torch.Tensor, targets: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         param = next(self.model.parameters())
-        if param.device != input_ids.device or (dtype is not None and param.dtype != dtype):
+        if not self.sharded and (param.device != input_ids.device or (dtype is not None and param.dtype != dtype)):
             self.model.to(device=input_ids.device, dtype=dtype or param.dtype)
         return reference_losses(self.model, input_ids, targets)
 

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
-from app.checkpoint import load_model
+from app.checkpoint import load_model, save_model
 from app.errors import SproutError
 from app.loss import chunked_token_losses
 from app.model import Llama, LlamaConfig
@@ -37,7 +37,7 @@ def _batches(world):
     return torch.randint(0, CONFIG.vocab_size, (world, 2, 16), generator=g), torch.randint(0, CONFIG.vocab_size, (world, 2, 16), generator=g)
 
 
-def _sharded_worker(rank, world, init_file):
+def _sharded_worker(rank, world, init_file, reference_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         # full sharding; hybrid as on one node of 2 ranks, and as on 2 nodes of 1 rank (replicate x shard)
@@ -46,8 +46,23 @@ def _sharded_worker(rank, world, init_file):
             mesh = data_parallel_mesh(strategy, sharding)
             assert mesh.shape == shape
             _check_sharded_gradients(rank, world, mesh)
+        _check_sharded_reference(rank, reference_file, data_parallel_mesh(strategy, "full"))
     finally:
         dist.destroy_process_group()
+
+
+def _check_sharded_reference(rank, reference_file, mesh):
+    """A sharded Rho-1 reference keeps half the weights per rank and scores as the full copy."""
+    from app.reference import Reference
+
+    full, sharded = Reference(reference_file, CONFIG.vocab_size), Reference(reference_file, CONFIG.vocab_size)
+    sharded.shard(mesh, torch.device("cpu"), None)
+    local = sum(p.to_local().numel() for p in sharded.model.parameters())
+    assert local <= sum(p.numel() for p in full.model.parameters()) // 2 + 64  # + uneven rows of the last shard
+    x, y = _batches(2)
+    with torch.no_grad():
+        for _ in range(2):  # the second call finds the root's parameters still gathered
+            torch.testing.assert_close(sharded.losses(x[rank], y[rank]), full.losses(x[rank], y[rank]))
 
 
 def _check_sharded_gradients(rank, world, mesh):
@@ -82,8 +97,11 @@ def _check_sharded_gradients(rank, world, mesh):
 
 def test_fsdp2_gradients_equal_one_process(tmp_path):
     """Sharded parameters (full and hybrid), the registered ``hidden_states`` forward and the
-    chunked loss on the gathered head give the single-process gradients and grad norm."""
-    mp.spawn(_sharded_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+    chunked loss on the gathered head give the single-process gradients and grad norm; a
+    sharded reference model gives the full copy's losses."""
+    torch.manual_seed(5)
+    save_model(Llama(CONFIG), tmp_path / "reference.ckpt")
+    mp.spawn(_sharded_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "reference.ckpt")), nprocs=2, join=True)
 
 
 def test_activation_checkpointing_keeps_names_and_gradients():
@@ -184,6 +202,20 @@ def test_fsdp2_run_checkpoints_resumes_and_consolidates(tmp_path, tiny_data):
     assert meta["model_config"]["vocab_size"] == 384
     for name, tensor in sharded.state_dict().items():
         assert torch.equal(single.state_dict()[name], tensor), name
+
+    # the consolidated model as the online Rho-1 reference of a new sharded run (sharded too)
+    recipe = yaml.safe_load(_recipe(tmp_path, tiny_data, strategy, 2).read_text())
+    recipe["model"].update(selector={"class_path": "rho1", "init_args": {"k": 50}}, reference=str(out))
+    recipe["checkpoint"]["dirpath"] = str(tmp_path / "ckpt_rho1")
+    (tmp_path / "rho1.yaml").write_text(yaml.safe_dump(recipe))
+    _fit(tmp_path / "rho1.yaml")
+    selected = _metrics(tmp_path, 2)
+    assert sorted(selected) == [0, 1] and all(0.4 < float(row["select/fraction"]) <= 0.6 for row in selected.values())
+
+    shard = last / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])  # the model tensors come first; cut into them
+    with pytest.raises(SproutError, match=rf"Cannot read distributed checkpoint {last} \(EOFError.*\)\. A shard is missing or truncated; use an earlier checkpoint\.$"):
+        load_model(last)
 
 
 def test_ddp_run_with_checkpointed_blocks(tmp_path, tiny_data):
