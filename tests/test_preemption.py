@@ -24,9 +24,9 @@ def uninterrupted(tiny_data, tmp_path_factory) -> Path:
     return root / "runs" / "tiny" / "version_0"
 
 
-def interrupt(config: Path, sig: signal.Signals, at: int, cwd: Path) -> tuple[int, str]:
+def interrupt(config: Path, sig: signal.Signals, at: int, cwd: Path, **env: str) -> tuple[int, str]:
     """Run ``sprout fit`` in a real process, send ``sig`` where it pauses; (exit status, stderr)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]), **env}
     proc = subprocess.Popen([sys.executable, "-m", "app", "fit", "--config", str(config)], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:
@@ -59,3 +59,26 @@ def test_signal_saves_last_checkpoint_and_exits_cleanly(sig, during, at, tiny_da
     # validations after the restart agree; one cut short by the signal is not run again
     val, want = scalars(tmp_path / "runs" / "tiny" / "version_0", "val/loss"), scalars(uninterrupted, "val/loss")
     assert val == {s: v for s, v in want.items() if during == "training" or s != at - 1}
+
+
+@pytest.mark.parametrize("sig, works", [(signal.SIGUSR1, True), (signal.SIGUSR1, False), (signal.SIGTERM, True)])
+def test_slurm_time_limit_warning_requeues_the_job(sig, works, tiny_data, tmp_path):
+    """In a SLURM batch job SIGUSR1 saves, then requeues the job (``scontrol`` faked here); a
+    failed requeue says how to do it by hand; SIGTERM (cancel, preemption) never requeues."""
+    calls = tmp_path / "scontrol.calls"
+    fake = tmp_path / "bin" / "scontrol"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n' + ("" if works else 'echo "Job is not requeueable" >&2\nexit 1\n'))
+    fake.chmod(0o755)
+    pause = {"class_path": "tiny_run.PauseAt", "init_args": {"step": 2, "during": "training"}}
+    config = recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", STEPS, trainer={"callbacks": [pause]})
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train.sh", "SLURM_ARRAY_JOB_ID": "4240", "SLURM_ARRAY_TASK_ID": "2"}
+    code, err = interrupt(config, sig, 2, tmp_path, PATH=f"{fake.parent}{os.pathsep}{os.environ['PATH']}", **slurm)
+    assert code == 128 + sig.value, err[-3000:]
+    if sig == signal.SIGTERM:
+        assert not calls.exists() and "Resume with the same command and --ckpt_path last." in err
+    elif works:
+        assert calls.read_text() == "requeue 4240_2\n"  # an array task is requeued by its own id
+        assert "Requeued SLURM job 4240_2; the job script's --ckpt_path last resumes from here." in err
+    else:
+        assert "Requeueing SLURM job 4240_2 failed (Job is not requeueable); requeue it with `scontrol requeue 4240_2`" in err

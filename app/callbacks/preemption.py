@@ -16,12 +16,18 @@ SIGTERM during validation stops it after the current batch (Lightning's behaviou
 grace period goes to saving): the training state is saved and that validation is lost.
 The process then exits with status 128 + the signal number, the shell's convention for
 "ended by this signal", so a job script can tell a preempted run from a finished one.
+
+In a SLURM batch job, SIGUSR1 (the time-limit warning the job script asked for) also requeues
+the job, as Lightning's own handler would: rank 0 runs ``scontrol requeue`` once the checkpoint
+is saved, and the requeued job's ``--ckpt_path last`` continues from it. SIGTERM does not
+requeue: it is a cancel or a preemption, which SLURM's own preemption mode requeues or not.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from typing import Any
 
@@ -100,6 +106,30 @@ class Preemption(Checkpoint):
         else:
             what = "no training step finished since the start, so there was nothing new to save"
         if trainer.is_global_zero:
-            print(f"sprout: received {sig.name} during {during}; {what}. Resume with the same command and --ckpt_path last.", file=sys.stderr, flush=True)
+            job = slurm_batch_job() if sig == signal.SIGUSR1 else None
+            then = _requeue(job) if job else "Resume with the same command and --ckpt_path last."
+            print(f"sprout: received {sig.name} during {during}; {what}. {then}", file=sys.stderr, flush=True)
         return 128 + sig.value
+
+
+def slurm_batch_job() -> str | None:
+    """The id ``scontrol requeue`` takes for this SLURM batch job (an array task's own id), or
+    None outside SLURM and in an interactive allocation (``salloc`` / ``srun --pty bash``)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job is None or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return None
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else job
+
+
+def _requeue(job: str) -> str:
+    """Requeue the SLURM job; what the user should know about it."""
+    try:
+        run = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+        problem = (run.stderr.strip() or f"exit status {run.returncode}") if run.returncode else None
+    except (OSError, subprocess.TimeoutExpired) as error:
+        problem = str(error)
+    if problem:
+        return f"Requeueing SLURM job {job} failed ({problem}); requeue it with `scontrol requeue {job}` or resubmit the job script, which resumes with --ckpt_path last."
+    return f"Requeued SLURM job {job}; the job script's --ckpt_path last resumes from here."
 
