@@ -162,6 +162,22 @@ def test_policy_bad_init_args(kwargs, message):
         BiMixMixture(**kwargs)
 
 
+def test_a_weight_far_outside_the_proxies_shares_is_flagged(tmp_path, capsys):
+    """Proxies that barely vary a domain's share cannot pin its alpha; an optimum that starves
+    the domain is then an extrapolation, said on screen and in the fit file."""
+    laws = {**TRUE, "math": BiMixLaw(A=1.0, B=5.0, C=2.0, alpha=0.0, beta=0.4)}  # as fitted when math's share hardly moved
+    mixes = [{"code": c, "text": 0.75 - c - m, "math": 0.25 + m} for c, m in ((0.2, -0.02), (0.35, 0.0), (0.5, 0.03))]
+    runs = [write_run(tmp_path / f"r{i}", mix, laws=laws, seed=i) for i, mix in enumerate(mixes)]
+    out = tmp_path / "fit.json"
+    mixture = fit_bimix(runs, target_steps=1000, out=str(out), holdout="none")
+    assert mixture["math"] < 0.125
+    flagged = json.loads(out.read_text())["extrapolated"]
+    assert list(flagged) == ["math"] and "shares 0.230-0.280" in flagged["math"] and "--r_min" in flagged["math"]
+    assert "warning: math: weight" in capsys.readouterr().out
+    fit_bimix(runs, target_steps=1000, out=str(out), holdout="none", r_min=0.2)  # bounded: nothing to flag
+    assert json.loads(out.read_text())["extrapolated"] == {}
+
+
 def test_too_few_mixtures_is_refused(tmp_path):
     runs = [write_run(tmp_path / f"r{i}", {"code": 0.3, "text": 0.7}, seed=i) for i in range(3)]
     with pytest.raises(SproutError, match="1 distinct mixture"):
