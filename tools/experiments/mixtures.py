@@ -2,8 +2,8 @@
 
 Four domains (books, Shakespeare, GSM8K math, and the Python standard library as code) are
 prepared with ``app/data/prepare.py``. Short proxy runs train with the ``uniform``,
-``natural`` and ``entropy`` mixtures; ``tools/fit_bimix.py`` fits the BiMix law on their
-validation curves and solves it for the final run length. Then every policy trains for the
+``natural`` and ``entropy`` mixtures and two ``SPREAD`` mixtures; ``tools/fit_bimix.py`` fits
+the BiMix law on their validation curves and solves it for the final run length. Then every policy trains for the
 same number of steps: the three proxy mixtures, ``bimix`` (the fitted law) and ``doremi``
 (online, against the finished ``uniform`` run as its reference model). The table holds the
 mean and per-domain validation loss at the end of each final run; the PNG their curves.
@@ -26,6 +26,14 @@ from tools.experiments import common
 
 STATIC = ("uniform", "natural", "entropy")
 POLICIES = (*STATIC, "bimix", "doremi")
+# Proxies only the fit sees. Uniform, natural and entropy alone give math 23-28% of the tokens,
+# too narrow a range to pin how its loss depends on its share: its fitted alpha came out 2e-11,
+# and BiMix then gave math nothing (math loss 6.6 against 4.1). These spread every share over
+# a factor of 5 or more.
+SPREAD = {
+    "spread-a": {"books": 0.10, "code": 0.55, "math": 0.05, "shakespeare": 0.30},
+    "spread-b": {"books": 0.30, "code": 0.05, "math": 0.55, "shakespeare": 0.10},
+}
 
 
 def recipe(run_dir: Path, data_dir: Path, mixture: dict, steps: int, args: dict, reference: Path | None = None) -> dict:
@@ -102,8 +110,8 @@ def mixtures(
         work_dir: where data, runs, the BiMix fit and the report go.
         corpus: the shared corpus folder (books/, shakespeare/, math/).
         steps: optimizer steps of every final run (BiMix's target step count).
-        proxy_steps: steps of the uniform/natural/entropy proxy runs the law is fitted on;
-            equal to ``steps``, the proxies double as those policies' final runs.
+        proxy_steps: steps of the proxy runs the law is fitted on (the three static mixtures and
+            ``SPREAD``); equal to ``steps``, the proxies double as those policies' final runs.
         val_every: steps between validations (the law needs 3 or more per proxy run).
         arch: model configuration from ``app.model.CONFIGS``.
         vocab_size: BPE vocabulary trained on the corpus (also the model's).
@@ -126,10 +134,11 @@ def mixtures(
         raise SproutError(f"--proxy_steps {proxy_steps} with --val_every {val_every} gives fewer than 3 validations per proxy run; the BiMix fit needs 3. Lower --val_every.")
     work = Path(work_dir).expanduser().resolve()
     data_dir, fit_file = work / "data", work / "bimix_fit.json"
-    proxies = {name: work / "proxy" / name for name in STATIC}
+    proxies = {name: work / "proxy" / name for name in (*STATIC, *SPREAD)}
     finals = {name: (proxies[name] if proxy_steps == steps else work / "final" / name) for name in STATIC}
     finals.update({name: work / "final" / name for name in ("bimix", "doremi")})
     mixture = {name: {"class_path": name} for name in STATIC}
+    mixture.update({name: {"class_path": "fixed", "init_args": {"weights": weights}} for name, weights in SPREAD.items()})
     mixture["bimix"] = {"class_path": "bimix", "init_args": {"fit_file": str(fit_file), "target_steps": steps, "r_min": r_min}}
     mixture["doremi"] = {"class_path": "doremi", "init_args": {"update_every": doremi_update_every, "eta": doremi_eta}}
     runs = {*proxies.values(), *finals.values()}
