@@ -157,15 +157,50 @@ def optimal_mixture(laws: Mapping[str, BiMixLaw], steps: float, r_min: float = 0
     return {k: float(v) for k, v in zip(names, r)}
 
 
-def read_fit(path: str | Path) -> dict[str, BiMixLaw]:
-    """Laws from a JSON file written by ``tools/fit_bimix.py``."""
-    path = Path(path)
+EXTRAPOLATION = 2.0  # a weight this factor outside the shares the proxies gave a domain is far from the fit
+
+
+def extrapolated(mixture: Mapping[str, float], laws: Mapping[str, BiMixLaw], shares: Mapping[str, tuple[float, float]]) -> dict[str, str]:
+    """Domains whose weight lies far outside the (smallest, largest) share the proxy runs gave
+    them, with why to distrust it. A law's ``alpha`` is pinned down only over the shares it saw:
+    proxies whose shares of a domain barely differ leave ``alpha`` near 0 ("its loss does not
+    depend on its share"), and the optimum then starves that domain."""
+    found = {}
+    for domain, weight in mixture.items():
+        if domain not in shares:
+            continue
+        lo, hi = shares[domain]
+        if weight < lo / EXTRAPOLATION or weight > hi * EXTRAPOLATION:
+            found[domain] = (
+                f"weight {weight:.4f} is far outside the shares {lo:.3f}-{hi:.3f} the proxy runs gave it (alpha {laws[domain].alpha:.3g}); "
+                f"the law was not fitted there. Add a proxy run with a {'smaller' if weight < lo else 'larger'} share of {domain!r}, or bound the weights with r_min/r_max"
+            )
+    return found
+
+
+def _read_fit_file(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise SproutError(f"BiMix fit_file {path} does not exist. Write it with `python tools/fit_bimix.py RUN_DIR ... --out {path}`.") from None
     except (OSError, json.JSONDecodeError) as err:
         raise SproutError(f"BiMix fit_file {path} is not readable JSON ({err}). Re-create it with tools/fit_bimix.py --out {path}.") from None
+    return data
+
+
+def fitted_shares(path: str | Path) -> dict[str, tuple[float, float]]:
+    """The (smallest, largest) share of each domain over the proxy runs a fit file was made
+    from (its ``runs``); empty for a file that does not record them."""
+    data = _read_fit_file(Path(path))
+    runs = [run.get("weights", {}) for run in data.get("runs") or [] if isinstance(run, dict)]
+    domains = set().union(*runs) if runs else set()
+    return {d: (min(run.get(d, 0.0) for run in runs), max(run.get(d, 0.0) for run in runs)) for d in domains}
+
+
+def read_fit(path: str | Path) -> dict[str, BiMixLaw]:
+    """Laws from a JSON file written by ``tools/fit_bimix.py``."""
+    path = Path(path)
+    data = _read_fit_file(path)
     domains = data.get("domains") if isinstance(data, dict) else None
     if not isinstance(domains, dict) or not domains:
         raise SproutError(f"BiMix fit_file {path} has no 'domains' mapping of per-domain coefficients. Re-create it with tools/fit_bimix.py --out {path}.")

@@ -172,8 +172,12 @@ def test_a_weight_far_outside_the_proxies_shares_is_flagged(tmp_path, capsys):
     mixture = fit_bimix(runs, target_steps=1000, out=str(out), holdout="none")
     assert mixture["math"] < 0.125
     flagged = json.loads(out.read_text())["extrapolated"]
-    assert list(flagged) == ["math"] and "shares 0.230-0.280" in flagged["math"] and "--r_min" in flagged["math"]
+    assert list(flagged) == ["math"] and "shares 0.230-0.280" in flagged["math"] and "r_min" in flagged["math"]
     assert "warning: math: weight" in capsys.readouterr().out
+    policy = BiMixMixture(target_steps=1000, fit_file=str(out))  # training from that fit says so too
+    stats = {name: DomainStats(name=name, tokens=1000) for name in laws}
+    with pytest.warns(UserWarning, match="bimix mixture, domain 'math': weight .* far outside the shares 0.230-0.280"):
+        policy.weights(0, stats)
     fit_bimix(runs, target_steps=1000, out=str(out), holdout="none", r_min=0.2)  # bounded: nothing to flag
     assert json.loads(out.read_text())["extrapolated"] == {}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from jsonargparse import ArgumentParser
 
-from app.bimix import BiMixLaw, fit_law, mean_relative_error, optimal_mixture, r_squared, write_fit
+from app.bimix import BiMixLaw, extrapolated, fit_law, mean_relative_error, optimal_mixture, r_squared, write_fit
 from app.errors import SproutError
 from tools.cli import user_errors
 
@@ -136,26 +136,6 @@ def goodness(laws: dict[str, BiMixLaw], runs: list[Run]) -> dict:
     return {"r2": r_squared(observed, predicted), "mean_relative_error": mean_relative_error(observed, predicted), "per_domain": per_domain}
 
 
-EXTRAPOLATION = 2.0  # a weight this factor outside the shares the proxies gave a domain is far from the fit
-
-
-def extrapolated(mixture: dict[str, float], laws: dict[str, BiMixLaw], runs: list[Run]) -> dict[str, str]:
-    """Domains whose recommended weight lies far outside the shares the proxy runs gave them,
-    with the reason to distrust it. The law's ``alpha`` is only pinned down over the shares it
-    saw: proxies whose shares of a domain barely differ leave ``alpha`` near 0 ("its loss does
-    not depend on its share"), and the optimum then starves that domain."""
-    found = {}
-    for domain, weight in mixture.items():
-        seen = [run.weights[domain] for run in runs]
-        lo, hi = min(seen), max(seen)
-        if weight < lo / EXTRAPOLATION or weight > hi * EXTRAPOLATION:
-            found[domain] = (
-                f"weight {weight:.4f} is far outside the shares {lo:.3f}-{hi:.3f} the proxy runs gave it (alpha {laws[domain].alpha:.3g}); "
-                f"the law was not fitted there. Add a proxy run with a {'smaller' if weight < lo else 'larger'} share of {domain!r}, or bound it with --r_min/--r_max"
-            )
-    return found
-
-
 def check_runs(runs: list[Run]) -> None:
     if len(runs) < 2:
         raise SproutError(f"Got {len(runs)} proxy run dir(s); the law needs at least 2 runs with different mixtures (3 or more to also check the fit on a held-out run).")
@@ -267,7 +247,7 @@ def main(
     for domain, weight in mixture.items():
         print(f"  {domain:<20} {weight:.4f}  predicted loss {float(laws[domain].loss(weight, target_steps)):.4f}")
 
-    warnings = extrapolated(mixture, laws, runs)
+    warnings = extrapolated(mixture, laws, {d: (min(run.weights[d] for run in runs), max(run.weights[d] for run in runs)) for d in laws})
     for domain, why in warnings.items():
         print(f"warning: {domain}: {why}.")
 

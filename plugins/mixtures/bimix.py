@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from app.bimix import BiMixLaw, optimal_mixture, read_fit
+from app.bimix import BiMixLaw, extrapolated, fitted_shares, optimal_mixture, read_fit
 from app.errors import SproutError
 from app.protocols import DomainStats, MixturePolicy
 
@@ -43,6 +43,7 @@ class BiMixMixture(MixturePolicy):
         self.target_steps = target_steps
         self.mixture = optimal_mixture(self.laws, target_steps, r_min=r_min, r_max=r_max)
         self.predicted = {name: float(law.loss(self.mixture[name], target_steps)) for name, law in self.laws.items()}
+        self.warnings = extrapolated(self.mixture, self.laws, fitted_shares(fit_file)) if fit_file is not None else {}
         self._announced = False
 
     def weights(self, step: int, domains: Mapping[str, DomainStats], feedback: Mapping[str, float] | None = None) -> dict[str, float]:
@@ -54,6 +55,8 @@ class BiMixMixture(MixturePolicy):
         if not self._announced:
             lines = "\n".join(f"  {name:<20} weight={self.mixture[name]:.4f}  predicted val loss={self.predicted[name]:.4f}" for name in domains)
             rank_zero_info(f"bimix mixture at {self.target_steps} steps ({self.source}):\n{lines}")
+            for name, why in self.warnings.items():
+                rank_zero_warn(f"bimix mixture, domain {name!r}: {why}.")
             self._announced = True
         return {name: self.mixture[name] for name in domains}
 
