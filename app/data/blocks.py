@@ -29,12 +29,17 @@ def open_blocks(split_dir: str | Path, block_size: int) -> StreamingDataset:
     return StreamingDataset(str(split_dir), item_loader=TokensLoader(block_size=block_size), shuffle=False)
 
 
-def count_blocks(split_dir: str | Path, block_size: int) -> int:
-    """Blocks in a split as ``TokensLoader`` lays them out: each chunk holds ``dim // block_size``
-    (a block never straddles two chunks). Not ``len(StreamingDataset)``: under DDP that is one
-    rank's share, while indexing stays global, so it would hide the other ranks' blocks."""
+def _chunk_blocks(split_dir: str | Path, block_size: int) -> list[tuple[str, int]]:
+    """(file name, blocks) per chunk as ``TokensLoader`` lays them out: each chunk holds
+    ``dim // block_size`` blocks (a block never straddles two chunks)."""
     chunks = json.loads((Path(split_dir) / "index.json").read_text())["chunks"]
-    return sum(chunk["dim"] // block_size for chunk in chunks)
+    return [(chunk["filename"], chunk["dim"] // block_size) for chunk in chunks]
+
+
+def count_blocks(split_dir: str | Path, block_size: int) -> int:
+    """Blocks in a split. Not ``len(StreamingDataset)``: under DDP that is one rank's share,
+    while indexing stays global, so it would hide the other ranks' blocks."""
+    return sum(n for _, n in _chunk_blocks(split_dir, block_size))
 
 
 def shard_vocab_size(split_dir: str | Path) -> int:
@@ -47,10 +52,10 @@ def shard_vocab_size(split_dir: str | Path) -> int:
 
 
 def chunk_file(split_dir: str | Path, block_size: int, block: int) -> Path:
-    """The chunk file that holds ``block``, in the layout ``count_blocks`` describes."""
-    chunks = json.loads((Path(split_dir) / "index.json").read_text())["chunks"]
-    ends = np.cumsum([chunk["dim"] // block_size for chunk in chunks])
-    return Path(split_dir) / chunks[int(np.searchsorted(ends, block, side="right"))]["filename"]
+    """The chunk file that holds ``block``."""
+    chunks = _chunk_blocks(split_dir, block_size)
+    ends = np.cumsum([n for _, n in chunks])
+    return Path(split_dir) / chunks[int(np.searchsorted(ends, block, side="right"))][0]
 
 
 def checked_tokens(tokens, split_dir: str | Path, block_size: int, block: int, vocab_size: int) -> torch.Tensor:
