@@ -188,13 +188,17 @@ def _read_fit_file(path: Path) -> dict:
     return data
 
 
+def share_ranges(mixtures: list[Mapping[str, float]]) -> dict[str, tuple[float, float]]:
+    """The (smallest, largest) weight each domain has over ``mixtures`` (0 where one omits it)."""
+    domains = set().union(*mixtures) if mixtures else set()
+    return {d: (min(m.get(d, 0.0) for m in mixtures), max(m.get(d, 0.0) for m in mixtures)) for d in domains}
+
+
 def fitted_shares(path: str | Path) -> dict[str, tuple[float, float]]:
-    """The (smallest, largest) share of each domain over the proxy runs a fit file was made
-    from (its ``runs``); empty for a file that does not record them."""
+    """``share_ranges`` of the proxy runs a fit file was made from (its ``runs``); empty for a
+    file that does not record them."""
     data = _read_fit_file(Path(path))
-    runs = [run.get("weights", {}) for run in data.get("runs") or [] if isinstance(run, dict)]
-    domains = set().union(*runs) if runs else set()
-    return {d: (min(run.get(d, 0.0) for run in runs), max(run.get(d, 0.0) for run in runs)) for d in domains}
+    return share_ranges([run.get("weights", {}) for run in data.get("runs") or [] if isinstance(run, dict)])
 
 
 def read_fit(path: str | Path) -> dict[str, BiMixLaw]:

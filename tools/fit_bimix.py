@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from jsonargparse import ArgumentParser
 
-from app.bimix import BiMixLaw, extrapolated, fit_law, mean_relative_error, optimal_mixture, r_squared, write_fit
+from app.bimix import BiMixLaw, extrapolated, fit_law, mean_relative_error, optimal_mixture, r_squared, share_ranges, write_fit
 from app.errors import SproutError
 from tools.cli import user_errors
 
@@ -247,7 +247,7 @@ def main(
     for domain, weight in mixture.items():
         print(f"  {domain:<20} {weight:.4f}  predicted loss {float(laws[domain].loss(weight, target_steps)):.4f}")
 
-    warnings = extrapolated(mixture, laws, {d: (min(run.weights[d] for run in runs), max(run.weights[d] for run in runs)) for d in laws})
+    warnings = extrapolated(mixture, laws, share_ranges([run.weights for run in runs]))
     for domain, why in warnings.items():
         print(f"warning: {domain}: {why}.")
 
