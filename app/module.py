@@ -68,6 +68,7 @@ class SproutModule(L.LightningModule):
         self.parallel = parallel or Parallelism()
         self.init_from = init_from
         self.reference: Reference | None = None
+        self._mesh = None  # FSDP2's device mesh, made once: every model (and the reference) shards over it
         self.model: nn.Module | None = None
         self._val_sums: dict[int, torch.Tensor] = {}
 
@@ -96,11 +97,16 @@ class SproutModule(L.LightningModule):
             return parallelize(Llama(config), self.parallel)
         with torch.device("meta"):
             model = Llama(config)
-        mesh = data_parallel_mesh(strategy, self.parallel.sharding)
-        parallelize(model, self.parallel, mesh, compute_dtype(self.trainer.precision))
+        parallelize(model, self.parallel, self._data_parallel_mesh(strategy), compute_dtype(self.trainer.precision))
         model.to_empty(device=strategy.root_device)
         model.init_weights()
         return model
+
+    def _data_parallel_mesh(self, strategy: ModelParallelStrategy):
+        """One mesh for the run: a hybrid mesh makes new process groups each time it is built."""
+        if self._mesh is None:
+            self._mesh = data_parallel_mesh(strategy, self.parallel.sharding)
+        return self._mesh
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -132,7 +138,7 @@ class SproutModule(L.LightningModule):
             self.reference = Reference(self.reference_path, self.config.vocab_size, getattr(dm, "tokenizer_identity", None))
             strategy = self.trainer.strategy
             if isinstance(strategy, ModelParallelStrategy):
-                self.reference.shard(data_parallel_mesh(strategy, self.parallel.sharding), strategy.root_device, compute_dtype(self.trainer.precision))
+                self.reference.shard(self._data_parallel_mesh(strategy), strategy.root_device, compute_dtype(self.trainer.precision))
             if dm is not None and dm.seq_len > self.reference.block_size:
                 raise SproutError(f"data.seq_len={dm.seq_len} is longer than the context block_size={self.reference.block_size} of the reference model {self.reference_path}. Lower data.seq_len or use a reference trained for longer sequences.")
         elif self.selector.needs_reference or getattr(getattr(dm, "mixture", None), "needs_reference", False):
