@@ -48,6 +48,9 @@ class RecipeParser(LightningArgumentParser):
         raise ParseFailure(message, ex, getattr(ex, "subcommand_parser", None) or self)
 
 
+WORKER_TRACEBACK = re.compile(r"Caught SproutError in DataLoader worker process \d+\.\nOriginal Traceback .*\n(?:[\w.]+\.)?SproutError: (.*?)\n?", re.S)
+
+
 def sprout_error_in(err: BaseException | None) -> SproutError | None:
     """The ``SproutError`` a plugin or loader raised, wherever jsonargparse wrapped it, and with
     its own message when a DataLoader worker raised it (torch re-raises it in the main process
@@ -60,9 +63,6 @@ def sprout_error_in(err: BaseException | None) -> SproutError | None:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
-
-
-WORKER_TRACEBACK = re.compile(r"Caught SproutError in DataLoader worker process \d+\.\nOriginal Traceback .*\n(?:[\w.]+\.)?SproutError: (.*?)\n?", re.S)
 
 
 def _config_files(args: list[str]) -> list[Path]:
