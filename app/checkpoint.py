@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from app.errors import SproutError
+from app.files import replacing
 from app.hf import read_hf
 from app.model import Llama, LlamaConfig
 from app.model.attention import flash_available
@@ -95,16 +96,15 @@ def build_model(config: LlamaConfig, state_dict: dict[str, torch.Tensor], source
 
 
 def save_model(model: Llama, path: str | os.PathLike, meta: dict | None = None) -> Path:
-    """Write ``model`` as a Sprout checkpoint ``load_model`` reads (atomically: temp file + rename)."""
+    """Write ``model`` as a Sprout checkpoint ``load_model`` reads (atomically, ``app.files.replacing``)."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {
         "state_dict": {PREFIX + k: v for k, v in model.state_dict().items()},
         "sprout": {**(meta or {}), "model_config": model.config.to_dict()},
     }
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        torch.save(checkpoint, tmp)
     return path
 
 

@@ -1,9 +1,9 @@
 """Writing checkpoints so that a crash never leaves one that looks valid, and finding the last one.
 
 A week-long run is killed at random moments, sometimes in the middle of a save, and disks
-fill up. ``AtomicCheckpointIO`` writes every checkpoint (periodic, last, preemption) to a
-hidden temporary file in the same folder, flushes it to disk, then renames it over the
-target: a reader sees the old file or the complete new one, never half of one. A failed
+fill up. ``AtomicCheckpointIO`` writes every checkpoint (periodic, last, preemption) through
+``app.files.replacing``: a hidden temporary file in the same folder, flushed to disk, then
+renamed over the target, so a reader sees the old file or the complete new one, never half of one. A failed
 write (disk full) removes the temporary file and says what to do. ``SproutCheckpoint`` makes
 sure the final step of a run is in ``last.ckpt``.
 
@@ -33,39 +33,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from app.errors import SproutError
+from app.files import remove_stale_temporaries, replacing
 
 _LAST = re.compile(rf"^{ModelCheckpoint.CHECKPOINT_NAME_LAST}(-v\d+)?{re.escape(ModelCheckpoint.FILE_EXTENSION)}$")
-
-
-def _temporary(path: Path) -> Path:
-    # Hidden and without the .ckpt suffix: no checkpoint search ever picks it up.
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporary files of processes killed mid-save (they can be as large as a checkpoint)."""
-    for tmp in folder.glob(".*.tmp-*"):
-        pid = tmp.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
 
 
 def _os_error(err: BaseException | None) -> OSError | None:
@@ -84,17 +54,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         path = Path(path)
-        tmp = _temporary(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as f:
+            with replacing(path, durable=True) as tmp, open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
         except BaseException as err:
-            tmp.unlink(missing_ok=True)
             cause = _os_error(err)
             if cause is None:
                 raise
@@ -106,7 +70,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"Could not write checkpoint {path}: {cause.strerror or cause}. Nothing was written there, and the checkpoints already in "
                 f"{path.parent} are intact. {fix}, then resume with --ckpt_path last."
             ) from None
-        _remove_stale_temporaries(path.parent)
+        remove_stale_temporaries(path.parent)  # they can be as large as a checkpoint
 
     def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         check_checkpoint(path)

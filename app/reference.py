@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from app.errors import SproutError
+from app.files import write_json
 from app.loss import chunked_token_losses
 
 FORMAT = "sprout-ref-scores/1"
@@ -156,9 +157,7 @@ def read_scores_meta(folder: Path) -> dict[str, Any] | None:
 
 def write_scores_meta(folder: Path, meta: dict[str, Any]) -> None:
     """Atomically, so an interrupted scorer never leaves a half-written record."""
-    tmp = folder / f"{META_FILE}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, folder / META_FILE)
+    write_json(folder / META_FILE, meta)
 
 
 def check_scores(scores_dir: str | os.PathLike, domain: str, split_dir: str | os.PathLike, tokenizer: dict, block_size: int, n_blocks: int) -> dict[str, Any]:

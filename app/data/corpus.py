@@ -20,6 +20,7 @@ from pathlib import Path
 
 from app.data.prepare import contiguous_runs
 from app.data.tokenizer import Tokenizer
+from app.files import write_json
 
 CORPUS_VERSION = 1
 DEFAULT_MAX_BYTES = 8 * 2**20  # per domain
@@ -146,9 +147,7 @@ def build_default_corpus(out_dir: str | os.PathLike, *, max_bytes: int = DEFAULT
             old.unlink()
         built[name] = _write_shards(out_dir / name, name, docs, shards)
         domains[name] = {"files": [p.relative_to(out_dir).as_posix() for p in built[name]], "documents": len(docs), "chars": sum(len(t) for _, t in docs)}
-    tmp = manifest_path.with_name(MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"settings": settings, "domains": domains}, indent=1))
-    os.replace(tmp, manifest_path)
+    write_json(manifest_path, {"settings": settings, "domains": domains})
     return built
 
 

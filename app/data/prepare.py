@@ -59,6 +59,7 @@ from app.data.readers import SLIMPAJAMA_DOMAIN_FIELD, BadRecord, detect_format, 
 from app.data.stats import PairCounter, count_codes, count_unigrams, entropies, pair_codes
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
+from app.files import process_gone, replacing, write_json
 
 SHARD_FORMAT = "sprout-shards/1"
 META = "meta.json"
@@ -221,16 +222,6 @@ def _worker_init(progress_queue) -> None:
     for fd in _staging_locks:  # a forked worker shares the parent's lock: drop it, so only the parent's life holds it
         os.close(fd)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the pool is the parallelism
-
-
-def _gone(pid: int) -> bool:
-    if os.name != "posix":
-        return False  # os.kill(pid, 0) would terminate the process on Windows
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def _worker_tokenizer(path: str) -> Tokenizer:
@@ -477,9 +468,8 @@ def _place_tokenizer(tok: Tokenizer, out_root: Path, overwrite: bool) -> None:
             return
         if not overwrite:
             raise SproutError(f"{dest} is another tokenizer than {tok.path}. Choose another output folder, or pass --overwrite to replace it.")
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.copyfile(tok.path, tmp)
-    os.replace(tmp, dest)
+    with replacing(dest) as tmp:
+        shutil.copyfile(tok.path, tmp)
 
 
 def contiguous_runs(sizes: list[int], n: int) -> list[int]:
@@ -611,7 +601,7 @@ def _run_tasks(tasks: list[_Task], tok: Tokenizer, num_workers: int, progress: b
                     results.append(r.get())  # re-raises a worker's error here
                     running.remove(r)
                 # multiprocessing.Pool silently replaces a killed worker, and its task never ends
-                dead = [pid for pid in workers if _gone(pid)]
+                dead = [pid for pid in workers if process_gone(pid)]
                 if dead and running:
                     raise SproutError(f"A preparation worker process (pid {dead[0]}) died, most likely killed by the system for lack of memory. Re-run with fewer --num_workers.")
             while not progress_queue.empty():
@@ -637,13 +627,7 @@ def _merge_split(parts_dir: Path, out_dir: Path) -> None:
                 os.replace(task_dir / chunk["filename"], out_dir / name)
                 chunks.append({**chunk, "filename": name})
     if chunks:
-        _write_json(out_dir / "index.json", {"chunks": chunks, "config": config, "updated_at": str(time.time())})
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=False))
-    os.replace(tmp, path)
+        write_json(out_dir / "index.json", {"chunks": chunks, "config": config, "updated_at": str(time.time())})
 
 
 def _finish_domain(name: str, parts: list[_Part], out_root: Path, staging: Path, tok: Tokenizer, chunk_tokens: int, meta_extra: dict) -> dict:
@@ -697,7 +681,7 @@ def _finish_domain(name: str, parts: list[_Part], out_root: Path, staging: Path,
         "skipped": {"count": skipped, "examples": examples[:MAX_EXAMPLES]},
         **meta_extra,
     }
-    _write_json(domain_dir / META, meta)
+    write_json(domain_dir / META, meta)
     return {"meta": meta, "seconds": seconds}
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from app.errors import SproutError
+from app.files import replacing
 
 EOS_TOKEN = "<|endoftext|>"
 # End-of-text spellings of common tokenizer.json files, tried in this order.
@@ -99,9 +100,8 @@ class Tokenizer:
         backend.train_from_iterator(texts, trainer=trainer)
         out_path = Path(out_path).expanduser()
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_path.with_name(out_path.name + f".tmp{os.getpid()}")
-        backend.save(str(tmp))
-        os.replace(tmp, out_path)
+        with replacing(out_path) as tmp:
+            backend.save(str(tmp))
         return cls.load(out_path)
 
     @property
