@@ -43,9 +43,9 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.tensor import DTensor
 
 from app.callbacks.monitor import ThroughputMonitor
-from app.checkpoint import PREFIX, build_model, load_model
+from app.checkpoint import PREFIX, load_model
 from app.errors import SproutError
-from app.model import CONFIGS, Llama, LlamaConfig, param_count
+from app.model import CONFIGS, Llama, LlamaConfig, build_model, param_count
 from app.protocols import GrowthOperator
 
 # What ``target_arch`` takes from its table entry; the rest (vocabulary, context, numerics)

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from app.checkpoint import build_model
 from app.errors import SproutError
-from app.model import Llama, LlamaConfig
+from app.model import Llama, LlamaConfig, build_model
 
 DEPTH_FIELDS = ("n_layer",)
 WIDTH_FIELDS = ("n_embd", "n_head", "n_kv_head", "intermediate_size")

@@ -22,9 +22,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from app.checkpoint import build_model
 from app.errors import SproutError
-from app.model import Llama, LlamaConfig
+from app.model import Llama, LlamaConfig, build_model
 from app.model.llama import rope_tables
 from app.protocols import GrowthOperator
 from plugins.growth.common import DEPTH_FIELDS, WIDTH_FIELDS, check_shapes, layer_map, width_maps
