@@ -22,7 +22,8 @@ from app.callbacks.growth import Growth
 from app.callbacks.nan_guard import NaNGuard
 from app.callbacks.preemption import Preemption
 from app.callbacks.rng import TrainingRNG
-from app.checkpointing import AtomicCheckpointIO, SproutCheckpoint, check_checkpoint, continue_last_run
+from app.checkpoint.resume import checkpoint_to_resume, continue_last_run
+from app.checkpoint.run import RETENTION, AtomicCheckpointIO, SproutCheckpoint, check_checkpoint
 from app.data.datamodule import SproutDataModule
 from app.errors import SproutError
 from app.module import SproutModule
@@ -44,16 +45,9 @@ class SproutCLI(LightningCLI):
         parser.add_lightning_class_args(ThroughputMonitor, "monitor")
         parser.add_lightning_class_args(SproutCheckpoint, "checkpoint")
         parser.add_lightning_class_args(Growth, "growth")  # inert unless growth.operator is set
-        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "step{step:06d}", "checkpoint.auto_insert_metric_name": False})
-        # Retention: `checkpoint:` keeps the newest save_top_k by step (plus last.ckpt),
-        # `best_checkpoint:` the best by mean validation loss; `nan_guard:` skips non-finite steps.
-        parser.set_defaults({"checkpoint.monitor": "step", "checkpoint.mode": "max", "checkpoint.save_top_k": 3})
         parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
-        parser.set_defaults({
-            "best_checkpoint.monitor": "val/loss", "best_checkpoint.mode": "min", "best_checkpoint.save_top_k": 1,
-            "best_checkpoint.filename": "best-step{step:06d}-val{val/loss:.4f}", "best_checkpoint.auto_insert_metric_name": False,
-        })
-        parser.add_lightning_class_args(NaNGuard, "nan_guard")
+        parser.set_defaults(RETENTION)  # which checkpoints each of the two keeps
+        parser.add_lightning_class_args(NaNGuard, "nan_guard")  # skips non-finite steps
 
     def parse_arguments(self, parser, args) -> None:
         try:
@@ -77,11 +71,7 @@ class SproutCLI(LightningCLI):
     def before_fit(self) -> None:
         # A checkpoint written after growth holds the grown model: build that shape from the start
         # (ModelParallelStrategy loads weights into what configure_model built; see Growth.resume_from).
-        config = self.config["fit"]
-        path = config.get("ckpt_path")
-        if path == "last" and config.get("checkpoint.dirpath"):
-            path = str(Path(config["checkpoint.dirpath"]) / "last.ckpt")
-        if path and Path(path).exists():
+        if (path := checkpoint_to_resume(self.config["fit"])) is not None:
             self.config_init["fit"]["growth"].resume_from(path)
 
     def after_fit(self) -> None:

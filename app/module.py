@@ -17,7 +17,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from app import registry
-from app.checkpoint import load_model
+from app.callbacks.growth import Growth
+from app.checkpoint.weights import load_model
 from app.errors import SproutError
 from app.loss import IGNORE_INDEX, chunked_token_losses
 from app.model import Llama, LlamaConfig
@@ -257,8 +258,7 @@ class SproutModule(L.LightningModule):
         if saved is None:
             return
         config = LlamaConfig.from_dict({**saved, "attention": self.config.attention, "init_std": self.config.init_std})
-        grown = (checkpoint.get("callbacks", {}).get("Growth") or {}).get("grown_at") is not None
-        if config != self.config and not grown:
+        if config != self.config and not Growth.grown_in(checkpoint):
             differ = ", ".join(f"{k} {v} (recipe: {getattr(self.config, k)})" for k, v in config.to_dict().items() if v != getattr(self.config, k))
             path = getattr(self._trainer, "ckpt_path", None) or "to resume from"
             raise SproutError(

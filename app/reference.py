@@ -96,7 +96,7 @@ class Reference:
     def __init__(self, path: str | os.PathLike, vocab_size: int | None, tokenizer: dict | None = None) -> None:
         """``vocab_size``: the trained model's, which the reference must share (``None``: only
         check that the reference covers ``tokenizer``'s vocabulary, as the offline scorer does)."""
-        from app.checkpoint import load_model
+        from app.checkpoint.weights import load_model
 
         self.path = Path(path).expanduser()
         model, meta = load_model(self.path)

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-import app.checkpointing
-from app.checkpointing import AtomicCheckpointIO
+import app.checkpoint.run
+from app.checkpoint.run import AtomicCheckpointIO
 from tiny_run import recipe, scalars, sprout
 
 # A process that saves one checkpoint, then starts a second and is stuck half way through writing it.
 KILLED_MID_SAVE = """
 import sys, time, torch
-from app.checkpointing import AtomicCheckpointIO
+from app.checkpoint.run import AtomicCheckpointIO
 io = AtomicCheckpointIO()
 io.save_checkpoint({"step": 1, "weights": torch.ones(1000)}, sys.argv[1])
 real_save = torch.save
@@ -77,7 +77,7 @@ def test_disk_full_while_saving_is_a_clear_error_and_leaves_the_earlier_checkpoi
             return builtins.open(path, mode, *args, **kwargs)
         return FullDisk(path, "wb")
 
-    monkeypatch.setattr(app.checkpointing, "open", open_on_filling_disk, raising=False)
+    monkeypatch.setattr(app.checkpoint.run, "open", open_on_filling_disk, raising=False)
     config = recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", 8, checkpoint={"every_n_train_steps": 2})
     code, err = sprout("fit", "--config", str(config))
     folder = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints"

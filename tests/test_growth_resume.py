@@ -5,7 +5,7 @@ at the boundary replays the growth exactly, and a run started from a small check
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from app.checkpoint import load_model, save_model
+from app.checkpoint.weights import load_model, save_model
 from tiny_run import recipe, scalars, sprout
 
 STEPS, GROW_AT = 7, 4

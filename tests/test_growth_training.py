@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from app.callbacks.growth import Growth
-from app.checkpoint import load_model, save_model
+from app.checkpoint.weights import load_model, save_model
 from app.cli import main
 from app.data.datamodule import SproutDataModule
 from app.data.tokenizer import Tokenizer

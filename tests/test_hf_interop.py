@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from app.checkpoint import load_model, save_model
+from app.checkpoint.weights import load_model, save_model
 from app.errors import SproutError
 from app.hf import save_hf
 from app.model import Llama, LlamaConfig

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from app.bimix import BiMixLaw, write_fit
 from app.callbacks import MixtureFeedback
-from app.checkpoint import save_model
+from app.checkpoint.weights import save_model
 from app.cli import RECIPE_MODE, SproutCLI
 from app.data.datamodule import SproutDataModule
 from app.data.tokenizer import Tokenizer

@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
-from app.checkpoint import load_model, save_model
+from app.checkpoint.weights import load_model, save_model
 from app.errors import SproutError
 from app.loss import chunked_token_losses
 from app.model import Llama, LlamaConfig

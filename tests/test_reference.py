@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.checkpoint import save_model
+from app.checkpoint.weights import save_model
 from app.data.blocks import DomainBlocks, open_blocks
 from app.data.datamodule import SproutDataModule
 from app.data.prepare import Source, prepare
@@ -166,7 +166,7 @@ checkpoint: {{dirpath: {tmp_path / 'ckpt'}}}
 
 
 def test_init_from_starts_from_the_checkpoint_and_checks_its_shape(world):
-    from app.checkpoint import load_model
+    from app.checkpoint.weights import load_model
     from app.module import SproutModule
 
     module = SproutModule(arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": 64}, init_from=str(world["ref"]))

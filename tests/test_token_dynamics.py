@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.checkpoint import save_model
+from app.checkpoint.weights import save_model
 from app.errors import SproutError
 from app.model import Llama, LlamaConfig
 from conftest import TINY_VOCAB

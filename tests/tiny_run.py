@@ -20,7 +20,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from app.callbacks.preemption import Preemption
-from app.checkpoint import save_model
+from app.checkpoint.weights import save_model
 from app.cli import main
 from app.data.tokenizer import Tokenizer
 from app.model import Llama, LlamaConfig

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 
-from app.checkpoint import load_model
+from app.checkpoint.weights import load_model
 from app.errors import SproutError
 from app.hf import DTYPES, save_hf
 from tools.cli import run_tool

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from app.checkpoint import load_model
+from app.checkpoint.weights import load_model
 from app.data.blocks import SequentialBlocks
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError

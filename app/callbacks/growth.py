@@ -24,7 +24,7 @@ optimizer is set up. Checkpoints always hold a plain Llama (``GrowthOperator.exp
 Sharded runs: a model sharded by FSDP2 is gathered into full tensors on every rank, grown
 there, and ``replace_model`` shards the grown model again (rank 0's tensors are broadcast,
 so random initialisations agree). ``source`` starts stage 2 from any small checkpoint
-``app.checkpoint.load_model`` reads (single-device ``.ckpt``, DDP, sharded FSDP folders); the
+``app.checkpoint.weights.load_model`` reads (single-device ``.ckpt``, DDP, sharded FSDP folders); the
 tokens and FLOPs that checkpoint's ``ThroughputMonitor`` counted are added to this run's, so
 ``perf/tokens_seen`` and ``perf/flops_seen`` include the small stage as in a one-run growth.
 """
@@ -43,7 +43,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from torch.distributed.tensor import DTensor
 
 from app.callbacks.monitor import ThroughputMonitor
-from app.checkpoint import PREFIX, load_model
+from app.checkpoint.resume import callback_state, stored_entries
+from app.checkpoint.weights import PREFIX, load_model
 from app.errors import SproutError
 from app.model import CONFIGS, Llama, LlamaConfig, build_model, param_count
 from app.protocols import GrowthOperator
@@ -51,7 +52,6 @@ from app.protocols import GrowthOperator
 # What ``target_arch`` takes from its table entry; the rest (vocabulary, context, numerics)
 # stays the trained model's.
 SHAPE_FIELDS = ("n_layer", "n_embd", "n_head", "n_kv_head", "intermediate_size")
-
 
 class Growth(L.Callback):
     """Grow the model once during training (recipe section ``growth:``; inert without an operator).
@@ -140,9 +140,9 @@ class Growth(L.Callback):
         module in its grown shape from the start. Needed under ``ModelParallelStrategy``, which
         loads the weights into the model ``configure_model`` built, before any module hook could
         reshape it (the CLI calls this; elsewhere ``SproutModule.on_load_checkpoint`` reshapes)."""
-        sprout, state = stored_growth(path)
-        if sprout and state and state.get("grown_at") is not None:
-            self._resumed_config = LlamaConfig.from_dict(sprout["model_config"])
+        stored = stored_entries(path)
+        if stored.get("sprout") and self.grown_in(stored):
+            self._resumed_config = LlamaConfig.from_dict(stored["sprout"]["model_config"])
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Check the recipe before any training: options, the grown shape, the operator's limits."""
@@ -202,6 +202,12 @@ class Growth(L.Callback):
         self.operator.load_state_dict(state["operator"])
         pl_module.model = self.operator.restore(pl_module.model)
 
+    @classmethod
+    def grown_in(cls, checkpoint: dict[str, Any]) -> bool:
+        """Whether ``checkpoint`` was written after growth (so it may hold another shape than the recipe's)."""
+        state = callback_state(checkpoint, cls.__qualname__)
+        return bool(state) and state.get("grown_at") is not None
+
     def state_dict(self) -> dict[str, Any]:
         operator = self.operator.state_dict() if self.operator is not None and self.grown_at is not None else {}
         return {"grown_at": self.grown_at, "tokens_seen": self.tokens_seen, "seed": self.seed, "operator": operator}
@@ -254,7 +260,7 @@ class Growth(L.Callback):
         monitor = next((cb for cb in trainer.callbacks if isinstance(cb, ThroughputMonitor)), None)
         if monitor is None:
             return ""
-        counted = stored_callbacks(self.source).get(monitor.state_key)
+        counted = callback_state(stored_entries(self.source), monitor.state_key)
         if not counted:
             return f" {self.source} records no tokens or FLOPs (not written by `sprout fit`), so perf/tokens_seen and perf/flops_seen count this run only."
         tokens, flops = int(counted["tokens_seen"]), float(counted["flops_seen"])
@@ -287,27 +293,6 @@ class Growth(L.Callback):
         rank_zero_info(text)
         if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
             trainer.logger.experiment.add_text("growth", text, step)
-
-
-def _stored_meta(path: str | Path) -> dict:
-    """A Lightning checkpoint's entries (a file, or a distributed-checkpoint folder's ``meta.pt``)
-    without reading its tensors; empty for a folder without ``meta.pt`` (a Hugging Face model)."""
-    path = Path(path)
-    file = path / "meta.pt" if path.is_dir() else path
-    if not file.is_file():
-        return {}
-    return torch.load(file, map_location="cpu", weights_only=True, mmap=not path.is_dir())
-
-
-def stored_growth(path: str | Path) -> tuple[dict | None, dict | None]:
-    """The ``sprout`` metadata and the ``Growth`` state of a Lightning checkpoint."""
-    meta = _stored_meta(path)
-    return meta.get("sprout"), meta.get("callbacks", {}).get(Growth.__qualname__)
-
-
-def stored_callbacks(path: str | Path) -> dict[str, Any]:
-    """The callbacks' states a checkpoint holds, by state key (none in a ``save_model`` file)."""
-    return _stored_meta(path).get("callbacks", {})
 
 
 def _full_model(model: torch.nn.Module) -> Llama:

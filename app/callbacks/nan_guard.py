@@ -22,7 +22,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from app.checkpointing import checkpoint_dir
+from app.checkpoint.run import checkpoint_dir
 from app.errors import SproutError
 from app.parallel import total_norm
 

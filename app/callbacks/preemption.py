@@ -35,7 +35,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from app.checkpointing import checkpoint_dir
+from app.checkpoint.run import checkpoint_dir
 
 
 class Preemption(Checkpoint):

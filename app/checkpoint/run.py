@@ -1,26 +1,18 @@
-"""Writing checkpoints so that a crash never leaves one that looks valid, and finding the last one.
+"""The run's checkpoint files: written so that a crash never leaves one that looks valid, newest N kept.
 
 A week-long run is killed at random moments, sometimes in the middle of a save, and disks
 fill up. ``AtomicCheckpointIO`` writes every checkpoint (periodic, last, preemption) through
 ``app.files.replacing``: a hidden temporary file in the same folder, flushed to disk, then
 renamed over the target, so a reader sees the old file or the complete new one, never half of one. A failed
 write (disk full) removes the temporary file and says what to do. ``SproutCheckpoint`` makes
-sure the final step of a run is in ``last.ckpt``.
-
-``--ckpt_path last`` must mean "the newest last checkpoint of this recipe's runs", but
-Lightning looks only in the checkpoint folder of the *new* logger version, which is empty,
-and then silently starts from scratch. ``continue_last_run`` finds the newest ``last.ckpt``
-under the logger's folder instead and, with TensorBoard, continues in that run's version
-folder (its checkpoints, its retention, one curve). The same command line serves the first
-launch and every restart.
+sure the final step of a run is in ``last.ckpt``. ``RETENTION`` is what the recipe's
+``checkpoint:`` and ``best_checkpoint:`` sections keep unless they say otherwise.
 """
 
 from __future__ import annotations
 
 import errno
-import importlib
 import os
-import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -30,12 +22,25 @@ from fsspec.implementations.local import LocalFileSystem
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from app.errors import SproutError
 from app.files import remove_stale_temporaries, replacing
 
-_LAST = re.compile(rf"^{ModelCheckpoint.CHECKPOINT_NAME_LAST}(-v\d+)?{re.escape(ModelCheckpoint.FILE_EXTENSION)}$")
+# Defaults of the recipe sections `checkpoint:` (SproutCheckpoint: every save as step<N>.ckpt, the
+# newest save_top_k kept, plus last.ckpt) and `best_checkpoint:` (the best by mean validation loss).
+RETENTION = {
+    "checkpoint.save_last": True,
+    "checkpoint.filename": "step{step:06d}",
+    "checkpoint.auto_insert_metric_name": False,
+    "checkpoint.monitor": "step",
+    "checkpoint.mode": "max",
+    "checkpoint.save_top_k": 3,
+    "best_checkpoint.monitor": "val/loss",
+    "best_checkpoint.mode": "min",
+    "best_checkpoint.save_top_k": 1,
+    "best_checkpoint.filename": "best-step{step:06d}-val{val/loss:.4f}",
+    "best_checkpoint.auto_insert_metric_name": False,
+}
 
 
 def _os_error(err: BaseException | None) -> OSError | None:
@@ -114,35 +119,3 @@ def checkpoint_dir(trainer: Any) -> str:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath:
             return callback.dirpath
     return os.path.join(trainer.default_root_dir, "checkpoints")
-
-
-def find_last_checkpoint(root: str | os.PathLike) -> Path | None:
-    """The newest ``last*.ckpt`` in ``<root>/*/checkpoints`` (one folder per logger version)."""
-    candidates = [p for p in Path(root).glob("*/checkpoints/*.ckpt") if _LAST.match(p.name)]
-    return max(candidates, key=lambda p: p.stat().st_mtime, default=None)
-
-
-def continue_last_run(config: Any) -> Path | None:
-    """For ``ckpt_path: last``, resume from the newest last checkpoint of the recipe's logger folder.
-
-    ``config`` is the parsed ``fit`` namespace; its ``ckpt_path`` becomes that file. With
-    TensorBoard (which appends to a run's folder) the logger also gets that run's version,
-    so the run continues in its own folder; other loggers (CSV rewrites its file) start a
-    new version. Does nothing when ``checkpoint.dirpath`` is fixed (Lightning finds the file
-    there itself), when the logger has no ``save_dir``/``name``, or when nothing is found
-    (then Lightning warns and starts from scratch, so one command serves the first launch too).
-    """
-    if config.get("ckpt_path") != "last" or config.get("checkpoint.dirpath"):
-        return None
-    logger = config.get("trainer.logger")
-    args = getattr(logger, "init_args", None)
-    if args is None or not {"save_dir", "name", "version"} <= set(vars(args)) or args.version is not None:
-        return None
-    last = find_last_checkpoint(Path(args.save_dir or ".") / (args.name or ""))
-    if last is None:
-        return None
-    config.ckpt_path = str(last)
-    module, _, name = logger.class_path.rpartition(".")
-    if issubclass(getattr(importlib.import_module(module), name), TensorBoardLogger):
-        args.version = last.parent.parent.name
-    return last
