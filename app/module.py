@@ -19,12 +19,13 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 from app import registry
 from app.callbacks.growth import Growth
 from app.checkpoint.weights import load_model
+from app.data.scores import describe, path_sha256
 from app.errors import SproutError
 from app.loss import IGNORE_INDEX, chunked_token_losses
 from app.model import Llama, LlamaConfig
 from app.parallel import Parallelism, compute_dtype, data_parallel_mesh, fused_optimizer_kwargs, parallelize, total_norm
-from app.protocols import TokenSelector
-from app.reference import Reference, describe, path_sha256
+from app.protocols import TokenSelector, TrainableModel
+from app.reference import Reference
 from app.schedule import WarmupCosine
 
 
@@ -70,7 +71,7 @@ class SproutModule(L.LightningModule):
         self.init_from = init_from
         self.reference: Reference | None = None
         self._mesh = None  # FSDP2's device mesh, made once: every model (and the reference) shards over it
-        self.model: nn.Module | None = None
+        self.model: TrainableModel | None = None  # a Llama, or a growth operator's stand-in while it trains one
         self._val_sums: dict[int, torch.Tensor] = {}
 
     def configure_model(self) -> None:

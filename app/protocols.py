@@ -1,8 +1,12 @@
-"""The three plugin protocols. A plugin is a small subclass of one of these.
+"""The seams of the application: the three plugin protocols, the model the training step
+trains, and data a recipe builds on first use.
 
+A plugin is a small subclass of ``GrowthOperator``, ``TokenSelector`` or ``MixturePolicy``.
 They are abstract base classes rather than ``typing.Protocol`` so that recipes can
 select them with jsonargparse's ``class_path``/``init_args`` and so that the module's
 type hints (``selector: TokenSelector``) validate a recipe before anything runs.
+``TrainableModel`` is a ``typing.Protocol``: ``app.model.Llama`` has that shape, and a growth
+operator's stand-in (G_learn's ``LigoModel``) only needs to have it too.
 """
 
 from __future__ import annotations
@@ -10,10 +14,37 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
+
+
+class OutputHead(Protocol):
+    weight: torch.Tensor  # [vocab_size, n_embd]
+
+
+class TrainableModel(Protocol):
+    """What the training step (``app.module``), the reference scorer and growth need of a model.
+
+    The module computes the loss from ``hidden_states`` and ``output.weight`` in chunks (the
+    batch's logits never exist at once), reads the shape from ``config`` (an
+    ``app.model.LlamaConfig``), and calls the model for logits.
+    """
+
+    config: Any
+
+    @property
+    def output(self) -> OutputHead: ...
+
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The final normalised hidden states ``[B, T, n_embd]``."""
+        ...
+
+    def __call__(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, T, vocab_size]``."""
+        ...
 
 
 class GrowthOperator(ABC):
@@ -32,7 +63,7 @@ class GrowthOperator(ABC):
 
     @abstractmethod
     def grow(self, model: nn.Module, target: Any) -> nn.Module:
-        """Return a model shaped by ``target`` (an ``app.model.LlamaConfig``)."""
+        """Return a model shaped by ``target`` (an ``app.model.LlamaConfig``); a ``TrainableModel``."""
 
     def check(self, source: Any, target: Any) -> None:
         """Raise ``SproutError`` if ``grow`` cannot turn a ``source``-shaped model into ``target``
@@ -124,6 +155,18 @@ class MixturePolicy(ABC):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pass
+
+
+class Preparation(ABC):
+    """Builds a prepared ``data_dir`` (domains + tokenizer) if it is not there yet, so a run
+    needs no separate preparation step (recipe option ``data.prepare``).
+
+    ``run`` is called on the main process before training; it must be idempotent, so a
+    second run reuses what the first one wrote.
+    """
+
+    @abstractmethod
+    def run(self, data_dir: Path, tokenizer_path: Path) -> None: ...
 
 
 KINDS: dict[str, type] = {

@@ -95,7 +95,7 @@ def test_default_tokenizer_and_preparation(small_corpus, tmp_path):
 
 
 def test_contiguous_runs_leave_no_shard_empty():
-    from app.data.prepare import contiguous_runs
+    from app.data.prepare.sources import contiguous_runs
 
     assert contiguous_runs([1, 1, 100, 1, 1, 1], 4) == [0, 0, 0, 1, 2, 3]  # after the big one no shard is skipped
     assert contiguous_runs([5, 5, 5, 5], 2) == [0, 0, 1, 1]

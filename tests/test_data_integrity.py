@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import app.data.prepare as prep
 from app.data.blocks import DomainBlocks, SequentialBlocks
 from app.data.datamodule import SproutDataModule
-from app.data.prepare import Source, prepare
+from app.data.prepare import Source, merge, prepare, worker
+from app.data.prepare.staging import staging_folder
 from app.errors import SproutError
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -26,14 +26,13 @@ OPTIONS = {"val_fraction": 0.2, "num_workers": 1, "chunk_tokens": 4096, "progres
 # first chunk written triggers `{action}`.
 CHILD = """
 import json, os, signal, sys
-import app.data.prepare as prep
-from app.data.prepare import Source, prepare
+from app.data.prepare import Source, prepare, worker
 paths, domains, tokenizer, out, options = json.loads(sys.argv[1])
-real = prep._SplitWriter._emit
-def emit(self, tokens):
+real = worker.SplitWriter.write_chunk
+def write_chunk(self, tokens):
     real(self, tokens)
     {action}
-prep._SplitWriter._emit = emit
+worker.SplitWriter.write_chunk = write_chunk
 prepare([Source(p, format="text", domain=d) for p, d in zip(paths, domains)], tokenizer, out, **options)
 """
 
@@ -86,8 +85,7 @@ def test_a_killed_preparation_leaves_staging_that_the_next_one_removes(tiny_data
 # alive without writing (as workers busy with large files would), until the test kills them.
 ORPHANS = """
 import json, os, signal, sys, time
-import app.data.prepare as prep
-from app.data.prepare import Source, prepare
+from app.data.prepare import Source, prepare, worker
 paths, domains, tokenizer, out, options = json.loads(sys.argv[1])
 main = os.getpid()
 def run_task(task, tok, report):
@@ -97,7 +95,7 @@ def run_task(task, tok, report):
     except FileExistsError:
         pass
     time.sleep(120)
-prep._run_task = run_task
+worker.run_task = run_task
 prepare([Source(p, format="text", domain=d) for p, d in zip(paths, domains)], tokenizer, out, **options)
 """
 
@@ -128,10 +126,9 @@ def test_ctrl_c_during_a_worker_pool_removes_the_staging_folder(tiny_data, unint
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
-@pytest.mark.parametrize("where", ["_SplitWriter._emit", "_merge_split"])
+@pytest.mark.parametrize("where", [(worker.SplitWriter, "write_chunk"), (merge, "merge_split")], ids=["write_chunk", "merge_split"])
 def test_an_interrupted_preparation_removes_its_staging_folder(error, where, tiny_data, uninterrupted, tmp_path, monkeypatch):
-    owner, _, name = where.rpartition(".")
-    target = getattr(prep, owner) if owner else prep
+    target, name = where
     real, calls = getattr(target, name), [0]
 
     def failing(*args, **kwargs):
@@ -162,7 +159,7 @@ def test_only_stale_sprout_staging_folders_are_removed(tiny_data, tmp_path):
         d.mkdir()
     (out / ".staging-file1234").write_text("a file, not a folder")
     (out / ".staging-link1234").symlink_to(elsewhere)
-    with prep._staging_folder(out) as running:  # a preparation into the same folder, still running
+    with staging_folder(out) as running:  # a preparation into the same folder, still running
         (running / "chunk.bin").write_bytes(b"in use")
         prepare(sources(), tiny_data / "tokenizer.json", out, **OPTIONS)
         assert (running / "chunk.bin").read_bytes() == b"in use" and Path(f"{running}.lock").is_file()

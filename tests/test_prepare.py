@@ -82,11 +82,11 @@ def documents(tokens: np.ndarray, eos: int) -> list[np.ndarray]:
 
 
 def expected_texts(sources: list[Source], domain: str) -> list[str]:
-    from app.data.prepare import _resolve
+    from app.data.prepare.sources import resolve
 
     texts = []
     for source in sources:
-        for f in _resolve(source):
+        for f in resolve(source):
             for d in read_documents(f.path, f.read_format, text_fields=list(f.text_fields or []) or None,
                                     domain_field="meta.redpajama_set_name" if f.record_domains else None):
                 natural = {"RedPajamaC4": "c4", "RedPajamaArXiv": "arxiv", "RedPajamaGithub": "github"}.get(d.domain)
@@ -367,16 +367,16 @@ def test_shared_corpus_four_domains(tmp_path):
 def test_a_killed_worker_fails_the_run_instead_of_hanging(tmp_path, corpus, tok, monkeypatch):
     import signal
 
-    import app.data.prepare as prepare_module
+    from app.data.prepare import worker
 
-    real = prepare_module._run_task
+    real = worker.run_task
 
     def killed_on_second_task(task, tokenizer, report):
         if task.task_id == 1:
             os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
         return real(task, tokenizer, report)
 
-    monkeypatch.setattr(prepare_module, "_run_task", killed_on_second_task)  # forked workers inherit it
+    monkeypatch.setattr(worker, "run_task", killed_on_second_task)  # forked workers inherit it
     with pytest.raises(SproutError, match="died"):
         prepare([Source([str(corpus["books"])], domain="books")], tok, tmp_path / "out", num_workers=2, progress=False)
     assert not (tmp_path / "out" / "books" / "meta.json").exists() and not list((tmp_path / "out").glob(".staging*"))

@@ -22,11 +22,12 @@ OPTIONS = {"val_fraction": 0.2, "num_workers": 1, "chunk_tokens": 4096, "progres
 # The same preparation in a child process that SIGKILLs itself right after the n-th call of a function.
 KILL_AT = """
 import json, os, signal, sys
-import app.data.prepare as prep
+import importlib
 from app.data.prepare import Source, prepare
 paths, domains, tokenizer, out, options = json.loads(sys.argv[1])
-owner, _, name = "{where}".rpartition(".")
-target = getattr(prep, owner) if owner else prep
+module, owner, name = "{where}".split(":")
+target = importlib.import_module(module)
+target = getattr(target, owner) if owner else target
 real, calls = getattr(target, name), [0]
 def killing(*args, **kwargs):
     result = real(*args, **kwargs)
@@ -74,7 +75,7 @@ def uninterrupted(tiny_data, tmp_path_factory) -> dict:
     return found
 
 
-@pytest.mark.parametrize("where, calls", [("_SplitWriter._emit", 5), ("_merge_split", 3)])
+@pytest.mark.parametrize("where, calls", [("app.data.prepare.worker:SplitWriter:write_chunk", 5), ("app.data.prepare.merge::merge_split", 3)])
 def test_killed_preparation_restarted_writes_the_same_shards(where, calls, tiny_data, uninterrupted, tmp_path):
     out = tmp_path / "data"
     child = KILL_AT.format(where=where, calls=calls)

@@ -17,7 +17,8 @@ from app.data.prepare import Source, prepare
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.model import Llama, LlamaConfig
-from app.reference import Reference, scores_folder
+from app.data.scores import scores_folder
+from app.reference import Reference
 from plugins.selectors.rho1 import Rho1
 from tools.score_reference import score_reference
 

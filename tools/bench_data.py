@@ -33,7 +33,9 @@ import torch
 
 from app.data.corpus import build_default_corpus
 from app.data.datamodule import SproutDataModule
-from app.data.prepare import _BATCH_CHARS, Source, _resolve, prepare
+from app.data.prepare import Source, prepare
+from app.data.prepare.sources import resolve
+from app.data.prepare.worker import BATCH_CHARS
 from app.data.readers import SLIMPAJAMA_DOMAIN_FIELD, Document, read_documents
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
@@ -59,7 +61,7 @@ def _documents(sources: list[Source]) -> list[str]:
     """The documents ``prepare`` will see, read the same way."""
     texts = []
     for source in sources:
-        for f in _resolve(source):
+        for f in resolve(source):
             for item in read_documents(f.path, f.read_format, text_fields=list(f.text_fields) if f.text_fields else None,
                                        domain_field=SLIMPAJAMA_DOMAIN_FIELD if f.record_domains else None, max_doc_chars=f.max_doc_chars):
                 if isinstance(item, Document):
@@ -89,7 +91,7 @@ def bench_prepare(setup: Setup) -> list[tuple]:
     for text in texts:  # the batch size preparation uses
         batch.append(text)
         size += len(text)
-        if size >= _BATCH_CHARS:
+        if size >= BATCH_CHARS:
             batches.append(batch)
             batch, size = [], 0
     batches.append(batch)

@@ -24,12 +24,9 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from app.data.blocks import SequentialBlocks
-from app.data.datamodule import read_meta
-from app.errors import SproutError
-from app.reference import (
+from app.data.scores import (
     FORMAT,
     SCORES_FILE,
-    Reference,
     describe,
     read_scores_meta,
     reference_identity,
@@ -37,6 +34,9 @@ from app.reference import (
     shards_sha256,
     write_scores_meta,
 )
+from app.data.shards import META_FILE, prepared_domains, read_meta
+from app.errors import SproutError
+from app.reference import Reference
 from tools.cli import run_tool
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
@@ -143,9 +143,9 @@ def score_reference(
     data_root = Path(data_dir).expanduser()
     if not data_root.is_dir():
         raise SproutError(f"--data_dir {data_root} does not exist; pass the folder tools/prepare_data.py wrote.")
-    domains = domains or sorted(p.name for p in data_root.iterdir() if (p / "meta.json").is_file())
+    domains = domains or prepared_domains(data_root)
     if not domains:
-        raise SproutError(f"No prepared domains (folders with meta.json) in --data_dir {data_root}.")
+        raise SproutError(f"No prepared domains (folders with {META_FILE}) in --data_dir {data_root}.")
     splits = splits or ["train"]
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     tokenizers = {d: read_meta(data_root / d)["tokenizer"] for d in domains}

@@ -1,6 +1,6 @@
 """Data: tokenizers, preparation of raw corpora into per-domain shards, and their streaming.
 
-``prepare`` is not re-exported here: the name would hide the ``app.data.prepare`` module.
+``prepare`` is not re-exported here: the name would hide the ``app.data.prepare`` package.
 Use ``from app.data.prepare import prepare``.
 """
 

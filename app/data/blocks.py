@@ -21,8 +21,9 @@ import torch
 from litdata import StreamingDataset, TokensLoader
 from torch.utils.data import Dataset
 
+from app.data.scores import open_scores
+from app.data.shards import INDEX_FILE, shard_vocab_size
 from app.errors import SproutError
-from app.reference import open_scores
 
 
 def open_blocks(split_dir: str | Path, block_size: int) -> StreamingDataset:
@@ -32,7 +33,7 @@ def open_blocks(split_dir: str | Path, block_size: int) -> StreamingDataset:
 def _chunk_blocks(split_dir: str | Path, block_size: int) -> list[tuple[str, int]]:
     """(file name, blocks) per chunk as ``TokensLoader`` lays them out: each chunk holds
     ``dim // block_size`` blocks (a block never straddles two chunks)."""
-    chunks = json.loads((Path(split_dir) / "index.json").read_text())["chunks"]
+    chunks = json.loads((Path(split_dir) / INDEX_FILE).read_text())["chunks"]
     return [(chunk["filename"], chunk["dim"] // block_size) for chunk in chunks]
 
 
@@ -40,15 +41,6 @@ def count_blocks(split_dir: str | Path, block_size: int) -> int:
     """Blocks in a split. Not ``len(StreamingDataset)``: under DDP that is one rank's share,
     while indexing stays global, so it would hide the other ranks' blocks."""
     return sum(n for _, n in _chunk_blocks(split_dir, block_size))
-
-
-def shard_vocab_size(split_dir: str | Path) -> int:
-    """How many token ids the split's tokenizer has, from its domain's ``meta.json``."""
-    meta = Path(split_dir).parent / "meta.json"
-    try:
-        return int(json.loads(meta.read_text())["tokenizer"]["vocab_size"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SproutError(f"{meta} cannot be read ({type(err).__name__}: {err}), so the shards in {split_dir} cannot be checked. Re-run tools/prepare_data.py for this domain with --overwrite.") from None
 
 
 def chunk_file(split_dir: str | Path, block_size: int, block: int) -> Path:

@@ -18,7 +18,7 @@ import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from app.data.prepare import contiguous_runs
+from app.data.prepare.sources import contiguous_runs
 from app.data.tokenizer import Tokenizer
 from app.files import write_json
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,58 +11,12 @@ from torch.utils.data import DataLoader
 
 from app import registry
 from app.data.blocks import DomainBlocks, SequentialBlocks
-from app.data.preparation import Preparation
 from app.data.sampler import MixtureBatchSampler
+from app.data.scores import check_scores, describe, scores_folder
+from app.data.shards import META_FILE, SPLITS, check_shards, domain_stats, prepared_domains, read_meta
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
-from app.protocols import DomainStats, MixturePolicy
-from app.reference import check_scores, describe, scores_folder
-
-META = "meta.json"
-
-
-def read_meta(domain_dir: Path) -> dict[str, Any]:
-    path = domain_dir / META
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SproutError(f"{path} is missing: {domain_dir} is not a prepared domain (or its preparation did not finish). Run tools/prepare_data.py for it.") from None
-    except json.JSONDecodeError as err:
-        raise SproutError(f"{path} is not valid JSON ({err}); re-run tools/prepare_data.py with --overwrite for this domain.") from None
-
-
-def check_shards(split_dir: Path) -> None:
-    """Every chunk listed in the split's litdata index is there with the size the index says.
-
-    Cheap (one stat per chunk) and catches a half-copied or truncated data folder before
-    litdata would fail in a DataLoader worker with a timeout or an index error.
-    """
-    fix = f"Copy {split_dir.parent} again, or re-run tools/prepare_data.py for this domain with --overwrite."
-    index = split_dir / "index.json"
-    if not split_dir.is_dir():
-        raise SproutError(f"Shard folder {split_dir} is missing, though {split_dir.parent / META} is there. {fix}")
-    try:
-        chunks = json.loads(index.read_text())["chunks"]
-    except FileNotFoundError:
-        raise SproutError(f"{index} is missing, so the shards in {split_dir} cannot be read. {fix}") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise SproutError(f"{index} is corrupt ({type(err).__name__}: {err}). {fix}") from None
-    for chunk in chunks:
-        path = split_dir / chunk["filename"]
-        size = path.stat().st_size if path.is_file() else None
-        if size != chunk["chunk_bytes"]:
-            found = "missing" if size is None else f"{size:,} bytes"
-            raise SproutError(f"Shard {path} is {found}, but {index} says {chunk['chunk_bytes']:,} bytes: it is truncated or corrupt. {fix}")
-
-
-def domain_stats(name: str, meta: dict[str, Any]) -> DomainStats:
-    stats = meta.get("stats", {})
-    entropy = {k: stats[f"{k}_entropy"] for k in ("unigram", "joint", "conditional") if f"{k}_entropy" in stats}
-    if "unigram" in entropy:
-        entropy["shannon"] = entropy.pop("unigram")
-    train = meta["splits"]["train"]
-    return DomainStats(name=name, tokens=int(train["tokens"]), documents=int(train.get("documents", 0)), entropy=entropy)
-
+from app.protocols import DomainStats, MixturePolicy, Preparation
 
 class SproutDataModule(L.LightningDataModule):
     """Streams prepared domains (``<data_dir>/<domain>/{train,val}``) mixed by a policy.
@@ -127,10 +80,10 @@ class SproutDataModule(L.LightningDataModule):
     def _discover_domains(self) -> list[str]:
         if not self.data_dir.is_dir():
             raise SproutError(f"data.data_dir {self.data_dir} does not exist. Prepare data with tools/prepare_data.py --out_dir {self.data_dir}, or fix the path in the recipe.")
-        found = sorted(p.name for p in self.data_dir.iterdir() if (p / META).is_file())
+        found = prepared_domains(self.data_dir)
         if self.requested_domains is None:
             if not found:
-                raise SproutError(f"No prepared domains (folders with {META}) in data.data_dir {self.data_dir}. Run tools/prepare_data.py first.")
+                raise SproutError(f"No prepared domains (folders with {META_FILE}) in data.data_dir {self.data_dir}. Run tools/prepare_data.py first.")
             return found
         missing = [d for d in self.requested_domains if d not in found]
         if missing:
@@ -168,7 +121,7 @@ class SproutDataModule(L.LightningDataModule):
             if meta["splits"]["val"]["tokens"] < self.seq_len + 1:
                 raise SproutError(f"Domain {name!r} in {self.data_dir} has no validation sequence of {self.seq_len + 1} tokens. Re-prepare it with a larger --val_fraction, or lower data.seq_len.")
             self.stats[name] = domain_stats(name, meta)
-            for split in ("train", "val"):
+            for split in SPLITS:
                 check_shards(self.data_dir / name / split)
         self.train_blocks = DomainBlocks([self.data_dir / d / "train" for d in self.domains], self.seq_len + 1)
         self.sizes = self.train_blocks.sizes()

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.data.corpus import DEFAULT_MAX_BYTES, build_default_corpus, train_default_tokenizer
-from app.data.preparation import Preparation
 from app.data.prepare import Source, prepare
+from app.data.shards import is_prepared
 from app.data.tokenizer import Tokenizer
+from app.protocols import Preparation
 
 
 class EmbeddedCorpus(Preparation):
@@ -28,7 +29,7 @@ class EmbeddedCorpus(Preparation):
         self.val_fraction = val_fraction
 
     def run(self, data_dir: Path, tokenizer_path: Path) -> None:
-        if tokenizer_path.is_file() and all((data_dir / d / "meta.json").is_file() for d in ("code", "text")):
+        if tokenizer_path.is_file() and all(is_prepared(data_dir / d) for d in ("code", "text")):
             return
         print(f"Building the embedded quick-start corpus under {data_dir} (first run only)...")
         corpus = build_default_corpus(data_dir / "raw", max_bytes=self.max_bytes)

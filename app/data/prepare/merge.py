@@ -1,0 +1,134 @@
+"""The parent's side of a preparation: which domains are finished already, and merging the
+tasks' chunks and statistics into a finished domain (``meta.json`` written last)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from app.data.prepare.worker import MAX_EXAMPLES, Part, SplitWriter
+from app.data.shards import INDEX_FILE, META_FILE, SHARD_FORMAT, SPLITS, UNIGRAM_FILE
+from app.data.stats import PairCounter, count_codes, count_unigrams, entropies, pair_codes
+from app.data.tokenizer import Tokenizer
+from app.errors import SproutError
+from app.files import replacing, write_json
+
+_PARENT_PART = "99999"  # staging part written by the parent, after the tasks' 00000, 00001, ...
+
+
+def _read_meta(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: treated as unfinished and rebuilt
+
+
+def finished_domains(out_root: Path, tok: Tokenizer) -> dict[str, dict]:
+    """Domains in ``out_root`` whose meta.json matches ``tok``; another tokenizer's is an error."""
+    finished = {}
+    if not out_root.is_dir():
+        return finished
+    for meta_path in sorted(out_root.glob(f"*/{META_FILE}")):
+        meta = _read_meta(meta_path)
+        if meta is None or meta.get("format") != SHARD_FORMAT:
+            continue
+        theirs = meta.get("tokenizer", {})
+        if theirs.get("sha256") == tok.sha256:
+            finished[meta_path.parent.name] = meta
+        else:
+            raise SproutError(
+                f"{meta_path.parent} was prepared with tokenizer {theirs.get('name')} (sha256 {str(theirs.get('sha256'))[:12]}), "
+                f"but this run uses {tok.path} (sha256 {tok.sha256[:12]}). One output folder holds one tokenizer's shards: "
+                "choose another output folder, or pass --overwrite to rebuild the domains this run prepares."
+            )
+    return finished
+
+
+def place_tokenizer(tok: Tokenizer, out_root: Path, overwrite: bool) -> None:
+    """Copy the tokenizer next to the domains, where the data module looks by default."""
+    dest = out_root / ("tokenizer.json" if tok.kind == "hf" else "tokenizer.model")
+    if dest.exists():
+        if dest.resolve() == tok.path.resolve() or hashlib.sha256(dest.read_bytes()).hexdigest() == tok.sha256:
+            return
+        if not overwrite:
+            raise SproutError(f"{dest} is another tokenizer than {tok.path}. Choose another output folder, or pass --overwrite to replace it.")
+    with replacing(dest) as tmp:
+        shutil.copyfile(tok.path, tmp)
+
+
+def merge_split(parts_dir: Path, out_dir: Path) -> None:
+    """Move every task's chunks of one split into ``out_dir`` and write one litdata index."""
+    out_dir.mkdir(parents=True)
+    chunks, config = [], None
+    for task_dir in sorted(parts_dir.iterdir()) if parts_dir.is_dir() else []:
+        for index_file in sorted(task_dir.glob("*.index.json")):
+            index = json.loads(index_file.read_text())
+            config = config or index["config"]
+            for chunk in index["chunks"]:
+                name = f"chunk-{task_dir.name}-{len(chunks):06d}.bin"
+                os.replace(task_dir / chunk["filename"], out_dir / name)
+                chunks.append({**chunk, "filename": name})
+    if chunks:
+        write_json(out_dir / INDEX_FILE, {"chunks": chunks, "config": config, "updated_at": str(time.time())})
+
+
+def finish_domain(name: str, parts: list[Part], out_root: Path, staging: Path, tok: Tokenizer, chunk_tokens: int, meta_extra: dict) -> dict:
+    docs, tokens, files, unigram = Counter(), Counter(), set(), np.zeros(tok.vocab_size, np.int64)
+    pairs = PairCounter(tok.vocab_size)
+    skipped, examples, seconds = 0, [], 0.0
+    for p in parts:
+        docs.update(p.docs)
+        tokens.update(p.tokens)
+        files |= p.files
+        unigram += p.unigram
+        pairs.merge(*p.pairs.result())
+        skipped += p.skipped
+        examples += p.examples
+        seconds += p.seconds
+    # Held-back documents: the smallest-hash one becomes validation if nothing else did.
+    candidates = sorted((p.candidate for p in parts if p.candidate is not None), key=lambda c: c[0])
+    extra = Path(staging) / name
+    if candidates and docs["val"] == 0 and docs["train"] >= 2:
+        _, moved = candidates.pop(0)
+        writer = SplitWriter(extra / "val" / _PARENT_PART, chunk_tokens)
+        writer.add(moved)
+        writer.close()
+        docs["train"] -= 1
+        docs["val"] += 1
+        tokens["train"] -= len(moved)
+        tokens["val"] += len(moved)
+        unigram -= count_unigrams(moved, tok.vocab_size)
+        codes, counts = count_codes(pair_codes(moved, tok.vocab_size))
+        pairs.merge(codes, -counts)
+    if candidates:
+        writer = SplitWriter(extra / "train" / _PARENT_PART, chunk_tokens)
+        for _, doc in candidates:
+            writer.add(doc)
+        writer.close()
+
+    domain_dir = out_root / name
+    (domain_dir / META_FILE).unlink(missing_ok=True)  # first: an interrupted rebuild must not look complete
+    for split in SPLITS:
+        shutil.rmtree(domain_dir / split, ignore_errors=True)
+        merge_split(extra / split, domain_dir / split)
+    np.save(domain_dir / UNIGRAM_FILE, unigram)
+    h = entropies(unigram, pairs.to_sparse())
+    meta = {
+        "format": SHARD_FORMAT,
+        "domain": name,
+        "tokenizer": tok.identity,
+        "splits": {s: {"tokens": int(tokens[s]), "documents": int(docs[s])} for s in SPLITS},
+        "sources": sorted(files),
+        "stats": {"unigram_entropy": h["shannon"], "joint_entropy": h["joint"], "conditional_entropy": h["conditional"], "unigram_counts_file": UNIGRAM_FILE},
+        "skipped": {"count": skipped, "examples": examples[:MAX_EXAMPLES]},
+        **meta_extra,
+    }
+    write_json(domain_dir / META_FILE, meta)
+    return {"meta": meta, "seconds": seconds}
