@@ -150,6 +150,14 @@ class MixturePolicy(ABC):
     ) -> dict[str, float]:
         """Return ``{domain: weight}`` over exactly ``domains``; weights sum to 1."""
 
+    def metrics(self) -> dict[str, float]:
+        """Scalars about the policy after an update, logged under ``mixture/``."""
+        return {}
+
+    def report(self) -> str | None:
+        """A summary printed at the end of training (e.g. DoReMi's averaged weights); ``None``: none."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -79,14 +79,13 @@ class MixtureFeedback(L.Callback):
         self.last_update = step
         for domain, value in feedback.items():
             pl_module.log(f"mixture/feedback/{domain}", value)
-        for name, value in getattr(policy, "metrics", dict)().items():
+        for name, value in policy.metrics().items():
             pl_module.log(f"mixture/{name}", value)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         policy = self._policy(trainer)
-        report = getattr(policy, "report", None)
-        if callable(report):
-            rank_zero_info(report())
+        if (report := policy.report()) is not None:
+            rank_zero_info(report)
 
     def state_dict(self) -> dict[str, Any]:
         return {"sums": None if self.sums is None else self.sums.cpu(), "last_update": self.last_update}
