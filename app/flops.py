@@ -1,11 +1,10 @@
-"""FLOP counting and peak FLOP/s, for MFU and HFU (``app.callbacks.monitor``)."""
+"""FLOP counting for HFU (``app.callbacks.monitor``): the CPU attention kernels ``FlopCounterMode`` does not know."""
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode
 
 # FlopCounterMode knows the CUDA flash-attention kernels but not the CPU one, which takes the
 # same leading arguments: count it with the same formulas.
@@ -15,35 +14,7 @@ flop_counter.flop_registry.setdefault(
     _aten._scaled_dot_product_flash_attention_for_cpu_backward, flop_counter.flop_registry[_aten._scaled_dot_product_flash_attention_backward]
 )
 
-# Dense peak FLOP/s per device (vendor datasheets, SXM parts, no sparsity).
-GPU_PEAKS: dict[str, dict[torch.dtype, float]] = {
-    "A100": {torch.bfloat16: 312e12, torch.float16: 312e12, torch.float32: 156e12},
-    "H100": {torch.bfloat16: 989e12, torch.float16: 989e12, torch.float32: 494e12},
-    "H200": {torch.bfloat16: 989e12, torch.float16: 989e12, torch.float32: 494e12},
-}
 
-
-def gpu_peak(device: torch.device, dtype: torch.dtype) -> float | None:
-    """The datasheet peak of a known GPU, or ``None`` when the GPU is not in the table."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, peaks in GPU_PEAKS.items():
-        if key in name:
-            return peaks.get(dtype)
-    return None
-
-
-def measured_matmul_peak(dtype: torch.dtype = torch.float32, size: int = 1024, seconds: float = 0.5, device: str = "cpu") -> float:
-    """The best dense matmul FLOP/s this device reaches: the practical ceiling for MFU on CPU."""
-    a = torch.randn(size, size, dtype=dtype, device=device)
-    b = torch.randn(size, size, dtype=dtype, device=device)
-    best = 0.0
-    deadline = time.perf_counter() + seconds
-    while True:
-        t0 = time.perf_counter()
-        (a @ b).sum().item()
-        dt = time.perf_counter() - t0
-        best = max(best, 2 * size**3 / dt)
-        if time.perf_counter() > deadline:
-            return best
+def flop_counter_mode() -> FlopCounterMode:
+    """A silent ``FlopCounterMode`` that counts the CPU attention kernels too (registered above)."""
+    return FlopCounterMode(display=False)

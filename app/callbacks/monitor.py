@@ -9,8 +9,9 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from app.flops import gpu_peak, measured_matmul_peak
+from app.flops import flop_counter_mode
 from app.model import flops_per_token
+from app.peaks import gpu_peak, measured_matmul_peak
 
 
 def _param_count(module: torch.nn.Module) -> int:
@@ -67,7 +68,7 @@ class ThroughputMonitor(L.Callback):
         self._batch_model_flops = float(flops_per_token(pl_module.config, input_ids.shape[-1]) * input_ids.numel())
         self._batch_params = _param_count(pl_module)
         if self._batch_params != self._counted_params:
-            self._counter = FlopCounterMode(display=False)
+            self._counter = flop_counter_mode()
             self._counter.__enter__()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
