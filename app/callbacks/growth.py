@@ -46,12 +46,8 @@ from app.callbacks.monitor import ThroughputMonitor
 from app.checkpoint.resume import callback_state, stored_entries
 from app.checkpoint.weights import PREFIX, load_model
 from app.errors import SproutError
-from app.model import CONFIGS, Llama, LlamaConfig, build_model, param_count
+from app.model import CONFIGS, SHAPE_FIELDS, Llama, LlamaConfig, build_model, param_count
 from app.protocols import GrowthOperator
-
-# What ``target_arch`` takes from its table entry; the rest (vocabulary, context, numerics)
-# stays the trained model's.
-SHAPE_FIELDS = ("n_layer", "n_embd", "n_head", "n_kv_head", "intermediate_size")
 
 class Growth(L.Callback):
     """Grow the model once during training (recipe section ``growth:``; inert without an operator).
@@ -108,7 +104,7 @@ class Growth(L.Callback):
         if self.target_arch is not None:
             if self.target_arch not in CONFIGS:
                 raise SproutError(f"growth.target_arch={self.target_arch!r} is not a known shape; use one of {', '.join(CONFIGS)} or set growth.target_overrides.")
-            shape = {k: CONFIGS[self.target_arch][k] for k in SHAPE_FIELDS}
+            shape = {k: CONFIGS[self.target_arch][k] for k in SHAPE_FIELDS}  # the rest stays the trained model's
         try:
             return source.replace(**{**shape, **self.target_overrides})
         except SproutError as err:

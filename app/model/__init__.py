@@ -1,7 +1,7 @@
 """Plain-PyTorch Llama: config table, model, attention backends, and building one from given tensors."""
 
-from app.model.config import CONFIGS, LlamaConfig, flops_per_token, param_count
+from app.model.config import CONFIGS, DEPTH_FIELDS, SHAPE_FIELDS, WIDTH_FIELDS, LlamaConfig, flops_per_token, param_count
 from app.model.llama import Llama, RMSNorm, TransformerBlock
 from app.model.build import build_model
 
-__all__ = ["CONFIGS", "Llama", "LlamaConfig", "RMSNorm", "TransformerBlock", "build_model", "flops_per_token", "param_count"]
+__all__ = ["CONFIGS", "DEPTH_FIELDS", "SHAPE_FIELDS", "WIDTH_FIELDS", "Llama", "LlamaConfig", "RMSNorm", "TransformerBlock", "build_model", "flops_per_token", "param_count"]

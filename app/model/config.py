@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from app.errors import SproutError
 
 ATTENTION_BACKENDS = ("auto", "flash", "sdpa", "eager")
+# The fields that make a model's size, which growth changes; the others (vocabulary, context,
+# numerics) a grown model keeps.
+DEPTH_FIELDS = ("n_layer",)
+WIDTH_FIELDS = ("n_embd", "n_head", "n_kv_head", "intermediate_size")
+SHAPE_FIELDS = DEPTH_FIELDS + WIDTH_FIELDS
 
 
 @dataclass

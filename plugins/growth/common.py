@@ -22,10 +22,8 @@ import torch
 from torch import nn
 
 from app.errors import SproutError
-from app.model import Llama, LlamaConfig, build_model
+from app.model import DEPTH_FIELDS, SHAPE_FIELDS, WIDTH_FIELDS, Llama, LlamaConfig, build_model
 
-DEPTH_FIELDS = ("n_layer",)
-WIDTH_FIELDS = ("n_embd", "n_head", "n_kv_head", "intermediate_size")
 # Fields a grown model shares with its source: the vocabulary and the numerics of RoPE and the norms.
 KEPT_FIELDS = ("vocab_size", "rope_base", "norm_eps", "tie_embeddings")
 ORDERS = ("stack", "interleave")
@@ -33,7 +31,7 @@ ORDERS = ("stack", "interleave")
 
 def check_shapes(operator: str, source: LlamaConfig, target: LlamaConfig, grows: tuple[str, ...]) -> None:
     """Refuse a target the operator cannot reach: a field it does not grow changed, or a shrink."""
-    for name in KEPT_FIELDS + tuple(f for f in DEPTH_FIELDS + WIDTH_FIELDS if f not in grows):
+    for name in KEPT_FIELDS + tuple(f for f in SHAPE_FIELDS if f not in grows):
         if getattr(source, name) != getattr(target, name):
             hint = "depth operators (gstack, zero_depth, random_depth) change only n_layer" if grows == DEPTH_FIELDS else (
                 "width operators (direct_width, zero_width, random_width) keep n_layer" if grows == WIDTH_FIELDS else "the grown model keeps the vocabulary and numerics")

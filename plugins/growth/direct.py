@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from app.model import Llama, LlamaConfig
+from app.model import WIDTH_FIELDS, Llama, LlamaConfig
 from app.protocols import GrowthOperator
-from plugins.growth.common import WIDTH_FIELDS, DepthGrowth, check_shapes, deepen, widen, width_maps
+from plugins.growth.common import DepthGrowth, check_shapes, deepen, widen, width_maps
 
 
 class Gstack(DepthGrowth, GrowthOperator):

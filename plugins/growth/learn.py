@@ -23,10 +23,10 @@ from torch import nn
 from torch.func import functional_call
 
 from app.errors import SproutError
-from app.model import Llama, LlamaConfig, build_model
+from app.model import SHAPE_FIELDS, Llama, LlamaConfig, build_model
 from app.model.llama import rope_tables
 from app.protocols import GrowthOperator
-from plugins.growth.common import DEPTH_FIELDS, WIDTH_FIELDS, check_shapes, layer_map, width_maps
+from plugins.growth.common import check_shapes, layer_map, width_maps
 
 # Block tensors, each with its own depth-mixing matrix.
 BLOCK = {
@@ -179,7 +179,7 @@ class LearnedGrowth(GrowthOperator):
         return layer_map(type(self).__name__, source.n_layer, target.n_layer, self.order, self.layers)
 
     def check(self, source: LlamaConfig, target: LlamaConfig) -> None:
-        check_shapes(type(self).__name__, source, target, DEPTH_FIELDS + WIDTH_FIELDS)
+        check_shapes(type(self).__name__, source, target, SHAPE_FIELDS)
         self._mapping(source, target)
 
     def grow(self, model: Llama, target: LlamaConfig) -> nn.Module:

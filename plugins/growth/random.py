@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from app.errors import SproutError
-from app.model import Llama, LlamaConfig, RMSNorm
+from app.model import WIDTH_FIELDS, Llama, LlamaConfig, RMSNorm
 from app.protocols import GrowthOperator
-from plugins.growth.common import WIDTH_FIELDS, DepthGrowth, check_shapes, copies, deepen, fresh_weights, layer_map, widen, width_maps
+from plugins.growth.common import DepthGrowth, check_shapes, copies, deepen, fresh_weights, layer_map, widen, width_maps
 
 
 class MaskedGrowth(GrowthOperator):
