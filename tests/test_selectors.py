@@ -15,7 +15,8 @@ from app.errors import SproutError
 from app.loss import IGNORE_INDEX, token_losses
 from plugins.selectors.loss_topk import LossTopK
 from plugins.selectors.random_tokens import RandomTokens
-from plugins.selectors.rho1 import Rho1, top_k_mask
+from plugins.selectors.rho1 import Rho1
+from plugins.selectors.topk import top_k_mask
 
 
 def batch_of(loss, ref=None, valid=None, batch_no=0):

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from plugins.selectors.rho1 import TopKSelector
+from plugins.selectors.topk import TopKSelector
 
 
 class LossTopK(TopKSelector):
