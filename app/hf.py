@@ -16,8 +16,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from app.errors import SproutError
 from app.data.tokenizer import Tokenizer
+from app.errors import SproutError
 from app.model import Llama, LlamaConfig
 
 # Sprout name inside ``layers.N.`` -> HF name inside ``model.layers.N.``

@@ -11,8 +11,8 @@ same path without a mesh, so checkpointing and compile apply there too.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import torch
+from tiny_run import recipe, scalars, sprout
 
 import app.checkpoint.run
 from app.checkpoint.run import AtomicCheckpointIO
-from tiny_run import recipe, scalars, sprout
 
 # A process that saves one checkpoint, then starts a second and is stuck half way through writing it.
 KILLED_MID_SAVE = """

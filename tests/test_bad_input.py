@@ -7,11 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny_run import recipe, sprout
 
 from app import registry
 from app.data.prepare import Source, prepare
 from app.data.tokenizer import Tokenizer
-from tiny_run import recipe, sprout
 
 
 def fails(config: Path, *args: str) -> str:

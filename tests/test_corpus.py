@@ -3,7 +3,15 @@ import json
 
 import pytest
 
-from app.data.corpus import MANIFEST, build_default_corpus, corpus_texts, docstrings, stdlib_files, stdlib_root, train_default_tokenizer
+from app.data.corpus import (
+    MANIFEST,
+    build_default_corpus,
+    corpus_texts,
+    docstrings,
+    stdlib_files,
+    stdlib_root,
+    train_default_tokenizer,
+)
 from app.data.prepare import Source, prepare
 
 SMALL = 300_000  # bytes per domain: enough to be real, quick to build

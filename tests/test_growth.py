@@ -28,7 +28,7 @@ def trained_like(config: LlamaConfig, seed: int = 0) -> Llama:
     model = Llama(config)
     with torch.no_grad():
         model.tok_embeddings.weight.normal_(0, 1.0)
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim == 1:
                 p.mul_(1 + 0.3 * torch.randn_like(p))
     return model
@@ -243,8 +243,9 @@ def test_grown_model_trains(operator, target):
 
 @pytest.mark.parametrize("name, small, big, target_name, tokens", [("1.1b", 6, 24, "llama-1.1b-24l", 100e9), ("3b", 8, 32, "llama-3b-32l", 300e9), ("7b", 8, 32, "llama-7b-32l", 300e9)])
 def test_paper_recipes_grow_the_paper_shapes_at_the_guideline_time(name, small, big, target_name, tokens):
-    import yaml
     from pathlib import Path
+
+    import yaml
 
     from app.callbacks.growth import Growth
     from app.model import param_count

@@ -4,9 +4,9 @@ at the boundary replays the growth exactly, and a run started from a small check
 
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tiny_run import recipe, scalars, sprout
 
 from app.checkpoint.weights import load_model, save_model
-from tiny_run import recipe, scalars, sprout
 
 STEPS, GROW_AT = 7, 4
 

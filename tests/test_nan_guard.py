@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tiny_run import recipe, scalars, sprout
 
 EVERY_STEP = {"every_n_train_steps": 1, "save_top_k": -1}

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tiny_run import recipe, scalars, sprout
 
 STEPS = 8

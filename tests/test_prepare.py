@@ -183,7 +183,7 @@ def test_bad_records_stop_the_run_or_are_skipped_and_reported(tmp_path, tok, cap
     meta = metas["c4"]
     reasons = {(Path(e["file"]).name, e["line"]): e["reason"] for e in meta["skipped"]["examples"]}
     assert meta["skipped"]["count"] == 3 == len(reasons)
-    assert "truncated" in reasons[("b_truncated.jsonl.zst", next(l for f, l in reasons if f == "b_truncated.jsonl.zst"))]
+    assert "truncated" in reasons[("b_truncated.jsonl.zst", next(line for f, line in reasons if f == "b_truncated.jsonl.zst"))]
     assert "not valid JSON" in reasons[("c_mixed.jsonl", 4)] and "'text'" in reasons[("c_mixed.jsonl", 5)]
     kept = [d for f in sorted(folder.iterdir()) for d in read_documents(f, "jsonl", domain_field="meta.redpajama_set_name") if isinstance(d, Document)]
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == len(kept)
@@ -353,7 +353,7 @@ def test_shared_corpus_four_domains(tmp_path):
     ]
     metas = prepare(sources, tok, tmp_path / "out", val_fraction=0.05, num_workers=2, progress=False)
     assert set(metas) == {"books", "shakespeare", "math", "code"}
-    for name, meta in metas.items():
+    for meta in metas.values():
         assert meta["splits"]["val"]["documents"] >= 1 and meta["splits"]["train"]["tokens"] > 100_000
         assert 0 < meta["stats"]["conditional_entropy"] < meta["stats"]["unigram_entropy"] < math.log(512)
     assert sum(s["documents"] for s in metas["math"]["splits"].values()) == len((SHARED / "math" / "gsm8k_train.jsonl").read_text().splitlines())

@@ -30,7 +30,7 @@ def test_slimpajama_zst_streams_every_record_with_its_set(tmp_path):
     write_zst(tmp_path / "chunk_0.jsonl.zst", lines)
     docs = slimpajama(tmp_path / "chunk_0.jsonl.zst")
     assert all(isinstance(d, Document) for d in docs)
-    assert [d.text for d in docs] == [json.loads(l)["text"] for l in lines]
+    assert [d.text for d in docs] == [json.loads(line)["text"] for line in lines]
     assert [d.line for d in docs] == list(range(1, 301))
     assert {d.domain for d in docs} == set(SETS)
     assert [slimpajama_domain(s) for s in SETS] == ["c4", "github", "arxiv"]
@@ -52,7 +52,7 @@ def test_truncated_zst_reports_where_it_stops(tmp_path):
     out = slimpajama(tmp_path / "cut.jsonl.zst")
     *docs, bad = out
     assert all(isinstance(d, Document) for d in docs) and 0 < len(docs) < 2000
-    assert [d.text for d in docs] == [json.loads(l)["text"] for l in lines[: len(docs)]]  # no partial line slips through
+    assert [d.text for d in docs] == [json.loads(line)["text"] for line in lines[: len(docs)]]  # no partial line slips through
     assert isinstance(bad, BadRecord) and "truncated" in bad.reason and bad.line == len(docs) + 1
     (tmp_path / "garbage.jsonl.zst").write_bytes(data[:100] + b"\xff" * 300 + data[400:])
     assert "corrupt" in slimpajama(tmp_path / "garbage.jsonl.zst")[-1].reason

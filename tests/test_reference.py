@@ -14,10 +14,10 @@ from app.checkpoint.weights import save_model
 from app.data.blocks import DomainBlocks, open_blocks
 from app.data.datamodule import SproutDataModule
 from app.data.prepare import Source, prepare
+from app.data.scores import scores_folder
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.model import Llama, LlamaConfig
-from app.data.scores import scores_folder
 from app.reference import Reference
 from plugins.selectors.rho1 import Rho1
 from tools.score_reference import score_reference

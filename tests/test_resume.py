@@ -8,7 +8,6 @@ the training losses) and a selector that draws from the global torch generator.
 """
 
 import torch
-
 from tiny_run import recipe, save_reference, scalars, sprout
 
 STEPS, STOP = 12, 5

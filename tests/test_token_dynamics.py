@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_VOCAB
 
 from app.checkpoint.weights import save_model
 from app.errors import SproutError
 from app.model import Llama, LlamaConfig
-from conftest import TINY_VOCAB
 from tools.token_dynamics import CLASSES, classify, token_dynamics
 
 

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-
 import torch
 
 from app.data.corpus import build_default_corpus

@@ -55,7 +55,6 @@ def _reset_peak_resident() -> None:
 
 
 def _sprout_step(shape: dict, compile_blocks: bool):
-    import torch
 
     from app.loss import chunked_token_losses
     from app.model import Llama, LlamaConfig

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-
 from app.checkpoint.weights import load_model, save_model
 from app.errors import SproutError
 from app.hf import DTYPES

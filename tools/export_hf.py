@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-
 from app.checkpoint.weights import load_model
 from app.errors import SproutError
 from app.hf import DTYPES, save_hf

@@ -17,7 +17,16 @@ from pathlib import Path
 import numpy as np
 from jsonargparse import ArgumentParser
 
-from app.bimix import BiMixLaw, extrapolated, fit_law, mean_relative_error, optimal_mixture, r_squared, share_ranges, write_fit
+from app.bimix import (
+    BiMixLaw,
+    extrapolated,
+    fit_law,
+    mean_relative_error,
+    optimal_mixture,
+    r_squared,
+    share_ranges,
+    write_fit,
+)
 from app.errors import SproutError
 from tools.cli import user_errors
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from app.checkpoint.weights import load_model, save_model
 from tools.cli import run_tool
 

@@ -70,7 +70,7 @@ def render_passage(tok: Tokenizer, first: int, targets: list[int], classes: np.n
     for token, cls in zip(targets, classes):
         left, right = MARKS[CLASSES[cls]]
         pieces.append(f"{left}{tok.decode([token])}{right}")
-    legend = "Marks: " + ", ".join(f"{name} {l}token{r}" if l else f"{name} plain" for name, (l, r) in MARKS.items())
+    legend = "Marks: " + ", ".join(f"{name} {left}token{right}" if left else f"{name} plain" for name, (left, right) in MARKS.items())
     return legend + "\n\n" + "".join(pieces) + "\n"
 
 

@@ -49,6 +49,7 @@ from app.errors import SproutError
 from app.model import CONFIGS, SHAPE_FIELDS, Llama, LlamaConfig, build_model, param_count
 from app.protocols import GrowthOperator
 
+
 class Growth(L.Callback):
     """Grow the model once during training (recipe section ``growth:``; inert without an operator).
 

@@ -18,6 +18,7 @@ from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.protocols import DomainStats, MixturePolicy, Preparation
 
+
 class SproutDataModule(L.LightningDataModule):
     """Streams prepared domains (``<data_dir>/<domain>/{train,val}``) mixed by a policy.
 

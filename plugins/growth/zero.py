@@ -14,7 +14,17 @@ from torch import nn
 
 from app.model import WIDTH_FIELDS, Llama, LlamaConfig, RMSNorm
 from app.protocols import GrowthOperator
-from plugins.growth.common import DepthGrowth, check_shapes, copies, deepen, fresh_weights, is_writer, rms_ratio, widen, width_maps
+from plugins.growth.common import (
+    DepthGrowth,
+    check_shapes,
+    copies,
+    deepen,
+    fresh_weights,
+    is_writer,
+    rms_ratio,
+    widen,
+    width_maps,
+)
 
 
 class ZeroDepth(DepthGrowth, GrowthOperator):
