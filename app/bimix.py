@@ -46,7 +46,9 @@ class BiMixLaw:
         """Build from ``{A, B, C, alpha, beta}``; ``where`` names the source in error messages."""
         if not isinstance(values, Mapping) or set(values) != set(COEFFICIENTS):
             got = sorted(values) if isinstance(values, Mapping) else type(values).__name__
-            raise SproutError(f"{where} must map exactly {', '.join(COEFFICIENTS)} to numbers, got {got}. Copy the block printed by tools/fit_bimix.py or pass its --out file as fit_file.")
+            raise SproutError(
+                f"{where} must map exactly {', '.join(COEFFICIENTS)} to numbers, got {got}. Copy the block printed by tools/fit_bimix.py or pass its --out file as fit_file."
+            )
         law = {}
         for key in COEFFICIENTS:
             value = values[key]
@@ -54,7 +56,9 @@ class BiMixLaw:
                 raise SproutError(f"{where}.{key} must be a finite number, got {value!r}.")
             law[key] = float(value)
         if law["A"] <= 0 or law["B"] < 0 or law["C"] < 0 or law["alpha"] < 0 or law["beta"] < 0:
-            raise SproutError(f"{where} has {law}: the law needs A > 0 and B, C, alpha, beta >= 0. Re-run tools/fit_bimix.py, which keeps them in range.")
+            raise SproutError(
+                f"{where} has {law}: the law needs A > 0 and B, C, alpha, beta >= 0. Re-run tools/fit_bimix.py, which keeps them in range."
+            )
         return cls(**law)
 
 
@@ -69,9 +73,13 @@ def fit_law(r, s, loss, domain: str = "domain") -> BiMixLaw:
     if not (len(r) == len(s) == len(loss)):
         raise ValueError("r, s and loss must have the same length")
     if len(np.unique(r)) < 2:
-        raise SproutError(f"Domain {domain!r} has shares {sorted(set(r.tolist()))} over the runs that trained on it; with fewer than 2 distinct shares how its loss depends on its share (alpha) cannot be fit. Add a proxy run that gives {domain!r} a different weight.")
+        raise SproutError(
+            f"Domain {domain!r} has shares {sorted(set(r.tolist()))} over the runs that trained on it; with fewer than 2 distinct shares how its loss depends on its share (alpha) cannot be fit. Add a proxy run that gives {domain!r} a different weight."
+        )
     if len(np.unique(s)) < 3:
-        raise SproutError(f"Domain {domain!r} has validation losses at only {len(np.unique(s))} distinct step(s); the law needs at least 3. Validate more often in the proxy runs (trainer.val_check_interval) or train them longer.")
+        raise SproutError(
+            f"Domain {domain!r} has validation losses at only {len(np.unique(s))} distinct step(s); the law needs at least 3. Validate more often in the proxy runs (trainer.val_check_interval) or train them longer."
+        )
     if np.any(r <= 0) or np.any(s <= 0) or np.any(loss <= 0):
         raise ValueError("shares, steps and losses must be positive")
     log_r, log_s, log_loss = np.log(r), np.log(s), np.log(loss)
@@ -107,7 +115,9 @@ def mean_relative_error(observed, predicted) -> float:
     return float(np.mean(np.abs(predicted - observed) / np.abs(observed)))
 
 
-def optimal_mixture(laws: Mapping[str, BiMixLaw], steps: float, r_min: float = 0.0, r_max: float = 1.0) -> dict[str, float]:
+def optimal_mixture(
+    laws: Mapping[str, BiMixLaw], steps: float, r_min: float = 0.0, r_max: float = 1.0
+) -> dict[str, float]:
     """argmin_r sum_i L_i(r_i, steps) subject to sum_i r_i = 1 and r_min <= r_i <= r_max.
 
     At fixed ``steps`` each term is ``a_i * r_i^-alpha_i`` with ``a_i > 0``: convex and
@@ -124,7 +134,9 @@ def optimal_mixture(laws: Mapping[str, BiMixLaw], steps: float, r_min: float = 0
     if not (0.0 <= r_min < r_max <= 1.0):
         raise SproutError(f"Mixture bounds must satisfy 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}.")
     if n * r_min > 1.0 + 1e-12 or n * r_max < 1.0 - 1e-12:
-        raise SproutError(f"No mixture of {n} domains sums to 1 with every weight in [r_min={r_min}, r_max={r_max}]: need r_min <= {1 / n:.4g} <= r_max. Loosen r_min or r_max.")
+        raise SproutError(
+            f"No mixture of {n} domains sums to 1 with every weight in [r_min={r_min}, r_max={r_max}]: need r_min <= {1 / n:.4g} <= r_max. Loosen r_min or r_max."
+        )
     alpha = np.array([laws[k].alpha for k in names])
     scale = np.array([laws[k].A * (laws[k].B / steps ** laws[k].beta + laws[k].C) for k in names])
     gain = alpha * scale  # -dL_i/dr_i at r_i = 1
@@ -143,7 +155,9 @@ def optimal_mixture(laws: Mapping[str, BiMixLaw], steps: float, r_min: float = 0
         lo *= 2.0
     else:
         flat = [k for k, g in zip(names, gain) if g <= 0]
-        raise SproutError(f"The BiMix law cannot place a mixture: domains {flat} have alpha = 0 (their loss does not depend on their share) and the others cannot take the rest within r_max={r_max}. Refit with proxy runs whose mixtures differ more, or raise r_max.")
+        raise SproutError(
+            f"The BiMix law cannot place a mixture: domains {flat} have alpha = 0 (their loss does not depend on their share) and the others cannot take the rest within r_max={r_max}. Refit with proxy runs whose mixtures differ more, or raise r_max."
+        )
     while shares(hi).sum() > 1.0:
         hi *= 2.0
     for _ in range(200):
@@ -160,7 +174,9 @@ def optimal_mixture(laws: Mapping[str, BiMixLaw], steps: float, r_min: float = 0
 EXTRAPOLATION = 2.0  # a weight this factor outside the shares the proxies gave a domain is far from the fit
 
 
-def extrapolated(mixture: Mapping[str, float], laws: Mapping[str, BiMixLaw], shares: Mapping[str, tuple[float, float]]) -> dict[str, str]:
+def extrapolated(
+    mixture: Mapping[str, float], laws: Mapping[str, BiMixLaw], shares: Mapping[str, tuple[float, float]]
+) -> dict[str, str]:
     """Domains whose weight lies far outside the (smallest, largest) share the proxy runs gave
     them, with why to distrust it. A law's ``alpha`` is pinned down only over the shares it saw:
     proxies whose shares of a domain barely differ leave ``alpha`` near 0 ("its loss does not
@@ -182,9 +198,13 @@ def _read_fit_file(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise SproutError(f"BiMix fit_file {path} does not exist. Write it with `python tools/fit_bimix.py RUN_DIR ... --out {path}`.") from None
+        raise SproutError(
+            f"BiMix fit_file {path} does not exist. Write it with `python tools/fit_bimix.py RUN_DIR ... --out {path}`."
+        ) from None
     except (OSError, json.JSONDecodeError) as err:
-        raise SproutError(f"BiMix fit_file {path} is not readable JSON ({err}). Re-create it with tools/fit_bimix.py --out {path}.") from None
+        raise SproutError(
+            f"BiMix fit_file {path} is not readable JSON ({err}). Re-create it with tools/fit_bimix.py --out {path}."
+        ) from None
     return data
 
 
@@ -207,12 +227,18 @@ def read_fit(path: str | Path) -> dict[str, BiMixLaw]:
     data = _read_fit_file(path)
     domains = data.get("domains") if isinstance(data, dict) else None
     if not isinstance(domains, dict) or not domains:
-        raise SproutError(f"BiMix fit_file {path} has no 'domains' mapping of per-domain coefficients. Re-create it with tools/fit_bimix.py --out {path}.")
+        raise SproutError(
+            f"BiMix fit_file {path} has no 'domains' mapping of per-domain coefficients. Re-create it with tools/fit_bimix.py --out {path}."
+        )
     return {name: BiMixLaw.from_mapping(values, f"{path}: domains.{name}") for name, values in domains.items()}
 
 
 def write_fit(path: str | Path, laws: Mapping[str, BiMixLaw], **info) -> None:
     """Write laws (plus any JSON-able ``info`` such as goodness of fit) for ``read_fit``."""
-    data = {"law": "L_i(r, s) = A_i / r^alpha_i * (B_i / s^beta_i + C_i)", "domains": {k: asdict(v) for k, v in laws.items()}, **info}
+    data = {
+        "law": "L_i(r, s) = A_i / r^alpha_i * (B_i / s^beta_i + C_i)",
+        "domains": {k: asdict(v) for k, v in laws.items()},
+        **info,
+    }
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=2) + "\n")

@@ -91,7 +91,10 @@ class SproutCLI(LightningCLI):
 
 TRAINER_DEFAULTS = {
     "use_distributed_sampler": False,  # the data module shards by rank itself
-    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "runs", "name": "sprout"}},
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs", "name": "sprout"},
+    },
 }
 
 
@@ -115,7 +118,15 @@ def main(args: list[str] | None = None) -> None:
             args=args,
             parser_kwargs={"parser_mode": RECIPE_MODE},
             parser_class=RecipeParser,
-            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": [LearningRateMonitor(logging_interval="step"), MixtureFeedback(), TrainingRNG(), Preemption()]},
+            trainer_defaults={
+                **TRAINER_DEFAULTS,
+                "callbacks": [
+                    LearningRateMonitor(logging_interval="step"),
+                    MixtureFeedback(),
+                    TrainingRNG(),
+                    Preemption(),
+                ],
+            },
             save_config_kwargs={"overwrite": True},
         )
     except Exception as err:  # a plugin's SproutError arrives wrapped by jsonargparse

@@ -9,9 +9,13 @@ from torch.utils.flop_counter import FlopCounterMode
 # FlopCounterMode knows the CUDA flash-attention kernels but not the CPU one, which takes the
 # same leading arguments: count it with the same formulas.
 _aten = torch.ops.aten
-flop_counter.flop_registry.setdefault(_aten._scaled_dot_product_flash_attention_for_cpu, flop_counter.flop_registry[_aten._scaled_dot_product_flash_attention])
 flop_counter.flop_registry.setdefault(
-    _aten._scaled_dot_product_flash_attention_for_cpu_backward, flop_counter.flop_registry[_aten._scaled_dot_product_flash_attention_backward]
+    _aten._scaled_dot_product_flash_attention_for_cpu,
+    flop_counter.flop_registry[_aten._scaled_dot_product_flash_attention],
+)
+flop_counter.flop_registry.setdefault(
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward,
+    flop_counter.flop_registry[_aten._scaled_dot_product_flash_attention_backward],
 )
 
 

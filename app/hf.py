@@ -56,7 +56,9 @@ def sprout_keys(config: LlamaConfig) -> list[str]:
     return names + [f"layers.{i}.{rest}" for i in range(config.n_layer) for rest in LAYER_NAMES]
 
 
-def to_hf_state_dict(state_dict: dict[str, torch.Tensor], config: LlamaConfig, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def to_hf_state_dict(
+    state_dict: dict[str, torch.Tensor], config: LlamaConfig, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
     """Rename for HF; contiguous copies (safetensors refuses shared or strided storage)."""
     out = {}
     for name in sprout_keys(config):
@@ -76,7 +78,9 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], config: LlamaConfig, s
     return {name: hf_state[hf_name(name)] for name in sprout_keys(config)}
 
 
-def hf_config(config: LlamaConfig, dtype: torch.dtype, bos_token_id: int | None = None, eos_token_id: int | None = None) -> dict:
+def hf_config(
+    config: LlamaConfig, dtype: torch.dtype, bos_token_id: int | None = None, eos_token_id: int | None = None
+) -> dict:
     """``config.json`` of a ``LlamaForCausalLM``. ``rope_theta`` and the dtype are written both the
     transformers 4.x way (``rope_theta``, ``torch_dtype``; also read by vLLM) and the 5.x way."""
     return {
@@ -110,7 +114,9 @@ def config_from_hf(hf: dict, source: Path) -> LlamaConfig:
     """A ``LlamaConfig`` from an HF ``config.json``, refusing variants Sprout's model does not compute."""
 
     def refuse(field: str, value, why: str):
-        raise SproutError(f"{source}: config.json field `{field}`={value!r} is not supported: {why}. Only plain Llama / Llama-2 style models can be imported.")
+        raise SproutError(
+            f"{source}: config.json field `{field}`={value!r} is not supported: {why}. Only plain Llama / Llama-2 style models can be imported."
+        )
 
     if hf.get("model_type") != "llama":
         refuse("model_type", hf.get("model_type"), "Sprout imports `llama` models")
@@ -140,7 +146,9 @@ def config_from_hf(hf: dict, source: Path) -> LlamaConfig:
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         )
     except KeyError as missing:
-        raise SproutError(f"{source}: config.json has no field {missing}; it is not a complete LlamaForCausalLM config.") from None
+        raise SproutError(
+            f"{source}: config.json has no field {missing}; it is not a complete LlamaForCausalLM config."
+        ) from None
 
 
 def read_hf(folder: Path, map_location: str | torch.device = "cpu") -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
@@ -150,13 +158,17 @@ def read_hf(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Lla
     try:
         config = config_from_hf(json.loads(config_path.read_text()), folder)
     except (OSError, json.JSONDecodeError) as error:
-        raise SproutError(f"Cannot read {config_path}: {error}. A Hugging Face model folder needs a valid config.json.") from None
+        raise SproutError(
+            f"Cannot read {config_path}: {error}. A Hugging Face model folder needs a valid config.json."
+        ) from None
     index_path = folder / "model.safetensors.index.json"
     if index_path.is_file():
         try:
             files = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
         except (json.JSONDecodeError, KeyError, AttributeError) as error:
-            raise SproutError(f"Cannot read the shard index {index_path}: {error!r}; re-download or re-export the folder.") from None
+            raise SproutError(
+                f"Cannot read the shard index {index_path}: {error!r}; re-download or re-export the folder."
+            ) from None
     elif (folder / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
@@ -169,11 +181,15 @@ def read_hf(folder: Path, map_location: str | torch.device = "cpu") -> tuple[Lla
         try:
             hf_state.update(load_file(folder / name, device=str(map_location)))
         except (OSError, SafetensorError) as error:
-            raise SproutError(f"Cannot read weights file {folder / name}: {error}. The file is missing or truncated; re-download or re-export the folder.") from None
+            raise SproutError(
+                f"Cannot read weights file {folder / name}: {error}. The file is missing or truncated; re-download or re-export the folder."
+            ) from None
     return config, from_hf_state_dict(hf_state, config, folder)
 
 
-def export_tokenizer(path: Path, out_dir: Path, config: LlamaConfig, identity: dict | None = None) -> dict[str, int | None]:
+def export_tokenizer(
+    path: Path, out_dir: Path, config: LlamaConfig, identity: dict | None = None
+) -> dict[str, int | None]:
     """Copy the training tokenizer (``tokenizer.json`` or SentencePiece ``.model``) into ``out_dir``
     with the small config files ``AutoTokenizer`` needs; returns the bos/eos ids for config.json.
 
@@ -200,11 +216,22 @@ def export_tokenizer(path: Path, out_dir: Path, config: LlamaConfig, identity: d
         shutil.copyfile(tokenizer.path, out_dir / "tokenizer.model")
         tokenizer_class = "LlamaTokenizer"
     by_id = {i: piece for piece, i in pieces.items()}
-    tokens = {"eos": (by_id[tokenizer.eos_id], tokenizer.eos_id), "bos": _pick(pieces, BOS_NAMES), "unk": _pick(pieces, UNK_NAMES)}
+    tokens = {
+        "eos": (by_id[tokenizer.eos_id], tokenizer.eos_id),
+        "bos": _pick(pieces, BOS_NAMES),
+        "unk": _pick(pieces, UNK_NAMES),
+    }
     special = {f"{name}_token": token[0] for name, token in tokens.items() if token is not None}
     (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
-    tokenizer_config = {"tokenizer_class": tokenizer_class, "model_max_length": config.block_size, "clean_up_tokenization_spaces": False, **special}
-    if tokenizer_class == "LlamaTokenizer":  # Sprout's data never starts documents with BOS, so evaluation should not either
+    tokenizer_config = {
+        "tokenizer_class": tokenizer_class,
+        "model_max_length": config.block_size,
+        "clean_up_tokenization_spaces": False,
+        **special,
+    }
+    if (
+        tokenizer_class == "LlamaTokenizer"
+    ):  # Sprout's data never starts documents with BOS, so evaluation should not either
         tokenizer_config.update(add_bos_token=False, add_eos_token=False)
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return {f"{name}_token_id": tokens[name][1] if tokens[name] else None for name in ("bos", "eos")}
@@ -221,7 +248,9 @@ def _json_pieces(path: Path) -> dict[str, int]:
     """Special-looking vocabulary entries and all added tokens of a tokenizer.json."""
     data = json.loads(path.read_text())
     vocab = data.get("model", {}).get("vocab")
-    entries = vocab.items() if isinstance(vocab, dict) else ((entry[0], i) for i, entry in enumerate(vocab or []))  # BPE: dict, Unigram: list
+    entries = (
+        vocab.items() if isinstance(vocab, dict) else ((entry[0], i) for i, entry in enumerate(vocab or []))
+    )  # BPE: dict, Unigram: list
     pieces = {p: i for p, i in entries if p[:1] in "<["}
     return {**pieces, **{t["content"]: t["id"] for t in data.get("added_tokens", [])}}
 
@@ -234,7 +263,13 @@ def _sentencepiece_pieces(path: Path) -> dict[str, int]:
     return {processor.IdToPiece(i): i for i in ids if i >= 0}
 
 
-def save_hf(model: Llama, out_dir: Path, tokenizer: Path | None = None, dtype: torch.dtype | None = None, tokenizer_identity: dict | None = None) -> list[Path]:
+def save_hf(
+    model: Llama,
+    out_dir: Path,
+    tokenizer: Path | None = None,
+    dtype: torch.dtype | None = None,
+    tokenizer_identity: dict | None = None,
+) -> list[Path]:
     """Write ``model`` as an HF ``LlamaForCausalLM`` folder; returns the files written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

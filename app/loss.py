@@ -26,7 +26,11 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def chunked_token_losses(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int | None = None, compiled: bool = False
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    chunk_size: int | None = None,
+    compiled: bool = False,
 ) -> torch.Tensor:
     """``token_losses(hidden @ weight.T, targets)`` without the whole batch's logits.
 
@@ -44,11 +48,15 @@ def chunked_token_losses(
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
     kernels = _compiled_kernels() if compiled else (_chunk_losses, _chunk_grads)
     with torch.autocast(device_type, enabled=False):
-        loss = _ChunkedCrossEntropy.apply(flat_hidden.to(dtype), weight.to(dtype), targets.reshape(-1), chunk_size, kernels)
+        loss = _ChunkedCrossEntropy.apply(
+            flat_hidden.to(dtype), weight.to(dtype), targets.reshape(-1), chunk_size, kernels
+        )
     return loss.view_as(targets)
 
 
-def _chunk_losses(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_losses(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token losses and log-sum-exp of one slice."""
     logits = (hidden @ weight.T).to(torch.promote_types(hidden.dtype, torch.float32))
     lse = torch.logsumexp(logits, dim=-1)
@@ -91,6 +99,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         scale = grad_losses.to(lse.dtype).masked_fill(targets == IGNORE_INDEX, 0.0)
         for start in range(0, hidden.size(0), ctx.chunk_size):
             rows = slice(start, start + ctx.chunk_size)
-            grad_hidden[rows], chunk_grad_weight = ctx.kernels[1](hidden[rows], weight, targets[rows], lse[rows], scale[rows])
+            grad_hidden[rows], chunk_grad_weight = ctx.kernels[1](
+                hidden[rows], weight, targets[rows], lse[rows], scale[rows]
+            )
             grad_weight += chunk_grad_weight
         return grad_hidden, grad_weight.to(weight.dtype), None, None, None

@@ -84,10 +84,16 @@ class SproutModule(L.LightningModule):
         """Copy ``init_from``'s weights into the freshly built (possibly sharded) model."""
         source, _ = load_model(self.init_from)
         ignore = {"attention", "init_std", "block_size"}  # no effect on the weights' meaning
-        differ = {k: (v, getattr(self.config, k)) for k, v in source.config.to_dict().items() if k not in ignore and v != getattr(self.config, k)}
+        differ = {
+            k: (v, getattr(self.config, k))
+            for k, v in source.config.to_dict().items()
+            if k not in ignore and v != getattr(self.config, k)
+        }
         if differ:
             fields = ", ".join(f"{k}={a} in the checkpoint vs {b} in the recipe" for k, (a, b) in differ.items())
-            raise SproutError(f"model.init_from={self.init_from} has another shape than the recipe's model ({fields}). Set model.arch / model.arch_overrides to the checkpoint's shape, or start from a matching checkpoint.")
+            raise SproutError(
+                f"model.init_from={self.init_from} has another shape than the recipe's model ({fields}). Set model.arch / model.arch_overrides to the checkpoint's shape, or start from a matching checkpoint."
+            )
         set_model_state_dict(self.model, source.state_dict(), options=StateDictOptions(full_state_dict=True))
 
     def build_model(self, config: LlamaConfig) -> nn.Module:
@@ -123,7 +129,9 @@ class SproutModule(L.LightningModule):
                 f"(a multiple of 64 is fastest) or use the tokenizer the model was built for."
             )
         if dm.seq_len > self.config.block_size:
-            raise SproutError(f"data.seq_len={dm.seq_len} is longer than the model's context block_size={self.config.block_size}. Lower data.seq_len or set model.arch_overrides.block_size.")
+            raise SproutError(
+                f"data.seq_len={dm.seq_len} is longer than the model's context block_size={self.config.block_size}. Lower data.seq_len or set model.arch_overrides.block_size."
+            )
 
     def _setup_reference(self, dm: Any) -> None:
         """Reference losses come from offline scores in the batch, else from a frozen model online."""
@@ -137,14 +145,24 @@ class SproutModule(L.LightningModule):
                 )
             return
         if self.reference_path is not None:
-            self.reference = Reference(self.reference_path, self.config.vocab_size, getattr(dm, "tokenizer_identity", None))
+            self.reference = Reference(
+                self.reference_path, self.config.vocab_size, getattr(dm, "tokenizer_identity", None)
+            )
             strategy = self.trainer.strategy
             if isinstance(strategy, ModelParallelStrategy):
-                self.reference.shard(self._data_parallel_mesh(strategy), strategy.root_device, compute_dtype(self.trainer.precision))
+                self.reference.shard(
+                    self._data_parallel_mesh(strategy), strategy.root_device, compute_dtype(self.trainer.precision)
+                )
             if dm is not None and dm.seq_len > self.reference.block_size:
-                raise SproutError(f"data.seq_len={dm.seq_len} is longer than the context block_size={self.reference.block_size} of the reference model {self.reference_path}. Lower data.seq_len or use a reference trained for longer sequences.")
+                raise SproutError(
+                    f"data.seq_len={dm.seq_len} is longer than the context block_size={self.reference.block_size} of the reference model {self.reference_path}. Lower data.seq_len or use a reference trained for longer sequences."
+                )
         elif self.selector.needs_reference or getattr(getattr(dm, "mixture", None), "needs_reference", False):
-            who = f"selector {type(self.selector).__name__}" if self.selector.needs_reference else f"mixture {type(dm.mixture).__name__}"
+            who = (
+                f"selector {type(self.selector).__name__}"
+                if self.selector.needs_reference
+                else f"mixture {type(dm.mixture).__name__}"
+            )
             raise SproutError(
                 f"The {who} needs reference losses: set model.reference to a reference model checkpoint "
                 "(scored online every step) or data.reference_scores to a folder written by tools/score_reference.py (offline, no extra cost)."
@@ -158,7 +176,12 @@ class SproutModule(L.LightningModule):
         loss = self._token_losses(batch)
         valid = batch["targets"] != IGNORE_INDEX
         if self.reference is not None and "ref_loss" not in batch:
-            batch = {**batch, "ref_loss": self.reference.losses(batch["input_ids"], batch["targets"], next(self.model.parameters()).dtype)}
+            batch = {
+                **batch,
+                "ref_loss": self.reference.losses(
+                    batch["input_ids"], batch["targets"], next(self.model.parameters()).dtype
+                ),
+            }
         weights = self.selector.token_weights(loss.detach(), {**batch, "valid": valid}).to(loss.dtype) * valid
         objective = (weights * loss).sum() / weights.sum().clamp_min(1.0)
         n_valid = valid.sum().clamp_min(1)
@@ -204,11 +227,16 @@ class SproutModule(L.LightningModule):
         peak = optimizer.param_groups[0]["lr"]
         max_steps = self.schedule.max_steps or self.trainer.max_steps
         if max_steps is None or max_steps < 0:
-            raise SproutError("The LR schedule needs a length: set trainer.max_steps or model.schedule.max_steps in the recipe.")
+            raise SproutError(
+                "The LR schedule needs a length: set trainer.max_steps or model.schedule.max_steps in the recipe."
+            )
         # the step comes from the trainer, not the scheduler's own count, so a scheduler made at
         # growth or on resume lands on the right point of its window [schedule_start, max_steps]
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda _: self.schedule.factor(max(0, self.trainer.global_step - self.schedule_start), peak, max_steps - self.schedule_start)
+            optimizer,
+            lambda _: self.schedule.factor(
+                max(0, self.trainer.global_step - self.schedule_start), peak, max_steps - self.schedule_start
+            ),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
 
@@ -260,7 +288,11 @@ class SproutModule(L.LightningModule):
             return
         config = LlamaConfig.from_dict({**saved, "attention": self.config.attention, "init_std": self.config.init_std})
         if config != self.config and not Growth.grown_in(checkpoint):
-            differ = ", ".join(f"{k} {v} (recipe: {getattr(self.config, k)})" for k, v in config.to_dict().items() if v != getattr(self.config, k))
+            differ = ", ".join(
+                f"{k} {v} (recipe: {getattr(self.config, k)})"
+                for k, v in config.to_dict().items()
+                if v != getattr(self.config, k)
+            )
             path = getattr(self._trainer, "ckpt_path", None) or "to resume from"
             raise SproutError(
                 f"The checkpoint {path} holds another model than the recipe's: {differ}. Resume with the recipe that wrote it "
@@ -286,7 +318,9 @@ class SproutModule(L.LightningModule):
                     "Use growth.operator gstack (or another operator that returns a plain Llama) with ModelParallelStrategy, or train this stage with DDP."
                 )
             sharded = self.build_model(config)  # laid out like the run's first model, then filled from rank 0
-            set_model_state_dict(sharded, model.state_dict(), options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+            set_model_state_dict(
+                sharded, model.state_dict(), options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+            )
             model = sharded
         elif isinstance(model, Llama):
             model = parallelize(model, self.parallel)

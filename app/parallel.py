@@ -45,7 +45,9 @@ class Parallelism:
 
     def __post_init__(self) -> None:
         if self.sharding not in SHARDING:
-            raise SproutError(f"model.parallel.sharding={self.sharding!r} is not one of {', '.join(SHARDING)}; fix it in the recipe.")
+            raise SproutError(
+                f"model.parallel.sharding={self.sharding!r} is not one of {', '.join(SHARDING)}; fix it in the recipe."
+            )
 
 
 def parallelize(model: nn.Module, plan: Parallelism, mesh=None, param_dtype: torch.dtype | None = None) -> nn.Module:
@@ -89,7 +91,9 @@ def data_parallel_mesh(strategy, sharding: str):
     world, per_node = strategy.world_size, strategy.num_processes
     if sharding == "full":
         return init_device_mesh(strategy.root_device.type, (world,), mesh_dim_names=("dp_shard",))
-    return init_device_mesh(strategy.root_device.type, (world // per_node, per_node), mesh_dim_names=("dp_replicate", "dp_shard"))
+    return init_device_mesh(
+        strategy.root_device.type, (world // per_node, per_node), mesh_dim_names=("dp_replicate", "dp_shard")
+    )
 
 
 def compute_dtype(precision: str) -> torch.dtype | None:
@@ -115,7 +119,9 @@ def fused_optimizer_kwargs(factory: Callable, params: list[torch.Tensor]) -> dic
         return {}
     keywords = getattr(factory, "keywords", None)  # LightningCLI hands a partial with every argument filled
     if keywords is not None:
-        return {"fused": True} if "fused" in keywords and keywords["fused"] is None and not keywords.get("foreach") else {}
+        return (
+            {"fused": True} if "fused" in keywords and keywords["fused"] is None and not keywords.get("foreach") else {}
+        )
     try:
         accepts = "fused" in inspect.signature(factory).parameters
     except (TypeError, ValueError):

@@ -25,7 +25,9 @@ def gpu_peak(device: torch.device, dtype: torch.dtype) -> float | None:
     return None
 
 
-def measured_matmul_peak(dtype: torch.dtype = torch.float32, size: int = 1024, seconds: float = 0.5, device: str = "cpu") -> float:
+def measured_matmul_peak(
+    dtype: torch.dtype = torch.float32, size: int = 1024, seconds: float = 0.5, device: str = "cpu"
+) -> float:
     """The best dense matmul FLOP/s this device reaches: the practical ceiling for MFU on CPU."""
     a = torch.randn(size, size, dtype=dtype, device=device)
     b = torch.randn(size, size, dtype=dtype, device=device)

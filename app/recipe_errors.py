@@ -48,7 +48,10 @@ class RecipeParser(LightningArgumentParser):
         raise ParseFailure(message, ex, getattr(ex, "subcommand_parser", None) or self)
 
 
-WORKER_TRACEBACK = re.compile(r"Caught SproutError in DataLoader worker process \d+\.\nOriginal Traceback .*\n(?:[\w.]+\.)?SproutError: (.*?)\n?", re.S)
+WORKER_TRACEBACK = re.compile(
+    r"Caught SproutError in DataLoader worker process \d+\.\nOriginal Traceback .*\n(?:[\w.]+\.)?SproutError: (.*?)\n?",
+    re.S,
+)
 
 
 def sprout_error_in(err: BaseException | None) -> SproutError | None:
@@ -107,8 +110,15 @@ def _yaml_problem(files: list[Path]) -> str | None:
         try:
             yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            parts = [(getattr(err, "context", None), getattr(err, "context_mark", None)), (getattr(err, "problem", None), getattr(err, "problem_mark", None))]
-            said = ", ".join(f"{text} at line {mark.line + 1}, column {mark.column + 1}" if mark else text for text, mark in parts if text)
+            parts = [
+                (getattr(err, "context", None), getattr(err, "context_mark", None)),
+                (getattr(err, "problem", None), getattr(err, "problem_mark", None)),
+            ]
+            said = ", ".join(
+                f"{text} at line {mark.line + 1}, column {mark.column + 1}" if mark else text
+                for text, mark in parts
+                if text
+            )
             return (
                 f"The recipe {path} is not valid YAML: {said or str(err).splitlines()[0]}. Fix the syntax there: "
                 "indentation, a missing ':' after a key, or an unclosed bracket or quote."
@@ -120,7 +130,13 @@ def _yaml_problem(files: list[Path]) -> str | None:
 
 def _condense(message: str) -> str:
     """jsonargparse's nested message as one line, without its type bookkeeping."""
-    noise = ("Subtypes:", "Given value", "Does not validate against any of the Union subtypes", "Errors:", "- Expected a <class 'NoneType'>")
+    noise = (
+        "Subtypes:",
+        "Given value",
+        "Does not validate against any of the Union subtypes",
+        "Errors:",
+        "- Expected a <class 'NoneType'>",
+    )
     lines = [line.strip() for line in message.splitlines()]
     text = "; ".join(line.lstrip("- ") for line in lines if line and not line.startswith(noise))
     text = re.sub(r"Expected an? <class '([\w.]+)'>\. Got value: (.*?)(?=;|$)", r"expected \1, got \2", text)
@@ -157,7 +173,9 @@ def explain(failure: ParseFailure, args: list[str]) -> str:
     if sprout is not None:
         return str(sprout)
 
-    unknown = re.search(r"does not accept option '([^']+)'", message) or re.search(r"Key '([^']+)' is not expected", message)
+    unknown = re.search(r"does not accept option '([^']+)'", message) or re.search(
+        r"Key '([^']+)' is not expected", message
+    )
     if unknown:
         key = unknown.group(1)
         known = [a.dest for a in getattr(failure.parser, "_actions", []) if isinstance(a.dest, str)]
@@ -176,8 +194,14 @@ def explain(failure: ParseFailure, args: list[str]) -> str:
 
     keyed = re.match(r'Parser key "([^"]+)":', message)
     key = keyed.group(1) if keyed else None
-    where = f"{key} in {_where(key, args)}" if key else " and ".join(f"the recipe {p}" for p in files) or "the command line"
-    init_key = re.search(r"Problem with given class_path '([\w.]+)'.*?(?:Option|Key) '([\w]+)[^']*' is not (?:accepted|expected)", message, re.S)
+    where = (
+        f"{key} in {_where(key, args)}" if key else " and ".join(f"the recipe {p}" for p in files) or "the command line"
+    )
+    init_key = re.search(
+        r"Problem with given class_path '([\w.]+)'.*?(?:Option|Key) '([\w]+)[^']*' is not (?:accepted|expected)",
+        message,
+        re.S,
+    )
     if init_key:
         class_path, name = init_key.groups()
         accepted = _init_args(class_path)
@@ -191,4 +215,6 @@ def explain(failure: ParseFailure, args: list[str]) -> str:
             registry.resolve(kind, plugin.group(1))
         except SproutError as err:
             return f"{where}: {err}"
-    return f"Invalid value for {where}: {_condense(message[keyed.end():] if keyed else message)}. Fix that value; {HELP}."
+    return (
+        f"Invalid value for {where}: {_condense(message[keyed.end() :] if keyed else message)}. Fix that value; {HELP}."
+    )

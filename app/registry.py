@@ -42,7 +42,9 @@ def _load(ep) -> Plugin:
     package = ep.dist.name if ep.dist is not None else "unknown package"
     info = dict(kind=kind, name=name, target=ep.value, package=package)
     if kind not in KINDS or not name:
-        return Plugin(**info, error=f"entry point {ep.name!r} must be named '<kind>.<name>' with kind in {sorted(KINDS)}")
+        return Plugin(
+            **info, error=f"entry point {ep.name!r} must be named '<kind>.<name>' with kind in {sorted(KINDS)}"
+        )
     try:
         cls = ep.load()
     except Exception as err:  # a broken plugin must not break the others
@@ -58,7 +60,9 @@ def plugins() -> tuple[Plugin, ...]:
     found = tuple(sorted((_load(ep) for ep in entry_points(group=ENTRY_POINT_GROUP)), key=lambda p: (p.kind, p.name)))
     for p in found:
         if p.error:
-            warnings.warn(f"Sprout plugin {p.kind}.{p.name} from package {p.package!r} failed to load: {p.error}", stacklevel=2)
+            warnings.warn(
+                f"Sprout plugin {p.kind}.{p.name} from package {p.package!r} failed to load: {p.error}", stacklevel=2
+            )
     return found
 
 
@@ -75,16 +79,24 @@ def resolve(kind: str, name: str) -> type:
         try:
             cls = getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as err:
-            raise SproutError(f"Cannot import {kind} plugin class_path {name!r}: {err}. Check the module path and that its package is installed.") from None
+            raise SproutError(
+                f"Cannot import {kind} plugin class_path {name!r}: {err}. Check the module path and that its package is installed."
+            ) from None
         if not (isinstance(cls, type) and issubclass(cls, KINDS[kind])):
-            raise SproutError(f"{name!r} is not a {kind} plugin: it must subclass app.protocols.{KINDS[kind].__name__}.")
+            raise SproutError(
+                f"{name!r} is not a {kind} plugin: it must subclass app.protocols.{KINDS[kind].__name__}."
+            )
         return cls
     for p in plugins():
         if p.kind == kind and p.name == name:
             if p.cls is None:
-                raise SproutError(f"The {kind} plugin {name!r} from package {p.package!r} failed to load: {p.error}. Fix or reinstall that package.")
+                raise SproutError(
+                    f"The {kind} plugin {name!r} from package {p.package!r} failed to load: {p.error}. Fix or reinstall that package."
+                )
             return p.cls
-    raise SproutError(f"Unknown {kind} plugin {name!r}. Available: {', '.join(names(kind)) or 'none'}. Run `sprout plugins` to list them, or give a full class_path.")
+    raise SproutError(
+        f"Unknown {kind} plugin {name!r}. Available: {', '.join(names(kind)) or 'none'}. Run `sprout plugins` to list them, or give a full class_path."
+    )
 
 
 def create(kind: str, name: str, **init_args: Any):
@@ -112,10 +124,14 @@ def expand_short_names(value: Any) -> Any:
         matches = [p for p in plugins() if p.name == path]
         if len(matches) > 1:
             kinds = ", ".join(f"{p.kind}: {p.target}" for p in matches)
-            raise SproutError(f"class_path {path!r} names several plugins ({kinds}); write the full module path instead.")
+            raise SproutError(
+                f"class_path {path!r} names several plugins ({kinds}); write the full module path instead."
+            )
         if matches:
             plugin = matches[0]
             if plugin.cls is None:
-                raise SproutError(f"The {plugin.kind} plugin {path!r} from package {plugin.package!r} failed to load: {plugin.error}. Fix or reinstall that package.")
+                raise SproutError(
+                    f"The {plugin.kind} plugin {path!r} from package {plugin.package!r} failed to load: {plugin.error}. Fix or reinstall that package."
+                )
             value["class_path"] = f"{plugin.cls.__module__}.{plugin.cls.__qualname__}"
     return value

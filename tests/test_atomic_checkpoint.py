@@ -36,8 +36,13 @@ io.save_checkpoint({"step": 2, "weights": torch.zeros(1000)}, sys.argv[1])
 
 def test_sigkill_mid_save_leaves_the_previous_checkpoint_and_nothing_that_looks_valid(tmp_path):
     target = tmp_path / "checkpoints" / "last.ckpt"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_MID_SAVE, str(target)], env=env, stdout=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_SAVE, str(target)], env=env, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "half written"
         proc.send_signal(signal.SIGKILL)
@@ -67,7 +72,6 @@ class FullDisk(io.FileIO):
         return super().write(data)
 
 
-
 def test_disk_full_while_saving_is_a_clear_error_and_leaves_the_earlier_checkpoints(tiny_data, tmp_path, monkeypatch):
     saves = []
 
@@ -88,17 +92,36 @@ def test_disk_full_while_saving_is_a_clear_error_and_leaves_the_earlier_checkpoi
         "or keep fewer checkpoints (checkpoint.save_top_k), then resume with --ckpt_path last."
     ) in err
     assert "Traceback" not in err
-    assert sorted(p.name for p in folder.iterdir()) == ["last.ckpt", "step000002.ckpt"]  # no partial file, hidden or not
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "last.ckpt",
+        "step000002.ckpt",
+    ]  # no partial file, hidden or not
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 2
 
 
 def test_keeps_the_newest_checkpoints_and_the_best_by_validation_loss(tiny_data, tmp_path):
-    config = recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", 9, checkpoint={"save_top_k": 2}, trainer={"val_check_interval": 2})
+    config = recipe(
+        tmp_path / "r.yaml",
+        tiny_data,
+        tmp_path / "runs",
+        9,
+        checkpoint={"save_top_k": 2},
+        trainer={"val_check_interval": 2},
+    )
     assert sprout("fit", "--config", str(config))[0] == 0
     run = tmp_path / "runs" / "tiny" / "version_0"
     val = scalars(run, "val/loss")
     assert sorted(val) == [1, 3, 5, 7]  # logged at steps 2, 4, 6, 8 (0-based logger steps)
     best_step = min(val, key=val.get) + 1
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert names == sorted([f"best-step{best_step:06d}-val{val[best_step - 1]:.4f}.ckpt", "last.ckpt", "step000006.ckpt", "step000008.ckpt"])
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 9  # the final step, between two saves
+    assert names == sorted(
+        [
+            f"best-step{best_step:06d}-val{val[best_step - 1]:.4f}.ckpt",
+            "last.ckpt",
+            "step000006.ckpt",
+            "step000008.ckpt",
+        ]
+    )
+    assert (
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 9
+    )  # the final step, between two saves

@@ -39,8 +39,12 @@ def test_malformed_yaml(tiny_data, tmp_path):
     config = recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs")
     config.write_text(config.read_text().replace("max_steps: 12", "max_steps: [12"))
     message = fails(config)
-    assert message.startswith(f"The recipe {config} is not valid YAML: while parsing a flow sequence at line 3, column 14")
-    assert message.endswith("Fix the syntax there: indentation, a missing ':' after a key, or an unclosed bracket or quote.")
+    assert message.startswith(
+        f"The recipe {config} is not valid YAML: while parsing a flow sequence at line 3, column 14"
+    )
+    assert message.endswith(
+        "Fix the syntax there: indentation, a missing ':' after a key, or an unclosed bracket or quote."
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -71,15 +75,25 @@ def test_wrong_type_names_key_file_and_expected_type(tiny_data, tmp_path):
 
 def test_missing_option_and_missing_recipe_file(tmp_path):
     code, err = sprout("fit", "--config", str(tmp_path / "nowhere.yaml"))
-    assert code == 2 and f"sprout: error: The recipe file {tmp_path / 'nowhere.yaml'} does not exist. Check the path given to --config." in err
+    assert (
+        code == 2
+        and f"sprout: error: The recipe file {tmp_path / 'nowhere.yaml'} does not exist. Check the path given to --config."
+        in err
+    )
     (tmp_path / "r.yaml").write_text("trainer: {max_steps: 2}\n")
     message = fails(tmp_path / "r.yaml")
-    assert message.startswith("Missing option data.data_dir: set it in the recipe (data: {data_dir: ...}) or on the command line with --data.data_dir;")
+    assert message.startswith(
+        "Missing option data.data_dir: set it in the recipe (data: {data_dir: ...}) or on the command line with --data.data_dir;"
+    )
 
 
 def test_unknown_plugin_lists_the_registered_ones(tiny_data, tmp_path):
-    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"mixture": {"class_path": "unifrm"}}))
-    assert message.startswith(f"data.mixture in the recipe {tmp_path / 'r.yaml'}: Unknown mixture plugin 'unifrm'. Available: ")
+    message = fails(
+        recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"mixture": {"class_path": "unifrm"}})
+    )
+    assert message.startswith(
+        f"data.mixture in the recipe {tmp_path / 'r.yaml'}: Unknown mixture plugin 'unifrm'. Available: "
+    )
     assert "uniform" in message and message.endswith("Run `sprout plugins` to list them, or give a full class_path.")
 
 
@@ -110,20 +124,36 @@ def test_plugin_that_raises_on_import(exploding_plugin, tiny_data, tmp_path):
 
 @pytest.mark.parametrize("selector, k", [("rho1", 0), ("random", 150)])
 def test_selector_k_outside_0_100(selector, k, tiny_data, tmp_path):
-    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", model={"selector": {"class_path": selector, "init_args": {"k": k}}}))
-    assert f"k={float(k)} is outside (0, 100]. Set model.selector.init_args.k to the percentage of tokens to keep" in message
+    message = fails(
+        recipe(
+            tmp_path / "r.yaml",
+            tiny_data,
+            tmp_path / "runs",
+            model={"selector": {"class_path": selector, "init_args": {"k": k}}},
+        )
+    )
+    assert (
+        f"k={float(k)} is outside (0, 100]. Set model.selector.init_args.k to the percentage of tokens to keep"
+        in message
+    )
 
 
 def test_negative_mixture_weights(tiny_data, tmp_path):
     mixture = {"class_path": "fixed", "init_args": {"weights": {"code": -1, "text": 2}}}
     message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"mixture": mixture}))
-    assert message == "mixture fixed: weights must be finite, non-negative and not all zero; got {'code': -1.0, 'text': 2.0}. Fix data.mixture.init_args.weights."
+    assert (
+        message
+        == "mixture fixed: weights must be finite, non-negative and not all zero; got {'code': -1.0, 'text': 2.0}. Fix data.mixture.init_args.weights."
+    )
 
 
 def test_mixture_weights_not_matching_the_domains(tiny_data, tmp_path):
     mixture = {"class_path": "fixed", "init_args": {"weights": {"code": 1, "prose": 2}}}
     message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"mixture": mixture}))
-    assert message == "mixture fixed: data.mixture.init_args.weights names ['code', 'prose'] but the data domains are ['code', 'text']. Give one weight per domain."
+    assert (
+        message
+        == "mixture fixed: data.mixture.init_args.weights names ['code', 'prose'] but the data domains are ['code', 'text']. Give one weight per domain."
+    )
 
 
 # -- the data -------------------------------------------------------------------------------------
@@ -173,13 +203,17 @@ def test_corrupt_shard_index(data, tmp_path):
     index.write_text(index.read_text()[:40])
     message = fails(recipe(tmp_path / "r.yaml", data, tmp_path / "runs"))
     assert message.startswith(f"{index} is corrupt (JSONDecodeError: ")
-    assert message.endswith(f"Copy {data / 'code'} again, or re-run tools/prepare_data.py for this domain with --overwrite.")
+    assert message.endswith(
+        f"Copy {data / 'code'} again, or re-run tools/prepare_data.py for this domain with --overwrite."
+    )
 
 
 def test_shards_from_another_tokenizer(tiny_data, tmp_path):
     other = Tokenizer.train_bpe(["another corpus, another vocabulary"] * 20, 300, tmp_path / "other.json")
     message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"tokenizer": str(other.path)}))
-    assert message.startswith(f"Domain 'code' in {tiny_data} was tokenized with {tiny_data / 'tokenizer.json'} (sha256 ")
+    assert message.startswith(
+        f"Domain 'code' in {tiny_data} was tokenized with {tiny_data / 'tokenizer.json'} (sha256 "
+    )
     assert message.endswith(
         f"but the recipe's tokenizer is {other.path} (sha256 {other.sha256[:12]}). Re-prepare the shards with this tokenizer "
         "or point data.tokenizer at the one they were made with."
@@ -197,7 +231,14 @@ def test_tokenizer_larger_than_the_model_vocabulary(tiny_data, tmp_path):
 
 def test_empty_domain(data, tmp_path):
     (tmp_path / "tiny.txt").write_text("Too short to fill one training sequence.")
-    prepare([Source([str(tmp_path / "tiny.txt")], format="text", domain="tiny")], data / "tokenizer.json", data, num_workers=1, progress=False, summary=False)
+    prepare(
+        [Source([str(tmp_path / "tiny.txt")], format="text", domain="tiny")],
+        data / "tokenizer.json",
+        data,
+        num_workers=1,
+        progress=False,
+        summary=False,
+    )
     assert json.loads((data / "tiny" / "meta.json").read_text())["splits"]["train"]["tokens"] < 33
     message = fails(recipe(tmp_path / "r.yaml", data, tmp_path / "runs"))
     assert message == (
@@ -219,7 +260,9 @@ def checkpoint(tiny_data, tmp_path_factory) -> Path:
 
 def test_checkpoint_from_another_model_shape(checkpoint, tiny_data, tmp_path):
     model = {"arch_overrides": {"vocab_size": 320, "block_size": 32, "n_layer": 3}}
-    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", model=model), "--ckpt_path", str(checkpoint))
+    message = fails(
+        recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", model=model), "--ckpt_path", str(checkpoint)
+    )
     assert message == (
         f"The checkpoint {checkpoint} holds another model than the recipe's: n_layer 2 (recipe: 3). Resume with the recipe that wrote it "
         "(its model.arch and model.arch_overrides); to train a larger model from it, start a new run with growth.source set to it."

@@ -26,7 +26,9 @@ def write_run(path, weights, laws=TRUE, steps=STEPS, noise=0.005, seed=0, weight
     writer = SummaryWriter(str(path))
     for step in steps:
         for domain, law in laws.items():
-            loss = float(law.loss(weights[domain], max(step, 1))) * (1 + noise * rng.standard_normal())  # step 0: any finite loss
+            loss = float(law.loss(weights[domain], max(step, 1))) * (
+                1 + noise * rng.standard_normal()
+            )  # step 0: any finite loss
             writer.add_scalar(f"val/loss/{domain}", loss, step)
             if weight_tags:
                 writer.add_scalar(f"mixture/weight/{domain}", weights[domain], step)
@@ -152,7 +154,10 @@ def test_policy_refuses_domains_the_law_does_not_cover():
         (dict(target_steps=100), "exactly one of"),
         (dict(target_steps=100, coefficients={"a": {}}, fit_file="x.json"), "exactly one of"),
         (dict(target_steps=0, coefficients={"a": {}}), "target_steps"),
-        (dict(target_steps=100, coefficients={"a": {"A": 1, "B": 1, "C": 1, "alpha": 0.1}}), r"coefficients\.a must map exactly"),
+        (
+            dict(target_steps=100, coefficients={"a": {"A": 1, "B": 1, "C": 1, "alpha": 0.1}}),
+            r"coefficients\.a must map exactly",
+        ),
         (dict(target_steps=100, coefficients={"a": {"A": -1, "B": 1, "C": 1, "alpha": 0.1, "beta": 0.1}}), "A > 0"),
         (dict(target_steps=100, fit_file="/nonexistent/fit.json"), "does not exist"),
     ],
@@ -165,7 +170,10 @@ def test_policy_bad_init_args(kwargs, message):
 def test_a_weight_far_outside_the_proxies_shares_is_flagged(tmp_path, capsys):
     """Proxies that barely vary a domain's share cannot pin its alpha; an optimum that starves
     the domain is then an extrapolation, said on screen and in the fit file."""
-    laws = {**TRUE, "math": BiMixLaw(A=1.0, B=5.0, C=2.0, alpha=0.0, beta=0.4)}  # as fitted when math's share hardly moved
+    laws = {
+        **TRUE,
+        "math": BiMixLaw(A=1.0, B=5.0, C=2.0, alpha=0.0, beta=0.4),
+    }  # as fitted when math's share hardly moved
     mixes = [{"code": c, "text": 0.75 - c - m, "math": 0.25 + m} for c, m in ((0.2, -0.02), (0.35, 0.0), (0.5, 0.03))]
     runs = [write_run(tmp_path / f"r{i}", mix, laws=laws, seed=i) for i, mix in enumerate(mixes)]
     out = tmp_path / "fit.json"

@@ -96,7 +96,15 @@ def test_default_tokenizer_and_preparation(small_corpus, tmp_path):
     assert tok.vocab_size == 400 and tok.eos_id == 0
     sample = next(corpus_texts(corpus["code"]))
     assert tok.decode(tok.encode(sample)) == sample
-    metas = prepare([Source(paths, format="jsonl", domain=name) for name, paths in corpus.items()], tok, tmp_path / "data", val_fraction=0.05, num_workers=1, progress=False, summary=False)
+    metas = prepare(
+        [Source(paths, format="jsonl", domain=name) for name, paths in corpus.items()],
+        tok,
+        tmp_path / "data",
+        val_fraction=0.05,
+        num_workers=1,
+        progress=False,
+        summary=False,
+    )
     assert set(metas) == {"code", "text"}
     for meta in metas.values():
         assert meta["splits"]["train"]["tokens"] > 10_000 and meta["splits"]["val"]["documents"] >= 1

@@ -51,9 +51,20 @@ def splits(out: Path) -> dict:
 
 def child(script: str, out: Path, tokenizer: Path, options: dict) -> dict:
     """Popen arguments running ``script`` on DOMAINS in its own session, which it may signal whole."""
-    args = json.dumps([[[str(p) for p in paths] for paths in DOMAINS.values()], list(DOMAINS), str(tokenizer), str(out), options])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    return {"args": [sys.executable, "-c", script, args], "env": env, "start_new_session": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    args = json.dumps(
+        [[[str(p) for p in paths] for paths in DOMAINS.values()], list(DOMAINS), str(tokenizer), str(out), options]
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    return {
+        "args": [sys.executable, "-c", script, args],
+        "env": env,
+        "start_new_session": True,
+        "stdout": subprocess.DEVNULL,
+        "stderr": subprocess.DEVNULL,
+    }
 
 
 def run_child(action: str, out: Path, tokenizer: Path, options: dict) -> int:
@@ -71,7 +82,9 @@ def uninterrupted(tiny_data, tmp_path_factory) -> dict:
 @pytest.mark.skipif(os.name != "posix", reason="uses SIGKILL")
 def test_a_killed_preparation_leaves_staging_that_the_next_one_removes(tiny_data, uninterrupted, tmp_path):
     out = tmp_path / "data"
-    assert run_child("os.kill(os.getpid(), signal.SIGKILL)", out, tiny_data / "tokenizer.json", OPTIONS) == -signal.SIGKILL
+    assert (
+        run_child("os.kill(os.getpid(), signal.SIGKILL)", out, tiny_data / "tokenizer.json", OPTIONS) == -signal.SIGKILL
+    )
     left = staging(out)
     assert len(left) == 2 and left[1] == left[0] + ".lock"  # killed outright: nothing could clean up
     assert any((out / left[0]).iterdir())
@@ -103,7 +116,9 @@ prepare([Source(p, format="text", domain=d) for p, d in zip(paths, domains)], to
 @pytest.mark.skipif(os.name != "posix", reason="uses SIGKILL and fork")
 def test_workers_outliving_a_killed_preparation_do_not_keep_its_staging(tiny_data, uninterrupted, tmp_path):
     out = tmp_path / "data"
-    main = subprocess.Popen(**child(ORPHANS, out, tiny_data / "tokenizer.json", {**OPTIONS, "num_workers": 2}))  # no pipes: orphans would hold them
+    main = subprocess.Popen(
+        **child(ORPHANS, out, tiny_data / "tokenizer.json", {**OPTIONS, "num_workers": 2})
+    )  # no pipes: orphans would hold them
     try:
         assert main.wait(timeout=300) == -signal.SIGKILL
         assert len(staging(out)) == 2
@@ -117,7 +132,9 @@ def test_workers_outliving_a_killed_preparation_do_not_keep_its_staging(tiny_dat
 def test_ctrl_c_during_a_worker_pool_removes_the_staging_folder(tiny_data, uninterrupted, tmp_path):
     out = tmp_path / "data"
     # a worker sends SIGINT to its whole process group, as Ctrl-C in a terminal does
-    code = run_child("os.killpg(os.getpgrp(), signal.SIGINT)", out, tiny_data / "tokenizer.json", {**OPTIONS, "num_workers": 2})
+    code = run_child(
+        "os.killpg(os.getpgrp(), signal.SIGINT)", out, tiny_data / "tokenizer.json", {**OPTIONS, "num_workers": 2}
+    )
     assert code == -signal.SIGINT  # KeyboardInterrupt went all the way up
     assert staging(out) == [] and splits(out) == {}
 
@@ -126,8 +143,12 @@ def test_ctrl_c_during_a_worker_pool_removes_the_staging_folder(tiny_data, unint
 
 
 @pytest.mark.parametrize("error", [KeyboardInterrupt, RuntimeError])
-@pytest.mark.parametrize("where", [(worker.SplitWriter, "write_chunk"), (merge, "merge_split")], ids=["write_chunk", "merge_split"])
-def test_an_interrupted_preparation_removes_its_staging_folder(error, where, tiny_data, uninterrupted, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "where", [(worker.SplitWriter, "write_chunk"), (merge, "merge_split")], ids=["write_chunk", "merge_split"]
+)
+def test_an_interrupted_preparation_removes_its_staging_folder(
+    error, where, tiny_data, uninterrupted, tmp_path, monkeypatch
+):
     target, name = where
     real, calls = getattr(target, name), [0]
 
@@ -204,7 +225,12 @@ def test_a_shard_overwritten_with_garbage_names_file_domain_value_and_vocabulary
     with pytest.raises(SproutError) as err:
         blocks[(0, 1, per_chunk[0])]
     message = str(err.value)
-    assert chunks[1]["filename"] in message and "'json'" in message and f"token id {value}" in message and "320 ids" in message
+    assert (
+        chunks[1]["filename"] in message
+        and "'json'" in message
+        and f"token id {value}" in message
+        and "320 ids" in message
+    )
     assert "tools/prepare_data.py" in message and "--overwrite" in message
 
 
@@ -224,4 +250,3 @@ def test_garbage_in_a_validation_shard_or_through_the_data_module(small_chunks):
     data.setup("fit")  # sizes match the index, so only reading can tell
     with pytest.raises(SproutError, match=r"chunk-\S+\.bin of domain 'json' holds token id 2147483647"):
         next(iter(data.train_dataloader()))
-

@@ -58,11 +58,17 @@ def test_a_domain_missing_from_feedback_keeps_its_last_excess():
     a, b = DoReMi(), DoReMi()
     a.weights(1, DOMAINS, {"books": 0.5, "code": 0.2, "math": 0.1})
     b.weights(1, DOMAINS, {"books": 0.5, "code": 0.2, "math": 0.1})
-    assert a.weights(2, DOMAINS, {"books": 0.3, "code": 0.4}) == b.weights(2, DOMAINS, {"books": 0.3, "code": 0.4, "math": 0.1})
+    assert a.weights(2, DOMAINS, {"books": 0.3, "code": 0.4}) == b.weights(
+        2, DOMAINS, {"books": 0.3, "code": 0.4, "math": 0.1}
+    )
 
 
 def test_state_dict_round_trip_continues_identically():
-    feedback = [{"books": 0.3, "code": 0.9, "math": 0.1}, {"books": 0.5, "code": 0.2, "math": 0.4}, {"books": 0.1, "code": 0.1, "math": 0.7}]
+    feedback = [
+        {"books": 0.3, "code": 0.9, "math": 0.1},
+        {"books": 0.5, "code": 0.2, "math": 0.4},
+        {"books": 0.1, "code": 0.1, "math": 0.7},
+    ]
     uninterrupted = DoReMi(eta=2.0)
     for i, f in enumerate(feedback):
         uninterrupted.weights(i, DOMAINS, f)
@@ -97,7 +103,9 @@ def test_changed_domains_and_bad_feedback_are_clear_errors():
         policy.weights(1, DOMAINS, {"books": float("nan"), "code": 0.1, "math": 0.1})
 
 
-@pytest.mark.parametrize("kwargs, field", [({"update_every": 0}, "update_every"), ({"eta": -1.0}, "eta"), ({"smoothing": 1.5}, "smoothing")])
+@pytest.mark.parametrize(
+    "kwargs, field", [({"update_every": 0}, "update_every"), ({"eta": -1.0}, "eta"), ({"smoothing": 1.5}, "smoothing")]
+)
 def test_bad_options_name_the_field(kwargs, field):
     with pytest.raises(SproutError, match=f"data.mixture.init_args.{field}"):
         DoReMi(**kwargs)

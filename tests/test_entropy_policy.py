@@ -15,14 +15,21 @@ def stats(**entropies):
 
 def test_weights_are_softmax_of_conditional_entropy_by_default():
     # exp(ln 2) : exp(ln 6) = 2 : 6, so 0.25 and 0.75.
-    domains = stats(code={"conditional": math.log(2), "joint": 9.0, "shannon": 9.0}, text={"conditional": math.log(6), "joint": 1.0, "shannon": 1.0})
+    domains = stats(
+        code={"conditional": math.log(2), "joint": 9.0, "shannon": 9.0},
+        text={"conditional": math.log(6), "joint": 1.0, "shannon": 1.0},
+    )
     weights = EntropyMixture().weights(0, domains)
     assert weights == pytest.approx({"code": 0.25, "text": 0.75})
 
 
 @pytest.mark.parametrize("measure", ["joint", "shannon"])
 def test_measure_option_picks_the_entropy(measure):
-    domains = stats(a={measure: math.log(1), "conditional": 5.0}, b={measure: math.log(3), "conditional": 0.0}, c={measure: math.log(4), "conditional": 0.0})
+    domains = stats(
+        a={measure: math.log(1), "conditional": 5.0},
+        b={measure: math.log(3), "conditional": 0.0},
+        c={measure: math.log(4), "conditional": 0.0},
+    )
     assert EntropyMixture(measure=measure).weights(0, domains) == pytest.approx({"a": 1 / 8, "b": 3 / 8, "c": 4 / 8})
 
 

@@ -9,8 +9,17 @@ from tools.experiments import common
 def test_scalars_reads_what_the_recipe_logger_writes(tmp_path):
     """The recipes' logger and the scalar reader must agree on where a run's logs are."""
     run_dir = tmp_path / "runs" / "uniform"
-    section = common.recipe(run_dir, tmp_path / "data", {"seed": 0, "val_every": 2, "lr": 1e-3, "vocab_size": 512, "seq_len": 32, "batch_size": 2, "val_blocks": 2},
-                            steps=4, arch="micro", shape={}, warmup_steps=1, log_every=1, mixture={"class_path": "uniform"})["trainer"]["logger"]
+    section = common.recipe(
+        run_dir,
+        tmp_path / "data",
+        {"seed": 0, "val_every": 2, "lr": 1e-3, "vocab_size": 512, "seq_len": 32, "batch_size": 2, "val_blocks": 2},
+        steps=4,
+        arch="micro",
+        shape={},
+        warmup_steps=1,
+        log_every=1,
+        mixture={"class_path": "uniform"},
+    )["trainer"]["logger"]
     module, name = section["class_path"].rsplit(".", 1)
     logger = getattr(importlib.import_module(module), name)(**section["init_args"])
     logger.log_metrics({"val/loss": 3.0, "val/loss/books": 3.5, "val/loss/code": 2.5}, step=2)
@@ -19,7 +28,10 @@ def test_scalars_reads_what_the_recipe_logger_writes(tmp_path):
 
     scalars = common.scalars(run_dir)
     assert scalars["val/loss"] == {2: 3.0, 4: 2.0}
-    assert common.tagged(scalars, "val/loss/") == {"books": {2: 3.5, 4: pytest.approx(2.4)}, "code": {2: 2.5, 4: pytest.approx(1.6)}}
+    assert common.tagged(scalars, "val/loss/") == {
+        "books": {2: 3.5, 4: pytest.approx(2.4)},
+        "code": {2: 2.5, 4: pytest.approx(1.6)},
+    }
 
 
 def test_capped_cuts_the_last_text_and_stops_reading():
@@ -42,4 +54,7 @@ def test_require_names_the_missing_file(tmp_path):
 
 def test_command_quotes_lists_for_the_shell():
     args = {"work_dir": "runs/x", "corpus": "c", "steps": 200, "depth_operators": ["gstack", "learn"]}
-    assert common.command("growth", args) == "python tools/experiments/growth.py --steps 200 --depth_operators '[gstack, learn]'"
+    assert (
+        common.command("growth", args)
+        == "python tools/experiments/growth.py --steps 200 --depth_operators '[gstack, learn]'"
+    )

@@ -57,12 +57,28 @@ def _run(monkeypatch, callbacks, checkpointing, steps=4):
     readings = iter(TICK * i for i in range(1000))
     monkeypatch.setattr(monitor, "time", types.SimpleNamespace(perf_counter=lambda: next(readings)))
     L.seed_everything(0)
-    batches = [{"input_ids": torch.randint(0, VOCAB, (BATCH, SEQ)), "targets": torch.randint(0, VOCAB, (BATCH, SEQ))} for _ in range(steps)]
-    module = SproutModule(arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": SEQ}, parallel=Parallelism(activation_checkpointing=checkpointing))
+    batches = [
+        {"input_ids": torch.randint(0, VOCAB, (BATCH, SEQ)), "targets": torch.randint(0, VOCAB, (BATCH, SEQ))}
+        for _ in range(steps)
+    ]
+    module = SproutModule(
+        arch="micro",
+        arch_overrides={"vocab_size": VOCAB, "block_size": SEQ},
+        parallel=Parallelism(activation_checkpointing=checkpointing),
+    )
     logger = Recorder()
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=steps, limit_val_batches=0, num_sanity_val_steps=0, logger=logger, log_every_n_steps=1,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, callbacks=callbacks,
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=callbacks,
     )
     trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
     return logger.values

@@ -44,8 +44,15 @@ def max_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_every_operator_is_registered():
-    for name, cls in [("gstack", Gstack), ("direct_width", DirectWidth), ("zero_depth", ZeroDepth), ("zero_width", ZeroWidth),
-                      ("random_depth", RandomDepth), ("random_width", RandomWidth), ("learn", LearnedGrowth)]:
+    for name, cls in [
+        ("gstack", Gstack),
+        ("direct_width", DirectWidth),
+        ("zero_depth", ZeroDepth),
+        ("zero_width", ZeroWidth),
+        ("random_depth", RandomDepth),
+        ("random_width", RandomWidth),
+        ("learn", LearnedGrowth),
+    ]:
         assert registry.resolve("growth", name) is cls
 
 
@@ -97,7 +104,9 @@ def test_gstack_copies_whole_blocks(order, layers):
         (RandomWidth(ramp_steps=10), WIDE),
         (RandomWidth(ramp_steps=10), WIDE_GROUPS),
     ],
-    ids=lambda x: type(x).__name__ if not isinstance(x, LlamaConfig) else f"{x.n_layer}L{x.n_embd}h{x.n_head}kv{x.n_kv_head}",
+    ids=lambda x: (
+        type(x).__name__ if not isinstance(x, LlamaConfig) else f"{x.n_layer}L{x.n_embd}h{x.n_head}kv{x.n_kv_head}"
+    ),
 )
 def test_growth_preserves_the_function(operator, target):
     source = trained_like(SOURCE)
@@ -201,7 +210,9 @@ def test_learn_grows_depth_and_width_and_materialises_what_it_computes():
     target = WIDE_GROUPS.replace(n_layer=3)
     ligo = op.grow(source, target)
     assert isinstance(ligo, LigoModel)
-    assert {n for n, p in ligo.named_parameters() if p.requires_grad} == {"residual", "q_heads", "kv_heads", "ffn"} | {f"depth.{k}" for k in ligo.depth}
+    assert {n for n, p in ligo.named_parameters() if p.requires_grad} == {"residual", "q_heads", "kv_heads", "ffn"} | {
+        f"depth.{k}" for k in ligo.depth
+    }
     with torch.no_grad():
         plain = ligo.materialize()
         assert plain.config == target
@@ -215,8 +226,15 @@ def test_learn_grows_depth_and_width_and_materialises_what_it_computes():
 
 @pytest.mark.parametrize(
     "operator, target",
-    [(Gstack(), DEEP), (ZeroDepth(), DEEP), (RandomDepth(ramp_steps=5), DEEP), (DirectWidth(split_noise=0.1), WIDE),
-     (ZeroWidth(), WIDE), (RandomWidth(ramp_steps=5), WIDE), (LearnedGrowth(learn_steps=100), WIDE.replace(n_layer=4))],
+    [
+        (Gstack(), DEEP),
+        (ZeroDepth(), DEEP),
+        (RandomDepth(ramp_steps=5), DEEP),
+        (DirectWidth(split_noise=0.1), WIDE),
+        (ZeroWidth(), WIDE),
+        (RandomWidth(ramp_steps=5), WIDE),
+        (LearnedGrowth(learn_steps=100), WIDE.replace(n_layer=4)),
+    ],
     ids=lambda x: type(x).__name__ if not isinstance(x, LlamaConfig) else "",
 )
 def test_grown_model_trains(operator, target):
@@ -241,7 +259,14 @@ def test_grown_model_trains(operator, target):
 # -- the paper-scale recipes ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, small, big, target_name, tokens", [("1.1b", 6, 24, "llama-1.1b-24l", 100e9), ("3b", 8, 32, "llama-3b-32l", 300e9), ("7b", 8, 32, "llama-7b-32l", 300e9)])
+@pytest.mark.parametrize(
+    "name, small, big, target_name, tokens",
+    [
+        ("1.1b", 6, 24, "llama-1.1b-24l", 100e9),
+        ("3b", 8, 32, "llama-3b-32l", 300e9),
+        ("7b", 8, 32, "llama-7b-32l", 300e9),
+    ],
+)
 def test_paper_recipes_grow_the_paper_shapes_at_the_guideline_time(name, small, big, target_name, tokens):
     from pathlib import Path
 
@@ -259,5 +284,10 @@ def test_paper_recipes_grow_the_paper_shapes_at_the_guideline_time(name, small, 
     assert (source.n_layer, target.n_layer) == (small, big) and target == LlamaConfig.from_name(target_name)
     Gstack().check(source, target)
     assert section["at_tokens"] == round(growth_tokens(param_count(target), tokens))
-    step_tokens = recipe["data"]["batch_size"] * recipe["trainer"]["devices"] * recipe["trainer"]["accumulate_grad_batches"] * recipe["data"]["seq_len"]
+    step_tokens = (
+        recipe["data"]["batch_size"]
+        * recipe["trainer"]["devices"]
+        * recipe["trainer"]["accumulate_grad_batches"]
+        * recipe["data"]["seq_len"]
+    )
     assert step_tokens == 1024 * 2048 and abs(recipe["trainer"]["max_steps"] * step_tokens - tokens) < step_tokens

@@ -22,7 +22,10 @@ def test_reproduces_paper_table(params, tokens, expected, capsys):
     assert f"d = {expected} tokens" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("text, value", [("7e9", 7e9), ("7000000000", 7e9), ("7B", 7e9), ("7b", 7e9), ("1.1B", 1.1e9), ("500M", 5e8), ("2T", 2e12)])
+@pytest.mark.parametrize(
+    "text, value",
+    [("7e9", 7e9), ("7000000000", 7e9), ("7B", 7e9), ("7b", 7e9), ("1.1B", 1.1e9), ("500M", 5e8), ("2T", 2e12)],
+)
 def test_parse_count(text, value):
     assert parse_count(text, "--params") == pytest.approx(value)
 
@@ -57,7 +60,9 @@ def test_factor_must_divide_target_layers():
 
 
 def test_cli_prints_error_without_traceback():
-    result = subprocess.run([sys.executable, str(TOOL), "--params", "7Q", "--tokens", "2T"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(TOOL), "--params", "7Q", "--tokens", "2T"], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert "error: --params '7Q' is not a positive count" in result.stderr
     assert "Traceback" not in result.stderr

@@ -16,7 +16,11 @@ def test_resume_from_the_stage1_checkpoint_is_bit_identical(tiny_data, tmp_path)
     torch generator every step: the resumed run grows at its start, where the global generator
     is elsewhere than in the uninterrupted run, yet must draw the same new layers."""
     sections = {
-        "growth": {"operator": {"class_path": "random_depth", "init_args": {"ramp_steps": 2}}, "at_step": GROW_AT, "target_overrides": {"n_layer": 4}},
+        "growth": {
+            "operator": {"class_path": "random_depth", "init_args": {"ramp_steps": 2}},
+            "at_step": GROW_AT,
+            "target_overrides": {"n_layer": 4},
+        },
         "model": {"selector": {"class_path": "tiny_run.GlobalRandomTokens"}},
     }
     whole = recipe(tmp_path / "whole.yaml", tiny_data, tmp_path / "whole", STEPS, **sections)
@@ -54,7 +58,10 @@ def test_stage_two_from_a_small_checkpoint_counts_the_small_stage(tiny_data, tmp
     and the growth event says so; from a checkpoint without a monitor's state (save_model) they
     count this run only, which is also what the carried totals exceed the small run's by."""
     small_steps, steps = 3, 2
-    assert sprout("fit", "--config", str(recipe(tmp_path / "small.yaml", tiny_data, tmp_path / "small", small_steps)))[0] == 0
+    assert (
+        sprout("fit", "--config", str(recipe(tmp_path / "small.yaml", tiny_data, tmp_path / "small", small_steps)))[0]
+        == 0
+    )
     small_ckpt = tmp_path / "small" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
     small = torch.load(small_ckpt, weights_only=True)["callbacks"]["ThroughputMonitor"]
     assert small["tokens_seen"] == small_steps * 4 * 32 and small["flops_seen"] > 0
@@ -64,9 +71,19 @@ def test_stage_two_from_a_small_checkpoint_counts_the_small_stage(tiny_data, tmp
     runs = {}
     for name, source in (("carried", small_ckpt), ("bare", bare_ckpt)):
         growth = {"operator": {"class_path": "gstack"}, "target_overrides": {"n_layer": 4}, "source": str(source)}
-        assert sprout("fit", "--config", str(recipe(tmp_path / f"{name}.yaml", tiny_data, tmp_path / name, steps, growth=growth)))[0] == 0
+        assert (
+            sprout(
+                "fit",
+                "--config",
+                str(recipe(tmp_path / f"{name}.yaml", tiny_data, tmp_path / name, steps, growth=growth)),
+            )[0]
+            == 0
+        )
         run = tmp_path / name / "tiny" / "version_0"
-        runs[name] = (run, torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["ThroughputMonitor"])
+        runs[name] = (
+            run,
+            torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["ThroughputMonitor"],
+        )
     (carried_run, carried), (bare_run, bare) = runs["carried"], runs["bare"]
     assert bare["tokens_seen"] == steps * 4 * 32 and bare["flops_seen"] > 0  # this run's steps only
     assert carried["tokens_seen"] == small["tokens_seen"] + bare["tokens_seen"]

@@ -39,13 +39,29 @@ def fit(data, ckpt_dir, growth, max_steps=STEPS, ckpt_path=None):
     L.seed_everything(0)
     dm = SproutDataModule(str(data), mixture=Uniform(), seq_len=SEQ, batch_size=4)
     module = SproutModule(
-        arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": SEQ},
-        optimizer=lambda params: torch.optim.AdamW(params, lr=LR), schedule=WarmupCosine(warmup_steps=WARMUP, min_lr=3e-4),
+        arch="micro",
+        arch_overrides={"vocab_size": VOCAB, "block_size": SEQ},
+        optimizer=lambda params: torch.optim.AdamW(params, lr=LR),
+        schedule=WarmupCosine(warmup_steps=WARMUP, min_lr=3e-4),
     )
-    checkpoints = ModelCheckpoint(dirpath=ckpt_dir, filename="at{step:03d}", auto_insert_metric_name=False, every_n_train_steps=SAVE_EVERY, save_top_k=-1)
+    checkpoints = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="at{step:03d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=SAVE_EVERY,
+        save_top_k=-1,
+    )
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False, callbacks=[growth, checkpoints],
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[growth, checkpoints],
     )
     trainer.fit(module, dm, ckpt_path=ckpt_path)
     return module, trainer
@@ -78,7 +94,11 @@ def deeper(operator, **options):
     "make_growth",
     [
         lambda: deeper(Gstack()),
-        lambda: Growth(operator=RandomWidth(ramp_steps=PHASE), target_overrides={"n_embd": 128, "n_head": 8, "n_kv_head": 4, "intermediate_size": 352}, at_step=GROW_AT),
+        lambda: Growth(
+            operator=RandomWidth(ramp_steps=PHASE),
+            target_overrides={"n_embd": 128, "n_head": 8, "n_kv_head": 4, "intermediate_size": 352},
+            at_step=GROW_AT,
+        ),
         lambda: deeper(LearnedGrowth(learn_steps=PHASE)),
     ],
     ids=["gstack", "random_width", "learn"],
@@ -113,7 +133,9 @@ def test_learn_resumed_mid_phase_trains_its_map_then_the_plain_model(tiny_data, 
 def test_schedule_restarts_at_growth_or_continues(tiny_data, tmp_path):
     lrs = {}
     for restart in (True, False):
-        _, trainer = fit(tiny_data, tmp_path / str(restart), deeper(Gstack(), restart_schedule=restart), max_steps=GROW_AT + 1)
+        _, trainer = fit(
+            tiny_data, tmp_path / str(restart), deeper(Gstack(), restart_schedule=restart), max_steps=GROW_AT + 1
+        )
         lrs[restart] = trainer.optimizers[0].param_groups[0]["lr"]
     schedule = WarmupCosine(warmup_steps=WARMUP, min_lr=3e-4)
     assert lrs[True] == pytest.approx(LR * schedule.factor(1, LR, GROW_AT + 1 - GROW_AT))  # warm-up again, one step in
@@ -125,7 +147,9 @@ def test_optimizer_state_carries_over_from_the_copied_layer(tiny_data, tmp_path)
     optimizer, model = trainer.optimizers[0], trainer.lightning_module.model
     state = {name: optimizer.state[p] for name, p in model.named_parameters()}
     assert int(state["layers.2.attention.wq.weight"]["step"]) == GROW_AT
-    assert torch.equal(state["layers.2.attention.wq.weight"]["exp_avg"], state["layers.0.attention.wq.weight"]["exp_avg"])
+    assert torch.equal(
+        state["layers.2.attention.wq.weight"]["exp_avg"], state["layers.0.attention.wq.weight"]["exp_avg"]
+    )
     _, fresh = fit(tiny_data, tmp_path / "fresh", deeper(Gstack()), max_steps=GROW_AT)
     assert not fresh.optimizers[0].state
 
@@ -133,8 +157,19 @@ def test_optimizer_state_carries_over_from_the_copied_layer(tiny_data, tmp_path)
 def test_stage_two_from_a_small_checkpoint(tiny_data, tmp_path):
     torch.manual_seed(7)
     small = Llama(LlamaConfig.from_name("micro", vocab_size=VOCAB, block_size=SEQ))
-    path = save_model(small, tmp_path / "small.ckpt", {"tokenizer": Tokenizer.load(tiny_data / "tokenizer.json").identity})
-    module, trainer = fit(tiny_data, tmp_path / "ckpt", Growth(operator=DirectWidth(), target_overrides={"n_embd": 128, "n_head": 8, "n_kv_head": 4, "intermediate_size": 352}, source=str(path)), max_steps=2)
+    path = save_model(
+        small, tmp_path / "small.ckpt", {"tokenizer": Tokenizer.load(tiny_data / "tokenizer.json").identity}
+    )
+    module, trainer = fit(
+        tiny_data,
+        tmp_path / "ckpt",
+        Growth(
+            operator=DirectWidth(),
+            target_overrides={"n_embd": 128, "n_head": 8, "n_kv_head": 4, "intermediate_size": 352},
+            source=str(path),
+        ),
+        max_steps=2,
+    )
     assert trainer.callbacks[0].grown_at == 0 and module.config.n_embd == 128
     assert not (tmp_path / "ckpt" / "stage1-step000000.ckpt").exists()
 
@@ -145,8 +180,19 @@ def test_stage_two_from_a_small_checkpoint(tiny_data, tmp_path):
         ({"operator": Gstack(), "target_overrides": {"n_layer": 4}}, "exactly one of growth.at_step"),
         ({"operator": Gstack(), "at_step": 3}, "growth.target_arch"),
         ({"at_step": 3}, "no growth.operator"),
-        ({"operator": DirectWidth(), "target_overrides": {"n_embd": 128, "n_head": 8, "n_kv_head": 4}, "at_step": 3, "fresh_optimizer": False}, "fresh_optimizer"),
-        ({"operator": Gstack(), "target_overrides": {"n_layer": 4, "n_embd": 128, "n_head": 8}, "at_step": 3}, "cannot change `n_embd`"),
+        (
+            {
+                "operator": DirectWidth(),
+                "target_overrides": {"n_embd": 128, "n_head": 8, "n_kv_head": 4},
+                "at_step": 3,
+                "fresh_optimizer": False,
+            },
+            "fresh_optimizer",
+        ),
+        (
+            {"operator": Gstack(), "target_overrides": {"n_layer": 4, "n_embd": 128, "n_head": 8}, "at_step": 3},
+            "cannot change `n_embd`",
+        ),
         ({"operator": Gstack(), "target_arch": "no-such-shape", "at_step": 3}, "growth.target_arch"),
     ],
 )
@@ -160,12 +206,36 @@ def test_tiny_recipe_runs_through_the_cli(tiny_data, tmp_path):
     growth/stage and more FLOPs per step after growth in TensorBoard."""
     recipe = yaml.safe_load((REPO / "recipes" / "gstack-tiny.yaml").read_text())
     run_cli(
-        tmp_path, "fit", "--config", str(REPO / "recipes" / "gstack-tiny.yaml"),
-        "--trainer.max_steps", "6", "--trainer.val_check_interval", "3", "--trainer.log_every_n_steps", "1",
-        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--trainer.enable_progress_bar", "false",
-        "--data.data_dir", str(tiny_data), "--data.prepare", "null", "--data.seq_len", str(SEQ), "--data.batch_size", "2",
-        "--model.arch_overrides", yaml.safe_dump({**recipe["model"]["arch_overrides"], "block_size": SEQ}, default_flow_style=True).strip(),
-        "--model.schedule.warmup_steps", "1", "--growth.at_step", "3", "--monitor.peak_flops", "1e12",
+        tmp_path,
+        "fit",
+        "--config",
+        str(REPO / "recipes" / "gstack-tiny.yaml"),
+        "--trainer.max_steps",
+        "6",
+        "--trainer.val_check_interval",
+        "3",
+        "--trainer.log_every_n_steps",
+        "1",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path / "runs"),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.data_dir",
+        str(tiny_data),
+        "--data.prepare",
+        "null",
+        "--data.seq_len",
+        str(SEQ),
+        "--data.batch_size",
+        "2",
+        "--model.arch_overrides",
+        yaml.safe_dump({**recipe["model"]["arch_overrides"], "block_size": SEQ}, default_flow_style=True).strip(),
+        "--model.schedule.warmup_steps",
+        "1",
+        "--growth.at_step",
+        "3",
+        "--monitor.peak_flops",
+        "1e12",
     )
     run = next((tmp_path / "runs").glob("*/version_0"))
     assert (run / "checkpoints" / "stage1-step000003.ckpt").is_file()
@@ -181,21 +251,39 @@ def test_fsdp2_grows_mid_run_and_resumes_in_the_grown_shape(tiny_data, tmp_path)
     """Two ranks over gloo: the sharded stage-1 model is gathered, grown (G_random width, masks on
     the sharded copy) and sharded again; resuming from the grown sharded checkpoint builds the
     grown shape before Lightning loads the shards."""
+
     def recipe(max_steps):
         config = {
             "seed_everything": 3,
             "trainer": {
-                "accelerator": "cpu", "devices": 2, "strategy": {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"},
-                "max_steps": max_steps, "limit_val_batches": 0, "log_every_n_steps": 1, "enable_progress_bar": False, "enable_model_summary": False,
-                "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "logs"), "name": "run"}},
+                "accelerator": "cpu",
+                "devices": 2,
+                "strategy": {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"},
+                "max_steps": max_steps,
+                "limit_val_batches": 0,
+                "log_every_n_steps": 1,
+                "enable_progress_bar": False,
+                "enable_model_summary": False,
+                "logger": {
+                    "class_path": "lightning.pytorch.loggers.CSVLogger",
+                    "init_args": {"save_dir": str(tmp_path / "logs"), "name": "run"},
+                },
             },
-            "model": {"arch": "micro", "arch_overrides": {"vocab_size": VOCAB, "block_size": SEQ}, "parallel": {"activation_checkpointing": True},
-                      "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": LR}}, "schedule": {"warmup_steps": WARMUP, "min_lr": 3e-4}},
+            "model": {
+                "arch": "micro",
+                "arch_overrides": {"vocab_size": VOCAB, "block_size": SEQ},
+                "parallel": {"activation_checkpointing": True},
+                "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": LR}},
+                "schedule": {"warmup_steps": WARMUP, "min_lr": 3e-4},
+            },
             "data": {"data_dir": str(tiny_data), "seq_len": SEQ, "batch_size": 2, "mixture": {"class_path": "uniform"}},
             "checkpoint": {"dirpath": str(tmp_path / "ckpt"), "every_n_train_steps": 2},
             "monitor": {"peak_flops": 1e11},
-            "growth": {"operator": {"class_path": "random_width", "init_args": {"ramp_steps": 4}}, "at_step": 2,
-                       "target_overrides": {"n_embd": 128, "n_head": 8, "n_kv_head": 4, "intermediate_size": 352}},
+            "growth": {
+                "operator": {"class_path": "random_width", "init_args": {"ramp_steps": 4}},
+                "at_step": 2,
+                "target_overrides": {"n_embd": 128, "n_head": 8, "n_kv_head": 4, "intermediate_size": 352},
+            },
         }
         path = tmp_path / f"recipe{max_steps}.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -203,12 +291,23 @@ def test_fsdp2_grows_mid_run_and_resumes_in_the_grown_shape(tiny_data, tmp_path)
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     for max_steps, extra in ((4, []), (5, ["--ckpt_path", "last"])):
-        run = subprocess.run([sys.executable, "-m", "app", "fit", "--config", str(recipe(max_steps)), *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        run = subprocess.run(
+            [sys.executable, "-m", "app", "fit", "--config", str(recipe(max_steps)), *extra],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "ckpt" / "stage1-step000002.ckpt" / ".metadata").is_file()  # a sharded stage-1 checkpoint
     grown, meta = load_model(tmp_path / "ckpt" / "last.ckpt")
     assert grown.config.n_embd == 128 and meta["schedule_start"] == 2
-    rows = [r for r in csv.DictReader((tmp_path / "logs" / "run" / "version_1" / "metrics.csv").open()) if r.get("train/loss")]
+    rows = [
+        r
+        for r in csv.DictReader((tmp_path / "logs" / "run" / "version_1" / "metrics.csv").open())
+        if r.get("train/loss")
+    ]
     assert [int(r["step"]) for r in rows] == [4] and float(rows[0]["growth/stage"]) == 1.0
 
 
@@ -218,7 +317,16 @@ def test_growth_plan_writes_sections_the_cli_accepts(tmp_path, capsys):
     plan(tokens="50M", config="tiny", write_recipe=str(tmp_path / "plan.yaml"))
     capsys.readouterr()
     with pytest.raises(SystemExit) as done:
-        main(["fit", "--config", str(REPO / "recipes" / "gstack-tiny.yaml"), "--config", str(tmp_path / "plan.yaml"), "--print_config"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "recipes" / "gstack-tiny.yaml"),
+                "--config",
+                str(tmp_path / "plan.yaml"),
+                "--print_config",
+            ]
+        )
     assert done.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["growth"]["operator"]["class_path"] == "plugins.growth.direct.Gstack"
@@ -229,6 +337,8 @@ def test_growth_plan_writes_sections_the_cli_accepts(tmp_path, capsys):
 
 def test_growth_at_a_token_count(tiny_data, tmp_path):
     tokens_per_step = 4 * SEQ  # batch_size x seq_len, one device
-    growth = Growth(operator=Gstack(), target_overrides={"n_layer": 4}, at_tokens=2 * tokens_per_step + 1, save_stage=False)
+    growth = Growth(
+        operator=Gstack(), target_overrides={"n_layer": 4}, at_tokens=2 * tokens_per_step + 1, save_stage=False
+    )
     module, _ = fit(tiny_data, tmp_path, growth, max_steps=4)
     assert growth.grown_at == 3 and growth.tokens_seen == 4 * tokens_per_step and module.config.n_layer == 4

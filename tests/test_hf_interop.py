@@ -105,8 +105,15 @@ def fit_two_steps(tmp_path: Path) -> tuple[Path, Llama]:
 
     module = SproutModule(arch="micro", arch_overrides={"vocab_size": 320, "block_size": 32})
     data = [{"input_ids": torch.randint(0, 320, (16,)), "targets": torch.randint(0, 320, (16,))} for _ in range(4)]
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=2))
     path = tmp_path / "fit.ckpt"
     trainer.save_checkpoint(path)
@@ -128,17 +135,28 @@ def test_export_cli_from_lightning_checkpoint_with_tokenizer(tmp_path):
     texts = ["The quick brown fox jumps over the lazy dog. " * 3, "def main():\n    return 0\n"] * 20
     tokenizer = Tokenizer.train_bpe(texts, 300, tmp_path / "tok" / "tokenizer.json")
     out = tmp_path / "hf"
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "export_hf.py"), str(path), str(out), "--tokenizer", str(tokenizer.path)],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "export_hf.py"), str(path), str(out), "--tokenizer", str(tokenizer.path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
     text = "The lazy fox returns 0"
     assert hf_tokenizer(text)["input_ids"] == tokenizer.encode(text)
-    assert hf_tokenizer.eos_token_id == tokenizer.eos_id == json.loads((out / "config.json").read_text())["eos_token_id"]
+    assert (
+        hf_tokenizer.eos_token_id == tokenizer.eos_id == json.loads((out / "config.json").read_text())["eos_token_id"]
+    )
     idx = torch.randint(0, 320, (2, 30))
     with torch.no_grad():
         torch.testing.assert_close(hf_logits(out, idx), trained.eval()(idx), atol=1e-4, rtol=1e-4)
-    again = subprocess.run([sys.executable, str(REPO / "tools" / "export_hf.py"), str(path), str(out)], capture_output=True, text=True, cwd=REPO)
+    again = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "export_hf.py"), str(path), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert again.returncode == 2 and "--overwrite" in again.stderr and "Traceback" not in again.stderr
 
 
@@ -147,8 +165,16 @@ def test_export_sentencepiece_tokenizer(tmp_path):
 
     lines = Path(os.__file__).read_text().splitlines()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines), model_prefix=str(tmp_path / "sp"), vocab_size=400, model_type="bpe",
-        unk_id=0, bos_id=1, eos_id=2, normalization_rule_name="identity", byte_fallback=True, minloglevel=2,
+        sentence_iterator=iter(lines),
+        model_prefix=str(tmp_path / "sp"),
+        vocab_size=400,
+        model_type="bpe",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        normalization_rule_name="identity",
+        byte_fallback=True,
+        minloglevel=2,
     )  # Llama-2 style: no normalisation, byte fallback
     save_hf(random_model(vocab_size=400), tmp_path / "hf", tokenizer=tmp_path / "sp.model")
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf", local_files_only=True)
@@ -175,7 +201,10 @@ def test_distributed_checkpoint_folder_loads(tmp_path):
     import torch.distributed.checkpoint as dcp
 
     model = random_model()
-    state = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "optimizer_0": {"step": torch.tensor(3.0)}}
+    state = {
+        "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+        "optimizer_0": {"step": torch.tensor(3.0)},
+    }
     with pytest.warns(UserWarning):
         dcp.save(state, checkpoint_id=tmp_path / "dist")
     torch.save({"sprout": {"model_config": model.config.to_dict(), "tokenizer": None}}, tmp_path / "dist" / "meta.pt")
@@ -202,7 +231,10 @@ def test_stored_flash_attention_loads_where_flash_is_missing(tmp_path):
         pytest.skip("flash-attn is installed here")
     model = random_model()
     config = model.config.to_dict() | {"attention": "flash"}
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "sprout": {"model_config": config}}, tmp_path / "m.ckpt")
+    torch.save(
+        {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}, "sprout": {"model_config": config}},
+        tmp_path / "m.ckpt",
+    )
     loaded, _ = load_model(tmp_path / "m.ckpt")
     assert loaded.config.attention == "auto"
 
@@ -253,7 +285,9 @@ def test_missing_tensor_is_named(tmp_path):
 def test_shape_mismatch_names_tensor_and_both_shapes(tmp_path):
     path = save_model(random_model(), tmp_path / "m.ckpt")
     expected = LlamaConfig(**{**GQA, "intermediate_size": 192})
-    with pytest.raises(SproutError, match=r"layers\.0\.feed_forward\.w1\.weight has shape \(176, 64\).*needs \(192, 64\)"):
+    with pytest.raises(
+        SproutError, match=r"layers\.0\.feed_forward\.w1\.weight has shape \(176, 64\).*needs \(192, 64\)"
+    ):
         load_model(path, config=expected)
 
 
@@ -294,7 +328,11 @@ def test_unsupported_hf_variants_are_refused(tmp_path, change, field):
 
 
 def test_import_cli_reports_errors_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "import_hf.py"), str(tmp_path), str(tmp_path / "x.ckpt")],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "import_hf.py"), str(tmp_path), str(tmp_path / "x.ckpt")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 2
     assert str(tmp_path) in result.stderr and "Traceback" not in result.stderr

@@ -62,7 +62,11 @@ def _measured_peak(config, micro_batch, seq_len, checkpointing):
         optimizer.zero_grad()
 
     step()  # creates the optimizer state
-    existing = [*model.parameters(), *model.buffers(), *(t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t))]
+    existing = [
+        *model.parameters(),
+        *model.buffers(),
+        *(t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)),
+    ]
     with PeakTensorMemory(existing) as memory:
         step()
     return memory.peak
@@ -73,7 +77,9 @@ def _measured_peak(config, micro_batch, seq_len, checkpointing):
 def test_estimate_within_25_percent_of_measured(arch, micro_batch, seq_len, checkpointing):
     config = LlamaConfig.from_name(arch, vocab_size=512, block_size=256)
     measured = _measured_peak(config, micro_batch, seq_len, checkpointing)
-    estimated = estimate_memory(config, micro_batch, seq_len, compute_bytes=4, activation_checkpointing=checkpointing).total
+    estimated = estimate_memory(
+        config, micro_batch, seq_len, compute_bytes=4, activation_checkpointing=checkpointing
+    ).total
     assert abs(estimated - measured) / measured < 0.25, (estimated / 2**20, measured / 2**20)
 
 
@@ -96,5 +102,8 @@ def test_tool_reads_a_recipe(tmp_path, capsys):
     )
     totals = estimate(recipe=recipe)
     config = LlamaConfig.from_name("tiny-llama-1.1b")
-    assert totals["checkpointing"] == estimate_memory(config, 2, 1024, shards=4, activation_checkpointing=True).total / 2**30
+    assert (
+        totals["checkpointing"]
+        == estimate_memory(config, 2, 1024, shards=4, activation_checkpointing=True).total / 2**30
+    )
     assert "micro-batch 2 x 1024 tokens, 4 FSDP shard(s)" in capsys.readouterr().out

@@ -35,7 +35,9 @@ def vocab(data: Path) -> int:
     return Tokenizer.load(data / "tokenizer.json").vocab_size
 
 
-@pytest.mark.parametrize("measure, key", [("conditional", "conditional_entropy"), ("joint", "joint_entropy"), ("shannon", "unigram_entropy")])
+@pytest.mark.parametrize(
+    "measure, key", [("conditional", "conditional_entropy"), ("joint", "joint_entropy"), ("shannon", "unigram_entropy")]
+)
 def test_entropy_mixture_from_prepared_stats(tiny_data, measure, key):
     dm = SproutDataModule(str(tiny_data), mixture=EntropyMixture(measure), seq_len=SEQ, batch_size=4)
     dm.setup("fit")
@@ -71,7 +73,11 @@ def reference(tiny_data, tmp_path_factory) -> Path:
     torch.manual_seed(123)
     model = Llama(LlamaConfig.from_name("micro", vocab_size=vocab(tiny_data), block_size=SEQ))
     model.init_weights()
-    return save_model(model, tmp_path_factory.mktemp("ref") / "reference.ckpt", {"tokenizer": Tokenizer.load(tiny_data / "tokenizer.json").identity})
+    return save_model(
+        model,
+        tmp_path_factory.mktemp("ref") / "reference.ckpt",
+        {"tokenizer": Tokenizer.load(tiny_data / "tokenizer.json").identity},
+    )
 
 
 def fit(tiny_data, reference, ckpt_dir, max_steps, ckpt_path=None):
@@ -85,10 +91,24 @@ def fit(tiny_data, reference, ckpt_dir, max_steps, ckpt_path=None):
         reference=str(reference),
     )
     recorder = Recorder()
-    checkpoints = ModelCheckpoint(dirpath=ckpt_dir, filename="at{step:03d}", auto_insert_metric_name=False, every_n_train_steps=RESUME_AT, save_top_k=-1)
+    checkpoints = ModelCheckpoint(
+        dirpath=ckpt_dir,
+        filename="at{step:03d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=RESUME_AT,
+        save_top_k=-1,
+    )
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, max_steps=max_steps, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False, callbacks=[MixtureFeedback(), recorder, checkpoints],
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[MixtureFeedback(), recorder, checkpoints],
     )
     trainer.fit(module, dm, ckpt_path=ckpt_path)
     return recorder, dm.mixture, module
@@ -116,24 +136,47 @@ def test_dynamic_mixture_resumes_exactly(tiny_data, reference, tmp_path):
 def test_doremi_without_a_reference_is_a_clear_error(tiny_data):
     dm = SproutDataModule(str(tiny_data), mixture=DoReMi(), seq_len=SEQ, batch_size=4)
     module = SproutModule(arch="micro", arch_overrides={"vocab_size": vocab(tiny_data), "block_size": SEQ})
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     with pytest.raises(SproutError, match="mixture DoReMi needs reference losses: set model.reference"):
         trainer.fit(module, dm)
 
 
 def test_printed_mixtures_are_recipes_the_cli_accepts(tiny_data, tmp_path):
     """What fit_bimix.py and doremi print for the user to paste must parse and build."""
-    write_fit(tmp_path / "fit.json", {"code": BiMixLaw(3.0, 0.6, 0.4, 0.2, 0.3), "text": BiMixLaw(4.0, 0.5, 0.5, 0.1, 0.4)})
+    write_fit(
+        tmp_path / "fit.json", {"code": BiMixLaw(3.0, 0.6, 0.4, 0.2, 0.3), "text": BiMixLaw(4.0, 0.5, 0.5, 0.1, 0.4)}
+    )
     snippet = recipe_snippet({"code": 0.25, "text": 0.75}, str(tmp_path / "fit.json"), 1000, 0.05, 1.0)
     fixed, law = snippet.split("\n# or ")  # two alternatives, each a recipe fragment
     law = "# or " + law
     doremi = DoReMi()
     doremi.weights(3, {"code": None, "text": None}, {"code": 0.4, "text": 0.1})
     averaged = doremi.report().split("\n", 1)[1]
-    for text, cls, weights in ((fixed, Fixed, {"code": 0.25, "text": 0.75}), (law, BiMixMixture, None), (averaged, Fixed, doremi.average)):
+    for text, cls, weights in (
+        (fixed, Fixed, {"code": 0.25, "text": 0.75}),
+        (law, BiMixMixture, None),
+        (averaged, Fixed, doremi.average),
+    ):
         (tmp_path / "mixture.yaml").write_text(text)
-        args = ["--data.data_dir", str(tiny_data), "--trainer.logger", "false", "--config", str(tmp_path / "mixture.yaml")]
-        mixture = SproutCLI(SproutModule, SproutDataModule, args=args, run=False, parser_kwargs={"parser_mode": RECIPE_MODE}).datamodule.mixture
+        args = [
+            "--data.data_dir",
+            str(tiny_data),
+            "--trainer.logger",
+            "false",
+            "--config",
+            str(tmp_path / "mixture.yaml"),
+        ]
+        mixture = SproutCLI(
+            SproutModule, SproutDataModule, args=args, run=False, parser_kwargs={"parser_mode": RECIPE_MODE}
+        ).datamodule.mixture
         assert isinstance(mixture, cls)
         if weights is not None:
             assert mixture.fixed == pytest.approx(weights, abs=1e-4)

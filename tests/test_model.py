@@ -219,7 +219,11 @@ def test_named_configs():
     assert (tiny_llama.n_layer, tiny_llama.n_embd, tiny_llama.n_head, tiny_llama.n_kv_head) == (22, 2048, 32, 4)
     assert (tiny_llama.intermediate_size, tiny_llama.vocab_size, tiny_llama.block_size) == (5632, 32000, 2048)
     assert tiny_llama.norm_eps == 1e-5
-    for small, large in (("llama-1.1b-6l", "llama-1.1b-24l"), ("llama-3b-8l", "llama-3b-32l"), ("llama-7b-8l", "llama-7b-32l")):
+    for small, large in (
+        ("llama-1.1b-6l", "llama-1.1b-24l"),
+        ("llama-3b-8l", "llama-3b-32l"),
+        ("llama-7b-8l", "llama-7b-32l"),
+    ):
         a, b = LlamaConfig.from_name(small), LlamaConfig.from_name(large)
         assert b.n_layer == 4 * a.n_layer and a.replace(n_layer=b.n_layer) == b
     bench = LlamaConfig.from_name("bench-6l-384")

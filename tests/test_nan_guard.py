@@ -11,7 +11,6 @@ from tiny_run import recipe, scalars, sprout
 EVERY_STEP = {"every_n_train_steps": 1, "save_top_k": -1}
 
 
-
 def weights(path: Path) -> dict:
     return torch.load(path, weights_only=True)["state_dict"]
 
@@ -30,7 +29,12 @@ def assert_same_training_state(a: Path, b: Path) -> None:
 
 def test_bad_steps_are_skipped_counted_and_training_goes_on(tiny_data, tmp_path):
     config = recipe(
-        tmp_path / "r.yaml", tiny_data, tmp_path / "runs", 6, checkpoint=EVERY_STEP, nan_guard={"max_consecutive": 3},
+        tmp_path / "r.yaml",
+        tiny_data,
+        tmp_path / "runs",
+        6,
+        checkpoint=EVERY_STEP,
+        nan_guard={"max_consecutive": 3},
         model={"selector": {"class_path": "tiny_run.NaNAt", "init_args": {"batches": [2, 3]}}},
     )
     with pytest.warns(UserWarning) as warned:
@@ -53,7 +57,12 @@ def test_bad_steps_are_skipped_counted_and_training_goes_on(tiny_data, tmp_path)
 
 def test_a_streak_stops_the_run_with_the_weights_from_before_it(tiny_data, tmp_path):
     config = recipe(
-        tmp_path / "r.yaml", tiny_data, tmp_path / "runs", 12, checkpoint=EVERY_STEP, nan_guard={"max_consecutive": 3},
+        tmp_path / "r.yaml",
+        tiny_data,
+        tmp_path / "runs",
+        12,
+        checkpoint=EVERY_STEP,
+        nan_guard={"max_consecutive": 3},
         model={"selector": {"class_path": "tiny_run.NaNAt", "init_args": {"from_batch": 3}}},
     )
     code, err = sprout("fit", "--config", str(config))
@@ -61,11 +70,14 @@ def test_a_streak_stops_the_run_with_the_weights_from_before_it(tiny_data, tmp_p
     stop = run / "checkpoints" / "nonfinite-step000005.ckpt"
     last_loss = scalars(run)[2]
     assert code == 2
-    message = err[err.index("sprout: error: "):]
+    message = err[err.index("sprout: error: ") :]
     assert message.startswith(
         "sprout: error: Training stopped: the loss or gradient norm was not finite in 3 steps in a row (steps 3-5; domains in those batches: "
     )
-    assert f"the last finite loss was {last_loss:.4f} at step 2. Their updates were skipped, so {stop} holds the weights from before step 3;" in message
+    assert (
+        f"the last finite loss was {last_loss:.4f} at step 2. Their updates were skipped, so {stop} holds the weights from before step 3;"
+        in message
+    )
     assert f"resume with --ckpt_path {stop}" in message and "Traceback" not in err
     assert_same_training_state(run / "checkpoints" / "step000003.ckpt", stop)
     assert torch.load(stop, weights_only=True)["global_step"] == 6

@@ -34,7 +34,9 @@ def _loss(model, x, y):
 
 def _batches(world):
     g = torch.Generator().manual_seed(1)
-    return torch.randint(0, CONFIG.vocab_size, (world, 2, 16), generator=g), torch.randint(0, CONFIG.vocab_size, (world, 2, 16), generator=g)
+    return torch.randint(0, CONFIG.vocab_size, (world, 2, 16), generator=g), torch.randint(
+        0, CONFIG.vocab_size, (world, 2, 16), generator=g
+    )
 
 
 def _sharded_worker(rank, world, init_file, reference_file):
@@ -160,8 +162,12 @@ def test_fused_adamw_on_cuda_and_cpu_only_when_unset():
     assert fused_optimizer_kwargs(torch.optim.RMSprop, cuda) == {}  # no fused kernel
     from functools import partial
 
-    assert fused_optimizer_kwargs(partial(torch.optim.AdamW, lr=1e-3, fused=None, foreach=None), cuda) == {"fused": True}
-    assert fused_optimizer_kwargs(partial(torch.optim.AdamW, lr=1e-3, fused=False, foreach=None), cuda) == {}  # recipe chose
+    assert fused_optimizer_kwargs(partial(torch.optim.AdamW, lr=1e-3, fused=None, foreach=None), cuda) == {
+        "fused": True
+    }
+    assert (
+        fused_optimizer_kwargs(partial(torch.optim.AdamW, lr=1e-3, fused=False, foreach=None), cuda) == {}
+    )  # recipe chose
     assert fused_optimizer_kwargs(partial(torch.optim.AdamW, fused=None, foreach=True), cuda) == {}
 
 
@@ -170,15 +176,26 @@ def _recipe(tmp_path, data_dir, strategy, max_steps, **parallel):
     recipe = {
         "seed_everything": 3,
         "trainer": {
-            "accelerator": "cpu", "devices": 2, "strategy": strategy, "max_steps": max_steps,
-            "limit_val_batches": 0, "log_every_n_steps": 1, "gradient_clip_val": 1.0,
-            "enable_progress_bar": False, "enable_model_summary": False,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp_path / "logs"), "name": "run"}},
+            "accelerator": "cpu",
+            "devices": 2,
+            "strategy": strategy,
+            "max_steps": max_steps,
+            "limit_val_batches": 0,
+            "log_every_n_steps": 1,
+            "gradient_clip_val": 1.0,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(tmp_path / "logs"), "name": "run"},
+            },
         },
         "model": {
-            "arch": "micro", "arch_overrides": {"vocab_size": 384, "block_size": 32},
+            "arch": "micro",
+            "arch_overrides": {"vocab_size": 384, "block_size": 32},
             "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.003}},
-            "schedule": {"warmup_steps": 2, "min_lr": 0.0003}, "parallel": parallel,
+            "schedule": {"warmup_steps": 2, "min_lr": 0.0003},
+            "parallel": parallel,
         },
         "data": {"data_dir": str(data_dir), "seq_len": 32, "batch_size": 2, "mixture": {"class_path": "uniform"}},
         "checkpoint": {"dirpath": str(tmp_path / "ckpt"), "every_n_train_steps": 2},
@@ -191,7 +208,14 @@ def _recipe(tmp_path, data_dir, strategy, max_steps, **parallel):
 
 def _fit(recipe, *extra):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "-m", "app", "fit", "--config", str(recipe), *extra], cwd=recipe.parent, env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "app", "fit", "--config", str(recipe), *extra],
+        cwd=recipe.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-6000:]
     return run
 
@@ -238,7 +262,10 @@ def test_fsdp2_run_checkpoints_resumes_and_consolidates(tmp_path, tiny_data):
 
     shard = last / "__1_0.distcp"
     shard.write_bytes(shard.read_bytes()[:100])  # the model tensors come first; cut into them
-    with pytest.raises(SproutError, match=rf"Cannot read distributed checkpoint {last} \(EOFError.*\)\. A shard is missing or truncated; use an earlier checkpoint\.$"):
+    with pytest.raises(
+        SproutError,
+        match=rf"Cannot read distributed checkpoint {last} \(EOFError.*\)\. A shard is missing or truncated; use an earlier checkpoint\.$",
+    ):
         load_model(last)
 
 

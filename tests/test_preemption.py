@@ -15,7 +15,6 @@ STEPS = 8
 TESTS = Path(__file__).parent
 
 
-
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("whole")
@@ -25,8 +24,19 @@ def uninterrupted(tiny_data, tmp_path_factory) -> Path:
 
 def interrupt(config: Path, sig: signal.Signals, at: int, cwd: Path, **env: str) -> tuple[int, str]:
     """Run ``sprout fit`` in a real process, send ``sig`` where it pauses; (exit status, stderr)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]), **env}
-    proc = subprocess.Popen([sys.executable, "-m", "app", "fit", "--config", str(config)], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]),
+        **env,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app", "fit", "--config", str(config)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in proc.stdout:
             if line.startswith(f"paused at step {at}"):
@@ -38,14 +48,20 @@ def interrupt(config: Path, sig: signal.Signals, at: int, cwd: Path, **env: str)
     return proc.returncode, err
 
 
-@pytest.mark.parametrize("sig, during, at", [(signal.SIGTERM, "training", 3), (signal.SIGUSR1, "training", 3), (signal.SIGTERM, "validation", 4)])
+@pytest.mark.parametrize(
+    "sig, during, at",
+    [(signal.SIGTERM, "training", 3), (signal.SIGUSR1, "training", 3), (signal.SIGTERM, "validation", 4)],
+)
 def test_signal_saves_last_checkpoint_and_exits_cleanly(sig, during, at, tiny_data, uninterrupted, tmp_path):
     pause = {"class_path": "tiny_run.PauseAt", "init_args": {"step": at, "during": during}}
     config = recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", STEPS, trainer={"callbacks": [pause]})
     code, err = interrupt(config, sig, at, tmp_path)
     assert code == 128 + sig.value, err[-3000:]
     ckpt = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "last.ckpt"
-    assert f"sprout: received {sig.name} during {during}; saved {ckpt} at step {at}. Resume with the same command and --ckpt_path last." in err
+    assert (
+        f"sprout: received {sig.name} during {during}; saved {ckpt} at step {at}. Resume with the same command and --ckpt_path last."
+        in err
+    )
     assert "Traceback" not in err
     assert torch.load(ckpt, weights_only=True)["global_step"] == at
     if sig == signal.SIGUSR1:
@@ -67,11 +83,18 @@ def test_slurm_time_limit_warning_requeues_the_job(sig, works, tiny_data, tmp_pa
     calls = tmp_path / "scontrol.calls"
     fake = tmp_path / "bin" / "scontrol"
     fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n' + ("" if works else 'echo "Job is not requeueable" >&2\nexit 1\n'))
+    fake.write_text(
+        f'#!/bin/sh\necho "$@" >> {calls}\n' + ("" if works else 'echo "Job is not requeueable" >&2\nexit 1\n')
+    )
     fake.chmod(0o755)
     pause = {"class_path": "tiny_run.PauseAt", "init_args": {"step": 2, "during": "training"}}
     config = recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", STEPS, trainer={"callbacks": [pause]})
-    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train.sh", "SLURM_ARRAY_JOB_ID": "4240", "SLURM_ARRAY_TASK_ID": "2"}
+    slurm = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "train.sh",
+        "SLURM_ARRAY_JOB_ID": "4240",
+        "SLURM_ARRAY_TASK_ID": "2",
+    }
     code, err = interrupt(config, sig, 2, tmp_path, PATH=f"{fake.parent}{os.pathsep}{os.environ['PATH']}", **slurm)
     assert code == 128 + sig.value, err[-3000:]
     if sig == signal.SIGTERM:
@@ -80,4 +103,7 @@ def test_slurm_time_limit_warning_requeues_the_job(sig, works, tiny_data, tmp_pa
         assert calls.read_text() == "requeue 4240_2\n"  # an array task is requeued by its own id
         assert "Requeued SLURM job 4240_2; the job script's --ckpt_path last resumes from here." in err
     else:
-        assert "Requeueing SLURM job 4240_2 failed (Job is not requeueable); requeue it with `scontrol requeue 4240_2`" in err
+        assert (
+            "Requeueing SLURM job 4240_2 failed (Job is not requeueable); requeue it with `scontrol requeue 4240_2`"
+            in err
+        )

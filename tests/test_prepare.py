@@ -17,7 +17,9 @@ from app.data.stats import PairCounter, entropies, pair_codes
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 
-WORDS = "the of and to in is was that it for on with as his by at from her which but not had be this or have one an".split()
+WORDS = (
+    "the of and to in is was that it for on with as his by at from her which but not had be this or have one an".split()
+)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
 
@@ -37,15 +39,37 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
     (root / "books").mkdir()
     for i in range(5):
         (root / "books" / f"book{i}.txt").write_text("\n\n".join(sentence(rng, 12) for _ in range(6 + i)) + "\n")
-    (root / "gsm.jsonl").write_text("".join(json.dumps({"question": sentence(rng, 10) + "?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"}) + "\n" for i in range(60)))
+    (root / "gsm.jsonl").write_text(
+        "".join(
+            json.dumps({"question": sentence(rng, 10) + "?", "answer": f"{i} + {i} = {2 * i}\n#### {2 * i}"}) + "\n"
+            for i in range(60)
+        )
+    )
     for lang in ("python", "java"):
         (root / "starcoder" / lang).mkdir(parents=True)
-        pq.write_table(pa.table({"content": [f"// {lang} {i}\nint f{i}() {{ return {i}; }}\n" for i in range(30)]}), root / "starcoder" / lang / "train-0.parquet")
+        pq.write_table(
+            pa.table({"content": [f"// {lang} {i}\nint f{i}() {{ return {i}; }}\n" for i in range(30)]}),
+            root / "starcoder" / lang / "train-0.parquet",
+        )
     (root / "sp").mkdir()
     sets = ["RedPajamaC4", "RedPajamaGithub", "RedPajamaArXiv"]
-    zst(root / "sp" / "chunk_0.jsonl.zst", [{"text": sentence(rng, 20), "meta": {"redpajama_set_name": sets[i % 3]}} for i in range(45)])
-    (root / "sp" / "chunk_1.jsonl").write_text("".join(json.dumps({"text": sentence(rng, 15), "meta": {"redpajama_set_name": sets[i % 3]}}) + "\n" for i in range(30)))
-    return {"root": root, "books": root / "books", "gsm": root / "gsm.jsonl", "starcoder": root / "starcoder", "sp": root / "sp"}
+    zst(
+        root / "sp" / "chunk_0.jsonl.zst",
+        [{"text": sentence(rng, 20), "meta": {"redpajama_set_name": sets[i % 3]}} for i in range(45)],
+    )
+    (root / "sp" / "chunk_1.jsonl").write_text(
+        "".join(
+            json.dumps({"text": sentence(rng, 15), "meta": {"redpajama_set_name": sets[i % 3]}}) + "\n"
+            for i in range(30)
+        )
+    )
+    return {
+        "root": root,
+        "books": root / "books",
+        "gsm": root / "gsm.jsonl",
+        "starcoder": root / "starcoder",
+        "sp": root / "sp",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +111,12 @@ def expected_texts(sources: list[Source], domain: str) -> list[str]:
     texts = []
     for source in sources:
         for f in resolve(source):
-            for d in read_documents(f.path, f.read_format, text_fields=list(f.text_fields or []) or None,
-                                    domain_field="meta.redpajama_set_name" if f.record_domains else None):
+            for d in read_documents(
+                f.path,
+                f.read_format,
+                text_fields=list(f.text_fields or []) or None,
+                domain_field="meta.redpajama_set_name" if f.record_domains else None,
+            ):
                 natural = {"RedPajamaC4": "c4", "RedPajamaArXiv": "arxiv", "RedPajamaGithub": "github"}.get(d.domain)
                 if isinstance(d, Document) and (f.domain or natural) == domain:
                     texts.append(d.text)
@@ -116,7 +144,9 @@ def test_every_document_is_written_once_with_exact_token_counts(tmp_path, corpus
         # the same tokens through litdata's own reader
         stream = StreamingDataset(str(domain / "train"), item_loader=TokensLoader(block_size=1))
         assert len(stream) == len(written["train"])
-        assert [int(stream[i][0]) for i in (0, len(stream) // 2, len(stream) - 1)] == [int(written["train"][i]) for i in (0, len(stream) // 2, len(stream) - 1)]
+        assert [int(stream[i][0]) for i in (0, len(stream) // 2, len(stream) - 1)] == [
+            int(written["train"][i]) for i in (0, len(stream) // 2, len(stream) - 1)
+        ]
         # statistics are those of the train split
         unigram = np.load(domain / meta["stats"]["unigram_counts_file"])
         assert np.array_equal(unigram, np.bincount(written["train"], minlength=tok.vocab_size))
@@ -135,12 +165,19 @@ def test_every_document_is_written_once_with_exact_token_counts(tmp_path, corpus
 def test_split_is_deterministic_across_workers_and_always_has_validation(tmp_path, corpus, tok):
     sources = all_sources(corpus)[:2]
     one = prepare(sources, tok, tmp_path / "one", val_fraction=0.2, num_workers=1, progress=False, summary=False)
-    two = prepare(sources, tok, tmp_path / "two", val_fraction=0.2, num_workers=2, progress=False, summary=False)  # a worker pool
+    two = prepare(
+        sources, tok, tmp_path / "two", val_fraction=0.2, num_workers=2, progress=False, summary=False
+    )  # a worker pool
     for name in one:
         assert one[name]["splits"] == two[name]["splits"] and one[name]["stats"] == two[name]["stats"]
-        val = [sorted(tok.decode(d) for d in documents(split_tokens(root / name / "val"), tok.eos_id)) for root in (tmp_path / "one", tmp_path / "two")]
+        val = [
+            sorted(tok.decode(d) for d in documents(split_tokens(root / name / "val"), tok.eos_id))
+            for root in (tmp_path / "one", tmp_path / "two")
+        ]
         assert val[0] == val[1] and len(val[0]) > 0
-    other = prepare(sources, tok, tmp_path / "seed", val_fraction=0.2, seed=7, num_workers=1, progress=False, summary=False)
+    other = prepare(
+        sources, tok, tmp_path / "seed", val_fraction=0.2, seed=7, num_workers=1, progress=False, summary=False
+    )
     assert other["math"]["splits"] != one["math"]["splits"]
     # a fraction too small to pick any document still gives one validation document,
     # and the train statistics no longer count it
@@ -149,7 +186,9 @@ def test_split_is_deterministic_across_workers_and_always_has_validation(tmp_pat
         assert meta["splits"]["val"]["documents"] == 1
         train = split_tokens(tmp_path / "tiny" / name / "train")
         assert meta["splits"]["train"]["tokens"] == len(train)
-        assert np.array_equal(np.load(tmp_path / "tiny" / name / "unigram.npy"), np.bincount(train, minlength=tok.vocab_size))
+        assert np.array_equal(
+            np.load(tmp_path / "tiny" / name / "unigram.npy"), np.bincount(train, minlength=tok.vocab_size)
+        )
     none = prepare(sources, tok, tmp_path / "none", val_fraction=0.0, num_workers=1, progress=False, summary=False)
     assert none["math"]["splits"]["val"] == {"tokens": 0, "documents": 0}
 
@@ -178,14 +217,24 @@ def test_bad_records_stop_the_run_or_are_skipped_and_reported(tmp_path, tok, cap
     assert "--skip_bad_records" in str(err.value)
     assert not list((tmp_path / "strict").glob("*/meta.json")) and not list((tmp_path / "strict").glob(".staging*"))
 
-    metas = prepare([Source([str(folder)])], tok, tmp_path / "lenient", num_workers=1, skip_bad_records=True, progress=False)
+    metas = prepare(
+        [Source([str(folder)])], tok, tmp_path / "lenient", num_workers=1, skip_bad_records=True, progress=False
+    )
     out = capsys.readouterr().out
     meta = metas["c4"]
     reasons = {(Path(e["file"]).name, e["line"]): e["reason"] for e in meta["skipped"]["examples"]}
     assert meta["skipped"]["count"] == 3 == len(reasons)
-    assert "truncated" in reasons[("b_truncated.jsonl.zst", next(line for f, line in reasons if f == "b_truncated.jsonl.zst"))]
+    assert (
+        "truncated"
+        in reasons[("b_truncated.jsonl.zst", next(line for f, line in reasons if f == "b_truncated.jsonl.zst"))]
+    )
     assert "not valid JSON" in reasons[("c_mixed.jsonl", 4)] and "'text'" in reasons[("c_mixed.jsonl", 5)]
-    kept = [d for f in sorted(folder.iterdir()) for d in read_documents(f, "jsonl", domain_field="meta.redpajama_set_name") if isinstance(d, Document)]
+    kept = [
+        d
+        for f in sorted(folder.iterdir())
+        for d in read_documents(f, "jsonl", domain_field="meta.redpajama_set_name")
+        if isinstance(d, Document)
+    ]
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] == len(kept)
     assert "d_empty.jsonl: empty file" in out  # an empty file feeds no domain, so only the summary can list it
     assert "c_mixed.jsonl, line 4" in out
@@ -193,8 +242,21 @@ def test_bad_records_stop_the_run_or_are_skipped_and_reported(tmp_path, tok, cap
     gsm = tmp_path / "gsm_bad.jsonl"
     gsm.write_text('{"question": "a?", "answer": "b"}\n{"question": "no answer"}\n')
     with pytest.raises(SproutError, match=r"gsm_bad.jsonl, line 2: no string field 'answer'"):
-        prepare([Source([str(gsm)], domain="math", text_fields=["question", "answer"])], tok, tmp_path / "g", num_workers=1, progress=False)
-    metas = prepare([Source([str(gsm)], domain="math", text_fields=["question", "answer"])], tok, tmp_path / "g", skip_bad_records=True, num_workers=1, progress=False)
+        prepare(
+            [Source([str(gsm)], domain="math", text_fields=["question", "answer"])],
+            tok,
+            tmp_path / "g",
+            num_workers=1,
+            progress=False,
+        )
+    metas = prepare(
+        [Source([str(gsm)], domain="math", text_fields=["question", "answer"])],
+        tok,
+        tmp_path / "g",
+        skip_bad_records=True,
+        num_workers=1,
+        progress=False,
+    )
     assert metas["math"]["skipped"]["count"] == 1 and metas["math"]["skipped"]["examples"][0]["line"] == 2
 
 
@@ -221,7 +283,9 @@ def test_rerun_reuses_finished_domains_and_overwrite_rebuilds(tmp_path, corpus, 
         prepare([Source([str(corpus["books"]), str(extra)], domain="books")], tok, out, num_workers=1, progress=False)
 
     other = Tokenizer.train_bpe(["something else entirely"] * 50, 280, tmp_path / "other.json")
-    with pytest.raises(SproutError, match=f"{tok.sha256[:12]}.*{other.sha256[:12]}|{other.sha256[:12]}.*{tok.sha256[:12]}"):
+    with pytest.raises(
+        SproutError, match=f"{tok.sha256[:12]}.*{other.sha256[:12]}|{other.sha256[:12]}.*{tok.sha256[:12]}"
+    ):
         prepare(sources, other, out, num_workers=1, progress=False)
     rebuilt = prepare(sources, other, out, num_workers=1, overwrite=True, progress=False, summary=False)
     assert rebuilt["books"]["tokenizer"] == other.identity
@@ -231,9 +295,22 @@ def test_rerun_reuses_finished_domains_and_overwrite_rebuilds(tmp_path, corpus, 
 def test_sentencepiece_model_prepares_with_its_own_eos(tmp_path, corpus):
     spm = pytest.importorskip("sentencepiece")
     texts = [p.read_text() for p in sorted(corpus["books"].iterdir())]
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts * 4), model_prefix=str(tmp_path / "sp"), vocab_size=60, model_type="bpe", minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts * 4),
+        model_prefix=str(tmp_path / "sp"),
+        vocab_size=60,
+        model_type="bpe",
+        minloglevel=2,
+    )
     tok = Tokenizer.load(tmp_path / "sp.model")
-    metas = prepare([Source([str(corpus["books"])], domain="books")], tok, tmp_path / "out", num_workers=2, progress=False, summary=False)
+    metas = prepare(
+        [Source([str(corpus["books"])], domain="books")],
+        tok,
+        tmp_path / "out",
+        num_workers=2,
+        progress=False,
+        summary=False,
+    )
     meta = metas["books"]
     assert meta["tokenizer"]["eos_id"] == 2 and (tmp_path / "out" / "tokenizer.model").is_file()
     written = np.concatenate([split_tokens(tmp_path / "out" / "books" / s) for s in ("train", "val")])
@@ -264,7 +341,14 @@ def test_bad_sources_are_named(tmp_path, corpus, tok):
 
 
 def test_starcoder_languages_can_merge_into_one_domain(tmp_path, corpus, tok):
-    metas = prepare([Source([str(corpus["starcoder"])], format="starcoder", include=["python", "java"], domain="code")], tok, tmp_path / "out", num_workers=1, progress=False, summary=False)
+    metas = prepare(
+        [Source([str(corpus["starcoder"])], format="starcoder", include=["python", "java"], domain="code")],
+        tok,
+        tmp_path / "out",
+        num_workers=1,
+        progress=False,
+        summary=False,
+    )
     assert list(metas) == ["code"] and len(metas["code"]["sources"]) == 2
     assert sum(s["documents"] for s in metas["code"]["splits"].values()) == 60
 
@@ -272,8 +356,24 @@ def test_starcoder_languages_can_merge_into_one_domain(tmp_path, corpus, tok):
 def test_cli_prepares_and_reports_errors(tmp_path, corpus, tok, capsys):
     from tools.prepare_data import main
 
-    main(["--tokenizer", str(tok.path), "--out_dir", str(tmp_path / "out"), "--jsonl", str(corpus["gsm"]), "--domain", "math",
-          "--text_fields", "[question, answer]", "--num_workers", "1", "--progress", "false"])
+    main(
+        [
+            "--tokenizer",
+            str(tok.path),
+            "--out_dir",
+            str(tmp_path / "out"),
+            "--jsonl",
+            str(corpus["gsm"]),
+            "--domain",
+            "math",
+            "--text_fields",
+            "[question, answer]",
+            "--num_workers",
+            "1",
+            "--progress",
+            "false",
+        ]
+    )
     out = capsys.readouterr().out
     assert "math" in out and "prepared" in out and "tokens/s" in out
     assert json.loads((tmp_path / "out" / "math" / "meta.json").read_text())["splits"]["train"]["documents"] > 0
@@ -334,7 +434,9 @@ def test_shared_corpus_four_domains(tmp_path):
 
     rng = random.Random(0)
     books = sorted((SHARED / "books").glob("*.txt"))
-    sample = [p.read_text(encoding="utf-8-sig")[:60_000] for p in books[:3]] + [(SHARED / "shakespeare" / "tinyshakespeare.txt").read_text()[:60_000]]
+    sample = [p.read_text(encoding="utf-8-sig")[:60_000] for p in books[:3]] + [
+        (SHARED / "shakespeare" / "tinyshakespeare.txt").read_text()[:60_000]
+    ]
     tok = Tokenizer.train_bpe(sample, 512, tmp_path / "tokenizer.json")
     code, size = [], 0
     for path in stdlib_files():
@@ -356,10 +458,14 @@ def test_shared_corpus_four_domains(tmp_path):
     for meta in metas.values():
         assert meta["splits"]["val"]["documents"] >= 1 and meta["splits"]["train"]["tokens"] > 100_000
         assert 0 < meta["stats"]["conditional_entropy"] < meta["stats"]["unigram_entropy"] < math.log(512)
-    assert sum(s["documents"] for s in metas["math"]["splits"].values()) == len((SHARED / "math" / "gsm8k_train.jsonl").read_text().splitlines())
+    assert sum(s["documents"] for s in metas["math"]["splits"].values()) == len(
+        (SHARED / "math" / "gsm8k_train.jsonl").read_text().splitlines()
+    )
     plays = split_text((SHARED / "shakespeare" / "tinyshakespeare.txt").read_text(encoding="utf-8-sig"), 20_000)
     assert sum(s["documents"] for s in metas["shakespeare"]["splits"].values()) == len(plays)
-    assert sum(s["tokens"] for s in metas["shakespeare"]["splits"].values()) == sum(len(e) + 1 for e in tok.encode_batch(plays))
+    assert sum(s["tokens"] for s in metas["shakespeare"]["splits"].values()) == sum(
+        len(e) + 1 for e in tok.encode_batch(plays)
+    )
     assert metas["code"]["sources"] == sorted(os.path.realpath(p) for p in code)
 
 

@@ -16,7 +16,11 @@ import pytest
 from app.data.prepare import Source, prepare
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-DOMAINS = {"email": sorted((STDLIB / "email").glob("*.py"))[:12], "http": sorted((STDLIB / "http").glob("*.py")), "json": sorted((STDLIB / "json").glob("*.py"))}
+DOMAINS = {
+    "email": sorted((STDLIB / "email").glob("*.py"))[:12],
+    "http": sorted((STDLIB / "http").glob("*.py")),
+    "json": sorted((STDLIB / "json").glob("*.py")),
+}
 OPTIONS = {"val_fraction": 0.2, "num_workers": 1, "chunk_tokens": 4096, "progress": False, "summary": False}
 
 # The same preparation in a child process that SIGKILLs itself right after the n-th call of a function.
@@ -75,16 +79,29 @@ def uninterrupted(tiny_data, tmp_path_factory) -> dict:
     return found
 
 
-@pytest.mark.parametrize("where, calls", [("app.data.prepare.worker:SplitWriter:write_chunk", 5), ("app.data.prepare.merge::merge_split", 3)])
+@pytest.mark.parametrize(
+    "where, calls", [("app.data.prepare.worker:SplitWriter:write_chunk", 5), ("app.data.prepare.merge::merge_split", 3)]
+)
 def test_killed_preparation_restarted_writes_the_same_shards(where, calls, tiny_data, uninterrupted, tmp_path):
     out = tmp_path / "data"
     child = KILL_AT.format(where=where, calls=calls)
     args = [[str(p) for p in paths] for paths in DOMAINS.values()]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-c", child, json.dumps([args, list(DOMAINS), str(tiny_data / "tokenizer.json"), str(out), OPTIONS])], env=env, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            child,
+            json.dumps([args, list(DOMAINS), str(tiny_data / "tokenizer.json"), str(out), OPTIONS]),
+        ],
+        env=env,
+        timeout=300,
+    )
     assert run.returncode == -9  # killed, so nothing was cleaned up
     assert summary(out) != uninterrupted  # it really stopped half way
 
     prepare(sources(), tiny_data / "tokenizer.json", out, **OPTIONS)
     assert summary(out) == uninterrupted
-

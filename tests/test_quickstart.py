@@ -41,7 +41,16 @@ def test_quickstart_trains_saves_and_reuses_data(tmp_path, capsys):
     events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "val/loss", "val/loss/code", "val/loss/text", "perf/tokens_per_s", "perf/mfu", "train/grad_norm", "mixture/weight/code"} <= tags
+    assert {
+        "train/loss",
+        "val/loss",
+        "val/loss/code",
+        "val/loss/text",
+        "perf/tokens_per_s",
+        "perf/mfu",
+        "train/grad_norm",
+        "mixture/weight/code",
+    } <= tags
     val = [e.value for e in events.Scalars("val/loss")]
     assert len(val) == 3 and val[-1] < val[0] - 0.5  # clearly falling
 

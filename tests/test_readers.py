@@ -12,7 +12,10 @@ SETS = ["RedPajamaC4", "RedPajamaGithub", "RedPajamaArXiv"]
 
 
 def slimpajama_lines(n: int) -> list[bytes]:
-    return [json.dumps({"text": f"document {i} " + "word " * (i % 7), "meta": {"redpajama_set_name": SETS[i % 3]}}).encode() for i in range(n)]
+    return [
+        json.dumps({"text": f"document {i} " + "word " * (i % 7), "meta": {"redpajama_set_name": SETS[i % 3]}}).encode()
+        for i in range(n)
+    ]
 
 
 def write_zst(path: Path, lines: list[bytes]) -> bytes:
@@ -40,19 +43,28 @@ def test_slimpajama_zst_streams_every_record_with_its_set(tmp_path):
 def test_multi_frame_zst_is_read_to_the_end(tmp_path):
     lines = slimpajama_lines(40)
     c = zstandard.ZstdCompressor()
-    (tmp_path / "two.jsonl.zst").write_bytes(c.compress(b"\n".join(lines[:20]) + b"\n") + c.compress(b"\n".join(lines[20:]) + b"\n"))
+    (tmp_path / "two.jsonl.zst").write_bytes(
+        c.compress(b"\n".join(lines[:20]) + b"\n") + c.compress(b"\n".join(lines[20:]) + b"\n")
+    )
     assert len([d for d in slimpajama(tmp_path / "two.jsonl.zst") if isinstance(d, Document)]) == 40
 
 
 def test_truncated_zst_reports_where_it_stops(tmp_path):
     # incompressible text so that cutting the file in half loses about half the lines
-    lines = [json.dumps({"text": bytes(range(i % 50, i % 50 + 200)).hex() + str(i), "meta": {"redpajama_set_name": "RedPajamaC4"}}).encode() for i in range(2000)]
+    lines = [
+        json.dumps(
+            {"text": bytes(range(i % 50, i % 50 + 200)).hex() + str(i), "meta": {"redpajama_set_name": "RedPajamaC4"}}
+        ).encode()
+        for i in range(2000)
+    ]
     data = write_zst(tmp_path / "full.jsonl.zst", lines)
     (tmp_path / "cut.jsonl.zst").write_bytes(data[: len(data) // 2])
     out = slimpajama(tmp_path / "cut.jsonl.zst")
     *docs, bad = out
     assert all(isinstance(d, Document) for d in docs) and 0 < len(docs) < 2000
-    assert [d.text for d in docs] == [json.loads(line)["text"] for line in lines[: len(docs)]]  # no partial line slips through
+    assert [d.text for d in docs] == [
+        json.loads(line)["text"] for line in lines[: len(docs)]
+    ]  # no partial line slips through
     assert isinstance(bad, BadRecord) and "truncated" in bad.reason and bad.line == len(docs) + 1
     (tmp_path / "garbage.jsonl.zst").write_bytes(data[:100] + b"\xff" * 300 + data[400:])
     assert "corrupt" in slimpajama(tmp_path / "garbage.jsonl.zst")[-1].reason
@@ -72,7 +84,13 @@ def test_bad_json_lines_are_reported_with_line_numbers(tmp_path):
     (tmp_path / "mixed.jsonl").write_text("\n".join(rows) + "\n")
     out = slimpajama(tmp_path / "mixed.jsonl")
     assert [(type(o).__name__, o.line) for o in out] == [
-        ("Document", 1), ("BadRecord", 2), ("BadRecord", 3), ("BadRecord", 4), ("BadRecord", 6), ("BadRecord", 7), ("Document", 8)
+        ("Document", 1),
+        ("BadRecord", 2),
+        ("BadRecord", 3),
+        ("BadRecord", 4),
+        ("BadRecord", 6),
+        ("BadRecord", 7),
+        ("Document", 8),
     ]
     assert "not valid JSON" in out[1].reason
     assert "'text'" in out[2].reason and out[2].domain == "RedPajamaBook"  # the set is still known
@@ -98,7 +116,9 @@ def test_empty_files_are_bad(tmp_path):
 def test_parquet_is_read_in_batches_with_bad_rows_reported(tmp_path):
     contents = [f"def f{i}():\n    return {i}\n" for i in range(1300)]
     contents[700] = None
-    pq.write_table(pa.table({"content": contents, "size": list(range(1300))}), tmp_path / "train.parquet", row_group_size=256)
+    pq.write_table(
+        pa.table({"content": contents, "size": list(range(1300))}), tmp_path / "train.parquet", row_group_size=256
+    )
     out = list(read_documents(tmp_path / "train.parquet", "parquet"))
     assert len(out) == 1300
     bad = out[700]
@@ -129,7 +149,14 @@ def test_text_files_and_splitting(tmp_path):
 
 
 def test_detect_format():
-    assert [detect_format(Path(n)) for n in ["a.jsonl.zst", "a.jsonl", "b.json", "c.parquet", "d.txt", "e.py"]] == ["jsonl", "jsonl", "jsonl", "parquet", "text", "text"]
+    assert [detect_format(Path(n)) for n in ["a.jsonl.zst", "a.jsonl", "b.json", "c.parquet", "d.txt", "e.py"]] == [
+        "jsonl",
+        "jsonl",
+        "jsonl",
+        "parquet",
+        "text",
+        "text",
+    ]
 
 
 def test_unknown_format_is_a_programming_error(tmp_path):

@@ -40,10 +40,17 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("rho1")
     code, mail = sorted((STDLIB / "json").glob("*.py")), sorted((STDLIB / "email").glob("*.py"))[3:6]  # ~40 kB each
     tok = Tokenizer.train_bpe([p.read_text() for p in code + mail], VOCAB, root / "tokenizer.json")
-    sources = [Source([str(p) for p in code], format="text", domain="code"), Source([str(p) for p in mail], format="text", domain="mail")]
-    prepare(sources, tok, root / "data", num_workers=1, chunk_tokens=1000, val_fraction=0.2, progress=False, summary=False)
+    sources = [
+        Source([str(p) for p in code], format="text", domain="code"),
+        Source([str(p) for p in mail], format="text", domain="mail"),
+    ]
+    prepare(
+        sources, tok, root / "data", num_workers=1, chunk_tokens=1000, val_fraction=0.2, progress=False, summary=False
+    )
     ref = random_reference(root / "ref.ckpt", tok, seed=1)
-    report = score_reference(str(ref), str(root / "data"), str(root / "scores"), SEQ_LEN, batch_size=64, piece_blocks=64, progress=False)
+    report = score_reference(
+        str(ref), str(root / "data"), str(root / "scores"), SEQ_LEN, batch_size=64, piece_blocks=64, progress=False
+    )
     return {"root": root, "data": root / "data", "scores": root / "scores", "tok": tok, "ref": ref, "report": report}
 
 
@@ -52,8 +59,11 @@ def test_offline_scores_are_the_online_losses_of_the_blocks_training_reads(world
     n_tokens = sum(c["dim"] for c in json.loads((split / "index.json").read_text())["chunks"])
     n_blocks = len(open_blocks(split, SEQ_LEN + 1))
     assert n_blocks < n_tokens // (SEQ_LEN + 1)  # chunk tails are skipped: rows follow blocks, not the flat stream
-    blocks = DomainBlocks([world["data"] / "code" / "train", world["data"] / "mail" / "train"], SEQ_LEN + 1,
-                          [scores_folder(world["scores"], d, "train") for d in ("code", "mail")])
+    blocks = DomainBlocks(
+        [world["data"] / "code" / "train", world["data"] / "mail" / "train"],
+        SEQ_LEN + 1,
+        [scores_folder(world["scores"], d, "train") for d in ("code", "mail")],
+    )
     keys = [(0, 0, 0), (0, 0, 57), (0, 0, n_blocks - 1), (0, 1, 3), (0, 1, 40)]
     samples = [blocks[k] for k in keys]
     input_ids = torch.stack([s["input_ids"] for s in samples])
@@ -65,8 +75,10 @@ def test_offline_scores_are_the_online_losses_of_the_blocks_training_reads(world
     valid = torch.ones_like(online, dtype=torch.bool)
     for scope in ("batch", "sequence"):
         select = Rho1(k=60, scope=scope)
-        assert torch.equal(select.token_weights(token_loss, {"valid": valid, "ref_loss": online}),
-                           select.token_weights(token_loss, {"valid": valid, "ref_loss": offline}))
+        assert torch.equal(
+            select.token_weights(token_loss, {"valid": valid, "ref_loss": online}),
+            select.token_weights(token_loss, {"valid": valid, "ref_loss": offline}),
+        )
 
 
 def test_scoring_resumes_where_it_stopped(world, tmp_path):
@@ -80,7 +92,9 @@ def test_scoring_resumes_where_it_stopped(world, tmp_path):
     partial = np.load(folder / "scores.npy", mmap_mode="r+")
     partial[64:] = 0
     partial.flush()
-    report = score_reference(str(world["ref"]), str(world["data"]), str(out), SEQ_LEN, batch_size=64, piece_blocks=64, progress=False)
+    report = score_reference(
+        str(world["ref"]), str(world["data"]), str(out), SEQ_LEN, batch_size=64, piece_blocks=64, progress=False
+    )
     assert report["code"]["train"]["scored_now"] == 0
     assert report["mail"]["train"]["scored_now"] == len(full) - 64
     np.testing.assert_allclose(np.load(folder / "scores.npy").astype(np.float32), full.astype(np.float32), atol=2e-2)
@@ -104,7 +118,10 @@ def test_refuses_scores_of_other_data_lengths_and_references(world, tmp_path):
     meta = json.loads(meta_path.read_text())
     meta["tokenizer"] = {**meta["tokenizer"], "name": "/elsewhere/llama.model", "sha256": "f" * 64}
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(SproutError, match=r"tokenized with /elsewhere/llama.model \(sha256 ffffffffffff\).*but the training data uses .*tokenizer.json"):
+    with pytest.raises(
+        SproutError,
+        match=r"tokenized with /elsewhere/llama.model \(sha256 ffffffffffff\).*but the training data uses .*tokenizer.json",
+    ):
         datamodule(world, other_tok)
     # another reference: the scorer will not mix it into these scores, nor the module accept it
     other_ref = random_reference(tmp_path / "other.ckpt", world["tok"], seed=2)
@@ -112,8 +129,12 @@ def test_refuses_scores_of_other_data_lengths_and_references(world, tmp_path):
         score_reference(str(other_ref), str(world["data"]), str(world["scores"]), SEQ_LEN, progress=False)
     from app.module import SproutModule
 
-    module = SproutModule(arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": 32}, selector=Rho1(), reference=str(other_ref))
-    with pytest.raises(SproutError, match=r"made by the reference .*ref.ckpt \(sha256 \w{12}\), but model.reference is .*other.ckpt"):
+    module = SproutModule(
+        arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": 32}, selector=Rho1(), reference=str(other_ref)
+    )
+    with pytest.raises(
+        SproutError, match=r"made by the reference .*ref.ckpt \(sha256 \w{12}\), but model.reference is .*other.ckpt"
+    ):
         module._setup_reference(datamodule(world, world["scores"]))
 
 
@@ -138,7 +159,7 @@ trainer:
   limit_val_batches: 0
   log_every_n_steps: 1
   enable_progress_bar: false
-  logger: {{class_path: lightning.pytorch.loggers.TensorBoardLogger, init_args: {{save_dir: {tmp_path / 'runs'}, name: rho1}}}}
+  logger: {{class_path: lightning.pytorch.loggers.TensorBoardLogger, init_args: {{save_dir: {tmp_path / "runs"}, name: rho1}}}}
 model:
   arch: micro
   arch_overrides: {{vocab_size: {VOCAB}, block_size: 32}}
@@ -146,11 +167,11 @@ model:
   optimizer: {{class_path: torch.optim.AdamW, init_args: {{lr: 0.003}}}}
   schedule: {{warmup_steps: 2}}
 data:
-  data_dir: {world['data']}
+  data_dir: {world["data"]}
   seq_len: {SEQ_LEN}
   batch_size: 4
-  reference_scores: {world['scores']}
-checkpoint: {{dirpath: {tmp_path / 'ckpt'}}}
+  reference_scores: {world["scores"]}
+checkpoint: {{dirpath: {tmp_path / "ckpt"}}}
 """)
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(recipe)])
@@ -170,11 +191,18 @@ def test_init_from_starts_from_the_checkpoint_and_checks_its_shape(world):
     from app.checkpoint.weights import load_model
     from app.module import SproutModule
 
-    module = SproutModule(arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": 64}, init_from=str(world["ref"]))
+    module = SproutModule(
+        arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": 64}, init_from=str(world["ref"])
+    )
     module.configure_model()
     ref, _ = load_model(world["ref"])
     x = torch.randint(0, VOCAB, (2, 8))
     torch.testing.assert_close(module.model(x), ref(x))
-    wrong = SproutModule(arch="micro", arch_overrides={"vocab_size": 384, "block_size": 32}, init_from=str(world["ref"]))
-    with pytest.raises(SproutError, match=r"model.init_from=.*ref.ckpt has another shape.*vocab_size=320 in the checkpoint vs 384 in the recipe"):
+    wrong = SproutModule(
+        arch="micro", arch_overrides={"vocab_size": 384, "block_size": 32}, init_from=str(world["ref"])
+    )
+    with pytest.raises(
+        SproutError,
+        match=r"model.init_from=.*ref.ckpt has another shape.*vocab_size=320 in the checkpoint vs 384 in the recipe",
+    ):
         wrong.configure_model()

@@ -30,7 +30,10 @@ def test_class_path_of_wrong_kind_is_refused():
 
 
 def test_short_class_path_in_recipe_is_expanded():
-    cfg = {"model": {"selector": {"class_path": "all"}}, "data": {"mixture": {"class_path": "uniform", "init_args": {}}}}
+    cfg = {
+        "model": {"selector": {"class_path": "all"}},
+        "data": {"mixture": {"class_path": "uniform", "init_args": {}}},
+    }
     out = registry.expand_short_names(cfg)
     assert out["model"]["selector"]["class_path"] == "plugins.selectors.all_tokens.AllTokens"
     assert out["data"]["mixture"]["class_path"] == "plugins.mixtures.static.Uniform"
@@ -55,6 +58,8 @@ def test_third_party_plugin_is_found_and_broken_one_is_reported(extra_package):
     assert broken.cls is None and "not-installed-anywhere" in broken.error
     with pytest.raises(SproutError, match=r"'broken' from package 'sprout-extra' failed to load: ImportError"):
         registry.resolve("selector", "broken")
-    listing = subprocess.run([sys.executable, "-m", "app", "plugins"], capture_output=True, text=True, check=True).stdout
+    listing = subprocess.run(
+        [sys.executable, "-m", "app", "plugins"], capture_output=True, text=True, check=True
+    ).stdout
     assert "every_other" in listing and "sprout-extra" in listing and "failed to load" in listing
     assert "all" in listing  # the built-ins still load beside the broken plugin

@@ -13,11 +13,13 @@ from tiny_run import recipe, save_reference, scalars, sprout
 STEPS, STOP = 12, 5
 
 
-
 def test_stop_and_resume_with_ckpt_path_last_is_bit_identical(tiny_data, tmp_path):
     sections = {
         "trainer": {"num_sanity_val_steps": 2},  # the sanity check draws random numbers only in the resumed run
-        "model": {"selector": {"class_path": "tiny_run.GlobalRandomTokens"}, "reference": str(save_reference(tiny_data, tmp_path / "ref.ckpt"))},
+        "model": {
+            "selector": {"class_path": "tiny_run.GlobalRandomTokens"},
+            "reference": str(save_reference(tiny_data, tmp_path / "ref.ckpt")),
+        },
         "data": {"num_workers": 2, "mixture": {"class_path": "doremi", "init_args": {"update_every": 3, "eta": 5.0}}},
     }
     whole = recipe(tmp_path / "whole.yaml", tiny_data, tmp_path / "whole", STEPS, **sections)
@@ -52,9 +54,15 @@ def test_resume_across_the_growth_boundary_is_bit_identical(tiny_data, tmp_path)
     over 4 steps): resumed from step 2 the growth happens in the resumed run, from step 6 the
     grown model and its half-open masks come from the checkpoint."""
     sections = {
-        "growth": {"operator": {"class_path": "random_depth", "init_args": {"ramp_steps": 4}}, "at_step": 4, "target_overrides": {"n_layer": 4}},
+        "growth": {
+            "operator": {"class_path": "random_depth", "init_args": {"ramp_steps": 4}},
+            "at_step": 4,
+            "target_overrides": {"n_layer": 4},
+        },
         "checkpoint": {"every_n_train_steps": 2, "save_top_k": -1},
-        "model": {"selector": {"class_path": "tiny_run.GlobalRandomTokens"}},  # so the generators' states differ by step
+        "model": {
+            "selector": {"class_path": "tiny_run.GlobalRandomTokens"}
+        },  # so the generators' states differ by step
     }
     steps = 9
     whole = recipe(tmp_path / "whole.yaml", tiny_data, tmp_path / "whole", steps, **sections)

@@ -21,7 +21,10 @@ from plugins.selectors.topk import top_k_mask
 
 def batch_of(loss, ref=None, valid=None, batch_no=0):
     loss = torch.as_tensor(loss, dtype=torch.float32)
-    batch = {"valid": torch.ones_like(loss, dtype=torch.bool) if valid is None else torch.as_tensor(valid), "batch_no": torch.tensor([batch_no])}
+    batch = {
+        "valid": torch.ones_like(loss, dtype=torch.bool) if valid is None else torch.as_tensor(valid),
+        "batch_no": torch.tensor([batch_no]),
+    }
     if ref is not None:
         batch["ref_loss"] = torch.as_tensor(ref, dtype=torch.float32)
     return loss, batch
@@ -63,7 +66,11 @@ def test_k_edges():
 
 
 def test_ignored_tokens_never_count():
-    loss, batch = batch_of([[9.0, 1.0, 2.0, 9.0], [3.0, 9.0, 0.5, 0.2]], ref=[[0.0] * 4] * 2, valid=[[False, True, True, False], [True, False, True, True]])
+    loss, batch = batch_of(
+        [[9.0, 1.0, 2.0, 9.0], [3.0, 9.0, 0.5, 0.2]],
+        ref=[[0.0] * 4] * 2,
+        valid=[[False, True, True, False], [True, False, True, True]],
+    )
     w = Rho1(k=50).token_weights(loss, batch)
     # 5 valid tokens -> ceil(2.5) = 3 kept, never the 9.0s at ignored positions
     assert kept(w) == [[0, 1], [0, 2], [1, 0]]

@@ -24,7 +24,14 @@ def test_classes_on_hand_made_curves():
     }
     classes, delta = classify(np.array(list(curves.values())).T)
     got = dict(zip(curves, (CLASSES[c] for c in classes)))
-    assert got == {"falls": "H→L", "rises": "L→H", "just_falls": "H→L", "flat_high": "H→H", "barely_falls_low": "L→L", "flat_low": "L→L"}
+    assert got == {
+        "falls": "H→L",
+        "rises": "L→H",
+        "just_falls": "H→L",
+        "flat_high": "H→H",
+        "barely_falls_low": "L→L",
+        "flat_low": "L→L",
+    }
     np.testing.assert_allclose(delta, [-2.0, 2.0, -0.21, 0.0, -0.19, 0.0], atol=1e-12)
     # a line fitted through all points, not last minus first (which is 0 here)
     classes, delta = classify(np.array([[1.0], [3.0], [0.0], [2.0], [1.0]]))
@@ -53,7 +60,9 @@ def test_tool_writes_shares_curves_and_passage(run):
     assert forward["tokens"] == 6 * 16
     assert sum(forward["shares"].values()) == pytest.approx(1.0)
     # reversing the checkpoints turns every falling token into a rising one
-    assert forward["shares"]["H→L"] == backward["shares"]["L→H"] and forward["shares"]["L→H"] == backward["shares"]["H→L"]
+    assert (
+        forward["shares"]["H→L"] == backward["shares"]["L→H"] and forward["shares"]["L→H"] == backward["shares"]["H→L"]
+    )
     assert forward["shares"]["H→L"] + forward["shares"]["L→H"] > 0  # two random models disagree on some tokens
     same = token_dynamics([a, a, a], str(data), "code", 16, str(root / "aa"), max_blocks=6)
     assert same["shares"]["H→L"] == same["shares"]["L→H"] == 0

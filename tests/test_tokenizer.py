@@ -34,7 +34,12 @@ def test_training_is_deterministic_and_identity_hashes_the_file(bpe, tmp_path):
     again = Tokenizer.train_bpe(TEXTS, 300, tmp_path / "again.json")
     assert again.sha256 == bpe.sha256
     identity = bpe.identity
-    assert identity == {"name": str(bpe.path.resolve()), "sha256": hashlib.sha256(bpe.path.read_bytes()).hexdigest(), "vocab_size": 300, "eos_id": 0}
+    assert identity == {
+        "name": str(bpe.path.resolve()),
+        "sha256": hashlib.sha256(bpe.path.read_bytes()).hexdigest(),
+        "vocab_size": 300,
+        "eos_id": 0,
+    }
     other = Tokenizer.train_bpe(TEXTS, 320, tmp_path / "other.json")
     assert other.sha256 != bpe.sha256
 
@@ -48,8 +53,14 @@ def test_load_trained_file_and_folder(bpe, tmp_path):
 def test_sentencepiece_model_loads_without_bos_eos(tmp_path):
     spm = pytest.importorskip("sentencepiece")
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(TEXTS), model_prefix=str(tmp_path / "sp"), vocab_size=120, model_type="bpe",
-        bos_id=1, eos_id=2, unk_id=0, minloglevel=2,  # Llama-2's special ids
+        sentence_iterator=iter(TEXTS),
+        model_prefix=str(tmp_path / "sp"),
+        vocab_size=120,
+        model_type="bpe",
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        minloglevel=2,  # Llama-2's special ids
     )
     tok = Tokenizer.load(tmp_path / "sp.model")
     assert tok.kind == "sentencepiece" and tok.vocab_size == 120 and tok.eos_id == 2

@@ -34,16 +34,40 @@ def recipe(path: Path, data_dir: Path, runs_dir: Path, steps: int = 12, **sectio
     config = {
         "seed_everything": 1,
         "trainer": {
-            "max_steps": steps, "val_check_interval": 4, "check_val_every_n_epoch": None, "log_every_n_steps": 1,
-            "gradient_clip_val": 1.0, "deterministic": True, "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
-            "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(runs_dir), "name": "tiny"}},
+            "max_steps": steps,
+            "val_check_interval": 4,
+            "check_val_every_n_epoch": None,
+            "log_every_n_steps": 1,
+            "gradient_clip_val": 1.0,
+            "deterministic": True,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "num_sanity_val_steps": 0,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": str(runs_dir), "name": "tiny"},
+            },
         },
         "model": {
-            "arch": "micro", "arch_overrides": {"vocab_size": VOCAB, "block_size": SEQ},
-            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-3, "betas": [0.9, 0.95], "weight_decay": 0.1}},
-            "schedule": {"warmup_steps": 3, "min_lr": 3e-4, "max_steps": steps},  # fixed, so a shorter first leg keeps it
+            "arch": "micro",
+            "arch_overrides": {"vocab_size": VOCAB, "block_size": SEQ},
+            "optimizer": {
+                "class_path": "torch.optim.AdamW",
+                "init_args": {"lr": 3e-3, "betas": [0.9, 0.95], "weight_decay": 0.1},
+            },
+            "schedule": {
+                "warmup_steps": 3,
+                "min_lr": 3e-4,
+                "max_steps": steps,
+            },  # fixed, so a shorter first leg keeps it
         },
-        "data": {"data_dir": str(data_dir), "seq_len": SEQ, "batch_size": 4, "val_blocks": 4, "mixture": {"class_path": "uniform"}},
+        "data": {
+            "data_dir": str(data_dir),
+            "seq_len": SEQ,
+            "batch_size": 4,
+            "val_blocks": 4,
+            "mixture": {"class_path": "uniform"},
+        },
         "monitor": {"peak_flops": 1.0e12},  # skip measuring the machine's matmul peak
     }
     for key, value in sections.items():
@@ -122,7 +146,13 @@ class PauseAt(L.Callback):
             self._pause(trainer)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if self.during == "validation" and not trainer.sanity_checking and trainer.global_step == self.step and batch_idx == 0 and dataloader_idx == 0:
+        if (
+            self.during == "validation"
+            and not trainer.sanity_checking
+            and trainer.global_step == self.step
+            and batch_idx == 0
+            and dataloader_idx == 0
+        ):
             self._pause(trainer)
 
     def _pause(self, trainer) -> None:

@@ -61,8 +61,13 @@ def _documents(sources: list[Source]) -> list[str]:
     texts = []
     for source in sources:
         for f in resolve(source):
-            for item in read_documents(f.path, f.read_format, text_fields=list(f.text_fields) if f.text_fields else None,
-                                       domain_field=SLIMPAJAMA_DOMAIN_FIELD if f.record_domains else None, max_doc_chars=f.max_doc_chars):
+            for item in read_documents(
+                f.path,
+                f.read_format,
+                text_fields=list(f.text_fields) if f.text_fields else None,
+                domain_field=SLIMPAJAMA_DOMAIN_FIELD if f.record_domains else None,
+                max_doc_chars=f.max_doc_chars,
+            ):
                 if isinstance(item, Document):
                     texts.append(item.text)
     return texts
@@ -100,7 +105,15 @@ def bench_prepare(setup: Setup) -> list[tuple]:
 
     def prepare_all() -> int:
         out = setup.workdir / "prepared"
-        metas = prepare(setup.sources, setup.tokenizer, out, num_workers=setup.num_workers, overwrite=True, progress=False, summary=False)
+        metas = prepare(
+            setup.sources,
+            setup.tokenizer,
+            out,
+            num_workers=setup.num_workers,
+            overwrite=True,
+            progress=False,
+            summary=False,
+        )
         shutil.rmtree(out)
         return sum(s["tokens"] for m in metas.values() for s in m["splits"].values())
 
@@ -113,14 +126,32 @@ def bench_prepare(setup: Setup) -> list[tuple]:
             counts[name] = run()
             best[name] = [min(best[name][0], time.perf_counter() - wall), min(best[name][1], _cpu_seconds() - cpu)]
     if counts["prepare"] != counts["encode"]:
-        raise RuntimeError(f"prepare wrote {counts['prepare']} tokens but encode_batch gives {counts['encode']}: the benchmark compares different work")
+        raise RuntimeError(
+            f"prepare wrote {counts['prepare']} tokens but encode_batch gives {counts['encode']}: the benchmark compares different work"
+        )
     tokens = counts["encode"]
     (enc_wall, enc_cpu), (prep_wall, prep_cpu) = best["encode"], best["prepare"]
     return [
-        ("tokenizer encode_batch (texts in memory)", f"{len(texts):,}", f"{tokens:,}", f"{enc_wall:.2f}", f"{tokens / enc_wall:,.0f}", "100%",
-         f"{tokens / enc_cpu:,.0f}", "100%"),
-        (f"prepare, {setup.num_workers} workers (files to shards)", f"{len(texts):,}", f"{tokens:,}", f"{prep_wall:.2f}", f"{tokens / prep_wall:,.0f}",
-         f"{100 * enc_wall / prep_wall:.0f}%", f"{tokens / prep_cpu:,.0f}", f"{100 * enc_cpu / prep_cpu:.0f}%"),
+        (
+            "tokenizer encode_batch (texts in memory)",
+            f"{len(texts):,}",
+            f"{tokens:,}",
+            f"{enc_wall:.2f}",
+            f"{tokens / enc_wall:,.0f}",
+            "100%",
+            f"{tokens / enc_cpu:,.0f}",
+            "100%",
+        ),
+        (
+            f"prepare, {setup.num_workers} workers (files to shards)",
+            f"{len(texts):,}",
+            f"{tokens:,}",
+            f"{prep_wall:.2f}",
+            f"{tokens / prep_wall:,.0f}",
+            f"{100 * enc_wall / prep_wall:.0f}%",
+            f"{tokens / prep_cpu:,.0f}",
+            f"{100 * enc_cpu / prep_cpu:.0f}%",
+        ),
     ]
 
 
@@ -170,7 +201,10 @@ HEADERS = {
 def print_table(title: str, headers: tuple, rows: list[tuple]) -> None:
     table = [headers, *rows]
     widths = [max(len(str(r[i])) for r in table) for i in range(len(headers))]
-    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in table]
+    lines = [
+        "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        for r in table
+    ]
     print(f"\n{title}\n" + lines[0] + "\n" + "-" * len(lines[0]) + "\n" + "\n".join(lines[1:]), flush=True)
 
 
@@ -179,7 +213,9 @@ def _default_sources(corpus: str, workdir: Path) -> list[Source]:
     if corpus == "default" or (corpus == "auto" and not SHARED.is_dir()):
         return [Source(paths, format="jsonl", domain=name) for name, paths in stdlib.items()]
     if not SHARED.is_dir():
-        raise SproutError(f"--corpus shared needs the sample corpus at {SHARED}; use --corpus default for the embedded one.")
+        raise SproutError(
+            f"--corpus shared needs the sample corpus at {SHARED}; use --corpus default for the embedded one."
+        )
     return [
         Source([str(SHARED / "books")], domain="books", max_doc_chars=50_000),
         Source([str(SHARED / "shakespeare")], format="text", domain="shakespeare", max_doc_chars=20_000),
@@ -221,9 +257,13 @@ def bench_data(
         else:  # a BPE trained on an equal share of every source's documents
             sample = [text for source in sources for text in _head(_documents([source]), 1_000_000)]
             tok = Tokenizer.train_bpe(sample, vocab_size, scratch / "tokenizer.json")
-        workers = num_workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        workers = num_workers or (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        )
         setup = Setup(sources, tok, scratch, workers, repeats)
-        print(f"{os.cpu_count()} cores, tokenizer {tok.path.name} ({tok.kind}, vocab {tok.vocab_size}), {workers} preparation workers, best of {repeats}")
+        print(
+            f"{os.cpu_count()} cores, tokenizer {tok.path.name} ({tok.kind}, vocab {tok.vocab_size}), {workers} preparation workers, best of {repeats}"
+        )
         results = {}
         for name in names:
             results[name] = BENCHMARKS[name](setup)

@@ -46,14 +46,36 @@ class StepTimer(L.Callback):
 
 def run(config: str, steps: int, warmup: int, args: dict) -> list[float]:
     offline, online = config == "rho1-offline", config == "rho1-online"
-    selector = registry.create("selector", "all") if config == "all" else registry.create("selector", "rho1", k=args["k"])
-    module = SproutModule(arch=args["arch"], arch_overrides={"vocab_size": args["vocab_size"], "block_size": args["seq_len"]}, selector=selector,
-                          reference=args["reference"] if online else None)
-    data = SproutDataModule(args["data_dir"], domains=args["domains"], seq_len=args["seq_len"], batch_size=args["batch_size"],
-                            reference_scores=args["scores"] if offline else None, val_blocks=1)
+    selector = (
+        registry.create("selector", "all") if config == "all" else registry.create("selector", "rho1", k=args["k"])
+    )
+    module = SproutModule(
+        arch=args["arch"],
+        arch_overrides={"vocab_size": args["vocab_size"], "block_size": args["seq_len"]},
+        selector=selector,
+        reference=args["reference"] if online else None,
+    )
+    data = SproutDataModule(
+        args["data_dir"],
+        domains=args["domains"],
+        seq_len=args["seq_len"],
+        batch_size=args["batch_size"],
+        reference_scores=args["scores"] if offline else None,
+        val_blocks=1,
+    )
     timer = StepTimer(warmup)
-    trainer = L.Trainer(max_steps=warmup + steps + 1, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, use_distributed_sampler=False, callbacks=[timer], accelerator=args["accelerator"], devices=1)
+    trainer = L.Trainer(
+        max_steps=warmup + steps + 1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[timer],
+        accelerator=args["accelerator"],
+        devices=1,
+    )
     trainer.fit(module, datamodule=data)
     return timer.times
 
@@ -99,18 +121,29 @@ def bench_selection(
         "reference": reference or str(work / "reference" / "checkpoints" / "last.ckpt"),
         "scores": scores or str(work / "scores"),
         "domains": domains or ["books", "code", "math"],
-        "arch": arch, "vocab_size": vocab_size, "seq_len": seq_len, "batch_size": batch_size, "k": k, "accelerator": accelerator,
+        "arch": arch,
+        "vocab_size": vocab_size,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "k": k,
+        "accelerator": accelerator,
     }
     if not Path(args["reference"]).exists():
-        raise SproutError(f"Reference checkpoint {args['reference']} not found: run tools/experiments/selection.py first, or pass --reference, --scores and --data_dir.")
+        raise SproutError(
+            f"Reference checkpoint {args['reference']} not found: run tools/experiments/selection.py first, or pass --reference, --scores and --data_dir."
+        )
     times: dict[str, list[float]] = {c: [] for c in CONFIGS}
     for r in range(rounds):
         for config in CONFIGS:
             times[config] += run(config, steps, warmup, args)
-            print(f"round {r + 1}/{rounds} {config}: median {statistics.median(times[config]) * 1e3:.1f} ms/step so far")
+            print(
+                f"round {r + 1}/{rounds} {config}: median {statistics.median(times[config]) * 1e3:.1f} ms/step so far"
+            )
     base = statistics.median(times["all"])
     tokens = batch_size * seq_len
-    print(f"\n{arch}, {batch_size} x {seq_len} tokens per step, torch threads {torch.get_num_threads()}, {rounds} rounds x {steps} steps each:")
+    print(
+        f"\n{arch}, {batch_size} x {seq_len} tokens per step, torch threads {torch.get_num_threads()}, {rounds} rounds x {steps} steps each:"
+    )
     print("| selector | ms/step (median) | tokens/s | vs all |")
     print("|---|---|---|---|")
     result = {}

@@ -39,8 +39,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Shapes beyond app.model.CONFIGS["bench-6l-384"], up to ~100M parameters.
 SHAPES = {
-    "bench-8l-512": dict(n_layer=8, n_embd=512, n_head=8, n_kv_head=2, intermediate_size=1408, vocab_size=8192, block_size=256),
-    "bench-12l-768": dict(n_layer=12, n_embd=768, n_head=12, n_kv_head=4, intermediate_size=2048, vocab_size=8192, block_size=256),
+    "bench-8l-512": dict(
+        n_layer=8, n_embd=512, n_head=8, n_kv_head=2, intermediate_size=1408, vocab_size=8192, block_size=256
+    ),
+    "bench-12l-768": dict(
+        n_layer=12, n_embd=768, n_head=12, n_kv_head=4, intermediate_size=2048, vocab_size=8192, block_size=256
+    ),
 }
 LITGPT_VENV = Path("/tmp/litgpt-venv/bin/python")
 
@@ -74,9 +78,16 @@ def _hf_step(shape: dict):
     from transformers import LlamaForCausalLM
 
     config = HFConfig(
-        vocab_size=shape["vocab_size"], hidden_size=shape["n_embd"], intermediate_size=shape["intermediate_size"],
-        num_hidden_layers=shape["n_layer"], num_attention_heads=shape["n_head"], num_key_value_heads=shape["n_kv_head"],
-        max_position_embeddings=shape["block_size"], rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+        vocab_size=shape["vocab_size"],
+        hidden_size=shape["n_embd"],
+        intermediate_size=shape["intermediate_size"],
+        num_hidden_layers=shape["n_layer"],
+        num_attention_heads=shape["n_head"],
+        num_key_value_heads=shape["n_kv_head"],
+        max_position_embeddings=shape["block_size"],
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
         attn_implementation="sdpa",
     )
     model = LlamaForCausalLM(config)
@@ -94,10 +105,21 @@ def _litgpt_step(shape: dict):
     from litgpt.utils import chunked_cross_entropy
 
     config = Config(
-        n_layer=shape["n_layer"], n_embd=shape["n_embd"], n_head=shape["n_head"], n_query_groups=shape["n_kv_head"],
-        intermediate_size=shape["intermediate_size"], vocab_size=shape["vocab_size"], padded_vocab_size=shape["vocab_size"],
-        block_size=shape["block_size"], bias=False, norm_class_name="RMSNorm", norm_eps=1e-5, mlp_class_name="LLaMAMLP",
-        rotary_percentage=1.0, rope_base=10000, parallel_residual=False,
+        n_layer=shape["n_layer"],
+        n_embd=shape["n_embd"],
+        n_head=shape["n_head"],
+        n_query_groups=shape["n_kv_head"],
+        intermediate_size=shape["intermediate_size"],
+        vocab_size=shape["vocab_size"],
+        padded_vocab_size=shape["vocab_size"],
+        block_size=shape["block_size"],
+        bias=False,
+        norm_class_name="RMSNorm",
+        norm_eps=1e-5,
+        mlp_class_name="LLaMAMLP",
+        rotary_percentage=1.0,
+        rope_base=10000,
+        parallel_residual=False,
     )
     model = GPT(config)
 
@@ -107,7 +129,9 @@ def _litgpt_step(shape: dict):
     return model, loss_fn
 
 
-def worker(candidate: str, shape: dict, batch: int, seq_len: int, dtype: str, warmup: int, steps: int, threads: int | None) -> dict:
+def worker(
+    candidate: str, shape: dict, batch: int, seq_len: int, dtype: str, warmup: int, steps: int, threads: int | None
+) -> dict:
     import torch
 
     if threads:
@@ -142,14 +166,20 @@ def worker(candidate: str, shape: dict, batch: int, seq_len: int, dtype: str, wa
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
     tokens = batch * seq_len
-    return {"tokens_per_s": tokens / statistics.median(times), "tokens_per_cpu_s": tokens / statistics.median(cpu_times),
-            "memory_mib": (_resident_kib("VmHWM") - base) / 1024, "loss": loss}
+    return {
+        "tokens_per_s": tokens / statistics.median(times),
+        "tokens_per_cpu_s": tokens / statistics.median(cpu_times),
+        "memory_mib": (_resident_kib("VmHWM") - base) / 1024,
+        "loss": loss,
+    }
 
 
 # -- driver side ------------------------------------------------------------------------------
 def _run_worker(python: str, args: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    run = subprocess.run([python, __file__, "--worker", json.dumps(args)], cwd=REPO, env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [python, __file__, "--worker", json.dumps(args)], cwd=REPO, env=env, capture_output=True, text=True
+    )
     if run.returncode != 0:
         raise RuntimeError(f"{args['candidate']} ({python}) failed:\n{run.stderr[-3000:]}")
     return json.loads(run.stdout.strip().splitlines()[-1])
@@ -157,8 +187,11 @@ def _run_worker(python: str, args: dict) -> dict:
 
 def _litgpt_python(litgpt_python: str | None) -> str | None:
     """The interpreter that can import litgpt: the given one, this one, or the default venv."""
-    for python in ([litgpt_python] if litgpt_python else [sys.executable, str(LITGPT_VENV)]):
-        if Path(python).exists() and subprocess.run([python, "-c", "import litgpt.model"], capture_output=True).returncode == 0:
+    for python in [litgpt_python] if litgpt_python else [sys.executable, str(LITGPT_VENV)]:
+        if (
+            Path(python).exists()
+            and subprocess.run([python, "-c", "import litgpt.model"], capture_output=True).returncode == 0
+        ):
             return python
     return None
 
@@ -203,7 +236,9 @@ def bench_train(
 
     litgpt = _litgpt_python(litgpt_python) if "litgpt" in candidates else None
     if "litgpt" in candidates and litgpt is None:
-        print("litgpt is not importable here nor in /tmp/litgpt-venv; skipping it (see --litgpt_python)", file=sys.stderr)
+        print(
+            "litgpt is not importable here nor in /tmp/litgpt-venv; skipping it (see --litgpt_python)", file=sys.stderr
+        )
         candidates = [c for c in candidates if c != "litgpt"]
     peaks = {"float32": peak_float32, "bfloat16": peak_bfloat16}
     missing = [d for d in dtypes if peaks[d] is None]
@@ -214,22 +249,42 @@ def bench_train(
 
     rows = []
     for shape_name in shapes:
-        shape = {**CONFIGS[shape_name], "block_size": max(seq_len, CONFIGS[shape_name]["block_size"])} if shape_name in CONFIGS else SHAPES[shape_name]
+        shape = (
+            {**CONFIGS[shape_name], "block_size": max(seq_len, CONFIGS[shape_name]["block_size"])}
+            if shape_name in CONFIGS
+            else SHAPES[shape_name]
+        )
         config = LlamaConfig(**shape)
         for dtype in dtypes:
             results: dict[str, list[dict]] = {c: [] for c in candidates}
             for r in range(rounds):
-                order = candidates[r % len(candidates):] + candidates[: r % len(candidates)]  # rotate who goes first
+                order = candidates[r % len(candidates) :] + candidates[: r % len(candidates)]  # rotate who goes first
                 for candidate in order:
                     python = litgpt if candidate == "litgpt" else sys.executable
-                    args = dict(candidate=candidate, shape=shape, batch=batch, seq_len=seq_len, dtype=dtype, warmup=warmup, steps=steps, threads=threads)
+                    args = dict(
+                        candidate=candidate,
+                        shape=shape,
+                        batch=batch,
+                        seq_len=seq_len,
+                        dtype=dtype,
+                        warmup=warmup,
+                        steps=steps,
+                        threads=threads,
+                    )
                     results[candidate].append(_run_worker(python, args))
                     last = results[candidate][-1]
-                    print(f"  {shape_name} {dtype} round {r + 1}: {candidate} {last['tokens_per_s']:.0f} tokens/s, {last['tokens_per_cpu_s']:.0f} per CPU-s", file=sys.stderr)
+                    print(
+                        f"  {shape_name} {dtype} round {r + 1}: {candidate} {last['tokens_per_s']:.0f} tokens/s, {last['tokens_per_cpu_s']:.0f} per CPU-s",
+                        file=sys.stderr,
+                    )
             for candidate, runs in results.items():
                 tps = statistics.median(run["tokens_per_s"] for run in runs)
                 row = dict(
-                    shape=shape_name, params=param_count(config), dtype=dtype, candidate=candidate, tokens_per_s=tps,
+                    shape=shape_name,
+                    params=param_count(config),
+                    dtype=dtype,
+                    candidate=candidate,
+                    tokens_per_s=tps,
                     tokens_per_s_runs=[round(run["tokens_per_s"]) for run in runs],
                     tokens_per_cpu_s=statistics.median(run["tokens_per_cpu_s"] for run in runs),
                     memory_mib=statistics.median(run["memory_mib"] for run in runs),
@@ -238,7 +293,9 @@ def bench_train(
                 rows.append(row)
     _print_table(rows, batch, seq_len, rounds, steps, peaks, threads)
     if json_out is not None:
-        Path(json_out).write_text(json.dumps({"rows": rows, "peaks": peaks, "batch": batch, "seq_len": seq_len}, indent=1))
+        Path(json_out).write_text(
+            json.dumps({"rows": rows, "peaks": peaks, "batch": batch, "seq_len": seq_len}, indent=1)
+        )
     return rows
 
 
@@ -249,21 +306,30 @@ def _basis(threads: int | None) -> str:
     return "tokens_per_cpu_s" if threads == 1 else "tokens_per_s"
 
 
-def _print_table(rows: list[dict], batch: int, seq_len: int, rounds: int, steps: int, peaks: dict, threads: int | None) -> None:
+def _print_table(
+    rows: list[dict], batch: int, seq_len: int, rounds: int, steps: int, peaks: dict, threads: int | None
+) -> None:
     peers = [c for c in ("hf", "litgpt") if any(r["candidate"] == c for r in rows)]
     basis = _basis(threads)
-    print(f"\nbatch {batch} x seq {seq_len}, AdamW, {threads or 'all'} thread(s); median of {rounds} rounds (fresh process each) x {steps} timed steps; "
-          + ", ".join(f"{d} matmul peak {p / 1e12:.3f} TFLOP/s" for d, p in peaks.items() if p)
-          + f"; ratios and MFU from {'tokens per CPU-second' if basis == 'tokens_per_cpu_s' else 'tokens/s'}")
-    header = (f"| {'shape':<14} | {'params':>6} | {'dtype':<8} | {'candidate':<12} | {'tokens/s':>8} | " + " | ".join(f"{'vs ' + p:>9}" for p in peers)
-              + f" | {'tok/CPU-s':>9} | {'MFU':>6} | {'mem MiB':>7} |")
+    print(
+        f"\nbatch {batch} x seq {seq_len}, AdamW, {threads or 'all'} thread(s); median of {rounds} rounds (fresh process each) x {steps} timed steps; "
+        + ", ".join(f"{d} matmul peak {p / 1e12:.3f} TFLOP/s" for d, p in peaks.items() if p)
+        + f"; ratios and MFU from {'tokens per CPU-second' if basis == 'tokens_per_cpu_s' else 'tokens/s'}"
+    )
+    header = (
+        f"| {'shape':<14} | {'params':>6} | {'dtype':<8} | {'candidate':<12} | {'tokens/s':>8} | "
+        + " | ".join(f"{'vs ' + p:>9}" for p in peers)
+        + f" | {'tok/CPU-s':>9} | {'MFU':>6} | {'mem MiB':>7} |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     for row in rows:
         same = {r["candidate"]: r[basis] for r in rows if r["shape"] == row["shape"] and r["dtype"] == row["dtype"]}
         ratios = " | ".join(f"{row[basis] / same[p]:>8.2f}x" if p in same else f"{'':>9}" for p in peers)
-        print(f"| {row['shape']:<14} | {row['params'] / 1e6:>5.1f}M | {row['dtype']:<8} | {row['candidate']:<12} | {row['tokens_per_s']:>8.0f} | {ratios} | "
-              f"{row['tokens_per_cpu_s']:>9.0f} | {100 * row['mfu']:>5.1f}% | {row['memory_mib']:>7.0f} |")
+        print(
+            f"| {row['shape']:<14} | {row['params'] / 1e6:>5.1f}M | {row['dtype']:<8} | {row['candidate']:<12} | {row['tokens_per_s']:>8.0f} | {ratios} | "
+            f"{row['tokens_per_cpu_s']:>9.0f} | {100 * row['mfu']:>5.1f}% | {row['memory_mib']:>7.0f} |"
+        )
 
 
 if __name__ == "__main__":

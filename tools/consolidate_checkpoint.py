@@ -20,7 +20,12 @@ from app.hf import DTYPES
 from tools.cli import run_tool
 
 
-def consolidate(checkpoint: Path, output: Path, dtype: Literal["float32", "bfloat16", "float16"] | None = None, overwrite: bool = False) -> Path:
+def consolidate(
+    checkpoint: Path,
+    output: Path,
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write CHECKPOINT's model as the single file OUTPUT.
 
     Args:

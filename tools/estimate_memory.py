@@ -44,8 +44,10 @@ def estimate(
     config = LlamaConfig.from_name(arch, **overrides)
     compute_bytes = 2 if compute_dtype(precision) is not None else 4
     rows = {ac: estimate_memory(config, micro_batch, seq_len, shards, compute_bytes, ac) for ac in (False, True)}
-    print(f"{arch}: {param_count(config) / 1e9:.2f}B parameters, micro-batch {micro_batch} x {seq_len} tokens, "
-          f"{shards} FSDP shard(s), {precision}")
+    print(
+        f"{arch}: {param_count(config) / 1e9:.2f}B parameters, micro-batch {micro_batch} x {seq_len} tokens, "
+        f"{shards} FSDP shard(s), {precision}"
+    )
     print(f"{'GiB per GPU':<14}{'no checkpointing':>18}{'checkpointing':>16}")
     for (name, plain), (_, checkpointed) in zip(rows[False].table(), rows[True].table()):
         print(f"{name:<14}{plain:>18.2f}{checkpointed:>16.2f}")
@@ -65,8 +67,14 @@ def _from_recipe(path: Path):
     strategy = str(trainer.get("strategy", ""))
     sharded = "ModelParallelStrategy" in strategy
     shards = devices if model.get("parallel", {}).get("sharding") == "hybrid" else devices * trainer.get("num_nodes", 1)
-    return (model.get("arch", "micro"), model.get("arch_overrides") or {}, data.get("batch_size", 8), data.get("seq_len", 256),
-            shards if sharded else 1, str(trainer.get("precision", "32-true")))
+    return (
+        model.get("arch", "micro"),
+        model.get("arch_overrides") or {},
+        data.get("batch_size", 8),
+        data.get("seq_len", 256),
+        shards if sharded else 1,
+        str(trainer.get("precision", "32-true")),
+    )
 
 
 def main(args: list[str] | None = None) -> None:

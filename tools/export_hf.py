@@ -19,8 +19,15 @@ from app.hf import DTYPES, save_hf
 from tools.cli import run_tool
 
 # What a previous export may have left in OUT_DIR; --overwrite removes only these.
-HF_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json", "special_tokens_map.json",
-            "tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+HF_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+)
 
 
 def export(
@@ -43,7 +50,9 @@ def export(
     out_dir = Path(out_dir).expanduser()
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
-            raise SproutError(f"Output folder {out_dir} is not empty; choose a new folder or pass --overwrite to replace an earlier export there.")
+            raise SproutError(
+                f"Output folder {out_dir} is not empty; choose a new folder or pass --overwrite to replace an earlier export there."
+            )
         for path in out_dir.iterdir():
             if path.name in HF_FILES or path.suffix == ".safetensors":
                 path.unlink()
@@ -54,8 +63,11 @@ def export(
     files = save_hf(model, out_dir, tokenizer, DTYPES[dtype] if dtype else None, identity)
     print(f"wrote {out_dir}: {', '.join(p.name for p in files)}")
     if tokenizer is None:
-        print("note: no tokenizer written (none given with --tokenizer and the checkpoint records none that exists); "
-              "transformers and lm-evaluation-harness need one: re-run with --tokenizer PATH.", file=sys.stderr)
+        print(
+            "note: no tokenizer written (none given with --tokenizer and the checkpoint records none that exists); "
+            "transformers and lm-evaluation-harness need one: re-run with --tokenizer PATH.",
+            file=sys.stderr,
+        )
     return files
 
 

@@ -50,17 +50,23 @@ def read_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     if not run_dir.is_dir():
-        raise SproutError(f"Proxy run dir {run_dir} does not exist. Pass the TensorBoard log dir of each proxy run (e.g. logs/<name>/version_0).")
+        raise SproutError(
+            f"Proxy run dir {run_dir} does not exist. Pass the TensorBoard log dir of each proxy run (e.g. logs/<name>/version_0)."
+        )
     files = sorted(run_dir.rglob("events.out.tfevents.*"))
     if not files:
-        raise SproutError(f"No TensorBoard event files (events.out.tfevents.*) under {run_dir}. Pass the TensorBoard log dir of each proxy run (e.g. logs/<name>/version_0).")
+        raise SproutError(
+            f"No TensorBoard event files (events.out.tfevents.*) under {run_dir}. Pass the TensorBoard log dir of each proxy run (e.g. logs/<name>/version_0)."
+        )
     latest: dict[str, dict[int, tuple[float, float]]] = {}
     for file in files:
         accumulator = EventAccumulator(str(file), size_guidance={"scalars": 0})
         try:
             accumulator.Reload()
         except Exception as err:  # tensorboard raises several types for truncated or foreign files
-            raise SproutError(f"Cannot read TensorBoard event file {file}: {type(err).__name__}: {err}. Remove it or the run dir from the fit.") from None
+            raise SproutError(
+                f"Cannot read TensorBoard event file {file}: {type(err).__name__}: {err}. Remove it or the run dir from the fit."
+            ) from None
         for tag in accumulator.Tags()["scalars"]:
             for event in accumulator.Scalars(tag):
                 seen = latest.setdefault(tag, {}).get(event.step)
@@ -69,25 +75,41 @@ def read_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     return {tag: {step: value for step, (_, value) in points.items()} for tag, points in latest.items()}
 
 
-def read_run(run_dir: str, loss_prefix: str = "val/loss/", weight_prefix: str = "mixture/weight/", step_tag: str | None = None) -> Run:
+def read_run(
+    run_dir: str, loss_prefix: str = "val/loss/", weight_prefix: str = "mixture/weight/", step_tag: str | None = None
+) -> Run:
     """The mixture and per-domain validation curves logged by one proxy run."""
     scalars = read_scalars(Path(run_dir))
-    losses = {tag[len(loss_prefix):]: points for tag, points in scalars.items() if tag.startswith(loss_prefix) and len(tag) > len(loss_prefix)}
-    weights = {tag[len(weight_prefix):]: points for tag, points in scalars.items() if tag.startswith(weight_prefix) and len(tag) > len(weight_prefix)}
+    losses = {
+        tag[len(loss_prefix) :]: points
+        for tag, points in scalars.items()
+        if tag.startswith(loss_prefix) and len(tag) > len(loss_prefix)
+    }
+    weights = {
+        tag[len(weight_prefix) :]: points
+        for tag, points in scalars.items()
+        if tag.startswith(weight_prefix) and len(tag) > len(weight_prefix)
+    }
     if not losses:
-        raise SproutError(f"Run {run_dir} has no '{loss_prefix}<domain>' scalars (tags found: {sorted(scalars)[:20]}). Use runs whose recipe validates every domain, or set --loss_prefix.")
+        raise SproutError(
+            f"Run {run_dir} has no '{loss_prefix}<domain>' scalars (tags found: {sorted(scalars)[:20]}). Use runs whose recipe validates every domain, or set --loss_prefix."
+        )
     if set(losses) != set(weights):
         raise SproutError(
             f"Run {run_dir} logs validation losses for {sorted(losses)} but mixture weights ('{weight_prefix}<domain>') for {sorted(weights)}. "
             "Each domain needs both; use proxy runs trained by Sprout with a mixture policy, or set --weight_prefix."
         )
     if step_tag is not None and step_tag not in scalars:
-        raise SproutError(f"Run {run_dir} has no scalar {step_tag!r} to read steps from (--step_tag). Drop --step_tag to use the event step.")
+        raise SproutError(
+            f"Run {run_dir} has no scalar {step_tag!r} to read steps from (--step_tag). Drop --step_tag to use the event step."
+        )
     mixture = {}
     for domain, points in weights.items():
         values = np.array(list(points.values()))
         if values.max() - values.min() > 1e-4:
-            raise SproutError(f"Run {run_dir} changed the weight of {domain!r} during training ({values.min():.4f} to {values.max():.4f}); the BiMix law describes static mixtures. Fit on runs of fixed, natural, uniform or entropy policies.")
+            raise SproutError(
+                f"Run {run_dir} changed the weight of {domain!r} during training ({values.min():.4f} to {values.max():.4f}); the BiMix law describes static mixtures. Fit on runs of fixed, natural, uniform or entropy policies."
+            )
         mixture[domain] = float(values.mean())
     curves = {}
     for domain, points in losses.items():
@@ -97,11 +119,15 @@ def read_run(run_dir: str, loss_prefix: str = "val/loss/", weight_prefix: str = 
             step_of = scalars[step_tag]
             missing = [s for s in points if s not in step_of]
             if missing:
-                raise SproutError(f"Run {run_dir}: {step_tag!r} is not logged at event steps {missing[:5]} where '{loss_prefix}{domain}' is. Drop --step_tag to use the event step.")
+                raise SproutError(
+                    f"Run {run_dir}: {step_tag!r} is not logged at event steps {missing[:5]} where '{loss_prefix}{domain}' is. Drop --step_tag to use the event step."
+                )
             pairs = sorted((step_of[s], v) for s, v in points.items())
         pairs = [(s, v) for s, v in pairs if s > 0]  # the law diverges at step 0
         if len({s for s, _ in pairs}) < MIN_STEPS:
-            raise SproutError(f"Run {run_dir} has '{loss_prefix}{domain}' at only {len(pairs)} step(s) after step 0; the fit needs at least {MIN_STEPS} per run. Validate more often (trainer.val_check_interval) or train the proxy run longer.")
+            raise SproutError(
+                f"Run {run_dir} has '{loss_prefix}{domain}' at only {len(pairs)} step(s) after step 0; the fit needs at least {MIN_STEPS} per run. Validate more often (trainer.val_check_interval) or train the proxy run longer."
+            )
         steps, values = (np.array(x, dtype=float) for x in zip(*pairs))
         curves[domain] = (steps, values)
     return Run(path=str(run_dir), weights=mixture, curves=curves)
@@ -126,7 +152,9 @@ def _distinct_mixtures(runs: list[Run]) -> int:
 def fit_runs(runs: list[Run]) -> dict[str, BiMixLaw]:
     """One law per domain, fitted on every point of ``runs``."""
     if _distinct_mixtures(runs) < 2:
-        raise SproutError(f"The runs {[run.path for run in runs]} use {_distinct_mixtures(runs)} distinct mixture(s); the law needs at least 2 to fit how loss depends on the weights. Add a proxy run with a different mixture.")
+        raise SproutError(
+            f"The runs {[run.path for run in runs]} use {_distinct_mixtures(runs)} distinct mixture(s); the law needs at least 2 to fit how loss depends on the weights. Add a proxy run with a different mixture."
+        )
     return {domain: fit_law(*_points(runs, domain), domain=domain) for domain in sorted(runs[0].curves)}
 
 
@@ -138,23 +166,40 @@ def goodness(laws: dict[str, BiMixLaw], runs: list[Run]) -> dict:
         if len(r) == 0:
             continue  # the run gave this domain no tokens: the law says nothing there
         predicted = law.loss(r, s)
-        per_domain[domain] = {"r2": r_squared(observed, predicted), "mean_relative_error": mean_relative_error(observed, predicted)}
+        per_domain[domain] = {
+            "r2": r_squared(observed, predicted),
+            "mean_relative_error": mean_relative_error(observed, predicted),
+        }
         observed_all.append(observed)
         predicted_all.append(predicted)
     observed, predicted = np.concatenate(observed_all), np.concatenate(predicted_all)
-    return {"r2": r_squared(observed, predicted), "mean_relative_error": mean_relative_error(observed, predicted), "per_domain": per_domain}
+    return {
+        "r2": r_squared(observed, predicted),
+        "mean_relative_error": mean_relative_error(observed, predicted),
+        "per_domain": per_domain,
+    }
 
 
 def check_runs(runs: list[Run]) -> None:
     if len(runs) < 2:
-        raise SproutError(f"Got {len(runs)} proxy run dir(s); the law needs at least 2 runs with different mixtures (3 or more to also check the fit on a held-out run).")
+        raise SproutError(
+            f"Got {len(runs)} proxy run dir(s); the law needs at least 2 runs with different mixtures (3 or more to also check the fit on a held-out run)."
+        )
     domains = set(runs[0].curves)
     for run in runs[1:]:
         if set(run.curves) != domains:
-            raise SproutError(f"Runs cover different domains: {runs[0].path} has {sorted(domains)}, {run.path} has {sorted(run.curves)}. Fit on proxy runs over the same domains.")
+            raise SproutError(
+                f"Runs cover different domains: {runs[0].path} has {sorted(domains)}, {run.path} has {sorted(run.curves)}. Fit on proxy runs over the same domains."
+            )
 
 
-def plot(path: Path, laws: dict[str, BiMixLaw], runs: list[Run], held_out: Run | None, held_out_laws: dict[str, BiMixLaw] | None) -> None:
+def plot(
+    path: Path,
+    laws: dict[str, BiMixLaw],
+    runs: list[Run],
+    held_out: Run | None,
+    held_out_laws: dict[str, BiMixLaw] | None,
+) -> None:
     """Observed validation curves (dots) against the law (lines); the held-out run's
     prediction from the fit that did not see it is dashed."""
     import matplotlib
@@ -176,13 +221,20 @@ def plot(path: Path, laws: dict[str, BiMixLaw], runs: list[Run], held_out: Run |
                 grid = np.geomspace(steps.min(), steps.max(), 100)
                 ax.plot(grid, laws[domain].loss(run.weights[domain], grid), "-", color=color, lw=1)
                 if run is held_out and held_out_laws is not None:
-                    ax.plot(grid, held_out_laws[domain].loss(run.weights[domain], grid), "--", color=color, lw=1.5, label="held-out prediction")
+                    ax.plot(
+                        grid,
+                        held_out_laws[domain].loss(run.weights[domain], grid),
+                        "--",
+                        color=color,
+                        lw=1.5,
+                        label="held-out prediction",
+                    )
         ax.set_title(domain)
         ax.set_xscale("log")
         ax.set_xlabel("step")
         ax.set_ylabel("validation loss")
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(domains):]:
+    for ax in list(axes.flat)[len(domains) :]:
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,11 +280,17 @@ def main(
     check_runs(runs)
     held_out, held_out_laws, held_out_fit = None, None, None
     if holdout != "none":
-        index = len(runs) - 1 if holdout == "last" else next((i for i, d in enumerate(run_dirs) if Path(d) == Path(holdout)), None)
+        index = (
+            len(runs) - 1
+            if holdout == "last"
+            else next((i for i, d in enumerate(run_dirs) if Path(d) == Path(holdout)), None)
+        )
         if index is None:
-            raise SproutError(f"--holdout {holdout!r} is none of the run dirs {run_dirs}; give one of them, 'last' or 'none'.")
+            raise SproutError(
+                f"--holdout {holdout!r} is none of the run dirs {run_dirs}; give one of them, 'last' or 'none'."
+            )
         held_out = runs[index]
-        rest = runs[:index] + runs[index + 1:]
+        rest = runs[:index] + runs[index + 1 :]
         if _distinct_mixtures(rest) < 2:
             raise SproutError(
                 f"With {held_out.path} held out, the remaining runs use {_distinct_mixtures(rest)} distinct mixture(s) and the law needs 2. "
@@ -248,10 +306,14 @@ def main(
     print(f"{'domain':<20}{'A':>10}{'B':>10}{'C':>10}{'alpha':>9}{'beta':>9}{'R2':>8}{'MRE':>9}")
     for domain, law in laws.items():
         g = in_sample["per_domain"][domain]
-        print(f"{domain:<20}{law.A:>10.4g}{law.B:>10.4g}{law.C:>10.4g}{law.alpha:>9.4f}{law.beta:>9.4f}{g['r2']:>8.4f}{g['mean_relative_error']:>9.2%}")
+        print(
+            f"{domain:<20}{law.A:>10.4g}{law.B:>10.4g}{law.C:>10.4g}{law.alpha:>9.4f}{law.beta:>9.4f}{g['r2']:>8.4f}{g['mean_relative_error']:>9.2%}"
+        )
     print(f"in-sample: R2 {in_sample['r2']:.4f}, mean relative error {in_sample['mean_relative_error']:.2%}")
     if held_out_fit is not None:
-        print(f"held-out run {held_out.path} (fit on the other {len(runs) - 1}): R2 {held_out_fit['r2']:.4f}, mean relative error {held_out_fit['mean_relative_error']:.2%}")
+        print(
+            f"held-out run {held_out.path} (fit on the other {len(runs) - 1}): R2 {held_out_fit['r2']:.4f}, mean relative error {held_out_fit['mean_relative_error']:.2%}"
+        )
     print(f"\noptimal mixture at {target_steps} steps (r_min={r_min}, r_max={r_max}):")
     for domain, weight in mixture.items():
         print(f"  {domain:<20} {weight:.4f}  predicted loss {float(laws[domain].loss(weight, target_steps)):.4f}")
@@ -260,9 +322,23 @@ def main(
     for domain, why in warnings.items():
         print(f"warning: {domain}: {why}.")
 
-    runs_info = [{"dir": run.path, "weights": run.weights, "points": int(sum(len(c[0]) for c in run.curves.values()))} for run in runs]
+    runs_info = [
+        {"dir": run.path, "weights": run.weights, "points": int(sum(len(c[0]) for c in run.curves.values()))}
+        for run in runs
+    ]
     held_out_info = None if held_out is None else {"run": held_out.path, **held_out_fit}
-    write_fit(out, laws, target_steps=target_steps, r_min=r_min, r_max=r_max, mixture=mixture, extrapolated=warnings, runs=runs_info, in_sample=in_sample, held_out=held_out_info)
+    write_fit(
+        out,
+        laws,
+        target_steps=target_steps,
+        r_min=r_min,
+        r_max=r_max,
+        mixture=mixture,
+        extrapolated=warnings,
+        runs=runs_info,
+        in_sample=in_sample,
+        held_out=held_out_info,
+    )
     plot_path = Path(plot_file) if plot_file else Path(out).with_suffix(".png")
     plot(plot_path, laws, runs, held_out, held_out_laws)
     print(f"\nwrote {out} and {plot_path}\n")
@@ -277,16 +353,52 @@ def parser() -> ArgumentParser:
         "TensorBoard logs (val/loss/<domain>, mixture/weight/<domain>), score it on a held-out run, plot it, and print "
         "the mixture that minimises the summed loss at --target_steps as a recipe snippet.",
     )
-    p.add_argument("run_dirs", nargs="+", help="TensorBoard log dir of each proxy run (searched recursively for event files); one static mixture per run.")
-    p.add_argument("--target_steps", type=int, required=True, help="Step count S of the run to plan, in the proxy runs' step unit; the mixture minimises the summed predicted loss at S.")
-    p.add_argument("--out", type=str, default="bimix_fit.json", help="Where to write the fitted coefficients, goodness of fit and mixture (JSON, usable as the bimix policy's fit_file).")
-    p.add_argument("--plot_file", type=str | None, default=None, help="PNG of fitted vs observed curves per domain (default: --out with .png).")
-    p.add_argument("--holdout", type=str, default="last", help="Run dir to leave out of a first fit and score the law on (R2, mean relative error): 'last', one of the run dirs, or 'none'. The written fit uses every run.")
+    p.add_argument(
+        "run_dirs",
+        nargs="+",
+        help="TensorBoard log dir of each proxy run (searched recursively for event files); one static mixture per run.",
+    )
+    p.add_argument(
+        "--target_steps",
+        type=int,
+        required=True,
+        help="Step count S of the run to plan, in the proxy runs' step unit; the mixture minimises the summed predicted loss at S.",
+    )
+    p.add_argument(
+        "--out",
+        type=str,
+        default="bimix_fit.json",
+        help="Where to write the fitted coefficients, goodness of fit and mixture (JSON, usable as the bimix policy's fit_file).",
+    )
+    p.add_argument(
+        "--plot_file",
+        type=str | None,
+        default=None,
+        help="PNG of fitted vs observed curves per domain (default: --out with .png).",
+    )
+    p.add_argument(
+        "--holdout",
+        type=str,
+        default="last",
+        help="Run dir to leave out of a first fit and score the law on (R2, mean relative error): 'last', one of the run dirs, or 'none'. The written fit uses every run.",
+    )
     p.add_argument("--r_min", type=float, default=0.0, help="Lower bound on every domain's weight.")
     p.add_argument("--r_max", type=float, default=1.0, help="Upper bound on every domain's weight.")
-    p.add_argument("--loss_prefix", type=str, default="val/loss/", help="Scalar tag prefix of per-domain validation losses.")
-    p.add_argument("--weight_prefix", type=str, default="mixture/weight/", help="Scalar tag prefix of the per-domain mixture weights a run trained with.")
-    p.add_argument("--step_tag", type=str | None, default=None, help="Scalar whose value is the step (e.g. trainer/global_step); default: the event's own step.")
+    p.add_argument(
+        "--loss_prefix", type=str, default="val/loss/", help="Scalar tag prefix of per-domain validation losses."
+    )
+    p.add_argument(
+        "--weight_prefix",
+        type=str,
+        default="mixture/weight/",
+        help="Scalar tag prefix of the per-domain mixture weights a run trained with.",
+    )
+    p.add_argument(
+        "--step_tag",
+        type=str | None,
+        default=None,
+        help="Scalar whose value is the step (e.g. trainer/global_step); default: the event's own step.",
+    )
     return p
 
 

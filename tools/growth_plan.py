@@ -68,12 +68,20 @@ def growth_stanza(at_tokens: float, factor: int, target: str | None, model: str 
     if target is not None:
         lines.append(f"  target_arch: {target}")
     else:
-        lines.append(f"  # grown shape: target_arch: <name in app/model/config.py>, or target_overrides: {{n_layer: {factor} x the model's layers}}")
+        lines.append(
+            f"  # grown shape: target_arch: <name in app/model/config.py>, or target_overrides: {{n_layer: {factor} x the model's layers}}"
+        )
     lines.append(f"  at_tokens: {round(at_tokens)}")
     return "\n".join(lines) + "\n"
 
 
-def main(tokens: str, params: str | None = None, config: str | None = None, factor: int = GROWTH_FACTOR, write_recipe: str | None = None) -> float:
+def main(
+    tokens: str,
+    params: str | None = None,
+    config: str | None = None,
+    factor: int = GROWTH_FACTOR,
+    write_recipe: str | None = None,
+) -> float:
     """Print the plan and optionally write the growth stanza; return d."""
     if factor < 2:
         raise SproutError(f"--factor must be at least 2, got {factor}.")
@@ -89,26 +97,42 @@ def main(tokens: str, params: str | None = None, config: str | None = None, fact
     d_total = parse_count(tokens, "--tokens")
     d = growth_tokens(n, d_total)
 
-    print(f"target: N = {format_count(n)} parameters, D = {format_count(d_total)} tokens, C = 6ND = {6 * n * d_total:.3e} FLOPs")
+    print(
+        f"target: N = {format_count(n)} parameters, D = {format_count(d_total)} tokens, C = 6ND = {6 * n * d_total:.3e} FLOPs"
+    )
     print(f"grow after d = {format_count(d)} tokens ({d:.4g}) on the small model")
     if factor == GROWTH_FACTOR:
         print(f"growth factor g = {factor} (the paper's recommendation), operator gstack")
     else:
         print(f"growth factor g = {factor} (the paper recommends {GROWTH_FACTOR}), operator gstack")
     if d >= d_total:
-        print("warning: d >= D: at this scale the guideline's fit (made on runs of LLM scale) extrapolates past the whole budget; choose d from a small sweep instead.")
+        print(
+            "warning: d >= D: at this scale the guideline's fit (made on runs of LLM scale) extrapolates past the whole budget; choose d from a small sweep instead."
+        )
     if shapes is not None:
         target, small, small_name = shapes
-        print(f"target shape {config}: {target.n_layer} layers x {target.n_embd} wide, {target.n_head} heads, {target.n_kv_head} KV heads")
-        print(f"small shape {small_name or '(' + config + ' with n_layer=' + str(small.n_layer) + ')'}: {small.n_layer} layers x {small.n_embd} wide (same width)")
+        print(
+            f"target shape {config}: {target.n_layer} layers x {target.n_embd} wide, {target.n_head} heads, {target.n_kv_head} KV heads"
+        )
+        print(
+            f"small shape {small_name or '(' + config + ' with n_layer=' + str(small.n_layer) + ')'}: {small.n_layer} layers x {small.n_embd} wide (same width)"
+        )
     model = None
     if shapes is not None:
-        model = f"{{arch: {shapes[2]}}}" if shapes[2] else f"{{arch: {config}, arch_overrides: {{n_layer: {shapes[1].n_layer}}}}}"
+        model = (
+            f"{{arch: {shapes[2]}}}"
+            if shapes[2]
+            else f"{{arch: {config}, arch_overrides: {{n_layer: {shapes[1].n_layer}}}}}"
+        )
     stanza = growth_stanza(d, factor, config, model)
     print("\n" + stanza, end="")
     if write_recipe:
         Path(write_recipe).parent.mkdir(parents=True, exist_ok=True)
-        header = f"# tools/growth_plan.py --params {format_count(n)} --tokens {format_count(d_total)}" + (f" --config {config}" if config else "") + "\n"
+        header = (
+            f"# tools/growth_plan.py --params {format_count(n)} --tokens {format_count(d_total)}"
+            + (f" --config {config}" if config else "")
+            + "\n"
+        )
         Path(write_recipe).write_text(header + stanza)
         print(f"wrote {write_recipe}")
     return d
@@ -120,11 +144,25 @@ def parser() -> ArgumentParser:
         description="Growth timing from Du et al. 2024: log10(d) = 0.88 log10(N) + 163.27 / log10(6ND) - 5.74 gives the tokens d "
         "to train a small model (1/g of the layers, same width) before stacking it g = 4 times into the target.",
     )
-    p.add_argument("--params", type=str | None, default=None, help="Target model parameters N: 7e9, 7B, 1.1B ... (default: counted from --config).")
+    p.add_argument(
+        "--params",
+        type=str | None,
+        default=None,
+        help="Target model parameters N: 7e9, 7B, 1.1B ... (default: counted from --config).",
+    )
     p.add_argument("--tokens", type=str, required=True, help="Tokens D the target model trains on: 2T, 15T, 3e12 ...")
-    p.add_argument("--config", type=str | None, default=None, help="Target shape name from app.model.config.CONFIGS (e.g. llama-7b-32l); prints the small model's shape.")
-    p.add_argument("--factor", type=int, default=GROWTH_FACTOR, help="Growth factor g (layers of target / layers of small model).")
-    p.add_argument("--write_recipe", type=str | None, default=None, help="Write the growth stanza as YAML to this path.")
+    p.add_argument(
+        "--config",
+        type=str | None,
+        default=None,
+        help="Target shape name from app.model.config.CONFIGS (e.g. llama-7b-32l); prints the small model's shape.",
+    )
+    p.add_argument(
+        "--factor", type=int, default=GROWTH_FACTOR, help="Growth factor g (layers of target / layers of small model)."
+    )
+    p.add_argument(
+        "--write_recipe", type=str | None, default=None, help="Write the growth stanza as YAML to this path."
+    )
     return p
 
 

@@ -25,7 +25,9 @@ def import_hf(hf_dir: Path, out: Path) -> Path:
     model, meta = load_model(hf_dir)
     path = save_model(model, out, meta)
     c = model.config
-    print(f"wrote {path}: {c.n_layer} layers, width {c.n_embd}, {c.n_head} heads / {c.n_kv_head} KV groups, vocab {c.vocab_size}")
+    print(
+        f"wrote {path}: {c.n_layer} layers, width {c.n_embd}, {c.n_head} heads / {c.n_kv_head} KV groups, vocab {c.vocab_size}"
+    )
     return path
 
 

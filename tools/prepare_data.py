@@ -103,10 +103,20 @@ def prepare_data(
     if jsonl:
         all_sources.append(Source(jsonl, format="jsonl", domain=domain, text_fields=text_fields))
     if not all_sources:
-        raise SproutError("Nothing to prepare: give --slimpajama, --starcoder, --text or --jsonl inputs, or sources in a --config file.")
+        raise SproutError(
+            "Nothing to prepare: give --slimpajama, --starcoder, --text or --jsonl inputs, or sources in a --config file."
+        )
     metas = prepare(
-        all_sources, tokenizer, out_dir, val_fraction=val_fraction, num_workers=num_workers, overwrite=overwrite,
-        skip_bad_records=skip_bad_records, seed=seed, chunk_tokens=chunk_tokens, progress=progress,
+        all_sources,
+        tokenizer,
+        out_dir,
+        val_fraction=val_fraction,
+        num_workers=num_workers,
+        overwrite=overwrite,
+        skip_bad_records=skip_bad_records,
+        seed=seed,
+        chunk_tokens=chunk_tokens,
+        progress=progress,
     )
     print(f"Shards are in {out_dir}; point a recipe's data.data_dir at it (domains: {', '.join(metas)}).")
     return metas

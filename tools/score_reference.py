@@ -44,7 +44,9 @@ PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
 SAME_RUN = ("block_size", "n_blocks", "shards_sha256", "precision")
 
 
-def _split_meta(reference: dict, tokenizer: dict, split_dir: Path, block_size: int, n_blocks: int, precision: str) -> dict:
+def _split_meta(
+    reference: dict, tokenizer: dict, split_dir: Path, block_size: int, n_blocks: int, precision: str
+) -> dict:
     return {
         "format": FORMAT,
         "reference": reference,
@@ -61,7 +63,10 @@ def _start_or_resume(folder: Path, wanted: dict, overwrite: bool) -> tuple[np.nd
     """The score array and meta to continue from: existing ones when they are the same job."""
     old = read_scores_meta(folder) if folder.is_dir() else None
     if old is not None and not overwrite:
-        same = old["reference"]["sha256"] == wanted["reference"]["sha256"] and old["tokenizer"]["sha256"] == wanted["tokenizer"]["sha256"]
+        same = (
+            old["reference"]["sha256"] == wanted["reference"]["sha256"]
+            and old["tokenizer"]["sha256"] == wanted["tokenizer"]["sha256"]
+        )
         if not (same and all(old[k] == wanted[k] for k in SAME_RUN)):
             raise SproutError(
                 f"{folder} already holds scores by {describe(old['reference'])} for tokenizer {describe(old['tokenizer'])}, seq_len "
@@ -74,18 +79,35 @@ def _start_or_resume(folder: Path, wanted: dict, overwrite: bool) -> tuple[np.nd
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    scores = np.lib.format.open_memmap(folder / SCORES_FILE, mode="w+", dtype=np.float16, shape=(wanted["n_blocks"], wanted["block_size"] - 1))
+    scores = np.lib.format.open_memmap(
+        folder / SCORES_FILE, mode="w+", dtype=np.float16, shape=(wanted["n_blocks"], wanted["block_size"] - 1)
+    )
     write_scores_meta(folder, wanted)
     return scores, wanted
 
 
-def _score_split(ref: Reference, split_dir: Path, folder: Path, meta: dict, scores: np.ndarray, *, batch_size: int, piece_blocks: int,
-                 device: torch.device, precision: str, num_workers: int, progress: bool, label: str) -> int:
+def _score_split(
+    ref: Reference,
+    split_dir: Path,
+    folder: Path,
+    meta: dict,
+    scores: np.ndarray,
+    *,
+    batch_size: int,
+    piece_blocks: int,
+    device: torch.device,
+    precision: str,
+    num_workers: int,
+    progress: bool,
+    label: str,
+) -> int:
     """Score the blocks not done yet, saving after every piece; returns the blocks scored now."""
     dataset = SequentialBlocks(split_dir, meta["block_size"], domain=0, limit=None)
     dtype = torch.bfloat16 if precision == "bf16-true" else torch.float32
     start = meta["done"]
-    bar = tqdm(total=meta["n_blocks"], initial=start, desc=label, unit="block", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=meta["n_blocks"], initial=start, desc=label, unit="block", disable=not progress, dynamic_ncols=True
+    )
     for first in range(start, meta["n_blocks"], piece_blocks):
         last = min(first + piece_blocks, meta["n_blocks"])
         loader = DataLoader(Subset(dataset, range(first, last)), batch_size=batch_size, num_workers=num_workers)
@@ -137,9 +159,13 @@ def score_reference(
         progress: show a progress bar.
     """
     if precision not in PRECISIONS:
-        raise SproutError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}; use the training recipe's trainer.precision.")
+        raise SproutError(
+            f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}; use the training recipe's trainer.precision."
+        )
     if seq_len < 1 or batch_size < 1 or piece_blocks < 1:
-        raise SproutError(f"--seq_len, --batch_size and --piece_blocks must be positive (got {seq_len}, {batch_size}, {piece_blocks}).")
+        raise SproutError(
+            f"--seq_len, --batch_size and --piece_blocks must be positive (got {seq_len}, {batch_size}, {piece_blocks})."
+        )
     data_root = Path(data_dir).expanduser()
     if not data_root.is_dir():
         raise SproutError(f"--data_dir {data_root} does not exist; pass the folder tools/prepare_data.py wrote.")
@@ -152,29 +178,54 @@ def score_reference(
     first_tok = next(iter(tokenizers.values()))
     mixed = [d for d, t in tokenizers.items() if t.get("sha256") != first_tok.get("sha256")]
     if mixed:
-        raise SproutError(f"Domains {mixed} in {data_root} were tokenized with another tokenizer than {domains[0]!r} ({describe(first_tok)}); score them separately.")
+        raise SproutError(
+            f"Domains {mixed} in {data_root} were tokenized with another tokenizer than {domains[0]!r} ({describe(first_tok)}); score them separately."
+        )
     ref = Reference(reference, None, first_tok)
     if seq_len > ref.block_size:
-        raise SproutError(f"--seq_len {seq_len} is longer than the reference model's context block_size={ref.block_size}; lower --seq_len.")
+        raise SproutError(
+            f"--seq_len {seq_len} is longer than the reference model's context block_size={ref.block_size}; lower --seq_len."
+        )
     identity = reference_identity(reference, ref.model.config.to_dict())
     report: dict[str, dict[str, dict]] = {}
     for domain in domains:
         for split in splits:
             split_dir = data_root / domain / split
             if not (split_dir / "index.json").is_file():
-                raise SproutError(f"{split_dir} has no index.json: domain {domain!r} has no prepared {split!r} split. Fix --domains/--splits or re-prepare it.")
+                raise SproutError(
+                    f"{split_dir} has no index.json: domain {domain!r} has no prepared {split!r} split. Fix --domains/--splits or re-prepare it."
+                )
             n_blocks = len(SequentialBlocks(split_dir, seq_len + 1, domain=0, limit=None))
             folder = scores_folder(out_dir, domain, split)
             wanted = _split_meta(identity, tokenizers[domain], split_dir, seq_len + 1, n_blocks, precision)
             scores, meta = _start_or_resume(folder, wanted, overwrite)
             started = time.perf_counter()
-            scored = _score_split(ref, split_dir, folder, meta, scores, batch_size=batch_size, piece_blocks=piece_blocks, device=dev,
-                                  precision=precision, num_workers=num_workers, progress=progress, label=f"{domain}/{split}")
+            scored = _score_split(
+                ref,
+                split_dir,
+                folder,
+                meta,
+                scores,
+                batch_size=batch_size,
+                piece_blocks=piece_blocks,
+                device=dev,
+                precision=precision,
+                num_workers=num_workers,
+                progress=progress,
+                label=f"{domain}/{split}",
+            )
             seconds = time.perf_counter() - started
-            report.setdefault(domain, {})[split] = {"blocks": n_blocks, "scored_now": scored, "seconds": seconds, "folder": str(folder)}
+            report.setdefault(domain, {})[split] = {
+                "blocks": n_blocks,
+                "scored_now": scored,
+                "seconds": seconds,
+                "folder": str(folder),
+            }
             rate = f"{scored * seq_len / seconds:,.0f} tokens/s" if scored else "already done"
             print(f"{domain}/{split}: {n_blocks} blocks x {seq_len} tokens -> {folder} ({rate})")
-    print(f"Reference scores are in {out_dir}; set data.reference_scores: {out_dir} (and data.seq_len: {seq_len}) in the rho1 recipe.")
+    print(
+        f"Reference scores are in {out_dir}; set data.reference_scores: {out_dir} (and data.seq_len: {seq_len}) in the rho1 recipe."
+    )
     return report
 
 

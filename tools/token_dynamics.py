@@ -38,7 +38,9 @@ def classify(losses: np.ndarray, threshold: float = THRESHOLD) -> tuple[np.ndarr
     """Class index (into ``CLASSES``) and ΔL of every token, from losses ``[checkpoints, tokens]``."""
     losses = np.asarray(losses, dtype=np.float64)
     if losses.ndim != 2 or losses.shape[0] < 2:
-        raise SproutError(f"Token dynamics need the losses of at least 2 checkpoints, got shape {losses.shape}; pass two or more --checkpoints.")
+        raise SproutError(
+            f"Token dynamics need the losses of at least 2 checkpoints, got shape {losses.shape}; pass two or more --checkpoints."
+        )
     x = np.linspace(0.0, 1.0, losses.shape[0])[:, None]
     xc = x - x.mean()
     delta = (xc * (losses - losses.mean(axis=0))).sum(axis=0) / (xc**2).sum()  # the slope; x spans [0, 1]
@@ -58,9 +60,14 @@ def checkpoint_losses(path: str, blocks: Subset, batch_size: int, device: torch.
     """Per-token losses ``[blocks, seq_len]`` of one checkpoint on the validation blocks."""
     model, _ = load_model(path, map_location=device)
     if model.config.vocab_size < vocab_size:
-        raise SproutError(f"Checkpoint {path} has vocab_size={model.config.vocab_size}, fewer than the tokenizer's {vocab_size}: it was trained with another tokenizer. Pass checkpoints of one run on this data.")
+        raise SproutError(
+            f"Checkpoint {path} has vocab_size={model.config.vocab_size}, fewer than the tokenizer's {vocab_size}: it was trained with another tokenizer. Pass checkpoints of one run on this data."
+        )
     model.eval()
-    out = [reference_losses(model, b["input_ids"].to(device), b["targets"].to(device)).cpu() for b in DataLoader(blocks, batch_size=batch_size)]
+    out = [
+        reference_losses(model, b["input_ids"].to(device), b["targets"].to(device)).cpu()
+        for b in DataLoader(blocks, batch_size=batch_size)
+    ]
     return torch.cat(out).numpy()
 
 
@@ -70,7 +77,9 @@ def render_passage(tok: Tokenizer, first: int, targets: list[int], classes: np.n
     for token, cls in zip(targets, classes):
         left, right = MARKS[CLASSES[cls]]
         pieces.append(f"{left}{tok.decode([token])}{right}")
-    legend = "Marks: " + ", ".join(f"{name} {left}token{right}" if left else f"{name} plain" for name, (left, right) in MARKS.items())
+    legend = "Marks: " + ", ".join(
+        f"{name} {left}token{right}" if left else f"{name} plain" for name, (left, right) in MARKS.items()
+    )
     return legend + "\n\n" + "".join(pieces) + "\n"
 
 
@@ -131,17 +140,23 @@ def token_dynamics(
         seed: which example curves are drawn.
     """
     if len(checkpoints) < 2:
-        raise SproutError(f"--checkpoints lists {len(checkpoints)} checkpoint(s); token dynamics need at least 2 (better 5 or more) of one run, in training order.")
+        raise SproutError(
+            f"--checkpoints lists {len(checkpoints)} checkpoint(s); token dynamics need at least 2 (better 5 or more) of one run, in training order."
+        )
     split_dir = Path(data_dir).expanduser() / domain / split
     if not (split_dir / "index.json").is_file():
-        raise SproutError(f"{split_dir} is not a prepared split (no index.json). Check --data_dir, --domain and --split.")
+        raise SproutError(
+            f"{split_dir} is not a prepared split (no index.json). Check --data_dir, --domain and --split."
+        )
     tok = Tokenizer.load(tokenizer or Path(data_dir).expanduser() / "tokenizer.json")
     dataset = SequentialBlocks(split_dir, seq_len + 1, domain=0, limit=max_blocks)
     if len(dataset) == 0:
         raise SproutError(f"{split_dir} has no sequence of {seq_len + 1} tokens; lower --seq_len.")
     blocks = Subset(dataset, range(len(dataset)))
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    losses = np.stack([checkpoint_losses(c, blocks, batch_size, dev, tok.vocab_size) for c in checkpoints])  # [K, blocks, T]
+    losses = np.stack(
+        [checkpoint_losses(c, blocks, batch_size, dev, tok.vocab_size) for c in checkpoints]
+    )  # [K, blocks, T]
     classes, delta = classify(losses.reshape(len(checkpoints), -1))
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -158,8 +173,12 @@ def token_dynamics(
     plot_curves(losses.reshape(len(checkpoints), -1), classes, out / "curves.png", examples, seed)
     first = dataset[0]
     row = classes.reshape(losses.shape[1], seq_len)[0]
-    (out / "passage.txt").write_text(render_passage(tok, int(first["input_ids"][0]), first["targets"].tolist(), row), encoding="utf-8")
-    print(f"{classes.size} tokens of {split_dir} over {len(checkpoints)} checkpoints (mean loss {result['mean_loss'][0]:.3f} -> {result['mean_loss'][-1]:.3f}):")
+    (out / "passage.txt").write_text(
+        render_passage(tok, int(first["input_ids"][0]), first["targets"].tolist(), row), encoding="utf-8"
+    )
+    print(
+        f"{classes.size} tokens of {split_dir} over {len(checkpoints)} checkpoints (mean loss {result['mean_loss'][0]:.3f} -> {result['mean_loss'][-1]:.3f}):"
+    )
     print(f"  {'class':6} {'share':>7} {'paper':>7}")
     for name in CLASSES:
         print(f"  {name:6} {result['shares'][name]:7.1%} {PAPER_SHARES[name]:7.0%}")

@@ -104,32 +104,46 @@ class Growth(L.Callback):
         shape = {}
         if self.target_arch is not None:
             if self.target_arch not in CONFIGS:
-                raise SproutError(f"growth.target_arch={self.target_arch!r} is not a known shape; use one of {', '.join(CONFIGS)} or set growth.target_overrides.")
+                raise SproutError(
+                    f"growth.target_arch={self.target_arch!r} is not a known shape; use one of {', '.join(CONFIGS)} or set growth.target_overrides."
+                )
             shape = {k: CONFIGS[self.target_arch][k] for k in SHAPE_FIELDS}  # the rest stays the trained model's
         try:
             return source.replace(**{**shape, **self.target_overrides})
         except SproutError as err:
-            raise SproutError(f"growth.target_arch / growth.target_overrides give an invalid grown model: {err}") from None
+            raise SproutError(
+                f"growth.target_arch / growth.target_overrides give an invalid grown model: {err}"
+            ) from None
 
     def _check_options(self) -> None:
         if self.operator is None:
             if self.source or self.at_step is not None or self.at_tokens is not None:
-                raise SproutError("The recipe's growth section sets when or what to grow but no growth.operator; add e.g. `operator: {class_path: gstack}`.")
+                raise SproutError(
+                    "The recipe's growth section sets when or what to grow but no growth.operator; add e.g. `operator: {class_path: gstack}`."
+                )
             return
         if self.source is not None:
             if self.at_step is not None or self.at_tokens is not None:
-                raise SproutError("growth.source grows a checkpoint at the start of the run, so growth.at_step / growth.at_tokens must not be set with it; remove one of them.")
+                raise SproutError(
+                    "growth.source grows a checkpoint at the start of the run, so growth.at_step / growth.at_tokens must not be set with it; remove one of them."
+                )
         elif (self.at_step is None) == (self.at_tokens is None):
-            raise SproutError("Set exactly one of growth.at_step (optimizer steps) or growth.at_tokens (training tokens) to say when to grow, or growth.source to grow a saved checkpoint.")
+            raise SproutError(
+                "Set exactly one of growth.at_step (optimizer steps) or growth.at_tokens (training tokens) to say when to grow, or growth.source to grow a saved checkpoint."
+            )
         if not self.fresh_optimizer and type(self.operator).source_parameter is GrowthOperator.source_parameter:
             raise SproutError(
                 f"growth.fresh_optimizer: false needs an operator that maps each grown parameter to its source; {type(self.operator).__name__} does not "
                 "(depth operators gstack, zero_depth and random_depth do). Set growth.fresh_optimizer: true."
             )
         if not self.fresh_optimizer and self.source is not None:
-            raise SproutError("growth.source loads only the small model's weights, not its optimizer state; set growth.fresh_optimizer: true with it.")
+            raise SproutError(
+                "growth.source loads only the small model's weights, not its optimizer state; set growth.fresh_optimizer: true with it."
+            )
         if not self.target_arch and not self.target_overrides:
-            raise SproutError("growth needs the grown model's shape: set growth.target_arch (e.g. llama-1.1b-24l) or growth.target_overrides (e.g. {n_layer: 8}).")
+            raise SproutError(
+                "growth needs the grown model's shape: set growth.target_arch (e.g. llama-1.1b-24l) or growth.target_overrides (e.g. {n_layer: 8})."
+            )
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def resume_from(self, path: str | Path) -> None:
@@ -163,7 +177,9 @@ class Growth(L.Callback):
             self._grow(trainer, pl_module)
         self._source_model = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.operator is None:
             return
         self.tokens_seen += batch["input_ids"].numel() * trainer.world_size
@@ -174,7 +190,9 @@ class Growth(L.Callback):
                 replacement = self.operator.on_train_step(pl_module.model, step - self.grown_at)
                 if replacement is not None:  # a phase of the operator ended (G_learn materialised)
                     pl_module.replace_model(replacement, pl_module.config, restart_schedule=False)
-                    rank_zero_info(f"Growth: {type(self.operator).__name__} finished its phase at step {step}; training the plain grown model.")
+                    rank_zero_info(
+                        f"Growth: {type(self.operator).__name__} finished its phase at step {step}; training the plain grown model."
+                    )
             elif self._due(trainer):
                 self._grow(trainer, pl_module)
         pl_module.log("growth/stage", 0.0 if self.grown_at is None else 1.0)
@@ -265,7 +283,13 @@ class Growth(L.Callback):
         monitor.flops_seen += flops
         return f" The source's {tokens:,} tokens and {flops:.4g} FLOPs are included in perf/tokens_seen and perf/flops_seen."
 
-    def _carry_optimizer_state(self, old_params: dict[str, torch.nn.Parameter], old: torch.optim.Optimizer, grown: torch.nn.Module, new: torch.optim.Optimizer) -> None:
+    def _carry_optimizer_state(
+        self,
+        old_params: dict[str, torch.nn.Parameter],
+        old: torch.optim.Optimizer,
+        grown: torch.nn.Module,
+        new: torch.optim.Optimizer,
+    ) -> None:
         for name, param in grown.named_parameters():
             source = self.operator.source_parameter(name)
             before = old_params.get(source) if source is not None else None
@@ -275,11 +299,19 @@ class Growth(L.Callback):
 
     def _stage_path(self, trainer: L.Trainer, step: int) -> Path:
         ckpt = trainer.checkpoint_callback
-        folder = Path(ckpt.dirpath) if ckpt is not None and getattr(ckpt, "dirpath", None) else Path(trainer.default_root_dir)
+        folder = (
+            Path(ckpt.dirpath)
+            if ckpt is not None and getattr(ckpt, "dirpath", None)
+            else Path(trainer.default_root_dir)
+        )
         return folder / f"stage1-step{step:06d}.ckpt"
 
     def _announce(self, trainer: L.Trainer, source: LlamaConfig, target: LlamaConfig, step: int, carried: str) -> None:
-        origin = f"of {self.source} at the start" if self.source is not None else f"at step {step} ({self.tokens_seen:,} tokens)"
+        origin = (
+            f"of {self.source} at the start"
+            if self.source is not None
+            else f"at step {step} ({self.tokens_seen:,} tokens)"
+        )
         text = (
             f"Growth {origin}: {type(self.operator).__name__} grew {_describe(source)} "
             f"to {_describe(target)}; schedule {'restarted' if self.restart_schedule else 'continued'}, "

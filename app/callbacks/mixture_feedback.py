@@ -45,24 +45,34 @@ class MixtureFeedback(L.Callback):
             return
         every = policy.update_every
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise SproutError(f"The dynamic mixture policy {type(policy).__name__} has update_every={every!r}; a dynamic policy must set update_every to a positive number of steps between weight updates.")
+            raise SproutError(
+                f"The dynamic mixture policy {type(policy).__name__} has update_every={every!r}; a dynamic policy must set update_every to a positive number of steps between weight updates."
+            )
         n = len(trainer.datamodule.domains)
         if self.sums is None:
             self.sums = torch.zeros(2, n, dtype=torch.float64)
         elif self.sums.shape != (2, n):
-            raise SproutError(f"The checkpoint's mixture feedback covers {self.sums.shape[1]} domains but data.domains has {n}; resume with the same data.domains.")
+            raise SproutError(
+                f"The checkpoint's mixture feedback covers {self.sums.shape[1]} domains but data.domains has {n}; resume with the same data.domains."
+            )
         self.sums = self.sums.to(pl_module.device)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         policy = self._policy(trainer)
         if policy is None:
             return
         if not isinstance(outputs, Mapping) or "token_loss" not in outputs:
-            raise SproutError(f"A dynamic mixture ({type(policy).__name__}) needs the per-token losses of each step, but {type(pl_module).__name__}.training_step returned no 'token_loss'. Use SproutModule or return {{'loss': ..., 'token_loss': ...}}.")
+            raise SproutError(
+                f"A dynamic mixture ({type(policy).__name__}) needs the per-token losses of each step, but {type(pl_module).__name__}.training_step returned no 'token_loss'. Use SproutModule or return {{'loss': ..., 'token_loss': ...}}."
+            )
         loss = outputs["token_loss"].double()
         if policy.needs_reference:
             if "ref_loss" not in outputs:
-                raise SproutError(f"The mixture policy {type(policy).__name__} needs reference losses: set model.reference to a reference checkpoint (scored online) or data.reference_scores to offline scores from tools/score_reference.py.")
+                raise SproutError(
+                    f"The mixture policy {type(policy).__name__} needs reference losses: set model.reference to a reference checkpoint (scored online) or data.reference_scores to offline scores from tools/score_reference.py."
+                )
             loss = (loss - outputs["ref_loss"].double()).clamp_min(0)
         valid = (batch["targets"] != IGNORE_INDEX) & loss.isfinite()  # a step the NaN guard skips adds nothing
         rows = torch.stack([loss.where(valid, 0.0).sum(dim=1), valid.sum(dim=1).double()])

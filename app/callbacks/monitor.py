@@ -55,14 +55,20 @@ class ThroughputMonitor(L.Callback):
         self._batch_model_flops = 0.0
         self._counter: FlopCounterMode | None = None
         self._counted_flops_seen = 0.0  # since this process started; only differences are used
-        self._window: tuple[float, int, float, float] | None = None  # (time, tokens, model FLOPs, counted FLOPs) at window start
+        self._window: tuple[float, int, float, float] | None = (
+            None  # (time, tokens, model FLOPs, counted FLOPs) at window start
+        )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.peak_flops is None:
             dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
-            self.peak_flops = gpu_peak(pl_module.device, dtype) or (measured_matmul_peak(dtype) if pl_module.device.type == "cpu" else None)
+            self.peak_flops = gpu_peak(pl_module.device, dtype) or (
+                measured_matmul_peak(dtype) if pl_module.device.type == "cpu" else None
+            )
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         # Taken before the step: a growth callback may swap the model in its own batch-end hook.
         input_ids = batch["input_ids"]
         self._batch_model_flops = float(flops_per_token(pl_module.config, input_ids.shape[-1]) * input_ids.numel())
@@ -71,7 +77,9 @@ class ThroughputMonitor(L.Callback):
             self._counter = flop_counter_mode()
             self._counter.__enter__()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._counter is not None:
             self._counter.__exit__(None, None, None)
             self._flops_per_batch = float(self._counter.get_total_flops())
@@ -111,7 +119,12 @@ class ThroughputMonitor(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         # The per-batch count is kept too: counting runs the step under FlopCounterMode, whose
         # kernels round differently, so recounting after a resume would break bit-exact resume.
-        return {"tokens_seen": self.tokens_seen, "flops_seen": self.flops_seen, "flops_per_batch": self._flops_per_batch, "counted_params": self._counted_params}
+        return {
+            "tokens_seen": self.tokens_seen,
+            "flops_seen": self.flops_seen,
+            "flops_per_batch": self._flops_per_batch,
+            "counted_params": self._counted_params,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.tokens_seen = int(state_dict["tokens_seen"])

@@ -49,14 +49,18 @@ class NaNGuard(Checkpoint):
         self._domains: set[int] = set()  # domain indices in this step's batches
         self._stop_pending = False
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if isinstance(batch, dict) and "domain" in batch:
             self._domains.update(batch["domain"].unique().tolist())
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor) -> None:
         self._losses.append(loss.detach())
 
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         """Once per optimizer step, after backward (and fp16 unscaling), before the update."""
         losses, domains = self._losses, self._domains
         self._losses, self._domains = [], set()
@@ -79,11 +83,15 @@ class NaNGuard(Checkpoint):
             self.bad_steps.append(step)
             self.bad_domains |= {names[d] if d < len(names) else str(d) for d in domains}
             shown = ", ".join(f"{float(x):g}" for x in losses)
-            rank_zero_warn(f"Step {step}: the loss ({shown}) or the gradient norm is not finite; its update was skipped ({self.consecutive} in a row, {self.skipped} in this run).")
+            rank_zero_warn(
+                f"Step {step}: the loss ({shown}) or the gradient norm is not finite; its update was skipped ({self.consecutive} in a row, {self.skipped} in this run)."
+            )
             self._stop_pending = self.consecutive >= self.max_consecutive
         pl_module.log("nan_guard/skipped", float(self.skipped))
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self._stop_pending:
             self._stop_pending = False
             raise SproutError(self._stop(trainer))
@@ -92,7 +100,9 @@ class NaNGuard(Checkpoint):
         first, last = self.bad_steps[0], self.bad_steps[-1]
         path = os.path.join(checkpoint_dir(trainer), f"nonfinite-step{last:06d}.ckpt")
         trainer.save_checkpoint(path)
-        previous = f"{self.last_finite[1]:.4f} at step {self.last_finite[0]}" if self.last_finite else "none in this run"
+        previous = (
+            f"{self.last_finite[1]:.4f} at step {self.last_finite[0]}" if self.last_finite else "none in this run"
+        )
         domains = ", ".join(sorted(self.bad_domains)) or "unknown"
         return (
             f"Training stopped: the loss or gradient norm was not finite in {self.consecutive} steps in a row (steps {first}-{last}; "
@@ -103,8 +113,11 @@ class NaNGuard(Checkpoint):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "skipped": self.skipped, "consecutive": self.consecutive, "bad_steps": list(self.bad_steps),
-            "bad_domains": sorted(self.bad_domains), "last_finite": self.last_finite,
+            "skipped": self.skipped,
+            "consecutive": self.consecutive,
+            "bad_steps": list(self.bad_steps),
+            "bad_domains": sorted(self.bad_domains),
+            "last_finite": self.last_finite,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -114,4 +127,3 @@ class NaNGuard(Checkpoint):
         self.bad_domains = set(state_dict["bad_domains"])
         last = state_dict["last_finite"]
         self.last_finite = None if last is None else (int(last[0]), float(last[1]))
-

@@ -68,7 +68,9 @@ class Preemption(Checkpoint):
             self.received = signal.SIGTERM
         return self.received
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._stepped = True
         # every rank must agree to stop, or the others would wait forever in the next collective
         if not trainer.strategy.reduce_boolean_decision(self._pending(trainer) is not None, all=False):
@@ -82,7 +84,9 @@ class Preemption(Checkpoint):
         if self._exit_code is not None:
             raise SIGTERMException(self._exit_code)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._exit_code is not None:
             raise SIGTERMException(self._exit_code)
 
@@ -100,7 +104,9 @@ class Preemption(Checkpoint):
         sig = self.received or signal.SIGTERM
         self._restore_handlers()
         if self._stepped:
-            path = os.path.join(checkpoint_dir(trainer), ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
+            path = os.path.join(
+                checkpoint_dir(trainer), ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
+            )
             trainer.save_checkpoint(path)
             what = f"saved {path} at step {trainer.global_step}"
         else:
@@ -132,4 +138,3 @@ def _requeue(job: str) -> str:
     if problem:
         return f"Requeueing SLURM job {job} failed ({problem}); requeue it with `scontrol requeue {job}` or resubmit the job script, which resumes with --ckpt_path last."
     return f"Requeued SLURM job {job}; the job script's --ckpt_path last resumes from here."
-

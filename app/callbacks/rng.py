@@ -50,7 +50,9 @@ class TrainingRNG(L.Callback):
         self._end_of_step: dict[str, Any] | None = None
         self._loaded: list[dict[str, Any]] | None = None  # one entry per rank, from a checkpoint
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self._loaded is not None:
             self._end_of_step = self._loaded[trainer.global_rank % len(self._loaded)]
             self._loaded = None
@@ -58,7 +60,9 @@ class TrainingRNG(L.Callback):
             restore_states(self._end_of_step)
             self._end_of_step = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         self._end_of_step = collect_states()
 
     def state_dict(self) -> dict[str, Any]:

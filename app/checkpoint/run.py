@@ -53,7 +53,9 @@ def _os_error(err: BaseException | None) -> OSError | None:
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temporary file, fsync, rename; clear errors on failed saves and loads."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any | None = None
+    ) -> None:
         if not isinstance(get_filesystem(path), LocalFileSystem):
             return super().save_checkpoint(checkpoint, path, storage_options)  # object stores: fsspec's transaction
         if storage_options is not None:
@@ -77,7 +79,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from None
         remove_stale_temporaries(path.parent)  # they can be as large as a checkpoint
 
-    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         check_checkpoint(path)
         return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
 
@@ -91,7 +95,9 @@ def check_checkpoint(path: str | os.PathLike) -> None:
     """
     fs = get_filesystem(path)
     if not fs.exists(path):
-        raise SproutError(f"Checkpoint {path} does not exist. Pass an existing .ckpt file to --ckpt_path, or `--ckpt_path last` to resume the newest run of this recipe.")
+        raise SproutError(
+            f"Checkpoint {path} does not exist. Pass an existing .ckpt file to --ckpt_path, or `--ckpt_path last` to resume the newest run of this recipe."
+        )
     if isinstance(fs, LocalFileSystem) and Path(path).is_file() and not zipfile.is_zipfile(path):
         raise SproutError(
             f"Checkpoint {path} cannot be read: it is truncated or corrupt (not a complete archive). "

@@ -30,7 +30,9 @@ FORMATS = (
 PREFIX = "model."
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", config: LlamaConfig | None = None) -> tuple[Llama, dict]:
+def load_model(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", config: LlamaConfig | None = None
+) -> tuple[Llama, dict]:
     """The model stored at ``path`` and the checkpoint's ``sprout`` metadata.
 
     ``config`` overrides the stored config (e.g. another attention backend); its tensor shapes
@@ -83,7 +85,9 @@ def _read_file(path: Path, map_location) -> tuple[dict[str, torch.Tensor], dict]
             f"use an earlier checkpoint of the run, or pass {FORMATS}."
         ) from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise SproutError(f"{path} is a PyTorch file but not a Lightning checkpoint (no `state_dict` entry); pass {FORMATS}.")
+        raise SproutError(
+            f"{path} is a PyTorch file but not a Lightning checkpoint (no `state_dict` entry); pass {FORMATS}."
+        )
     return _model_tensors(checkpoint["state_dict"]), checkpoint.get("sprout")
 
 
@@ -104,19 +108,32 @@ def _read_distributed(path: Path, map_location) -> tuple[dict[str, torch.Tensor]
         }
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*single process")  # DCP warns even when asked for no_dist
-            dcp.load({"state_dict": wanted}, storage_reader=reader, no_dist=True)  # reads these, not the optimizer state
-        extra = torch.load(path / "meta.pt", map_location="cpu", weights_only=True) if (path / "meta.pt").is_file() else {}
-    except (Exception, CheckpointException) as error:  # DCP wraps a reader's failure in a CheckpointException (a BaseException)
-        cause = next(iter(error.failures.values()))[0] if isinstance(error, CheckpointException) and error.failures else error
+            dcp.load(
+                {"state_dict": wanted}, storage_reader=reader, no_dist=True
+            )  # reads these, not the optimizer state
+        extra = (
+            torch.load(path / "meta.pt", map_location="cpu", weights_only=True) if (path / "meta.pt").is_file() else {}
+        )
+    except (
+        Exception,
+        CheckpointException,
+    ) as error:  # DCP wraps a reader's failure in a CheckpointException (a BaseException)
+        cause = (
+            next(iter(error.failures.values()))[0]
+            if isinstance(error, CheckpointException) and error.failures
+            else error
+        )
         reason = f"{type(cause).__name__}: {cause}".splitlines()[0].removesuffix(": ")
-        raise SproutError(f"Cannot read distributed checkpoint {path} ({reason}). A shard is missing or truncated; use an earlier checkpoint.") from None
+        raise SproutError(
+            f"Cannot read distributed checkpoint {path} ({reason}). A shard is missing or truncated; use an earlier checkpoint."
+        ) from None
     state = {k: v.to(map_location) for k, v in _model_tensors(wanted).items()}
     return state, extra.get("sprout")
 
 
 def _model_tensors(state_dict: dict) -> dict[str, torch.Tensor]:
     """The model's tensors under their ``Llama`` names; ``torch.compile`` wrappers add ``_orig_mod.``."""
-    return {k[len(PREFIX):].replace("_orig_mod.", ""): v for k, v in state_dict.items() if k.startswith(PREFIX)}
+    return {k[len(PREFIX) :].replace("_orig_mod.", ""): v for k, v in state_dict.items() if k.startswith(PREFIX)}
 
 
 def _stored_config(meta: dict | None, path: Path) -> LlamaConfig:

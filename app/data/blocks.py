@@ -72,7 +72,9 @@ class DomainBlocks(Dataset):
     ``app.reference``) a sample also carries ``ref_loss``, the reference's loss on its targets.
     """
 
-    def __init__(self, split_dirs: Sequence[str | Path], block_size: int, score_dirs: Sequence[str | Path] | None = None) -> None:
+    def __init__(
+        self, split_dirs: Sequence[str | Path], block_size: int, score_dirs: Sequence[str | Path] | None = None
+    ) -> None:
         self.split_dirs = [str(d) for d in split_dirs]
         self.block_size = block_size
         self.score_dirs = [str(d) for d in score_dirs] if score_dirs is not None else None
@@ -87,7 +89,9 @@ class DomainBlocks(Dataset):
         if self._datasets is None:
             self._datasets = [open_blocks(d, self.block_size) for d in self.split_dirs]
         batch_no, domain, block = key
-        tokens = checked_tokens(self._datasets[domain][block], self.split_dirs[domain], self.block_size, block, self.vocab_sizes[domain])
+        tokens = checked_tokens(
+            self._datasets[domain][block], self.split_dirs[domain], self.block_size, block, self.vocab_sizes[domain]
+        )
         sample = {
             "input_ids": tokens[:-1],
             "targets": tokens[1:],
@@ -108,7 +112,9 @@ class DomainBlocks(Dataset):
 class SequentialBlocks(Dataset):
     """One domain's validation blocks in order, strided by rank so ranks share the work."""
 
-    def __init__(self, split_dir: str | Path, block_size: int, domain: int, limit: int | None, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, split_dir: str | Path, block_size: int, domain: int, limit: int | None, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.split_dir = str(split_dir)
         self.block_size = block_size
         self.domain = domain
@@ -125,4 +131,9 @@ class SequentialBlocks(Dataset):
             self._dataset = open_blocks(self.split_dir, self.block_size)
         block = self.indices[i]
         tokens = checked_tokens(self._dataset[block], self.split_dir, self.block_size, block, self.vocab_size)
-        return {"input_ids": tokens[:-1], "targets": tokens[1:], "domain": torch.tensor(self.domain), "block": torch.tensor(block)}
+        return {
+            "input_ids": tokens[:-1],
+            "targets": tokens[1:],
+            "domain": torch.tensor(self.domain),
+            "block": torch.tensor(block),
+        }

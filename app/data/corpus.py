@@ -125,14 +125,22 @@ def _write_shards(folder: Path, name: str, docs: list[tuple[str, str]], shards: 
     return paths
 
 
-def build_default_corpus(out_dir: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, shards: int = DEFAULT_SHARDS) -> dict[str, list[Path]]:
+def build_default_corpus(
+    out_dir: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES, shards: int = DEFAULT_SHARDS
+) -> dict[str, list[Path]]:
     """Write ``code`` and ``text`` JSON-lines shards under ``out_dir``; returns ``{domain: [files]}``.
 
     A finished corpus (its ``manifest.json`` matching this Python and these settings) is
     reused as it is. Feed the files to ``prepare`` as ``Source(files, format="jsonl", domain=name)``.
     """
     out_dir = Path(out_dir).expanduser()
-    settings = {"version": CORPUS_VERSION, "python": sys.version, "stdlib": str(stdlib_root()), "max_bytes": max_bytes, "shards": shards}
+    settings = {
+        "version": CORPUS_VERSION,
+        "python": sys.version,
+        "stdlib": str(stdlib_root()),
+        "max_bytes": max_bytes,
+        "shards": shards,
+    }
     manifest_path = out_dir / MANIFEST
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
@@ -146,7 +154,11 @@ def build_default_corpus(out_dir: str | os.PathLike, *, max_bytes: int = DEFAULT
         for old in (out_dir / name).glob(f"{name}-*.jsonl"):
             old.unlink()
         built[name] = _write_shards(out_dir / name, name, docs, shards)
-        domains[name] = {"files": [p.relative_to(out_dir).as_posix() for p in built[name]], "documents": len(docs), "chars": sum(len(t) for _, t in docs)}
+        domains[name] = {
+            "files": [p.relative_to(out_dir).as_posix() for p in built[name]],
+            "documents": len(docs),
+            "chars": sum(len(t) for _, t in docs),
+        }
     write_json(manifest_path, {"settings": settings, "domains": domains})
     return built
 
@@ -165,7 +177,10 @@ def corpus_texts(files: Iterable[str | os.PathLike], max_chars: int | None = Non
 
 
 def train_default_tokenizer(
-    corpus: dict[str, list[Path]], out_path: str | os.PathLike, vocab_size: int = 4096, max_chars_per_domain: int = 3_000_000
+    corpus: dict[str, list[Path]],
+    out_path: str | os.PathLike,
+    vocab_size: int = 4096,
+    max_chars_per_domain: int = 3_000_000,
 ) -> Tokenizer:
     """Train the quick start's byte-level BPE on an equal share of every domain of ``corpus``."""
     texts = (text for name in sorted(corpus) for text in corpus_texts(corpus[name], max_chars_per_domain))

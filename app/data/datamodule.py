@@ -80,15 +80,21 @@ class SproutDataModule(L.LightningDataModule):
 
     def _discover_domains(self) -> list[str]:
         if not self.data_dir.is_dir():
-            raise SproutError(f"data.data_dir {self.data_dir} does not exist. Prepare data with tools/prepare_data.py --out_dir {self.data_dir}, or fix the path in the recipe.")
+            raise SproutError(
+                f"data.data_dir {self.data_dir} does not exist. Prepare data with tools/prepare_data.py --out_dir {self.data_dir}, or fix the path in the recipe."
+            )
         found = prepared_domains(self.data_dir)
         if self.requested_domains is None:
             if not found:
-                raise SproutError(f"No prepared domains (folders with {META_FILE}) in data.data_dir {self.data_dir}. Run tools/prepare_data.py first.")
+                raise SproutError(
+                    f"No prepared domains (folders with {META_FILE}) in data.data_dir {self.data_dir}. Run tools/prepare_data.py first."
+                )
             return found
         missing = [d for d in self.requested_domains if d not in found]
         if missing:
-            raise SproutError(f"data.domains names {missing}, which are not prepared in {self.data_dir} (prepared: {found or 'none'}). Fix data.domains or prepare those domains.")
+            raise SproutError(
+                f"data.domains names {missing}, which are not prepared in {self.data_dir} (prepared: {found or 'none'}). Fix data.domains or prepare those domains."
+            )
         return list(self.requested_domains)
 
     @property
@@ -117,10 +123,16 @@ class SproutDataModule(L.LightningDataModule):
                     f"Domain {name!r} in {self.data_dir} was tokenized with {shard_tok.get('name')} (sha256 {str(shard_tok.get('sha256'))[:12]}), "
                     f"but the recipe's tokenizer is {self.tokenizer_path} (sha256 {identity['sha256'][:12]}). Re-prepare the shards with this tokenizer or point data.tokenizer at the one they were made with."
                 )
-            if meta["splits"]["train"]["tokens"] < self.seq_len + 1:  # before the validation check: more held-out data cannot help
-                raise SproutError(f"Domain {name!r} in {self.data_dir} has less than one training sequence of {self.seq_len + 1} tokens: too little data. Add data, drop the domain from data.domains, or lower data.seq_len.")
+            if (
+                meta["splits"]["train"]["tokens"] < self.seq_len + 1
+            ):  # before the validation check: more held-out data cannot help
+                raise SproutError(
+                    f"Domain {name!r} in {self.data_dir} has less than one training sequence of {self.seq_len + 1} tokens: too little data. Add data, drop the domain from data.domains, or lower data.seq_len."
+                )
             if meta["splits"]["val"]["tokens"] < self.seq_len + 1:
-                raise SproutError(f"Domain {name!r} in {self.data_dir} has no validation sequence of {self.seq_len + 1} tokens. Re-prepare it with a larger --val_fraction, or lower data.seq_len.")
+                raise SproutError(
+                    f"Domain {name!r} in {self.data_dir} has no validation sequence of {self.seq_len + 1} tokens. Re-prepare it with a larger --val_fraction, or lower data.seq_len."
+                )
             self.stats[name] = domain_stats(name, meta)
             for split in SPLITS:
                 check_shards(self.data_dir / name / split)
@@ -129,13 +141,18 @@ class SproutDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer else 1
         empty = [d for d, n in zip(self.domains, self.sizes) if n < world]
         if empty:
-            raise SproutError(f"Domain(s) {empty} in {self.data_dir} have fewer than {world} training sequences of {self.seq_len + 1} tokens: too little data. Add data, drop the domain from data.domains, or lower data.seq_len.")
+            raise SproutError(
+                f"Domain(s) {empty} in {self.data_dir} have fewer than {world} training sequences of {self.seq_len + 1} tokens: too little data. Add data, drop the domain from data.domains, or lower data.seq_len."
+            )
         if self.reference_scores is not None:
             self._use_reference_scores(identity)
 
     def _use_reference_scores(self, tokenizer: dict[str, Any]) -> None:
         """Check every domain's offline reference scores and have training samples carry them."""
-        metas = [check_scores(self.reference_scores, d, self.data_dir / d / "train", tokenizer, self.seq_len + 1, n) for d, n in zip(self.domains, self.sizes)]
+        metas = [
+            check_scores(self.reference_scores, d, self.data_dir / d / "train", tokenizer, self.seq_len + 1, n)
+            for d, n in zip(self.domains, self.sizes)
+        ]
         first = metas[0]["reference"]
         for name, meta in zip(self.domains, metas):
             if meta["reference"]["sha256"] != first["sha256"]:
@@ -145,7 +162,9 @@ class SproutDataModule(L.LightningDataModule):
                 )
         self.reference_scores_identity = first
         score_dirs = [scores_folder(self.reference_scores, d, "train") for d in self.domains]
-        self.train_blocks = DomainBlocks([self.data_dir / d / "train" for d in self.domains], self.seq_len + 1, score_dirs)
+        self.train_blocks = DomainBlocks(
+            [self.data_dir / d / "train" for d in self.domains], self.seq_len + 1, score_dirs
+        )
 
     @property
     def vocab_size(self) -> int:
@@ -155,10 +174,14 @@ class SproutDataModule(L.LightningDataModule):
     def _policy_weights(self, step: int, feedback: dict[str, float] | None = None) -> list[float]:
         weights = self.mixture.weights(step, self.stats, feedback)
         if set(weights) != set(self.domains):
-            raise SproutError(f"The mixture policy {type(self.mixture).__name__} returned weights for {sorted(weights)} but the domains are {self.domains}. Make its weights name exactly the data domains.")
+            raise SproutError(
+                f"The mixture policy {type(self.mixture).__name__} returned weights for {sorted(weights)} but the domains are {self.domains}. Make its weights name exactly the data domains."
+            )
         values = [float(weights[d]) for d in self.domains]
         if any(not (v >= 0) for v in values) or sum(values) <= 0:
-            raise SproutError(f"The mixture policy {type(self.mixture).__name__} returned invalid weights {weights}: they must be non-negative and not all zero.")
+            raise SproutError(
+                f"The mixture policy {type(self.mixture).__name__} returned invalid weights {weights}: they must be non-negative and not all zero."
+            )
         total = sum(values)
         return [v / total for v in values]
 
@@ -177,17 +200,28 @@ class SproutDataModule(L.LightningDataModule):
     # -- loaders ------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        self.sampler = MixtureBatchSampler(self.sizes, self._policy_weights(0), self.batch_size, seed=self.seed, rank=rank, world_size=world)
+        self.sampler = MixtureBatchSampler(
+            self.sizes, self._policy_weights(0), self.batch_size, seed=self.seed, rank=rank, world_size=world
+        )
         if self._resume is not None:
             self.sampler.load_state(self._resume["sampler"])
             self._consumed = self._resume["consumed"]
             self._resume = None
-        return DataLoader(self.train_blocks, batch_sampler=self.sampler, num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            self.train_blocks,
+            batch_sampler=self.sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         return [
-            DataLoader(SequentialBlocks(self.data_dir / d / "val", self.seq_len + 1, i, self.val_blocks, rank, world), batch_size=self.val_batch_size, num_workers=self.num_workers)
+            DataLoader(
+                SequentialBlocks(self.data_dir / d / "val", self.seq_len + 1, i, self.val_blocks, rank, world),
+                batch_size=self.val_batch_size,
+                num_workers=self.num_workers,
+            )
             for i, d in enumerate(self.domains)
         ]
 
@@ -203,12 +237,19 @@ class SproutDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         if self.sampler is None:
             return {}
-        return {"consumed": self._consumed, "sampler": self.sampler.snapshot(self._consumed), "mixture": self.mixture.state_dict(), "domains": self.domains}
+        return {
+            "consumed": self._consumed,
+            "sampler": self.sampler.snapshot(self._consumed),
+            "mixture": self.mixture.state_dict(),
+            "domains": self.domains,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
             return
         if state.get("domains") and self.domains and state["domains"] != self.domains:
-            raise SproutError(f"The checkpoint was trained on domains {state['domains']} but the recipe has {self.domains}; resume with the same data.domains.")
+            raise SproutError(
+                f"The checkpoint was trained on domains {state['domains']} but the recipe has {self.domains}; resume with the same data.domains."
+            )
         self.mixture.load_state_dict(state.get("mixture", {}))
         self._resume = state

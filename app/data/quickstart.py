@@ -37,5 +37,7 @@ class EmbeddedCorpus(Preparation):
             tokenizer = Tokenizer.load(tokenizer_path)
         else:
             tokenizer = train_default_tokenizer(corpus, tokenizer_path, vocab_size=self.vocab_size)
-        sources = [Source(paths=[str(p) for p in files], format="jsonl", domain=name) for name, files in sorted(corpus.items())]
+        sources = [
+            Source(paths=[str(p) for p in files], format="jsonl", domain=name) for name, files in sorted(corpus.items())
+        ]
         prepare(sources, tokenizer, data_dir, val_fraction=self.val_fraction)

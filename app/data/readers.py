@@ -184,7 +184,9 @@ def _jsonl_documents(path: Path, text_fields: list[str], domain_field: str | Non
         parts = [record.get(name) for name in text_fields]
         missing = [name for name, part in zip(text_fields, parts) if not isinstance(part, str)]
         if missing:
-            yield BadRecord(file, lineno, f"no string field {missing[0]!r} (keys: {', '.join(sorted(record)) or 'none'})", domain)
+            yield BadRecord(
+                file, lineno, f"no string field {missing[0]!r} (keys: {', '.join(sorted(record)) or 'none'})", domain
+            )
             continue
         text = "\n".join(parts)
         if not text:

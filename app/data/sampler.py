@@ -94,7 +94,9 @@ class MixtureBatchSampler(Sampler[list[tuple[int, int, int]]]):
             state["weights"] = state["pending"].pop(0)[1]
         g = torch.Generator()
         g.set_state(state["rng"])
-        domains = torch.multinomial(torch.tensor(state["weights"], dtype=torch.float64), self.batch_size, replacement=True, generator=g)
+        domains = torch.multinomial(
+            torch.tensor(state["weights"], dtype=torch.float64), self.batch_size, replacement=True, generator=g
+        )
         state["rng"] = g.get_state()
         state["batch_no"] = b + 1
         return [(b, int(d), self._next_block(int(d))) for d in domains]

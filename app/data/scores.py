@@ -43,7 +43,9 @@ def path_sha256(path: str | os.PathLike) -> str:
     """Content hash of a checkpoint file, or of every file in a checkpoint folder (names included)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise SproutError(f"Reference checkpoint {path} does not exist. Point model.reference (or --reference) at a Sprout .ckpt or a Hugging Face Llama folder.")
+        raise SproutError(
+            f"Reference checkpoint {path} does not exist. Point model.reference (or --reference) at a Sprout .ckpt or a Hugging Face Llama folder."
+        )
     if path.is_file():
         return _file_sha256(path)
     digest = hashlib.sha256()
@@ -81,9 +83,13 @@ def read_scores_meta(folder: Path) -> dict[str, Any] | None:
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise SproutError(f"{path} is not valid JSON ({err}); re-score this split with tools/score_reference.py --overwrite.") from None
+        raise SproutError(
+            f"{path} is not valid JSON ({err}); re-score this split with tools/score_reference.py --overwrite."
+        ) from None
     if meta.get("format") != FORMAT:
-        raise SproutError(f"{path} is not a Sprout reference-score file (format {meta.get('format')!r}, expected {FORMAT!r}); re-score with tools/score_reference.py.")
+        raise SproutError(
+            f"{path} is not a Sprout reference-score file (format {meta.get('format')!r}, expected {FORMAT!r}); re-score with tools/score_reference.py."
+        )
     return meta
 
 
@@ -92,16 +98,27 @@ def write_scores_meta(folder: Path, meta: dict[str, Any]) -> None:
     write_json(folder / META_FILE, meta)
 
 
-def check_scores(scores_dir: str | os.PathLike, domain: str, split_dir: str | os.PathLike, tokenizer: dict, block_size: int, n_blocks: int) -> dict[str, Any]:
+def check_scores(
+    scores_dir: str | os.PathLike,
+    domain: str,
+    split_dir: str | os.PathLike,
+    tokenizer: dict,
+    block_size: int,
+    n_blocks: int,
+) -> dict[str, Any]:
     """The metadata of a domain split's finished scores, after checking they belong to this data."""
     split_dir = Path(split_dir)
     folder = scores_folder(scores_dir, domain, split_dir.name)
     how = f"python tools/score_reference.py --reference <reference checkpoint> --data_dir {split_dir.parent.parent} --domains [{domain}] --seq_len {block_size - 1} --out_dir {scores_dir}"
     meta = read_scores_meta(folder)
     if meta is None:
-        raise SproutError(f"No reference scores for domain {domain!r} ({split_dir.name}) in data.reference_scores={scores_dir}: {folder / META_FILE} is missing. Score it with `{how}`.")
+        raise SproutError(
+            f"No reference scores for domain {domain!r} ({split_dir.name}) in data.reference_scores={scores_dir}: {folder / META_FILE} is missing. Score it with `{how}`."
+        )
     if meta["done"] < meta["n_blocks"]:
-        raise SproutError(f"The reference scores in {folder} are unfinished ({meta['done']} of {meta['n_blocks']} blocks). Run the same scoring command again to finish them: `{how}`.")
+        raise SproutError(
+            f"The reference scores in {folder} are unfinished ({meta['done']} of {meta['n_blocks']} blocks). Run the same scoring command again to finish them: `{how}`."
+        )
     if meta["tokenizer"].get("sha256") != tokenizer.get("sha256"):
         raise SproutError(
             f"The reference scores in {folder} were made on data tokenized with {describe(meta['tokenizer'])}, but the training data "

@@ -41,9 +41,13 @@ def read_meta(domain_dir: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise SproutError(f"{path} is missing: {domain_dir} is not a prepared domain (or its preparation did not finish). Run tools/prepare_data.py for it.") from None
+        raise SproutError(
+            f"{path} is missing: {domain_dir} is not a prepared domain (or its preparation did not finish). Run tools/prepare_data.py for it."
+        ) from None
     except json.JSONDecodeError as err:
-        raise SproutError(f"{path} is not valid JSON ({err}); re-run tools/prepare_data.py with --overwrite for this domain.") from None
+        raise SproutError(
+            f"{path} is not valid JSON ({err}); re-run tools/prepare_data.py with --overwrite for this domain."
+        ) from None
 
 
 def check_shards(split_dir: Path) -> None:
@@ -67,7 +71,9 @@ def check_shards(split_dir: Path) -> None:
         size = path.stat().st_size if path.is_file() else None
         if size != chunk["chunk_bytes"]:
             found = "missing" if size is None else f"{size:,} bytes"
-            raise SproutError(f"Shard {path} is {found}, but {index} says {chunk['chunk_bytes']:,} bytes: it is truncated or corrupt. {fix}")
+            raise SproutError(
+                f"Shard {path} is {found}, but {index} says {chunk['chunk_bytes']:,} bytes: it is truncated or corrupt. {fix}"
+            )
 
 
 def shard_vocab_size(split_dir: str | Path) -> int:
@@ -76,7 +82,9 @@ def shard_vocab_size(split_dir: str | Path) -> int:
     try:
         return int(json.loads(meta.read_text())["tokenizer"]["vocab_size"])
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SproutError(f"{meta} cannot be read ({type(err).__name__}: {err}), so the shards in {split_dir} cannot be checked. Re-run tools/prepare_data.py for this domain with --overwrite.") from None
+        raise SproutError(
+            f"{meta} cannot be read ({type(err).__name__}: {err}), so the shards in {split_dir} cannot be checked. Re-run tools/prepare_data.py for this domain with --overwrite."
+        ) from None
 
 
 def domain_stats(name: str, meta: dict[str, Any]) -> DomainStats:
@@ -86,4 +94,6 @@ def domain_stats(name: str, meta: dict[str, Any]) -> DomainStats:
     if "unigram" in entropy:
         entropy["shannon"] = entropy.pop("unigram")
     train = meta["splits"]["train"]
-    return DomainStats(name=name, tokens=int(train["tokens"]), documents=int(train.get("documents", 0)), entropy=entropy)
+    return DomainStats(
+        name=name, tokens=int(train["tokens"]), documents=int(train.get("documents", 0)), entropy=entropy
+    )

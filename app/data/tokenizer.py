@@ -40,10 +40,14 @@ class Tokenizer:
         if path.is_dir():
             found = [path / name for name in ("tokenizer.json", "tokenizer.model") if (path / name).is_file()]
             if not found:
-                raise SproutError(f"Tokenizer folder {path} has neither tokenizer.json nor tokenizer.model. Point the tokenizer option at a tokenizer file.")
+                raise SproutError(
+                    f"Tokenizer folder {path} has neither tokenizer.json nor tokenizer.model. Point the tokenizer option at a tokenizer file."
+                )
             path = found[0]
         if not path.is_file():
-            raise SproutError(f"Tokenizer file {path} does not exist. Fix the tokenizer path, or train one with Tokenizer.train_bpe.")
+            raise SproutError(
+                f"Tokenizer file {path} does not exist. Fix the tokenizer path, or train one with Tokenizer.train_bpe."
+            )
         try:
             data = path.read_bytes()
         except OSError as err:
@@ -59,10 +63,14 @@ class Tokenizer:
         try:
             backend = HFTokenizer.from_file(str(path))
         except Exception as err:  # tokenizers raises a bare Exception on bad JSON
-            raise SproutError(f"{path} is not a valid Hugging Face tokenizer.json: {err}. Re-create or re-download the file.") from None
+            raise SproutError(
+                f"{path} is not a valid Hugging Face tokenizer.json: {err}. Re-create or re-download the file."
+            ) from None
         eos_id = next((backend.token_to_id(t) for t in _EOS_CANDIDATES if backend.token_to_id(t) is not None), None)
         if eos_id is None:
-            raise SproutError(f"Tokenizer {path} has no end-of-text token (looked for {', '.join(_EOS_CANDIDATES)}); documents need one as separator. Add one as a special token.")
+            raise SproutError(
+                f"Tokenizer {path} has no end-of-text token (looked for {', '.join(_EOS_CANDIDATES)}); documents need one as separator. Add one as a special token."
+            )
         # A document that spells "<|endoftext|>" must not get a separator in its middle:
         # special tokens are only ever inserted by id (SentencePiece behaves so already).
         backend.encode_special_tokens = True
@@ -75,9 +83,13 @@ class Tokenizer:
         try:
             backend = spm.SentencePieceProcessor(model_file=str(path))
         except Exception as err:  # sentencepiece raises RuntimeError/OSError with C++ text
-            raise SproutError(f"{path} is not a valid SentencePiece model: {err}. Re-create or re-download the file.") from None
+            raise SproutError(
+                f"{path} is not a valid SentencePiece model: {err}. Re-create or re-download the file."
+            ) from None
         if backend.eos_id() < 0:
-            raise SproutError(f"SentencePiece model {path} has no EOS piece (eos_id = -1); documents need one as separator. Train it with eos_id >= 0.")
+            raise SproutError(
+                f"SentencePiece model {path} has no EOS piece (eos_id = -1); documents need one as separator. Train it with eos_id >= 0."
+            )
         return cls(path, backend, "sentencepiece", backend.eos_id(), backend.get_piece_size())
 
     @classmethod
@@ -92,11 +104,15 @@ class Tokenizer:
 
         alphabet = pre_tokenizers.ByteLevel.alphabet()
         if vocab_size < len(alphabet) + 1:
-            raise SproutError(f"vocab_size {vocab_size} is too small for a byte-level BPE: it needs at least {len(alphabet) + 1} (256 bytes + end-of-text).")
+            raise SproutError(
+                f"vocab_size {vocab_size} is too small for a byte-level BPE: it needs at least {len(alphabet) + 1} (256 bytes + end-of-text)."
+            )
         backend = HFTokenizer(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         backend.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS_TOKEN], initial_alphabet=alphabet, show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=[EOS_TOKEN], initial_alphabet=alphabet, show_progress=False
+        )
         backend.train_from_iterator(texts, trainer=trainer)
         out_path = Path(out_path).expanduser()
         out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -121,7 +137,12 @@ class Tokenizer:
     @property
     def identity(self) -> dict:
         """What shards record about the tokenizer; equal ``sha256`` means the same vocabulary."""
-        return {"name": str(self.path.resolve()), "sha256": self.sha256, "vocab_size": self.vocab_size, "eos_id": self.eos_id}
+        return {
+            "name": str(self.path.resolve()),
+            "sha256": self.sha256,
+            "vocab_size": self.vocab_size,
+            "eos_id": self.eos_id,
+        }
 
     def encode(self, text: str) -> list[int]:
         if self.kind == "hf":

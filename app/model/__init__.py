@@ -12,4 +12,16 @@ from app.model.config import (
 )
 from app.model.llama import Llama, RMSNorm, TransformerBlock
 
-__all__ = ["CONFIGS", "DEPTH_FIELDS", "SHAPE_FIELDS", "WIDTH_FIELDS", "Llama", "LlamaConfig", "RMSNorm", "TransformerBlock", "build_model", "flops_per_token", "param_count"]
+__all__ = [
+    "CONFIGS",
+    "DEPTH_FIELDS",
+    "SHAPE_FIELDS",
+    "WIDTH_FIELDS",
+    "Llama",
+    "LlamaConfig",
+    "RMSNorm",
+    "TransformerBlock",
+    "build_model",
+    "flops_per_token",
+    "param_count",
+]

@@ -33,10 +33,12 @@ def build_model(config: LlamaConfig, state_dict: dict[str, torch.Tensor], source
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         details = "; ".join(
-            part for part in (
+            part
+            for part in (
                 f"missing {len(missing)} tensor(s), e.g. {', '.join(missing[:3])}" if missing else "",
                 f"{len(unexpected)} unexpected tensor(s), e.g. {', '.join(unexpected[:3])}" if unexpected else "",
-            ) if part
+            )
+            if part
         )
         raise SproutError(
             f"Checkpoint {source} does not match the model config ({_describe(config)}): {details}. "

@@ -45,11 +45,15 @@ class LlamaConfig:
         for name in ("n_layer", "n_embd", "n_head", "n_kv_head", "intermediate_size", "vocab_size", "block_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise SproutError(f"Model config field `{name}` must be a positive integer, got {value!r}; fix it in the recipe's model config.")
+                raise SproutError(
+                    f"Model config field `{name}` must be a positive integer, got {value!r}; fix it in the recipe's model config."
+                )
         for name in ("rope_base", "norm_eps", "init_std"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise SproutError(f"Model config field `{name}` must be a positive number, got {value!r}; fix it in the recipe's model config.")
+                raise SproutError(
+                    f"Model config field `{name}` must be a positive number, got {value!r}; fix it in the recipe's model config."
+                )
         if self.n_embd % self.n_head:
             raise SproutError(
                 f"Model config field `n_head`={self.n_head} does not divide `n_embd`={self.n_embd}; "
@@ -66,7 +70,9 @@ class LlamaConfig:
                 "attention needs the same number of query heads per KV group; use a divisor of n_head (n_kv_head=n_head is plain multi-head attention)."
             )
         if self.attention not in ATTENTION_BACKENDS:
-            raise SproutError(f"Model config field `attention`={self.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}; fix it in the recipe.")
+            raise SproutError(
+                f"Model config field `attention`={self.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}; fix it in the recipe."
+            )
 
     @property
     def head_dim(self) -> int:
@@ -91,8 +97,12 @@ class LlamaConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise SproutError(f"Unknown model config field(s) {', '.join(unknown)}; valid fields are {', '.join(sorted(known))}.")
-        missing = sorted(f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in data)
+            raise SproutError(
+                f"Unknown model config field(s) {', '.join(unknown)}; valid fields are {', '.join(sorted(known))}."
+            )
+        missing = sorted(
+            f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in data
+        )
         if missing:
             raise SproutError(f"Model config is missing required field(s) {', '.join(missing)}.")
         return cls(**data)
@@ -103,8 +113,16 @@ def _nearest_divisor(n: int, target: int) -> int:
 
 
 def _shape(n_layer, n_embd, n_head, n_kv_head, intermediate_size, vocab_size, block_size, **rest) -> dict:
-    return dict(n_layer=n_layer, n_embd=n_embd, n_head=n_head, n_kv_head=n_kv_head,
-                intermediate_size=intermediate_size, vocab_size=vocab_size, block_size=block_size, **rest)
+    return dict(
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        n_kv_head=n_kv_head,
+        intermediate_size=intermediate_size,
+        vocab_size=vocab_size,
+        block_size=block_size,
+        **rest,
+    )
 
 
 # The growth shapes follow "Stacking Your Transformers" (Du et al. 2024): a small model of the same

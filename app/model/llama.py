@@ -109,7 +109,13 @@ class TransformerBlock(nn.Module):
     def init_weights(self, std: float, residual_std: float) -> None:
         self.attention_norm.reset_parameters()
         self.ffn_norm.reset_parameters()
-        for linear in (self.attention.wq, self.attention.wk, self.attention.wv, self.feed_forward.w1, self.feed_forward.w3):
+        for linear in (
+            self.attention.wq,
+            self.attention.wk,
+            self.attention.wv,
+            self.feed_forward.w1,
+            self.feed_forward.w3,
+        ):
             nn.init.normal_(linear.weight, mean=0.0, std=std)
         for linear in (self.attention.wo, self.feed_forward.w2):
             nn.init.normal_(linear.weight, mean=0.0, std=residual_std)

@@ -33,17 +33,28 @@ def check_shapes(operator: str, source: LlamaConfig, target: LlamaConfig, grows:
     """Refuse a target the operator cannot reach: a field it does not grow changed, or a shrink."""
     for name in KEPT_FIELDS + tuple(f for f in SHAPE_FIELDS if f not in grows):
         if getattr(source, name) != getattr(target, name):
-            hint = "depth operators (gstack, zero_depth, random_depth) change only n_layer" if grows == DEPTH_FIELDS else (
-                "width operators (direct_width, zero_width, random_width) keep n_layer" if grows == WIDTH_FIELDS else "the grown model keeps the vocabulary and numerics")
+            hint = (
+                "depth operators (gstack, zero_depth, random_depth) change only n_layer"
+                if grows == DEPTH_FIELDS
+                else (
+                    "width operators (direct_width, zero_width, random_width) keep n_layer"
+                    if grows == WIDTH_FIELDS
+                    else "the grown model keeps the vocabulary and numerics"
+                )
+            )
             raise SproutError(
                 f"Growth operator {operator} cannot change `{name}` ({getattr(source, name)} -> {getattr(target, name)}): {hint}. "
                 f"Fix growth.target_arch / growth.target_overrides, or use `learn` to grow depth and width together."
             )
     for name in grows:
         if getattr(target, name) < getattr(source, name):
-            raise SproutError(f"Growth operator {operator}: target `{name}`={getattr(target, name)} is smaller than the source's {getattr(source, name)}; growth only adds. Fix growth.target_overrides.")
+            raise SproutError(
+                f"Growth operator {operator}: target `{name}`={getattr(target, name)} is smaller than the source's {getattr(source, name)}; growth only adds. Fix growth.target_overrides."
+            )
     if all(getattr(target, f) == getattr(source, f) for f in grows):
-        raise SproutError(f"Growth operator {operator}: the target shape equals the source's; set growth.target_arch or growth.target_overrides to a larger shape.")
+        raise SproutError(
+            f"Growth operator {operator}: the target shape equals the source's; set growth.target_arch or growth.target_overrides to a larger shape."
+        )
     if any(f in grows for f in WIDTH_FIELDS):
         if target.head_dim != source.head_dim:
             raise SproutError(
@@ -61,7 +72,9 @@ def check_shapes(operator: str, source: LlamaConfig, target: LlamaConfig, grows:
 # -- depth --------------------------------------------------------------------------------
 
 
-def layer_map(operator: str, n_source: int, n_target: int, order: str = "stack", layers: list[int] | None = None) -> list[int]:
+def layer_map(
+    operator: str, n_source: int, n_target: int, order: str = "stack", layers: list[int] | None = None
+) -> list[int]:
     """Source layer of every target layer.
 
     ``stack`` repeats the whole stack, target layer i = source layer i mod L (the official
@@ -70,7 +83,9 @@ def layer_map(operator: str, n_source: int, n_target: int, order: str = "stack",
     (``stack``) or layer by layer (``interleave``); the other layers appear once.
     """
     if order not in ORDERS:
-        raise SproutError(f"Growth operator {operator}: order={order!r} is not one of {', '.join(ORDERS)}; fix growth.operator.init_args.order.")
+        raise SproutError(
+            f"Growth operator {operator}: order={order!r} is not one of {', '.join(ORDERS)}; fix growth.operator.init_args.order."
+        )
     if layers is None:
         if order == "stack":
             return [i % n_source for i in range(n_target)]
@@ -193,8 +208,14 @@ def width_maps(source: LlamaConfig, target: LlamaConfig, copy: bool) -> WidthMap
     )
 
 
-def expand(old: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None, fill: torch.Tensor,
-           split: bool = False, split_noise: float = 0.0) -> torch.Tensor:
+def expand(
+    old: torch.Tensor,
+    rows: torch.Tensor | None,
+    cols: torch.Tensor | None,
+    fill: torch.Tensor,
+    split: bool = False,
+    split_noise: float = 0.0,
+) -> torch.Tensor:
     """``fill`` with every entry whose row and column have a source unit replaced by that source entry.
 
     ``rows``/``cols`` are index maps (``None``: the axis keeps its size). With ``split`` the
@@ -220,7 +241,9 @@ def expand(old: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | No
         share = (1.0 / counts[src_cols]).expand_as(block)
         if split_noise:
             u = torch.randn(block.shape).to(device)
-            group_mean = torch.zeros(block.size(0), old.size(1), device=device).index_add_(1, src_cols, u) / counts.clamp_min(1)
+            group_mean = torch.zeros(block.size(0), old.size(1), device=device).index_add_(
+                1, src_cols, u
+            ) / counts.clamp_min(1)
             share = share * (1 + split_noise * (u - group_mean[:, src_cols]))
         block = block * share
     out[r_keep[:, None], c_keep[None, :]] = block.to(out.dtype)
@@ -256,7 +279,13 @@ def is_writer(name: str) -> bool:
     return name.split(".")[-2] in WRITERS
 
 
-def widen(model: Llama, target: LlamaConfig, maps: WidthMaps, fill: dict[str, torch.Tensor] | None = None, split_noise: float = 0.0) -> Llama:
+def widen(
+    model: Llama,
+    target: LlamaConfig,
+    maps: WidthMaps,
+    fill: dict[str, torch.Tensor] | None = None,
+    split_noise: float = 0.0,
+) -> Llama:
     """The ``target``-wide model: every tensor ``expand``-ed from ``model``'s onto ``fill``'s
     (``None``: zeros, for copying maps that leave no entry unset).
 
@@ -275,7 +304,14 @@ def widen(model: Llama, target: LlamaConfig, maps: WidthMaps, fill: dict[str, to
             continue
         rows, cols = axes(name, maps)
         # a Linear's columns are its inputs; the embedding's columns are what it writes
-        state[name] = expand(old.detach(), rows, cols, fill[name], split=old.ndim == 2 and name != "tok_embeddings.weight", split_noise=split_noise)
+        state[name] = expand(
+            old.detach(),
+            rows,
+            cols,
+            fill[name],
+            split=old.ndim == 2 and name != "tok_embeddings.weight",
+            split_noise=split_noise,
+        )
     if source.tie_embeddings and (maps.residual >= 0).all():
         counts = torch.bincount(maps.residual, minlength=source.n_embd).float()
         gain = state["norm.weight"]

@@ -109,8 +109,12 @@ class LigoModel(nn.Module):
         wide = {
             "attention_norm": torch.einsum("mn,ln->lm", A, stack(BLOCK["attention_norm"])),
             "ffn_norm": torch.einsum("mn,ln->lm", A, stack(BLOCK["ffn_norm"])),
-            "wq": torch.einsum("lth,lhdn,mn->ltdm", self.q_heads, stack(BLOCK["wq"]).view(L, s.n_head, hd, s.n_embd), A).reshape(L, t.n_head * hd, t.n_embd),
-            "wo": torch.einsum("mn,lnhd,lth->lmtd", A, stack(BLOCK["wo"]).view(L, s.n_embd, s.n_head, hd), self.q_heads).reshape(L, t.n_embd, t.n_head * hd),
+            "wq": torch.einsum(
+                "lth,lhdn,mn->ltdm", self.q_heads, stack(BLOCK["wq"]).view(L, s.n_head, hd, s.n_embd), A
+            ).reshape(L, t.n_head * hd, t.n_embd),
+            "wo": torch.einsum(
+                "mn,lnhd,lth->lmtd", A, stack(BLOCK["wo"]).view(L, s.n_embd, s.n_head, hd), self.q_heads
+            ).reshape(L, t.n_embd, t.n_head * hd),
             "w1": torch.einsum("lfg,lgn,mn->lfm", self.ffn, stack(BLOCK["w1"]), A),
             "w3": torch.einsum("lfg,lgn,mn->lfm", self.ffn, stack(BLOCK["w3"]), A),
             "w2": torch.einsum("mn,lng,lfg->lmf", A, stack(BLOCK["w2"]), self.ffn),
@@ -167,7 +171,9 @@ class LearnedGrowth(GrowthOperator):
 
     def __init__(self, learn_steps: int = 100, order: str = "stack", layers: list[int] | None = None) -> None:
         if learn_steps < 1:
-            raise SproutError(f"G_learn learn_steps must be >= 1, got {learn_steps}; fix growth.operator.init_args.learn_steps.")
+            raise SproutError(
+                f"G_learn learn_steps must be >= 1, got {learn_steps}; fix growth.operator.init_args.learn_steps."
+            )
         self.learn_steps = learn_steps
         self.order = order
         self.layers = layers
@@ -203,7 +209,11 @@ class LearnedGrowth(GrowthOperator):
             return model
         source_config = LlamaConfig.from_dict(self._saved["source_config"])
         prefix = "source."
-        source = build_model(source_config, {k[len(prefix):]: v for k, v in self._saved["model"].items() if k.startswith(prefix)}, source="G_learn checkpoint")
+        source = build_model(
+            source_config,
+            {k[len(prefix) :]: v for k, v in self._saved["model"].items() if k.startswith(prefix)},
+            source="G_learn checkpoint",
+        )
         self.model = LigoModel(source, model.config, self._mapping(source_config, model.config))
         self.model.load_state_dict(self._saved["model"])
         self._saved = None

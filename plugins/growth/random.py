@@ -28,7 +28,9 @@ class MaskedGrowth(GrowthOperator):
 
     def __init__(self, ramp_steps: int = 100) -> None:
         if ramp_steps < 0:
-            raise SproutError(f"G_random ramp_steps must be >= 0, got {ramp_steps}; fix growth.operator.init_args.ramp_steps.")
+            raise SproutError(
+                f"G_random ramp_steps must be >= 0, got {ramp_steps}; fix growth.operator.init_args.ramp_steps."
+            )
         self.ramp_steps = ramp_steps
         self.step = 0
         self.source: LlamaConfig | None = None  # set at growth: the masks are derived from both shapes

@@ -51,7 +51,11 @@ class ZeroDepth(DepthGrowth, GrowthOperator):
 
     def source_parameter(self, name: str) -> str | None:
         """Zeroed projections start with a fresh optimizer state; the rest inherit their source's."""
-        if name.startswith("layers.") and name.endswith(("attention.wo.weight", "feed_forward.w2.weight")) and copies(self.mapping)[int(name.split(".")[1])]:
+        if (
+            name.startswith("layers.")
+            and name.endswith(("attention.wo.weight", "feed_forward.w2.weight"))
+            and copies(self.mapping)[int(name.split(".")[1])]
+        ):
             return None
         return super().source_parameter(name)
 

@@ -29,31 +29,46 @@ class BiMixMixture(MixturePolicy):
         r_max: float = 1.0,
     ):
         if (coefficients is None) == (fit_file is None):
-            raise SproutError("The bimix mixture needs exactly one of init_args.coefficients (the block printed by tools/fit_bimix.py) or init_args.fit_file (its --out JSON); got " + ("both." if fit_file else "neither."))
+            raise SproutError(
+                "The bimix mixture needs exactly one of init_args.coefficients (the block printed by tools/fit_bimix.py) or init_args.fit_file (its --out JSON); got "
+                + ("both." if fit_file else "neither.")
+            )
         if isinstance(target_steps, bool) or not isinstance(target_steps, int) or target_steps <= 0:
-            raise SproutError(f"bimix mixture option target_steps must be a positive integer (the planned run's optimizer steps), got {target_steps!r}.")
+            raise SproutError(
+                f"bimix mixture option target_steps must be a positive integer (the planned run's optimizer steps), got {target_steps!r}."
+            )
         if fit_file is not None:
             self.source = f"fit_file {fit_file}"
             self.laws = read_fit(fit_file)
         else:
             self.source = "init_args.coefficients"
             if not isinstance(coefficients, Mapping) or not coefficients:
-                raise SproutError(f"bimix mixture option coefficients must map each domain to {{A, B, C, alpha, beta}}, got {coefficients!r}.")
-            self.laws = {name: BiMixLaw.from_mapping(values, f"bimix coefficients.{name}") for name, values in coefficients.items()}
+                raise SproutError(
+                    f"bimix mixture option coefficients must map each domain to {{A, B, C, alpha, beta}}, got {coefficients!r}."
+                )
+            self.laws = {
+                name: BiMixLaw.from_mapping(values, f"bimix coefficients.{name}")
+                for name, values in coefficients.items()
+            }
         self.target_steps = target_steps
         self.mixture = optimal_mixture(self.laws, target_steps, r_min=r_min, r_max=r_max)
         self.predicted = {name: float(law.loss(self.mixture[name], target_steps)) for name, law in self.laws.items()}
         self.warnings = extrapolated(self.mixture, self.laws, fitted_shares(fit_file)) if fit_file is not None else {}
         self._announced = False
 
-    def weights(self, step: int, domains: Mapping[str, DomainStats], feedback: Mapping[str, float] | None = None) -> dict[str, float]:
+    def weights(
+        self, step: int, domains: Mapping[str, DomainStats], feedback: Mapping[str, float] | None = None
+    ) -> dict[str, float]:
         if set(domains) != set(self.laws):
             raise SproutError(
                 f"The bimix law ({self.source}) covers domains {sorted(self.laws)} but training uses {sorted(domains)}. "
                 "Fit the law on proxy runs over the same domains (tools/fit_bimix.py), or change data.domains to match."
             )
         if not self._announced:
-            lines = "\n".join(f"  {name:<20} weight={self.mixture[name]:.4f}  predicted val loss={self.predicted[name]:.4f}" for name in domains)
+            lines = "\n".join(
+                f"  {name:<20} weight={self.mixture[name]:.4f}  predicted val loss={self.predicted[name]:.4f}"
+                for name in domains
+            )
             rank_zero_info(f"bimix mixture at {self.target_steps} steps ({self.source}):\n{lines}")
             for name, why in self.warnings.items():
                 rank_zero_warn(f"bimix mixture, domain {name!r}: {why}.")

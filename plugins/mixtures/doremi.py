@@ -40,11 +40,17 @@ class DoReMi(MixturePolicy):
 
     def __init__(self, update_every: int = 10, eta: float = 1.0, smoothing: float = 1e-3) -> None:
         if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
-            raise SproutError(f"doremi mixture option update_every must be a positive integer (optimizer steps between weight updates), got {update_every!r}. Fix data.mixture.init_args.update_every.")
+            raise SproutError(
+                f"doremi mixture option update_every must be a positive integer (optimizer steps between weight updates), got {update_every!r}. Fix data.mixture.init_args.update_every."
+            )
         if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta > 0):
-            raise SproutError(f"doremi mixture option eta must be a positive number (the paper uses 1.0), got {eta!r}. Fix data.mixture.init_args.eta.")
+            raise SproutError(
+                f"doremi mixture option eta must be a positive number (the paper uses 1.0), got {eta!r}. Fix data.mixture.init_args.eta."
+            )
         if not (isinstance(smoothing, (int, float)) and 0 <= smoothing <= 1):
-            raise SproutError(f"doremi mixture option smoothing must be in [0, 1] (the paper uses 1e-3), got {smoothing!r}. Fix data.mixture.init_args.smoothing.")
+            raise SproutError(
+                f"doremi mixture option smoothing must be in [0, 1] (the paper uses 1e-3), got {smoothing!r}. Fix data.mixture.init_args.smoothing."
+            )
         self.update_every = update_every
         self.eta = float(eta)
         self.smoothing = float(smoothing)
@@ -53,14 +59,20 @@ class DoReMi(MixturePolicy):
         self.updates = 0
         self.excess: dict[str, float] = {}  # last excess loss seen per domain
 
-    def weights(self, step: int, domains: Mapping[str, DomainStats], feedback: Mapping[str, float] | None = None) -> dict[str, float]:
+    def weights(
+        self, step: int, domains: Mapping[str, DomainStats], feedback: Mapping[str, float] | None = None
+    ) -> dict[str, float]:
         if not domains:
-            raise SproutError("The doremi mixture got no domains; list at least one domain in the recipe's data.domains.")
+            raise SproutError(
+                "The doremi mixture got no domains; list at least one domain in the recipe's data.domains."
+            )
         if not self.alpha:
             self.alpha = {d: 1.0 / len(domains) for d in domains}
             self.alpha_sum = {d: 0.0 for d in domains}
         if set(self.alpha) != set(domains):
-            raise SproutError(f"The doremi mixture state covers domains {sorted(self.alpha)} but training uses {sorted(domains)}; resume with the same data.domains.")
+            raise SproutError(
+                f"The doremi mixture state covers domains {sorted(self.alpha)} but training uses {sorted(domains)}; resume with the same data.domains."
+            )
         if feedback is not None:
             self._update(step, domains, feedback)
         return dict(self.alpha)
@@ -71,7 +83,9 @@ class DoReMi(MixturePolicy):
             raise ValueError(f"feedback names domains {unknown} that are not training domains {sorted(domains)}")
         bad = {d: v for d, v in feedback.items() if not math.isfinite(v)}
         if bad:
-            raise SproutError(f"doremi got non-finite excess losses {bad} at step {step}: the model or the reference produced NaN/inf losses. Lower the learning rate or check the reference model.")
+            raise SproutError(
+                f"doremi got non-finite excess losses {bad} at step {step}: the model or the reference produced NaN/inf losses. Lower the learning rate or check the reference model."
+            )
         self.excess.update({d: float(v) for d, v in feedback.items()})
         logits = {d: math.log(self.alpha[d]) + self.eta * self.excess.get(d, 0.0) for d in domains}
         top = max(logits.values())
@@ -92,7 +106,10 @@ class DoReMi(MixturePolicy):
 
     def metrics(self) -> dict[str, float]:
         """The weights just set and their time average per domain, for logging at each update."""
-        return {**{f"current/{d}": v for d, v in self.alpha.items()}, **{f"average/{d}": v for d, v in self.average.items()}}
+        return {
+            **{f"current/{d}": v for d, v in self.alpha.items()},
+            **{f"average/{d}": v for d, v in self.average.items()},
+        }
 
     def report(self) -> str:
         """The time-averaged weights as a recipe snippet for a ``fixed`` mixture."""
@@ -108,7 +125,12 @@ class DoReMi(MixturePolicy):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"alpha": dict(self.alpha), "alpha_sum": dict(self.alpha_sum), "updates": self.updates, "excess": dict(self.excess)}
+        return {
+            "alpha": dict(self.alpha),
+            "alpha_sum": dict(self.alpha_sum),
+            "updates": self.updates,
+            "excess": dict(self.excess),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if not state:

@@ -25,13 +25,19 @@ class EntropyMixture(MixturePolicy):
 
     def __init__(self, measure: Literal["conditional", "joint", "shannon"] = "conditional"):
         if measure not in MEASURES:
-            raise SproutError(f"entropy mixture option measure={measure!r} is not one of {', '.join(MEASURES)}. Set the mixture's init_args.measure in the recipe to one of them.")
+            raise SproutError(
+                f"entropy mixture option measure={measure!r} is not one of {', '.join(MEASURES)}. Set the mixture's init_args.measure in the recipe to one of them."
+            )
         self.measure = measure
         self.last_report: dict[str, dict[str, float]] = {}
 
-    def weights(self, step: int, domains: Mapping[str, DomainStats], feedback: Mapping[str, float] | None = None) -> dict[str, float]:
+    def weights(
+        self, step: int, domains: Mapping[str, DomainStats], feedback: Mapping[str, float] | None = None
+    ) -> dict[str, float]:
         if not domains:
-            raise SproutError("The entropy mixture got no domains; list at least one domain in the recipe's data.domains.")
+            raise SproutError(
+                "The entropy mixture got no domains; list at least one domain in the recipe's data.domains."
+            )
         entropy = {}
         for name, stats in domains.items():
             value = stats.entropy.get(self.measure)
@@ -49,7 +55,9 @@ class EntropyMixture(MixturePolicy):
         weights = {name: e / total for name, e in exp.items()}
         report = {name: {"entropy": entropy[name], "weight": weights[name]} for name in entropy}
         if report != self.last_report:
-            lines = "\n".join(f"  {name:<20} H={r['entropy']:.4f} nats  weight={r['weight']:.4f}" for name, r in report.items())
+            lines = "\n".join(
+                f"  {name:<20} H={r['entropy']:.4f} nats  weight={r['weight']:.4f}" for name, r in report.items()
+            )
             rank_zero_info(f"entropy mixture ({self.measure} entropy):\n{lines}")
         self.last_report = report
         return weights

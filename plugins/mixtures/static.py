@@ -15,7 +15,9 @@ class Fixed(MixturePolicy):
     def __init__(self, weights: dict[str, float]) -> None:
         bad = {d: w for d, w in weights.items() if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0)}
         if bad or not weights or sum(weights.values()) <= 0:
-            raise SproutError(f"mixture fixed: weights must be finite, non-negative and not all zero; got {weights}. Fix data.mixture.init_args.weights.")
+            raise SproutError(
+                f"mixture fixed: weights must be finite, non-negative and not all zero; got {weights}. Fix data.mixture.init_args.weights."
+            )
         self.fixed = dict(weights)
 
     def weights(self, step: int, domains: Mapping[str, DomainStats], feedback=None) -> dict[str, float]:

@@ -26,6 +26,12 @@ class RandomTokens(TopKSelector):
 
     def scores(self, token_loss: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:
         batch_no = int(batch["batch_no"][0]) if "batch_no" in batch else 0
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-        generator = torch.Generator(device=token_loss.device).manual_seed((self.seed * 1_000_003 + batch_no) * 4096 + rank)
+        rank = (
+            torch.distributed.get_rank()
+            if torch.distributed.is_available() and torch.distributed.is_initialized()
+            else 0
+        )
+        generator = torch.Generator(device=token_loss.device).manual_seed(
+            (self.seed * 1_000_003 + batch_no) * 4096 + rank
+        )
         return torch.rand(token_loss.shape, generator=generator, device=token_loss.device)

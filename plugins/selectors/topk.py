@@ -50,8 +50,12 @@ def _keep_top(scores: torch.Tensor, valid: torch.Tensor, k: float) -> torch.Tens
     """Row-wise: keep the ceil(k% · valid) best valid entries of each row of a ``[R, N]`` tensor."""
     # Stable sorts: by score (descending), then valid entries first; ties keep position order.
     order = torch.sort(scores.float(), dim=1, descending=True, stable=True).indices
-    order = order.gather(1, torch.sort(valid.gather(1, order).to(torch.uint8), dim=1, descending=True, stable=True).indices)
-    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    order = order.gather(
+        1, torch.sort(valid.gather(1, order).to(torch.uint8), dim=1, descending=True, stable=True).indices
+    )
+    rank = torch.empty_like(order).scatter_(
+        1, order, torch.arange(order.shape[1], device=order.device).expand_as(order)
+    )
     # ceil, less a relative 1e-9 so that 60% of 10 is 6 although 10 * 0.6 = 6.000000000000001
     n_keep = torch.ceil(valid.sum(dim=1, dtype=torch.float64) * (k / 100) * (1 - 1e-9))
     return (rank < n_keep.unsqueeze(1)) & valid
@@ -74,7 +78,9 @@ class TopKSelector(TokenSelector):
                 "percentage of tokens to keep, e.g. 60 (Rho-1's default); 100 keeps every token."
             )
         if scope not in SCOPES:
-            raise SproutError(f"Selector {type(self).__name__}: scope={scope!r} is not one of {', '.join(SCOPES)}; fix model.selector.init_args.scope.")
+            raise SproutError(
+                f"Selector {type(self).__name__}: scope={scope!r} is not one of {', '.join(SCOPES)}; fix model.selector.init_args.scope."
+            )
         self.k = float(k)
         self.scope = scope
         self._metrics: dict[str, torch.Tensor] = {}
@@ -94,7 +100,9 @@ class TopKSelector(TokenSelector):
         return self._metrics
 
 
-def _excess_metrics(token_loss: torch.Tensor, batch: Mapping[str, Any], keep: torch.Tensor, valid: torch.Tensor) -> dict[str, torch.Tensor]:
+def _excess_metrics(
+    token_loss: torch.Tensor, batch: Mapping[str, Any], keep: torch.Tensor, valid: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Mean excess loss of kept and of dropped tokens (NaN when there are none), when the batch
     has reference losses. Sums rather than boolean indexing, so a GPU never waits for the count."""
     if "ref_loss" not in batch:

@@ -34,7 +34,9 @@ def require(paths: list[Path], layout: str) -> None:
     """Stop before anything is written when the corpus lacks a file the experiment reads."""
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        raise SproutError(f"The shared corpus is incomplete: {missing} not found. Pass --corpus pointing at the folder with {layout} (see its README.md).")
+        raise SproutError(
+            f"The shared corpus is incomplete: {missing} not found. Pass --corpus pointing at the folder with {layout} (see its README.md)."
+        )
 
 
 def text_files(paths: Iterable[Path]) -> Iterator[str]:
@@ -69,12 +71,23 @@ def load_or_train_tokenizer(path: Path, vocab_size: int, domains: list[Iterable[
     return Tokenizer.train_bpe((text for texts in domains for text in capped(texts, chars)), vocab_size, path)
 
 
-def prepare_corpus(corpus: Path, data_dir: Path, vocab_size: int, code_bytes: int, max_doc_chars: int, tokenizer_chars: int) -> None:
+def prepare_corpus(
+    corpus: Path, data_dir: Path, vocab_size: int, code_bytes: int, max_doc_chars: int, tokenizer_chars: int
+) -> None:
     """Shards for books, shakespeare, math and code under ``data_dir`` (reused when present)."""
-    books, shakespeare, math = corpus / "books", corpus / "shakespeare" / "tinyshakespeare.txt", corpus / "math" / "gsm8k_train.jsonl"
+    books, shakespeare, math = (
+        corpus / "books",
+        corpus / "shakespeare" / "tinyshakespeare.txt",
+        corpus / "math" / "gsm8k_train.jsonl",
+    )
     require([books, shakespeare, math], "books/, shakespeare/ and math/")
     code = build_default_corpus(data_dir / "raw", max_bytes=code_bytes)["code"]
-    samples = [text_files(sorted(books.glob("*.txt"))), text_files([shakespeare]), jsonl_texts(math), corpus_texts(code)]
+    samples = [
+        text_files(sorted(books.glob("*.txt"))),
+        text_files([shakespeare]),
+        jsonl_texts(math),
+        corpus_texts(code),
+    ]
     tok = load_or_train_tokenizer(data_dir / "tokenizer.json", vocab_size, samples, tokenizer_chars)
     sources = [
         Source([str(books)], format="text", domain="books", max_doc_chars=max_doc_chars),
@@ -87,10 +100,24 @@ def prepare_corpus(corpus: Path, data_dir: Path, vocab_size: int, code_bytes: in
 
 def logger(run_dir: Path) -> dict:
     """The recipe's TensorBoard logger, writing to ``run_dir/logs`` where ``scalars`` reads."""
-    return {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": str(run_dir.parent), "name": run_dir.name, "version": "logs"}}
+    return {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": str(run_dir.parent), "name": run_dir.name, "version": "logs"},
+    }
 
 
-def recipe(run_dir: Path, data_dir: Path, args: dict, *, steps: int, arch: str, shape: dict, warmup_steps: int, log_every: int, mixture: dict) -> dict:
+def recipe(
+    run_dir: Path,
+    data_dir: Path,
+    args: dict,
+    *,
+    steps: int,
+    arch: str,
+    shape: dict,
+    warmup_steps: int,
+    log_every: int,
+    mixture: dict,
+) -> dict:
     """One run's complete recipe; everything a run chooses is in here, written next to its logs.
 
     ``args`` holds the experiment's seed, val_every, lr, vocab_size, seq_len, batch_size and
@@ -99,17 +126,31 @@ def recipe(run_dir: Path, data_dir: Path, args: dict, *, steps: int, arch: str, 
     return {
         "seed_everything": args["seed"],
         "trainer": {
-            "max_steps": steps, "val_check_interval": args["val_every"], "check_val_every_n_epoch": None,
-            "log_every_n_steps": log_every, "gradient_clip_val": 1.0, "enable_progress_bar": False, "logger": logger(run_dir),
+            "max_steps": steps,
+            "val_check_interval": args["val_every"],
+            "check_val_every_n_epoch": None,
+            "log_every_n_steps": log_every,
+            "gradient_clip_val": 1.0,
+            "enable_progress_bar": False,
+            "logger": logger(run_dir),
         },
         "model": {
             "arch": arch,
             "arch_overrides": {**shape, "vocab_size": args["vocab_size"], "block_size": args["seq_len"]},
-            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": args["lr"], "betas": [0.9, 0.95], "weight_decay": 0.1}},
+            "optimizer": {
+                "class_path": "torch.optim.AdamW",
+                "init_args": {"lr": args["lr"], "betas": [0.9, 0.95], "weight_decay": 0.1},
+            },
             "schedule": {"warmup_steps": warmup_steps, "min_lr": args["lr"] / 10},
         },
-        "data": {"data_dir": str(data_dir), "seq_len": args["seq_len"], "batch_size": args["batch_size"], "val_blocks": args["val_blocks"],
-                 "seed": args["seed"], "mixture": mixture},
+        "data": {
+            "data_dir": str(data_dir),
+            "seq_len": args["seq_len"],
+            "batch_size": args["batch_size"],
+            "val_blocks": args["val_blocks"],
+            "seed": args["seed"],
+            "mixture": mixture,
+        },
         "monitor": {"log_every": log_every},
         "checkpoint": {"dirpath": str(run_dir / "checkpoints")},
     }
@@ -131,7 +172,9 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def train(run_dir: Path, config: dict, read: Callable[[dict, dict], dict] | None = None, threads: int | None = None) -> dict:
+def train(
+    run_dir: Path, config: dict, read: Callable[[dict, dict], dict] | None = None, threads: int | None = None
+) -> dict:
     """``sprout fit`` ``config`` in a fresh process; returns the run's final mean validation loss
     and step, ``read(scalars, config)`` and its wall and CPU seconds.
 
@@ -148,22 +191,36 @@ def train(run_dir: Path, config: dict, read: Callable[[dict, dict], dict] | None
     env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
     started, cpu = time.perf_counter(), children_cpu()
     with open(run_dir / "train.log", "w") as log:
-        code = subprocess.call([sys.executable, "-m", "app", "fit", "--config", str(run_dir / "recipe.yaml")], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        code = subprocess.call(
+            [sys.executable, "-m", "app", "fit", "--config", str(run_dir / "recipe.yaml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )
     if code != 0:
         tail = "".join((run_dir / "train.log").read_text().splitlines(keepends=True)[-15:])
-        raise SproutError(f"The run in {run_dir} failed (exit code {code}); the end of {run_dir / 'train.log'}:\n{tail}")
+        raise SproutError(
+            f"The run in {run_dir} failed (exit code {code}); the end of {run_dir / 'train.log'}:\n{tail}"
+        )
     logged = scalars(run_dir)
     last = max(logged["val/loss"])
     result = {"steps": last, "val_loss": logged["val/loss"][last], **(read(logged, config) if read else {})}
     result["seconds"], result["cpu_seconds"] = time.perf_counter() - started, children_cpu() - cpu
     (run_dir / DONE).write_text(json.dumps(result, indent=1))
-    print(f"  {run_dir.name}: val/loss {result['val_loss']:.4f} after {result['steps']} steps ({result['seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU)")
+    print(
+        f"  {run_dir.name}: val/loss {result['val_loss']:.4f} after {result['steps']} steps ({result['seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU)"
+    )
     return result
 
 
 def command(script: str, args: dict) -> str:
     """The command line that repeats an experiment, for its report (paths left out)."""
-    flags = (f"--{k} '[{', '.join(v)}]'" if isinstance(v, list) else f"--{k} {v}" for k, v in args.items() if k not in ("work_dir", "corpus"))
+    flags = (
+        f"--{k} '[{', '.join(v)}]'" if isinstance(v, list) else f"--{k} {v}"
+        for k, v in args.items()
+        if k not in ("work_dir", "corpus")
+    )
     return f"python tools/experiments/{script}.py " + " ".join(flags)
 
 

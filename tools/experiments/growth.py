@@ -43,16 +43,29 @@ SOURCES = {
 
 def recipe(run_dir: Path, data_dir: Path, shape: dict, steps: int, args: dict, growth: dict | None = None) -> dict:
     """One run's recipe in this ``shape`` (``growth``: the section that grows it, or none for scratch)."""
-    config = common.recipe(run_dir, data_dir, args, steps=steps, arch="tiny", shape=shape, warmup_steps=args["warmup_steps"], log_every=args["log_every"],
-                           mixture={"class_path": "natural"})
+    config = common.recipe(
+        run_dir,
+        data_dir,
+        args,
+        steps=steps,
+        arch="tiny",
+        shape=shape,
+        warmup_steps=args["warmup_steps"],
+        log_every=args["log_every"],
+        mixture={"class_path": "natural"},
+    )
     if growth is not None:
         config["growth"] = growth
     return config
 
 
 def operator_section(name: str, args: dict) -> dict:
-    init = {"random_depth": {"ramp_steps": args["ramp_steps"]}, "random_width": {"ramp_steps": args["ramp_steps"]},
-            "learn": {"learn_steps": args["learn_steps"]}, "direct_width": {"split_noise": args["split_noise"]}}.get(name)
+    init = {
+        "random_depth": {"ramp_steps": args["ramp_steps"]},
+        "random_width": {"ramp_steps": args["ramp_steps"]},
+        "learn": {"learn_steps": args["learn_steps"]},
+        "direct_width": {"split_noise": args["split_noise"]},
+    }.get(name)
     return {"class_path": name, **({"init_args": init} if init else {})}
 
 
@@ -60,6 +73,7 @@ def grown_run_steps(scratch_steps: int, grow_at: int, source: dict, args: dict) 
     """Steps of a grown run that spend at least scratch's FLOPs: the small stage is cheaper, so
     the grown model gets the difference as extra steps (rounded up to the next validation;
     results are read at exactly scratch's FLOPs)."""
+
     def per_step(shape: dict) -> float:
         config = LlamaConfig.from_name("tiny", **shape, vocab_size=args["vocab_size"], block_size=args["seq_len"])
         return flops_per_token(config, args["seq_len"]) * args["seq_len"] * args["batch_size"]
@@ -96,7 +110,10 @@ def flops_to_reach(points: list[tuple[float, float]], loss: float) -> float | No
 
 def table(results: dict[str, dict]) -> str:
     budget = results["scratch"]["curve"][-1][0]  # scratch's FLOPs at its final validation
-    rows = ["| run | small stage | steps | val loss at scratch's FLOPs | FLOPs to scratch's final loss | speed-up |", "|---|---|---|---|---|---|"]
+    rows = [
+        "| run | small stage | steps | val loss at scratch's FLOPs | FLOPs to scratch's final loss | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, r in results.items():
         reach = r["flops_to_scratch_loss"]
         speedup = f"{budget / reach - 1:+.1%}" if reach else "not reached"
@@ -112,7 +129,14 @@ def plot(path: Path, results: dict[str, dict]) -> None:
             names = ["scratch"] + [n for n in results if n.endswith(f"({kind})")]
             for i, name in enumerate(names):
                 flops, losses = zip(*results[name]["curve"])
-                ax.plot([f / 1e12 for f in flops], losses, "o-", ms=2.5, color="k" if name == "scratch" else f"C{i}", label=name)
+                ax.plot(
+                    [f / 1e12 for f in flops],
+                    losses,
+                    "o-",
+                    ms=2.5,
+                    color="k" if name == "scratch" else f"C{i}",
+                    label=name,
+                )
                 if name != "scratch":
                     ax.axvline(results[name]["grown_flops"] / 1e12, color=f"C{i}", lw=0.6, ls=":")
             ax.axhline(results["scratch"]["val_loss"], color="k", lw=0.6, ls="--")
@@ -173,14 +197,20 @@ def growth(
     """
     args = dict(locals())
     if val_every % log_every:
-        raise SproutError(f"--val_every {val_every} must be a multiple of --log_every {log_every}, so each validation has its FLOP count.")
+        raise SproutError(
+            f"--val_every {val_every} must be a multiple of --log_every {log_every}, so each validation has its FLOP count."
+        )
     if steps % val_every:
-        raise SproutError(f"--steps {steps} must be a multiple of --val_every {val_every}, so the scratch run ends with a validation.")
+        raise SproutError(
+            f"--steps {steps} must be a multiple of --val_every {val_every}, so the scratch run ends with a validation."
+        )
     if not 0 < grow_at < steps:
         raise SproutError(f"--grow_at {grow_at} must lie inside the scratch run's {steps} steps.")
     unknown = sorted(set(depth_operators) - set(DEPTH) | set(width_operators) - set(WIDTH))
     if unknown:
-        raise SproutError(f"Unknown operators {unknown}: depthwise ones are {', '.join(DEPTH)}, widthwise ones {', '.join(WIDTH)}.")
+        raise SproutError(
+            f"Unknown operators {unknown}: depthwise ones are {', '.join(DEPTH)}, widthwise ones {', '.join(WIDTH)}."
+        )
     work = Path(work_dir).expanduser().resolve()
     data_dir = work / "data"
     started = time.perf_counter()
@@ -191,7 +221,12 @@ def growth(
     for kind, names in (("depth", depth_operators), ("width", width_operators)):
         total = grown_run_steps(steps, grow_at, SOURCES[kind], args)
         for name in names:
-            section = {"operator": operator_section(name, args), "target_overrides": TARGET, "at_step": grow_at, "save_stage": False}
+            section = {
+                "operator": operator_section(name, args),
+                "target_overrides": TARGET,
+                "at_step": grow_at,
+                "save_stage": False,
+            }
             runs[f"{name} ({kind})"] = (SOURCES[kind], total, section, kind)
 
     results = {}
@@ -202,8 +237,18 @@ def growth(
         scalars = common.scalars(run_dir)
         points, flops = curve(scalars), scalars["perf/flops_seen"]
         results[label] = {
-            "steps": total, "flops": max(flops.values()), "curve": points,
-            **({"grow_at": grow_at, "source": "2 layers" if kind == "depth" else "64 wide", "grown_flops": flops[max(s for s in flops if s < grow_at)]} if section else {}),
+            "steps": total,
+            "flops": max(flops.values()),
+            "curve": points,
+            **(
+                {
+                    "grow_at": grow_at,
+                    "source": "2 layers" if kind == "depth" else "64 wide",
+                    "grown_flops": flops[max(s for s in flops if s < grow_at)],
+                }
+                if section
+                else {}
+            ),
         }
     budget = results["scratch"]["curve"][-1][0]
     for r in results.values():
@@ -214,7 +259,9 @@ def growth(
     report = table(results)
     minutes = (time.perf_counter() - started) / 60
     command = common.command("growth", args)
-    (work / "growth.md").write_text(f"{report}\n\n{minutes:.1f} min wall (runs reused from earlier: not timed again). Command: `{command}`\n")
+    (work / "growth.md").write_text(
+        f"{report}\n\n{minutes:.1f} min wall (runs reused from earlier: not timed again). Command: `{command}`\n"
+    )
     (work / "growth.json").write_text(json.dumps(results, indent=1))
     plot(work / "growth.png", results)
     print(f"\n{report}\n\nwrote {work / 'growth.md'}, {work / 'growth.png'} ({minutes:.1f} min)")

@@ -38,7 +38,17 @@ SPREAD = {
 
 def recipe(run_dir: Path, data_dir: Path, mixture: dict, steps: int, args: dict, reference: Path | None = None) -> dict:
     """One run's recipe with this mixture (and DoReMi's ``reference`` model)."""
-    config = common.recipe(run_dir, data_dir, args, steps=steps, arch=args["arch"], shape={}, warmup_steps=max(1, steps // 20), log_every=10, mixture=mixture)
+    config = common.recipe(
+        run_dir,
+        data_dir,
+        args,
+        steps=steps,
+        arch=args["arch"],
+        shape={},
+        warmup_steps=max(1, steps // 20),
+        log_every=10,
+        mixture=mixture,
+    )
     if reference is not None:
         config["model"]["reference"] = str(reference)
     return config
@@ -55,7 +65,10 @@ def read_result(scalars: dict, config: dict) -> dict:
         "domain_loss": {d: points[last] for d, points in sorted(losses.items())},
         "weights": {d: points[max(points)] for d, points in sorted(weights.items())},
         "weights_kind": "time-averaged" if averaged else "fixed",
-        "curves": {"mean": sorted(scalars["val/loss"].items()), **{d: sorted(points.items()) for d, points in sorted(losses.items())}},
+        "curves": {
+            "mean": sorted(scalars["val/loss"].items()),
+            **{d: sorted(points.items()) for d, points in sorted(losses.items())},
+        },
     }
 
 
@@ -65,9 +78,15 @@ def table(results: dict[str, dict]) -> str:
     rows = [head, "|" + "---|" * (4 + len(domains))]
     best = min(r["val_loss"] for r in results.values())
     for name, r in results.items():
-        weights = ", ".join(f"{r['weights'][d]:.3f}" for d in domains) + (" (time avg.)" if r["weights_kind"] == "time-averaged" else "")
+        weights = ", ".join(f"{r['weights'][d]:.3f}" for d in domains) + (
+            " (time avg.)" if r["weights_kind"] == "time-averaged" else ""
+        )
         mean = f"**{r['val_loss']:.4f}**" if r["val_loss"] == best else f"{r['val_loss']:.4f}"
-        rows.append(f"| {name} | {weights} | {mean} | " + " | ".join(f"{r['domain_loss'][d]:.4f}" for d in domains) + f" | {r['cpu_seconds']:.0f} |")
+        rows.append(
+            f"| {name} | {weights} | {mean} | "
+            + " | ".join(f"{r['domain_loss'][d]:.4f}" for d in domains)
+            + f" | {r['cpu_seconds']:.0f} |"
+        )
     return "\n".join(rows)
 
 
@@ -129,17 +148,26 @@ def mixtures(
     """
     args = dict(locals())
     if proxy_steps > steps:
-        raise SproutError(f"--proxy_steps {proxy_steps} is longer than --steps {steps}; proxy runs are the short ones the law extrapolates from.")
+        raise SproutError(
+            f"--proxy_steps {proxy_steps} is longer than --steps {steps}; proxy runs are the short ones the law extrapolates from."
+        )
     if proxy_steps < 3 * val_every:
-        raise SproutError(f"--proxy_steps {proxy_steps} with --val_every {val_every} gives fewer than 3 validations per proxy run; the BiMix fit needs 3. Lower --val_every.")
+        raise SproutError(
+            f"--proxy_steps {proxy_steps} with --val_every {val_every} gives fewer than 3 validations per proxy run; the BiMix fit needs 3. Lower --val_every."
+        )
     work = Path(work_dir).expanduser().resolve()
     data_dir, fit_file = work / "data", work / "bimix_fit.json"
     proxies = {name: work / "proxy" / name for name in (*STATIC, *SPREAD)}
     finals = {name: (proxies[name] if proxy_steps == steps else work / "final" / name) for name in STATIC}
     finals.update({name: work / "final" / name for name in ("bimix", "doremi")})
     mixture = {name: {"class_path": name} for name in STATIC}
-    mixture.update({name: {"class_path": "fixed", "init_args": {"weights": weights}} for name, weights in SPREAD.items()})
-    mixture["bimix"] = {"class_path": "bimix", "init_args": {"fit_file": str(fit_file), "target_steps": steps, "r_min": r_min}}
+    mixture.update(
+        {name: {"class_path": "fixed", "init_args": {"weights": weights}} for name, weights in SPREAD.items()}
+    )
+    mixture["bimix"] = {
+        "class_path": "bimix",
+        "init_args": {"fit_file": str(fit_file), "target_steps": steps, "r_min": r_min},
+    }
     mixture["doremi"] = {"class_path": "doremi", "init_args": {"update_every": doremi_update_every, "eta": doremi_eta}}
     runs = {*proxies.values(), *finals.values()}
     reused = sum((d / common.DONE).is_file() for d in runs)
@@ -158,16 +186,24 @@ def mixtures(
     print(f"final runs ({steps} steps)")
     results = {}
     for name in POLICIES:
-        reference = finals["uniform"] / "checkpoints" / "last.ckpt" if name == "doremi" else None  # DoReMi's reference: the uniform mixture
-        results[name] = common.train(finals[name], recipe(finals[name], data_dir, mixture[name], steps, args, reference), read_result)
+        reference = (
+            finals["uniform"] / "checkpoints" / "last.ckpt" if name == "doremi" else None
+        )  # DoReMi's reference: the uniform mixture
+        results[name] = common.train(
+            finals[name], recipe(finals[name], data_dir, mixture[name], steps, args, reference), read_result
+        )
 
     report = table(results)
     wall, cpu = (time.perf_counter() - started) / 60, (common.children_cpu() + time.process_time() - cpu) / 60
-    cost = f"{wall:.1f} min wall, {cpu:.1f} min CPU" + (f" ({reused} of {len(runs)} runs reused from an earlier invocation)" if reused else "")
+    cost = f"{wall:.1f} min wall, {cpu:.1f} min CPU" + (
+        f" ({reused} of {len(runs)} runs reused from an earlier invocation)" if reused else ""
+    )
     command = common.command("mixtures", args)
     (work / "mixtures.md").write_text(f"{report}\n\n{cost}. Command: `{command}`\n")
     plot(work / "mixtures.png", results)
-    print(f"\n{report}\n\n{cost}\nwrote {work / 'mixtures.md'}, {work / 'mixtures.png'} and the BiMix fit {fit_file} (+ .png)")
+    print(
+        f"\n{report}\n\n{cost}\nwrote {work / 'mixtures.md'}, {work / 'mixtures.png'} and the BiMix fit {fit_file} (+ .png)"
+    )
     return results
 
 

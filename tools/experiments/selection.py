@@ -38,7 +38,9 @@ from tools.score_reference import score_reference
 SELECTORS = ("all", "rho1", "loss_topk", "random")
 
 
-def prepare_data(corpus: Path, work: Path, vocab_size: int, code_bytes: int, max_doc_chars: int, tokenizer_chars: int) -> Path:
+def prepare_data(
+    corpus: Path, work: Path, vocab_size: int, code_bytes: int, max_doc_chars: int, tokenizer_chars: int
+) -> Path:
     """Shards of books, code, math (GSM8K even records) and math_ref (odd records) in ``work/data``."""
     books, gsm8k = corpus / "books", corpus / "math" / "gsm8k_train.jsonl"
     common.require([books, gsm8k], "books/ and math/")
@@ -51,10 +53,25 @@ def prepare_data(corpus: Path, work: Path, vocab_size: int, code_bytes: int, max
     samples = [common.text_files(sorted(books.glob("*.txt"))), common.jsonl_texts(gsm8k), corpus_texts(code)]
     tok = common.load_or_train_tokenizer(data / "tokenizer.json", vocab_size, samples, tokenizer_chars)
     fields = ["question", "answer"]
-    prepare([Source([str(books)], format="text", domain="books", max_doc_chars=max_doc_chars), Source([str(p) for p in code], format="jsonl", domain="code"),
-             Source([str(raw / "gsm8k_ref.jsonl")], format="jsonl", domain="math_ref", text_fields=fields)], tok, data, val_fraction=0.02, progress=False)
+    prepare(
+        [
+            Source([str(books)], format="text", domain="books", max_doc_chars=max_doc_chars),
+            Source([str(p) for p in code], format="jsonl", domain="code"),
+            Source([str(raw / "gsm8k_ref.jsonl")], format="jsonl", domain="math_ref", text_fields=fields),
+        ],
+        tok,
+        data,
+        val_fraction=0.02,
+        progress=False,
+    )
     # more held-out math: the curve the experiment is about
-    prepare([Source([str(raw / "gsm8k_cpt.jsonl")], format="jsonl", domain="math", text_fields=fields)], tok, data, val_fraction=0.06, progress=False)
+    prepare(
+        [Source([str(raw / "gsm8k_cpt.jsonl")], format="jsonl", domain="math", text_fields=fields)],
+        tok,
+        data,
+        val_fraction=0.06,
+        progress=False,
+    )
     return data
 
 
@@ -63,9 +80,24 @@ def recipe(template: str, run_dir: Path, args: dict, **changes) -> dict:
     (dotted keys, e.g. ``model.selector``; ``None`` deletes a key)."""
     config = yaml.safe_load((common.ROOT / "recipes" / template).read_text())
     config["seed_everything"] = args["seed"]
-    config["trainer"].update(max_steps=args["cpt_steps"], val_check_interval=args["val_every"], enable_progress_bar=False, logger=common.logger(run_dir))
-    config["model"].update(arch=args["arch"], arch_overrides={"vocab_size": args["vocab_size"], "block_size": args["seq_len"]}, init_from=str(args["base"]))
-    config["data"].update(data_dir=str(args["data"]), seq_len=args["seq_len"], batch_size=args["batch_size"], val_blocks=args["val_blocks"], seed=args["seed"])
+    config["trainer"].update(
+        max_steps=args["cpt_steps"],
+        val_check_interval=args["val_every"],
+        enable_progress_bar=False,
+        logger=common.logger(run_dir),
+    )
+    config["model"].update(
+        arch=args["arch"],
+        arch_overrides={"vocab_size": args["vocab_size"], "block_size": args["seq_len"]},
+        init_from=str(args["base"]),
+    )
+    config["data"].update(
+        data_dir=str(args["data"]),
+        seq_len=args["seq_len"],
+        batch_size=args["batch_size"],
+        val_blocks=args["val_blocks"],
+        seed=args["seed"],
+    )
     config["checkpoint"] = {"dirpath": str(run_dir / "checkpoints")}
     for key, value in changes.items():
         *parents, leaf = key.split(".")
@@ -84,16 +116,25 @@ def read_result(scalars: dict, config: dict) -> dict:
     return {
         "tokens_per_step": config["data"]["batch_size"] * config["data"]["seq_len"],
         "val": {d: sorted(points.items()) for d, points in common.tagged(scalars, "val/loss/").items()},
-        "select": {name: sum(points.values()) / max(len(points), 1) for name, points in common.tagged(scalars, "select/").items()},
+        "select": {
+            name: sum(points.values()) / max(len(points), 1)
+            for name, points in common.tagged(scalars, "select/").items()
+        },
     }
 
 
 def table(results: dict[str, dict], columns: int = 4) -> str:
     """Held-out math loss at evenly spaced token counts, then the final books and code losses."""
     steps = [s for s, _ in next(iter(results.values()))["val"]["math"]]
-    picks = [steps[round(i * (len(steps) - 1) / (columns - 1))] for i in range(columns)] if len(steps) >= columns else steps
+    picks = (
+        [steps[round(i * (len(steps) - 1) / (columns - 1))] for i in range(columns)] if len(steps) >= columns else steps
+    )
     tokens = next(iter(results.values()))["tokens_per_step"]
-    head = "| selector | " + " | ".join(f"math @ {s * tokens / 1e6:.2f}M tok" for s in picks) + " | books (final) | code (final) | kept tokens from books / code / math | kept excess − dropped excess |"
+    head = (
+        "| selector | "
+        + " | ".join(f"math @ {s * tokens / 1e6:.2f}M tok" for s in picks)
+        + " | books (final) | code (final) | kept tokens from books / code / math | kept excess − dropped excess |"
+    )
     rows = [head, "|" + "---|" * (len(picks) + 5)]
     final_best = min(dict(r["val"]["math"])[picks[-1]] for r in results.values())
     for name, r in results.items():
@@ -101,8 +142,14 @@ def table(results: dict[str, dict], columns: int = 4) -> str:
         cells = [f"**{math[s]:.4f}**" if s == picks[-1] and math[s] == final_best else f"{math[s]:.4f}" for s in picks]
         sel = r["select"]
         gap = f"{sel['kept_excess'] - sel['dropped_excess']:+.3f}" if "dropped_excess" in sel else "n/a"
-        shares = " / ".join(f"{sel[f'kept_share/{d}']:.0%}" if f"kept_share/{d}" in sel else "n/a" for d in ("books", "code", "math"))  # none logged in a run shorter than the logging interval
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {r['val']['books'][-1][1]:.4f} | {r['val']['code'][-1][1]:.4f} | {shares} | {gap} |")
+        shares = " / ".join(
+            f"{sel[f'kept_share/{d}']:.0%}" if f"kept_share/{d}" in sel else "n/a" for d in ("books", "code", "math")
+        )  # none logged in a run shorter than the logging interval
+        rows.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {r['val']['books'][-1][1]:.4f} | {r['val']['code'][-1][1]:.4f} | {shares} | {gap} |"
+        )
     return "\n".join(rows)
 
 
@@ -170,29 +217,79 @@ def selection(
     work = Path(work_dir).expanduser().resolve()
     print(f"[1/5] data -> {work / 'data'}")
     data = prepare_data(Path(corpus).expanduser(), work, vocab_size, code_bytes, max_doc_chars, tokenizer_chars)
-    args = dict(seed=seed, cpt_steps=cpt_steps, val_every=val_every, arch=arch, vocab_size=vocab_size, seq_len=seq_len, batch_size=batch_size,
-                val_blocks=val_blocks, data=data, base=work / "base" / "checkpoints" / "last.ckpt")
+    args = dict(
+        seed=seed,
+        cpt_steps=cpt_steps,
+        val_every=val_every,
+        arch=arch,
+        vocab_size=vocab_size,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        val_blocks=val_blocks,
+        data=data,
+        base=work / "base" / "checkpoints" / "last.ckpt",
+    )
     print("[2/5] base model on books + code")
-    common.train(work / "base", recipe("rho1-continued.yaml", work / "base", args, **{
-        "trainer.max_steps": base_steps, "model.init_from": None, "model.selector": {"class_path": "all"}, "data.domains": ["books", "code"],
-        "data.mixture": {"class_path": "natural"}, "data.reference_scores": None, "model.optimizer.init_args.lr": base_lr,
-        "model.schedule": {"warmup_steps": max(1, base_steps // 20), "min_lr": base_lr / 10}}), read_result, threads)
+    common.train(
+        work / "base",
+        recipe(
+            "rho1-continued.yaml",
+            work / "base",
+            args,
+            **{
+                "trainer.max_steps": base_steps,
+                "model.init_from": None,
+                "model.selector": {"class_path": "all"},
+                "data.domains": ["books", "code"],
+                "data.mixture": {"class_path": "natural"},
+                "data.reference_scores": None,
+                "model.optimizer.init_args.lr": base_lr,
+                "model.schedule": {"warmup_steps": max(1, base_steps // 20), "min_lr": base_lr / 10},
+            },
+        ),
+        read_result,
+        threads,
+    )
     print("[3/5] reference model: the base continued on math_ref")
-    common.train(work / "reference", recipe("rho1-reference-math.yaml", work / "reference", args, **{"trainer.max_steps": ref_steps}), read_result, threads)
+    common.train(
+        work / "reference",
+        recipe("rho1-reference-math.yaml", work / "reference", args, **{"trainer.max_steps": ref_steps}),
+        read_result,
+        threads,
+    )
     reference = work / "reference" / "checkpoints" / "last.ckpt"
     print("[4/5] reference scores of books, code and math")
-    score_reference(str(reference), str(data), str(work / "scores"), seq_len, domains=["books", "code", "math"], batch_size=32, progress=False)
+    score_reference(
+        str(reference),
+        str(data),
+        str(work / "scores"),
+        seq_len,
+        domains=["books", "code", "math"],
+        batch_size=32,
+        progress=False,
+    )
     print(f"[5/5] continued pre-training, {cpt_steps} steps x {batch_size * seq_len} tokens each")
     results = {}
     for name in selectors:
         selector = {"class_path": name} if name == "all" else {"class_path": name, "init_args": {"k": k}}
-        results[name] = common.train(work / f"cpt-{name}", recipe("rho1-continued.yaml", work / f"cpt-{name}", args, **{
-            "model.selector": selector, "data.reference_scores": str(work / "scores")}), read_result, threads)
+        results[name] = common.train(
+            work / f"cpt-{name}",
+            recipe(
+                "rho1-continued.yaml",
+                work / f"cpt-{name}",
+                args,
+                **{"model.selector": selector, "data.reference_scores": str(work / "scores")},
+            ),
+            read_result,
+            threads,
+        )
     text = table(results)
     (work / "selection.md").write_text(text + "\n")
     (work / "selection.json").write_text(json.dumps(results, indent=1))
     plot(work / "selection.png", results)
-    print(f"\n{text}\n\nWrote {work / 'selection.md'}, {work / 'selection.png'} and {work / 'selection.json'} ({(time.perf_counter() - started) / 60:.1f} min).")
+    print(
+        f"\n{text}\n\nWrote {work / 'selection.md'}, {work / 'selection.png'} and {work / 'selection.json'} ({(time.perf_counter() - started) / 60:.1f} min)."
+    )
     return results
 
 

@@ -53,7 +53,9 @@ def prepare(
     started = time.perf_counter()
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer.load(tokenizer)
     if not 0 <= val_fraction < 1:
-        raise SproutError(f"val_fraction must be in [0, 1), got {val_fraction}. Use e.g. 0.01 to hold out 1% of documents.")
+        raise SproutError(
+            f"val_fraction must be in [0, 1), got {val_fraction}. Use e.g. 0.01 to hold out 1% of documents."
+        )
     if chunk_tokens < 1:
         raise SproutError(f"chunk_tokens must be positive, got {chunk_tokens}.")
     if not sources:
@@ -66,7 +68,9 @@ def prepare(
     seen: dict[str, str] = {}
     for f in files:
         if f.path in seen:
-            raise SproutError(f"{f.path} is listed by two sources; each file may feed the data only once. Remove it from one of them.")
+            raise SproutError(
+                f"{f.path} is listed by two sources; each file may feed the data only once. Remove it from one of them."
+            )
         seen[f.path] = f.domain
     finished = {} if overwrite else finished_domains(out_root, tok)
     fixed: dict[str, list[str]] = {}
@@ -91,8 +95,17 @@ def prepare(
     if todo:
         with staging_folder(out_root) as staging:
             tasks = [
-                Task(i, tuple(group), str(tok.path), str(staging), chunk_tokens, int(val_fraction * 2**64), seed.to_bytes(8, "little", signed=True),
-                      skip_bad_records, frozenset(finished))
+                Task(
+                    i,
+                    tuple(group),
+                    str(tok.path),
+                    str(staging),
+                    chunk_tokens,
+                    int(val_fraction * 2**64),
+                    seed.to_bytes(8, "little", signed=True),
+                    skip_bad_records,
+                    frozenset(finished),
+                )
                 for i, group in enumerate(split_tasks(todo, 4 * num_workers if num_workers > 1 else 1))
             ]
             results = run_tasks(tasks, tok, num_workers, progress)
@@ -104,7 +117,11 @@ def prepare(
             for name in sorted(by_domain):
                 check_domain_name(name, "from the records")
                 if sum(p.docs.total() for p in by_domain[name]) == 0:
-                    finished_now[name] = {"meta": None, "seconds": 0.0, "skipped": sum(p.skipped for p in by_domain[name])}
+                    finished_now[name] = {
+                        "meta": None,
+                        "seconds": 0.0,
+                        "skipped": sum(p.skipped for p in by_domain[name]),
+                    }
                     continue
                 finished_now[name] = finish_domain(name, by_domain[name], out_root, staging, tok, chunk_tokens, extra)
     for r in results:

@@ -58,7 +58,9 @@ def place_tokenizer(tok: Tokenizer, out_root: Path, overwrite: bool) -> None:
         if dest.resolve() == tok.path.resolve() or hashlib.sha256(dest.read_bytes()).hexdigest() == tok.sha256:
             return
         if not overwrite:
-            raise SproutError(f"{dest} is another tokenizer than {tok.path}. Choose another output folder, or pass --overwrite to replace it.")
+            raise SproutError(
+                f"{dest} is another tokenizer than {tok.path}. Choose another output folder, or pass --overwrite to replace it."
+            )
     with replacing(dest) as tmp:
         shutil.copyfile(tok.path, tmp)
 
@@ -79,7 +81,9 @@ def merge_split(parts_dir: Path, out_dir: Path) -> None:
         write_json(out_dir / INDEX_FILE, {"chunks": chunks, "config": config, "updated_at": str(time.time())})
 
 
-def finish_domain(name: str, parts: list[Part], out_root: Path, staging: Path, tok: Tokenizer, chunk_tokens: int, meta_extra: dict) -> dict:
+def finish_domain(
+    name: str, parts: list[Part], out_root: Path, staging: Path, tok: Tokenizer, chunk_tokens: int, meta_extra: dict
+) -> dict:
     docs, tokens, files, unigram = Counter(), Counter(), set(), np.zeros(tok.vocab_size, np.int64)
     pairs = PairCounter(tok.vocab_size)
     skipped, examples, seconds = 0, [], 0.0
@@ -126,7 +130,12 @@ def finish_domain(name: str, parts: list[Part], out_root: Path, staging: Path, t
         "tokenizer": tok.identity,
         "splits": {s: {"tokens": int(tokens[s]), "documents": int(docs[s])} for s in SPLITS},
         "sources": sorted(files),
-        "stats": {"unigram_entropy": h["shannon"], "joint_entropy": h["joint"], "conditional_entropy": h["conditional"], "unigram_counts_file": UNIGRAM_FILE},
+        "stats": {
+            "unigram_entropy": h["shannon"],
+            "joint_entropy": h["joint"],
+            "conditional_entropy": h["conditional"],
+            "unigram_counts_file": UNIGRAM_FILE,
+        },
         "skipped": {"count": skipped, "examples": examples[:MAX_EXAMPLES]},
         **meta_extra,
     }

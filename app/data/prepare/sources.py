@@ -16,7 +16,12 @@ from app.errors import SproutError
 SOURCE_FORMATS = ("auto", "slimpajama", "starcoder", "jsonl", "parquet", "text")
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _AUTO_DIR_SUFFIXES = (".jsonl", ".jsonl.zst", ".jsonl.zstd", ".parquet", ".txt")
-_DIR_SUFFIXES = {"slimpajama": (".jsonl", ".jsonl.zst", ".jsonl.zstd"), "jsonl": (".jsonl", ".jsonl.zst", ".jsonl.zstd"), "starcoder": (".parquet",), "parquet": (".parquet",)}
+_DIR_SUFFIXES = {
+    "slimpajama": (".jsonl", ".jsonl.zst", ".jsonl.zstd"),
+    "jsonl": (".jsonl", ".jsonl.zst", ".jsonl.zstd"),
+    "starcoder": (".parquet",),
+    "parquet": (".parquet",),
+}
 
 
 @dataclass
@@ -76,7 +81,9 @@ class SourceFile:
 
 def check_domain_name(name: str, what: str) -> str:
     if not _DOMAIN_NAME.match(name):
-        raise SproutError(f"Domain name {name!r} ({what}) is not usable as a folder name: use letters, digits, '_', '.' or '-', starting with a letter or digit.")
+        raise SproutError(
+            f"Domain name {name!r} ({what}) is not usable as a folder name: use letters, digits, '_', '.' or '-', starting with a letter or digit."
+        )
     return name
 
 
@@ -87,7 +94,9 @@ def _list_files(pattern: str, fmt: str) -> list[Path]:
     elif path.exists():
         found = [path]
     else:
-        raise SproutError(f"Source path {path} does not exist. Fix the path (files, folders and glob patterns are accepted).")
+        raise SproutError(
+            f"Source path {path} does not exist. Fix the path (files, folders and glob patterns are accepted)."
+        )
     files: list[Path] = []
     for p in found:
         if p.is_file():
@@ -96,30 +105,50 @@ def _list_files(pattern: str, fmt: str) -> list[Path]:
             suffixes = _DIR_SUFFIXES.get(fmt, _AUTO_DIR_SUFFIXES if fmt == "auto" else None)
             for root, dirs, names in os.walk(p):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                files += [Path(root) / n for n in sorted(names) if not n.startswith(".") and (suffixes is None or n.lower().endswith(suffixes))]
+                files += [
+                    Path(root) / n
+                    for n in sorted(names)
+                    if not n.startswith(".") and (suffixes is None or n.lower().endswith(suffixes))
+                ]
     if not files:
-        raise SproutError(f"Source path {pattern!r} matched no {'' if fmt in ('auto', 'text') else fmt + ' '}input files. Fix the path or the source format.")
+        raise SproutError(
+            f"Source path {pattern!r} matched no {'' if fmt in ('auto', 'text') else fmt + ' '}input files. Fix the path or the source format."
+        )
     return files
 
 
 def resolve(source: Source) -> list[SourceFile]:
     if source.format not in SOURCE_FORMATS:
-        raise SproutError(f"Unknown source format {source.format!r} for {source.paths}; choose one of {', '.join(SOURCE_FORMATS)}.")
+        raise SproutError(
+            f"Unknown source format {source.format!r} for {source.paths}; choose one of {', '.join(SOURCE_FORMATS)}."
+        )
     if source.domain is not None:
         check_domain_name(source.domain, f"source {source.paths}")
     if source.max_doc_chars is not None and source.max_doc_chars < 1:
-        raise SproutError(f"max_doc_chars must be a positive number of characters (got {source.max_doc_chars}) for source {source.paths}.")
+        raise SproutError(
+            f"max_doc_chars must be a positive number of characters (got {source.max_doc_chars}) for source {source.paths}."
+        )
     files = []
     for pattern in source.paths:
         for path in _list_files(pattern, source.format):
-            read_format = {"slimpajama": "jsonl", "starcoder": "parquet", "auto": detect_format(path)}.get(source.format, source.format)
+            read_format = {"slimpajama": "jsonl", "starcoder": "parquet", "auto": detect_format(path)}.get(
+                source.format, source.format
+            )
             kind = source.format
             if kind == "auto":
-                kind = {"jsonl": "slimpajama", "parquet": "starcoder"}.get(read_format, "text") if source.domain is None else read_format
+                kind = (
+                    {"jsonl": "slimpajama", "parquet": "starcoder"}.get(read_format, "text")
+                    if source.domain is None
+                    else read_format
+                )
             if kind in ("jsonl", "parquet", "text") and source.domain is None:
-                raise SproutError(f"{path} is read as {kind} and needs a domain name: set the source's domain (--domain NAME).")
+                raise SproutError(
+                    f"{path} is read as {kind} and needs a domain name: set the source's domain (--domain NAME)."
+                )
             if kind not in ("slimpajama", "starcoder") and (source.include is not None or source.exclude):
-                raise SproutError(f"include/exclude select SlimPajama sets or Starcoderdata languages, but {path} is read as {kind}. Remove them from this source.")
+                raise SproutError(
+                    f"include/exclude select SlimPajama sets or Starcoderdata languages, but {path} is read as {kind}. Remove them from this source."
+                )
             include = frozenset(source.include) if source.include is not None else None
             exclude = frozenset(source.exclude)
             domain = source.domain
@@ -128,14 +157,23 @@ def resolve(source: Source) -> list[SourceFile]:
                 if (include is not None and language not in include) or language in exclude:
                     continue
                 domain = domain or check_domain_name(language, f"folder of {path}")
-            files.append(SourceFile(
-                path=str(path.resolve()), read_format=read_format, domain=domain,
-                text_fields=tuple(source.text_fields) if source.text_fields else None,
-                record_domains=kind == "slimpajama", max_doc_chars=source.max_doc_chars,
-                include=include, exclude=exclude, size=path.stat().st_size,
-            ))
+            files.append(
+                SourceFile(
+                    path=str(path.resolve()),
+                    read_format=read_format,
+                    domain=domain,
+                    text_fields=tuple(source.text_fields) if source.text_fields else None,
+                    record_domains=kind == "slimpajama",
+                    max_doc_chars=source.max_doc_chars,
+                    include=include,
+                    exclude=exclude,
+                    size=path.stat().st_size,
+                )
+            )
     if not files:
-        raise SproutError(f"Source {source.paths} has no files left after include={source.include} / exclude={source.exclude}. Check the language or set names.")
+        raise SproutError(
+            f"Source {source.paths} has no files left after include={source.include} / exclude={source.exclude}. Check the language or set names."
+        )
     return files
 
 

@@ -167,7 +167,9 @@ def run_task(task: Task, tok: Tokenizer, report: Callable[[int, int], None]) -> 
 
     def write(domain: str, split: str, tokens: np.ndarray) -> None:
         if (domain, split) not in writers:
-            writers[domain, split] = SplitWriter(Path(task.staging) / domain / split / f"{task.task_id:05d}", task.chunk_tokens)
+            writers[domain, split] = SplitWriter(
+                Path(task.staging) / domain / split / f"{task.task_id:05d}", task.chunk_tokens
+            )
         writers[domain, split].add(tokens)
 
     def bad_record(bad: BadRecord, domain: str | None, file_domains: set[str], unknown: list[BadRecord]) -> None:
@@ -189,7 +191,12 @@ def run_task(task: Task, tok: Tokenizer, report: Callable[[int, int], None]) -> 
                 try:
                     encoded.append((text, tok.encode(text)))
                 except Exception as err:
-                    bad = BadRecord(file, line, f"cannot be tokenized ({type(err).__name__}: {err}); the text holds characters the tokenizer rejects, e.g. lone surrogates", domain)
+                    bad = BadRecord(
+                        file,
+                        line,
+                        f"cannot be tokenized ({type(err).__name__}: {err}); the text holds characters the tokenizer rejects, e.g. lone surrogates",
+                        domain,
+                    )
                     if not task.skip_bad_records:
                         raise _bad_record_error(bad) from None
                     part(domain).add_bad(bad)
@@ -234,10 +241,17 @@ def run_task(task: Task, tok: Tokenizer, report: Callable[[int, int], None]) -> 
     for spec in task.files:
         file_domains: set[str] = set()
         unknown: list[BadRecord] = []
-        for item in read_documents(spec.path, spec.read_format, text_fields=list(spec.text_fields) if spec.text_fields else None,
-                                   domain_field=SLIMPAJAMA_DOMAIN_FIELD if spec.record_domains else None, max_doc_chars=spec.max_doc_chars):
+        for item in read_documents(
+            spec.path,
+            spec.read_format,
+            text_fields=list(spec.text_fields) if spec.text_fields else None,
+            domain_field=SLIMPAJAMA_DOMAIN_FIELD if spec.record_domains else None,
+            max_doc_chars=spec.max_doc_chars,
+        ):
             natural = slimpajama_domain(item.domain) if item.domain is not None else None
-            if natural is not None and ((spec.include is not None and natural not in spec.include) or natural in spec.exclude):
+            if natural is not None and (
+                (spec.include is not None and natural not in spec.include) or natural in spec.exclude
+            ):
                 result.excluded[natural] += 1
                 continue
             domain = spec.domain or natural
@@ -278,7 +292,9 @@ def run_tasks(tasks: list[Task], tok: Tokenizer, num_workers: int, progress: boo
         nonlocal tokens
         tokens += new_tokens
         bar.update(docs)
-        bar.set_postfix_str(f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f} tok/s, {tokens:,} tokens", refresh=False)
+        bar.set_postfix_str(
+            f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f} tok/s, {tokens:,} tokens", refresh=False
+        )
 
     try:
         if num_workers <= 1 or len(tasks) == 1:
@@ -313,7 +329,9 @@ def run_tasks(tasks: list[Task], tok: Tokenizer, num_workers: int, progress: boo
                 # multiprocessing.Pool silently replaces a killed worker, and its task never ends
                 dead = [pid for pid in workers if process_gone(pid)]
                 if dead and running:
-                    raise SproutError(f"A preparation worker process (pid {dead[0]}) died, most likely killed by the system for lack of memory. Re-run with fewer --num_workers.")
+                    raise SproutError(
+                        f"A preparation worker process (pid {dead[0]}) died, most likely killed by the system for lack of memory. Re-run with fewer --num_workers."
+                    )
             while not progress_queue.empty():
                 report(*progress_queue.get())
             return sorted(results, key=lambda r: r.task_id)
