@@ -94,7 +94,7 @@ class MixtureFeedback(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         policy = self._policy(trainer)
-        if (report := policy.report()) is not None:
+        if policy is not None and (report := policy.report()) is not None:
             rank_zero_info(report)
 
     def state_dict(self) -> dict[str, Any]:
