@@ -183,7 +183,8 @@ class SproutModule(L.LightningModule):
                 ),
             }
         weights = self.selector.token_weights(loss.detach(), {**batch, "valid": valid}).to(loss.dtype) * valid
-        objective = (weights * loss).sum() / weights.sum().clamp_min(1.0)
+        total = weights.sum()  # Σ w·ℓ / Σ w exactly; an all-zero batch (nothing counts) gives 0, not 0/0
+        objective = (weights * loss).sum() / torch.where(total == 0, torch.ones_like(total), total)
         n_valid = valid.sum().clamp_min(1)
         self.log("train/loss", loss.detach().masked_fill(~valid, 0).sum() / n_valid, prog_bar=True)
         self.log("select/fraction", (weights > 0).sum() / n_valid)
