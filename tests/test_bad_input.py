@@ -247,6 +247,56 @@ def test_empty_domain(data, tmp_path):
     )
 
 
+def test_tokenizer_json_that_is_not_json(data, tmp_path):
+    (data / "tokenizer.json").write_text('{\n  "version": "1.0",\n  "model": {"type": BPE}\n}\n')
+    message = fails(recipe(tmp_path / "r.yaml", data, tmp_path / "runs"))
+    assert message == (
+        f"Tokenizer file {data / 'tokenizer.json'} is not valid JSON: Expecting value at line 3, column 21. It is truncated or was "
+        "edited by hand; re-create or re-download it (a tokenizer.json is written by Hugging Face tokenizers)."
+    )
+
+
+def tool_fails(main, args: list[str], capsys, tool: str) -> str:
+    """Run a tool's ``main``; it must exit 2 with one ``<tool>: error:`` paragraph and no traceback."""
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith(f"{tool}: error: ")]
+    assert len(lines) == 1, err
+    return lines[0].removeprefix(f"{tool}: error: ")
+
+
+def test_json_line_whose_text_is_null(tiny_data, tmp_path, capsys):
+    from tools.prepare_data import main
+
+    (tmp_path / "in.jsonl").write_text('{"text": "fine"}\n{"text": null, "id": 2}\n')
+    out = tmp_path / "out"
+    message = tool_fails(
+        main,
+        [
+            "--tokenizer",
+            str(tiny_data / "tokenizer.json"),
+            "--out_dir",
+            str(out),
+            "--jsonl",
+            str(tmp_path / "in.jsonl"),
+            "--domain",
+            "notes",
+            "--num_workers",
+            "1",
+            "--progress",
+            "false",
+        ],
+        capsys,
+        "prepare_data",
+    )
+    assert message.startswith(
+        f"Bad input record at {tmp_path / 'in.jsonl'}, line 2: field 'text' is null, not a string. Fix or remove it, or re-run with --skip_bad_records true"
+    )
+    assert not (out / "notes").exists() and not list(out.glob(".staging*"))  # nothing half-written
+
+
 # -- checkpoints ----------------------------------------------------------------------------------
 
 
