@@ -15,7 +15,8 @@
     # any number of sources from a YAML file (keys as below, "sources:" a list of Source fields)
     python tools/prepare_data.py --config prepare.yaml
 
-Re-running skips domains already prepared with the same tokenizer; --overwrite rebuilds them.
+Re-running prepares only files added since (their documents are appended to the domains) and
+refuses a prepared file that changed or is missing; --overwrite rebuilds the domains from the files given.
 """
 
 from __future__ import annotations
