@@ -59,7 +59,7 @@ class SproutCLI(LightningCLI):
             raise SproutError(explain(failure, sys.argv[1:] if args is None else list(args))) from None
         path = self.config.get(f"{self.config.get('subcommand')}.ckpt_path")
         if path and path not in ("last", "best", "hpc"):
-            check_checkpoint(path)  # LightningCLI reads it next, with a bare torch.load
+            check_checkpoint(path)  # before Lightning or the growth callback read it
 
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit" and (last := continue_last_run(self.config["fit"])) is not None:

@@ -5,9 +5,10 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
-from tiny_run import recipe
+from tiny_run import recipe, sprout
 
 from app.callbacks.progress import describe
 
@@ -58,3 +59,14 @@ def test_plugins_are_listed_without_importing_lightning_or_torch():
     )
     assert "gstack" in done.stdout and "sprout" in done.stdout
     print(f"sprout plugins: {wall:.2f} s wall including the interpreter")
+
+
+def test_ckpt_path_last_without_a_checkpoint_says_so_in_sprouts_words(tiny_data, tmp_path):
+    config = recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, err = sprout("fit", "--config", str(config), "--ckpt_path", "last")
+    assert code == 0, err[-2000:]
+    assert f"sprout: no checkpoint yet in {tmp_path / 'runs' / 'tiny'}; starting from scratch" in err
+    assert not any("save_last" in str(w.message) for w in caught) and "save_last" not in err
+    assert next((tmp_path / "runs").rglob("last.ckpt"))

@@ -261,7 +261,9 @@ class Growth(L.Callback):
         step = trainer.global_step
         if self.source is None and self.save_stage:
             self.stage_checkpoint = self._stage_path(trainer, step)
-            trainer.save_checkpoint(self.stage_checkpoint)
+            trainer.save_checkpoint(
+                self.stage_checkpoint, weights_only=False
+            )  # the whole run state (Lightning logged "`weights_only` was not set" here)
         old_params = dict(pl_module.model.named_parameters())
         old_optimizer = trainer.optimizers[0] if trainer.optimizers else None
         small = self._source_model if self.source is not None else _full_model(pl_module.model)
