@@ -188,6 +188,14 @@ def test_numeric_options_torch_would_reject_deep_inside(args, sections, key, tin
     assert message.startswith(key) and f"--{key}" in message, message
 
 
+def test_a_negative_number_on_the_command_line(tiny_data, tmp_path):
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs"), "--model.schedule.min_lr", "-1e-5")
+    assert message == (
+        "The option --model.schedule.min_lr on the command line got no value: argparse reads -1e-5 as another option because "
+        "it starts with '-'. Write it as --model.schedule.min_lr=-1e-5."
+    )
+
+
 def test_settings_legal_but_surely_wrong_are_warned_about_at_start(tiny_data, tmp_path):
     """A recipe without a schedule keeps the 2000-step warm-up even for a 2-step run; a floor above the peak."""
     config = recipe(
