@@ -12,13 +12,11 @@ import sys
 import warnings
 from pathlib import Path
 
-import yaml
-from jsonargparse import set_loader
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from app import registry
+from app import plugin_names
 from app.callbacks import MixtureFeedback, ThroughputMonitor
 from app.callbacks.growth import Growth
 from app.callbacks.nan_guard import NaNGuard
@@ -32,14 +30,7 @@ from app.errors import SproutError
 from app.module import SproutModule
 from app.recipe_errors import ParseFailure, RecipeParser, explain, sprout_error_in
 
-RECIPE_MODE = "sprout"
-
-
-def load_recipe(text: str):
-    return registry.expand_short_names(yaml.safe_load(text))
-
-
-set_loader(RECIPE_MODE, load_recipe, exceptions=(yaml.YAMLError, SproutError))
+plugin_names.install()  # registered short names wherever a class path goes (recipes, command line)
 
 
 class SproutCLI(LightningCLI):
@@ -134,7 +125,6 @@ def run(args: list[str] | None = None) -> None:
             SproutModule,
             SproutDataModule,
             args=args,
-            parser_kwargs={"parser_mode": RECIPE_MODE},
             parser_class=RecipeParser,
             trainer_defaults={
                 **TRAINER_DEFAULTS,

@@ -117,7 +117,7 @@ def test_plugin_that_raises_on_import(exploding_plugin, tiny_data, tmp_path):
     with pytest.warns(UserWarning, match="exploding-plugin"):
         message = fails(config)
     assert message == (
-        f"In {config}: The selector plugin 'explodes' from package 'exploding-plugin' failed to load: "
+        f"model.selector in the recipe {config}: The selector plugin 'explodes' from package 'exploding-plugin' failed to load: "
         "RuntimeError: this plugin is broken on purpose. Fix or reinstall that package."
     )
 

@@ -17,7 +17,7 @@ from app.checkpoint.weights import save_model
 from app.data.datamodule import SproutDataModule
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
-from app.lightning_cli import RECIPE_MODE, SproutCLI
+from app.lightning_cli import SproutCLI
 from app.model import Llama, LlamaConfig
 from app.module import SproutModule
 from app.schedule import WarmupCosine
@@ -174,9 +174,7 @@ def test_printed_mixtures_are_recipes_the_cli_accepts(tiny_data, tmp_path):
             "--config",
             str(tmp_path / "mixture.yaml"),
         ]
-        mixture = SproutCLI(
-            SproutModule, SproutDataModule, args=args, run=False, parser_kwargs={"parser_mode": RECIPE_MODE}
-        ).datamodule.mixture
+        mixture = SproutCLI(SproutModule, SproutDataModule, args=args, run=False).datamodule.mixture
         assert isinstance(mixture, cls)
         if weights is not None:
             assert mixture.fixed == pytest.approx(weights, abs=1e-4)
