@@ -182,3 +182,9 @@ def flops_per_token(config: LlamaConfig, seq_len: int) -> int:
     c = config
     matmul_params = c.n_layer * _layer_matmul_params(c) + c.vocab_size * c.n_embd
     return 6 * matmul_params + 12 * c.n_layer * c.n_head * c.head_dim * seq_len
+
+
+def forward_flops_per_token(config: LlamaConfig, seq_len: int) -> int:
+    """Forward-only FLOPs per token, a third of ``flops_per_token``: 2 per matmul weight plus the
+    attention products once. What a frozen model that only scores tokens costs (Rho-1's online reference)."""
+    return flops_per_token(config, seq_len) // 3
