@@ -125,7 +125,7 @@ def test_flops_seen_counts_an_online_reference_forward(monkeypatch, tmp_path, of
     """Rho-1 against a model.reference pays one forward of the reference per batch: 2 FLOPs per
     reference weight per token (plus its attention) join perf/flops_seen. Batches that carry
     offline scores (``ref_loss``) run no reference and add nothing."""
-    from app.checkpoint import save_model
+    from app.checkpoint.weights import save_model
     from app.model import forward_flops_per_token
     from plugins.selectors.rho1 import Rho1
 
