@@ -23,6 +23,7 @@ from app.data.corpus import build_default_corpus, corpus_texts
 from app.data.prepare import Source, prepare
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
+from app.files import write_json
 from tools import fit_bimix
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,8 +179,9 @@ def train(
     """``sprout fit`` ``config`` in a fresh process; returns the run's final mean validation loss
     and step, ``read(scalars, config)`` and its wall and CPU seconds.
 
-    The result is saved as ``run_dir/result.json`` and a run that has one is reused, so a
-    repeated command continues an interrupted experiment. ``threads`` sets the run's
+    The result is saved as ``run_dir/result.json``, last and atomically, and a run that has one
+    is reused, so a repeated command continues an interrupted experiment; a run without one is
+    redone from scratch, its folder emptied first. ``threads`` sets the run's
     OMP_NUM_THREADS (one helps on a busy machine).
     """
     if (run_dir / DONE).is_file():
@@ -207,7 +209,7 @@ def train(
     last = max(logged["val/loss"])
     result = {"steps": last, "val_loss": logged["val/loss"][last], **(read(logged, config) if read else {})}
     result["seconds"], result["cpu_seconds"] = time.perf_counter() - started, children_cpu() - cpu
-    (run_dir / DONE).write_text(json.dumps(result, indent=1))
+    write_json(run_dir / DONE, result)  # the completion marker appears whole or not at all, after the run
     print(
         f"  {run_dir.name}: val/loss {result['val_loss']:.4f} after {result['steps']} steps ({result['seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU)"
     )
