@@ -115,3 +115,10 @@ def test_short_name_of_another_kind_is_refused(capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--config", GSTACK, "--model.selector", "gstack", "--print_config"])
     assert "Unknown selector plugin 'gstack'" in capsys.readouterr().err
+
+
+def test_help_for_a_short_name(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--model.selector.help", "rho1"])
+    out = capsys.readouterr().out
+    assert f"Help for --model.selector.help={RHO1}" in out and "--model.selector.k K" in out
