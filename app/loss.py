@@ -37,9 +37,10 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return loss.view_as(targets)
 
 
-def keeps_grad_logits(tokens: int, vocab_size: int, dtype: torch.dtype) -> bool:
-    """Whether the default (``recompute=None``) keeps d loss / d logits for ``tokens`` x ``vocab_size``."""
-    return tokens * vocab_size * dtype.itemsize <= KEEP_GRAD_LOGITS_MAX_BYTES
+def keeps_grad_logits(tokens: int, vocab_size: int, element_bytes: int) -> bool:
+    """Whether the default (``recompute=None``) keeps d loss / d logits of ``tokens`` x ``vocab_size``
+    in a compute dtype of ``element_bytes``."""
+    return tokens * vocab_size * element_bytes <= KEEP_GRAD_LOGITS_MAX_BYTES
 
 
 def chunked_token_losses(
@@ -67,7 +68,7 @@ def chunked_token_losses(
     device_type = hidden.device.type
     dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else hidden.dtype
     if recompute is None:
-        recompute = not keeps_grad_logits(flat_hidden.size(0), weight.size(0), dtype)
+        recompute = not keeps_grad_logits(flat_hidden.size(0), weight.size(0), dtype.itemsize)
     keep = not recompute and torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     kernels = _compiled_kernels() if compiled else (_chunk_losses, _chunk_grads, _chunk_losses_and_grads)
     with torch.autocast(device_type, enabled=False):
