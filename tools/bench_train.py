@@ -66,7 +66,6 @@ def _reset_peak_resident() -> None:
 
 
 def _sprout_step(shape: dict, compile_blocks: bool):
-
     from app.loss import chunked_token_losses
     from app.model import Llama, LlamaConfig
     from app.parallel import Parallelism, parallelize
@@ -153,14 +152,10 @@ def _versions(candidate: str) -> dict:
     return versions
 
 
-def worker(
-    candidate: str, shape: dict, batch: int, seq_len: int, dtype: str, warmup: int, steps: int, threads: int
-) -> dict:
+def build_step(candidate: str, shape: dict, batch: int, seq_len: int, dtype: str):
+    """The candidate's model, loss and fused AdamW on fixed random tokens, as one training-step callable."""
     import torch
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    base = _resident_kib("VmRSS")
     if candidate in ("sprout", "sprout-eager"):
         model, loss_fn = _sprout_step(shape, compile_blocks=candidate == "sprout")
     elif candidate.startswith("hf"):
@@ -179,6 +174,27 @@ def worker(
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
+    return step
+
+
+def resolve_shape(name: str, seq_len: int) -> dict:
+    """A shape of app.model.CONFIGS (its context widened to seq_len) or of this tool's SHAPES."""
+    from app.model import CONFIGS
+
+    if name in CONFIGS:
+        return {**CONFIGS[name], "block_size": max(seq_len, CONFIGS[name]["block_size"])}
+    return SHAPES[name]
+
+
+def worker(
+    candidate: str, shape: dict, batch: int, seq_len: int, dtype: str, warmup: int, steps: int, threads: int
+) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    base = _resident_kib("VmRSS")
+    step = build_step(candidate, shape, batch, seq_len, dtype)
     for _ in range(warmup):  # compiles, allocates the optimizer state
         step()
     _reset_peak_resident()
@@ -256,7 +272,7 @@ def bench_train(
     """
     import torch
 
-    from app.model import CONFIGS, LlamaConfig, flops_per_token, param_count
+    from app.model import LlamaConfig, flops_per_token, param_count
     from tools.bench_peak import bench_peak
 
     unknown = sorted(set(candidates) - set(CANDIDATES))
@@ -276,11 +292,7 @@ def bench_train(
 
     rows, versions = [], {}
     for shape_name in shapes:
-        shape = (
-            {**CONFIGS[shape_name], "block_size": max(seq_len, CONFIGS[shape_name]["block_size"])}
-            if shape_name in CONFIGS
-            else SHAPES[shape_name]
-        )
+        shape = resolve_shape(shape_name, seq_len)
         config = LlamaConfig(**shape)
         for dtype in dtypes:
             results: dict[str, list[dict]] = {c: [] for c in candidates}
