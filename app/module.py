@@ -12,7 +12,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
@@ -238,6 +240,24 @@ class SproutModule(L.LightningModule):
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads:
             self.log("train/grad_norm", total_norm(grads))
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip as Lightning does, except that its AMP plugin refuses any optimizer that unscales
+        gradients itself (fused AdamW, Sprout's default) even in bf16-mixed, where nothing is
+        scaled: there the plain precision plugin's clipping is the right one. With fp16's grad
+        scaler Lightning's check stands."""
+        plugin = self.trainer.precision_plugin
+        if (
+            gradient_clip_val
+            and getattr(plugin, "scaler", None) is None
+            and getattr(optimizer, "_step_supports_amp_scaling", False)
+        ):
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -276,3 +276,35 @@ def test_ddp_run_with_checkpointed_blocks(tmp_path, tiny_data):
     assert all(float(r["train/grad_norm"]) > 0 for r in rows.values())
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()  # DDP writes one ordinary file
     assert isinstance(load_model(tmp_path / "ckpt" / "last.ckpt")[0], Llama)
+
+
+def test_bf16_mixed_clips_gradients_with_fused_adamw(tmp_path, tiny_data):
+    """Lightning's AMP plugin refuses to clip for fused AdamW (it unscales gradients itself);
+    in bf16-mixed nothing is scaled, so Sprout clips there and the run trains."""
+    from tests.tiny_run import recipe, scalars, sprout
+
+    path = recipe(
+        tmp_path / "r.yaml",
+        tiny_data,
+        tmp_path / "runs",
+        steps=3,
+        trainer={"precision": "bf16-mixed", "gradient_clip_val": 1e-3},
+    )
+    code, err = sprout("fit", "--config", str(path), "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false")
+    assert code == 0, err[-2000:]
+    assert len(scalars(next((tmp_path / "runs").rglob("version_0")), "train/loss")) == 3
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from app.module import SproutModule
+
+    module = SproutModule(arch="micro")
+    module.configure_model()
+    optimizer = torch.optim.AdamW(module.parameters(), fused=True)
+    for p in module.parameters():
+        p.grad = torch.ones_like(p)
+    module._trainer = SimpleNamespace(precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
+    module.configure_gradient_clipping(optimizer, 1.0, "norm")
+    assert (
+        abs(total_norm([p.grad for p in module.parameters()]).item() - 1.0) < 1e-3
+    )  # clip_grad_norm_ divides by norm + 1e-6

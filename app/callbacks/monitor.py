@@ -37,8 +37,9 @@ class ThroughputMonitor(L.Callback):
     * ``perf/hfu`` (hardware FLOPs utilisation): the FLOPs the device actually ran, counted
       with ``torch.utils.flop_counter`` over one real training step and again whenever the
       model changes size (growth). This includes recomputation (activation checkpointing,
-      the chunked loss's head in backward) and an online reference model's forward, so it
-      is at least MFU.
+      the chunked loss's head in backward where it recomputes rather than keeps its logits'
+      gradient, attention's scores in backward) and an online reference model's forward, so
+      it is at least MFU.
 
     Token selection does not change either: forward and backward still run over every token.
     ``peak_flops`` is the datasheet value of a known GPU, the value given here, or on CPU the
