@@ -18,6 +18,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_
 
 from app import registry
 from app.callbacks.growth import Growth
+from app.callbacks.mixture_feedback import MixtureFeedback
 from app.checkpoint.weights import load_model
 from app.data.scores import describe, path_sha256
 from app.errors import SproutError
@@ -183,7 +184,10 @@ class SproutModule(L.LightningModule):
                 ),
             }
         weights = self.selector.token_weights(loss.detach(), {**batch, "valid": valid}).to(loss.dtype) * valid
-        objective = (weights * loss).sum() / weights.sum().clamp_min(1.0)
+        domain_weights = self._domain_loss_weights(batch, loss, batch_idx)
+        if domain_weights is not None:
+            weights = weights * domain_weights[batch["domain"]].unsqueeze(1)
+        objective = (weights * loss).sum() / weights.sum().where(weights.sum() > 0, 1.0)
         n_valid = valid.sum().clamp_min(1)
         self.log("train/loss", loss.detach().masked_fill(~valid, 0).sum() / n_valid, prog_bar=True)
         self.log("select/fraction", (weights > 0).sum() / n_valid)
@@ -196,6 +200,25 @@ class SproutModule(L.LightningModule):
         if "ref_loss" in batch:
             out["ref_loss"] = batch["ref_loss"]
         return out
+
+    def _domain_loss_weights(
+        self, batch: dict[str, torch.Tensor], loss: torch.Tensor, batch_idx: int
+    ) -> torch.Tensor | None:
+        """Per-domain factors on the token losses from a mixture policy that weighs the loss
+        (DoReMi's alpha, updated with this step's batch first, as in its Algorithm 1), or None."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        policy = getattr(dm, "mixture", None)
+        if policy is None or policy.loss_weights() is None:
+            return None
+        feedback = next((c for c in self.trainer.callbacks if isinstance(c, MixtureFeedback)), None)
+        if feedback is None:
+            raise SproutError(
+                f"The mixture {type(policy).__name__} weighs the loss by domain and needs the MixtureFeedback callback, which `sprout fit` adds; add app.callbacks.MixtureFeedback to trainer.callbacks."
+            )
+        last = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
+        feedback.observe(self.trainer, self, batch, loss.detach(), batch.get("ref_loss"), last)
+        alpha = policy.loss_weights()
+        return torch.tensor([alpha[d] for d in dm.domains], dtype=loss.dtype, device=loss.device)
 
     def _token_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-token losses [B, T]; the head is applied in chunks, so the batch's logits never exist at once."""
