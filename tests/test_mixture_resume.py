@@ -20,6 +20,7 @@ from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.model import Llama, LlamaConfig
 from app.module import SproutModule
+from app.protocols import TokenSelector
 from app.schedule import WarmupCosine
 from plugins.mixtures.bimix import BiMixMixture
 from plugins.mixtures.doremi import DoReMi
@@ -86,7 +87,18 @@ def reference(tiny_data, tmp_path_factory) -> Path:
     )
 
 
-def fit(tiny_data, reference, ckpt_dir, max_steps, ckpt_path=None, mode="reweight", update_every=UPDATE_EVERY):
+class FirstHalf(TokenSelector):
+    """Keeps the first half of every sequence: a selector whose weights DoReMi's must multiply."""
+
+    def token_weights(self, token_loss, batch):
+        weights = torch.zeros_like(token_loss)
+        weights[:, : token_loss.size(1) // 2] = 1.0
+        return weights
+
+
+def fit(
+    tiny_data, reference, ckpt_dir, max_steps, ckpt_path=None, mode="reweight", update_every=UPDATE_EVERY, selector=None
+):
     L.seed_everything(0)
     dm = SproutDataModule(
         str(tiny_data), mixture=DoReMi(mode=mode, update_every=update_every, eta=5.0), seq_len=SEQ, batch_size=4
@@ -97,6 +109,7 @@ def fit(tiny_data, reference, ckpt_dir, max_steps, ckpt_path=None, mode="reweigh
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
         schedule=WarmupCosine(warmup_steps=2, min_lr=3e-4, max_steps=STEPS),
         reference=str(reference),
+        selector=selector,
     )
     recorder = Recorder()
     checkpoints = ModelCheckpoint(
@@ -146,10 +159,12 @@ def test_dynamic_mixture_resumes_exactly(tiny_data, reference, tmp_path, mode):
         assert torch.equal(a, b), name
 
 
-def test_reweighted_loss_of_two_steps_by_hand(tiny_data, reference, tmp_path):
-    """Algorithm 1 in a real run: step t's excess losses update alpha first, then the loss is
-    sum_i alpha_i * token loss over sum of the same weights (the official trainer's normaliser)."""
-    run, policy, _ = fit(tiny_data, reference, tmp_path, 2, update_every=1)
+@pytest.mark.parametrize("selector", [None, FirstHalf()], ids=["all", "first-half"])
+def test_reweighted_loss_of_two_steps_by_hand(tiny_data, reference, tmp_path, selector):
+    """Algorithm 1 in a real run: step t's excess losses (of every token) update alpha first,
+    then the loss is sum(w * alpha * token loss) / sum(w * alpha), w the selector's weights
+    (the official trainer's normaliser when every token counts)."""
+    run, policy, _ = fit(tiny_data, reference, tmp_path, 2, update_every=1, selector=selector)
     alpha, last = {"code": 0.5, "text": 0.5}, {"code": 0.0, "text": 0.0}
     for step in (1, 2):
         out = run.outputs[step]
@@ -166,6 +181,8 @@ def test_reweighted_loss_of_two_steps_by_hand(tiny_data, reference, tmp_path):
         alpha = {d: (1 - 1e-3) * alpha[d] * math.exp(5.0 * lam[d]) / z + 1e-3 / 2 for d in names}
         assert run.policy[step] == pytest.approx(alpha, abs=1e-9)
         w = torch.tensor([alpha[names[i]] for i in out["domain"].tolist()], dtype=torch.float64)[:, None] * valid
+        if selector is not None:
+            w[:, SEQ // 2 :] = 0
         want = (w * out["token_loss"].double()).sum() / w.sum()
         assert float(out["loss"]) == pytest.approx(float(want), rel=1e-5)
 
