@@ -7,6 +7,7 @@ callbacks.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import lightning as L
@@ -67,6 +68,7 @@ class SproutModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.schedule = schedule or WarmupCosine()
         self.schedule_start = 0  # global step the LR schedule counts from (moved by growth)
+        self.peak_lr: float | None = None  # the grown model's peak LR (growth.stage2_lr); None: the optimizer's
         self.reference_path = reference
         self.parallel = parallel or Parallelism()
         self.init_from = init_from
@@ -247,7 +249,10 @@ class SproutModule(L.LightningModule):
         no_decay = [p for p in params if p.ndim < 2]
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = self.optimizer_factory(groups, **fused_optimizer_kwargs(self.optimizer_factory, params))
-        peak = optimizer.param_groups[0]["lr"]
+        if self.peak_lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = self.peak_lr
+        recipe_peak = optimizer.param_groups[0]["lr"]
         max_steps = self.schedule.max_steps or self.trainer.max_steps
         if max_steps is None or max_steps < 0:
             raise SproutError(
@@ -255,10 +260,14 @@ class SproutModule(L.LightningModule):
             )
         # the step comes from the trainer, not the scheduler's own count, so a scheduler made at
         # growth or on resume lands on the right point of its window [schedule_start, max_steps]
+        # the schedule and peak are read when the factor is, so a growth stage restored after the
+        # optimizer was built (ModelParallelStrategy) still decays to its own floor
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda _: self.schedule.factor(
-                max(0, self.trainer.global_step - self.schedule_start), peak, max_steps - self.schedule_start
+                max(0, self.trainer.global_step - self.schedule_start),
+                self.peak_lr or recipe_peak,
+                max_steps - self.schedule_start,
             ),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
@@ -298,6 +307,8 @@ class SproutModule(L.LightningModule):
             "model_config": self.config.to_dict(),
             "tokenizer": getattr(dm, "tokenizer_identity", None),
             "schedule_start": self.schedule_start,
+            "schedule": dataclasses.asdict(self.schedule),
+            "peak_lr": self.peak_lr,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -306,6 +317,9 @@ class SproutModule(L.LightningModule):
         runs before the optimizer is set up, except under ``ModelParallelStrategy``)."""
         sprout = checkpoint.get("sprout") or {}
         self.schedule_start = sprout.get("schedule_start", 0)
+        if "schedule" in sprout:  # growth may have given stage 2 its own schedule and peak LR
+            self.schedule = WarmupCosine(**sprout["schedule"])
+            self.peak_lr = sprout["peak_lr"]
         saved = sprout.get("model_config")
         if saved is None:
             return
@@ -326,13 +340,22 @@ class SproutModule(L.LightningModule):
             self.model = self.build_model(config)
 
     # -- growth ---------------------------------------------------------------------------
-    def replace_model(self, model: nn.Module, config: LlamaConfig, restart_schedule: bool) -> None:
+    def replace_model(
+        self,
+        model: nn.Module,
+        config: LlamaConfig,
+        restart_schedule: bool,
+        peak_lr: float | None = None,
+        schedule: WarmupCosine | None = None,
+    ) -> None:
         """Train ``model`` (shaped ``config``) from now on: the growth callback's swap at a stage
         boundary. The model gets the run's layout (``parallel``; under ``ModelParallelStrategy`` a
         freshly sharded model filled with ``model``'s full tensors from rank 0), a new optimizer
         over its parameters and a new scheduler, whose warm-up + cosine restarts at the current
-        step over the steps left (``restart_schedule``) or continues the run's schedule. Under DDP
-        the module is wrapped again, since the old wrapper's gradient buckets hold the old parameters."""
+        step over the steps left (``restart_schedule``) or continues the run's schedule; ``peak_lr``
+        and ``schedule``, when given, replace the run's from now on (Gstack's second stage trains
+        at its own LR). Under DDP the module is wrapped again, since the old wrapper's gradient
+        buckets hold the old parameters."""
         strategy = self.trainer.strategy
         if isinstance(strategy, ModelParallelStrategy):
             if not isinstance(model, Llama):
@@ -349,6 +372,10 @@ class SproutModule(L.LightningModule):
             model = parallelize(model, self.parallel)
         self.model = model
         self.config = config
+        if peak_lr is not None:
+            self.peak_lr = peak_lr
+        if schedule is not None:
+            self.schedule = schedule
         if restart_schedule:
             self.schedule_start = self.trainer.global_step
         if isinstance(strategy, DDPStrategy):

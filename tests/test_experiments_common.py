@@ -58,3 +58,17 @@ def test_command_quotes_lists_for_the_shell():
         common.command("growth", args)
         == "python tools/experiments/growth.py --steps 200 --depth_operators '[gstack, learn]'"
     )
+
+
+def test_seed_aggregation_and_the_level_rule():
+    assert common.seed_list(3, 3) == [3, 4, 5]
+    with pytest.raises(SproutError, match="--seeds"):
+        common.seed_list(0, 0)
+    mean, std = common.mean_std([1.0, 2.0, 3.0])
+    assert (mean, std) == (2.0, 1.0)
+    assert common.cell([1.0, 2.0, 3.0], ".2f") == "2.00 ± 1.00" and common.cell([1.5]) == "1.5000"
+    assert common.compare([1.0, 1.1, 1.2], [1.1, 1.2, 1.3]) == "level"  # 0.1 apart, 2 std = 0.2
+    assert common.compare([1.0, 1.01, 1.02], [1.2, 1.21, 1.22]) == "better"
+    assert common.compare([1.2, 1.21, 1.22], [1.0, 1.01, 1.02]) == "worse"
+    assert common.compare([1.2, 1.21, 1.22], [1.0, 1.01, 1.02], lower_is_better=False) == "better"
+    assert common.compare([1.0], [2.0]) == "n/a (1 seed)"
