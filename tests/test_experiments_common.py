@@ -72,3 +72,49 @@ def test_seed_aggregation_and_the_level_rule():
     assert common.compare([1.2, 1.21, 1.22], [1.0, 1.01, 1.02]) == "worse"
     assert common.compare([1.2, 1.21, 1.22], [1.0, 1.01, 1.02], lower_is_better=False) == "better"
     assert common.compare([1.0], [2.0]) == "n/a (1 seed)"
+
+
+def test_growth_and_mixture_tables_aggregate_seeds(tmp_path):
+    import torch
+
+    from tools.experiments import growth, mixtures
+
+    def grown(loss, reach):
+        return {
+            "val_loss": loss,
+            "flops_to_scratch_loss": reach,
+            "steps": 300,
+            "grow_at": 50,
+            "source": "2 layers",
+            "curve": [(0.0, 9.0), (2.0, loss)],
+        }
+
+    per_seed = {
+        s: {
+            "scratch": {**grown(5.0 + 0.01 * s, 2.0), "steps": 200},
+            "gstack (depth)": grown(4.5 + 0.01 * s, 1.0 + 0.1 * s),
+        }
+        for s in range(3)
+    }
+    text = growth.table(per_seed)
+    assert (
+        "| gstack (depth) | 50 steps, 2 layers | 300 | 4.5100 ± 0.0100 | better | 1.100e+00 ± 1.000e-01 | +82.8 ± 16.7% |"
+        in text
+    )
+
+    def final(loss, w):
+        return {
+            "val_loss": loss,
+            "domain_loss": {"books": loss + 0.1, "code": loss - 0.1},
+            "weights": {"books": w, "code": 1 - w},
+        }
+
+    per_seed = {
+        s: {"uniform": final(4.3 + 0.01 * s, 0.5), "doremi": final(4.3 + 0.02 * s, 0.4 + 0.1 * s)} for s in range(3)
+    }
+    text = mixtures.table(per_seed)
+    assert "| doremi | 0.500, 0.500 | 4.3200 ± 0.0200 | level | 4.4200 ± 0.0200 | 4.2200 ± 0.0200 |" in text
+    state = {"SproutDataModule": {"mixture": {"alpha_sum": {"code": 1.5, "books": 0.5}, "updates": 2}}}
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(state, tmp_path / "checkpoints" / "last.ckpt")
+    assert mixtures.doremi_average(tmp_path) == {"books": 0.25, "code": 0.75}

@@ -238,7 +238,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def cell(values: list[float], spec: str = ".4f") -> str:
     """``mean ± std`` of ``values`` (just the value for one seed), each formatted by ``spec``."""
     mean, std = mean_std(values)
-    return f"{mean:{spec}}" if len(values) < 2 else f"{mean:{spec}} ± {std:{spec}}"
+    return f"{mean:{spec}}" if len(values) < 2 else f"{mean:{spec}} ± {std:{spec.replace('+', '')}}"
 
 
 def compare(values: list[float], baseline: list[float], lower_is_better: bool = True) -> str:
