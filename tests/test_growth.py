@@ -397,3 +397,13 @@ def test_paper_recipes_grow_the_paper_shapes_at_the_guideline_time(name, small, 
         * recipe["data"]["seq_len"]
     )
     assert step_tokens == 1024 * 2048 and abs(recipe["trainer"]["max_steps"] * step_tokens - tokens) < step_tokens
+    assert (
+        source.n_kv_head == source.n_head and target.n_kv_head == target.n_head
+    )  # full multi-head attention, as 6L2048H / 24L2048H
+    # the official scripts' two schedules: small model 1e-3 -> 1e-4, grown model 3e-4 -> 3e-5 after 3000 warm-up steps
+    assert (
+        recipe["model"]["optimizer"]["init_args"]["lr"],
+        recipe["model"]["schedule"]["min_lr"],
+        recipe["model"]["schedule"]["warmup_steps"],
+    ) == (1e-3, 1e-4, 3000)
+    assert (section["stage2_lr"], section["stage2_min_lr"], section["stage2_warmup_steps"]) == (3e-4, 3e-5, 3000)
