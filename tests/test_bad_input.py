@@ -286,3 +286,41 @@ def test_growth_source_incompatible_with_the_target(checkpoint, tiny_data, tmp_p
         "Growth operator Gstack cannot change `n_embd` (64 -> 128): depth operators (gstack, zero_depth, random_depth) change only n_layer. "
         "Fix growth.target_arch / growth.target_overrides, or use `learn` to grow depth and width together."
     )
+
+
+# -- the methods' options (issue: faithful to the papers) ----------------------------------------
+
+
+def test_stage2_lr_without_growth_names_the_option(tiny_data, tmp_path):
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", growth={"stage2_lr": 3.0e-4}))
+    assert message.startswith(
+        "growth.stage2_lr set(s) the learning rate of the grown model, but the recipe grows nothing (no growth.operator)."
+    )
+
+
+def test_doremi_sampling_with_unknown_domains_names_them(tiny_data, tmp_path):
+    reference = tmp_path / "ref.ckpt"
+    from tiny_run import save_reference
+
+    save_reference(tiny_data, reference)
+    mixture = {"class_path": "doremi", "init_args": {"sampling": {"code": 1.0, "prose": 1.0}}}
+    message = fails(
+        recipe(
+            tmp_path / "r.yaml",
+            tiny_data,
+            tmp_path / "runs",
+            data={"mixture": mixture},
+            model={"reference": str(reference)},
+        )
+    )
+    assert message.startswith(
+        "doremi: data.mixture.init_args.sampling names domains ['prose'] that are not training domains; gives no weight to training domains ['text']"
+    )
+
+
+def test_natural_groups_leaving_a_domain_out_names_it(tiny_data, tmp_path):
+    mixture = {"class_path": "natural", "init_args": {"groups": {"a": {"total": 1.0, "domains": ["code"]}}}}
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"mixture": mixture}))
+    assert message.startswith(
+        "mixture natural: data.mixture.init_args.groups leaves training domains ['text'] in no group"
+    )

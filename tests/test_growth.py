@@ -407,3 +407,17 @@ def test_paper_recipes_grow_the_paper_shapes_at_the_guideline_time(name, small, 
         recipe["model"]["schedule"]["warmup_steps"],
     ) == (1e-3, 1e-4, 3000)
     assert (section["stage2_lr"], section["stage2_min_lr"], section["stage2_warmup_steps"]) == (3e-4, 3e-5, 3000)
+
+
+def test_unknown_variants_name_the_option():
+    with pytest.raises(
+        SproutError,
+        match=r"zero_width variant must be one of published, rescaled, got 'paper'; fix growth.operator.init_args.variant",
+    ):
+        ZeroWidth("paper")
+    for operator in (RandomDepth, RandomWidth):
+        with pytest.raises(
+            SproutError,
+            match=r"G_random variant must be one of published, joint, got 'msg'; fix growth.operator.init_args.variant",
+        ):
+            operator(variant="msg")
