@@ -421,3 +421,38 @@ def test_unknown_variants_name_the_option():
             match=r"G_random variant must be one of published, joint, got 'msg'; fix growth.operator.init_args.variant",
         ):
             operator(variant="msg")
+
+
+def test_function_change_at_initialisation_scale_as_the_readme_states(capsys):
+    """README's growth table: widening the growth experiment's 8-layer model 64 -> 128 at Llama's
+    init (std 0.02), the largest logit change relative to the largest logit, over seeds 0-2."""
+    source_config = LlamaConfig.from_name(
+        "tiny", n_layer=8, n_embd=64, n_head=2, n_kv_head=1, intermediate_size=176, vocab_size=1024, block_size=64
+    )
+    target = source_config.replace(n_embd=128, n_head=4, n_kv_head=2, intermediate_size=352)
+    changes = {
+        "zero_width published": [],
+        "zero_width rescaled": [],
+        "random_width published": [],
+        "random_width joint": [],
+    }
+    for seed in range(3):
+        torch.manual_seed(seed)
+        source = Llama(source_config)
+        idx = torch.randint(0, 1024, (4, 64))
+        with torch.no_grad():
+            before = source(idx)
+            for name, operator in zip(
+                changes,
+                (
+                    ZeroWidth(),
+                    ZeroWidth("rescaled"),
+                    RandomWidth(ramp_steps=10),
+                    RandomWidth(ramp_steps=10, variant="joint"),
+                ),
+            ):
+                changes[name].append(max_error(operator.grow(source, target)(idx), before))
+    print({name: [round(v, 4) for v in values] for name, values in changes.items()})
+    assert all(0.4 < v < 0.6 for v in changes["zero_width published"])
+    assert all(0.01 < v < 0.025 for v in changes["zero_width rescaled"] + changes["random_width published"])
+    assert all(v < 1e-5 for v in changes["random_width joint"])
