@@ -118,3 +118,29 @@ def test_growth_and_mixture_tables_aggregate_seeds(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     torch.save(state, tmp_path / "checkpoints" / "last.ckpt")
     assert mixtures.doremi_average(tmp_path) == {"books": 0.25, "code": 0.75}
+
+
+def test_selection_table_aggregates_seeds():
+    from tools.experiments import selection
+
+    def run(math, excess):
+        val = {
+            "math": [(50, math + 1), (100, math + 0.5), (150, math + 0.2), (200, math)],
+            "books": [(200, 4.0)],
+            "code": [(200, 3.0)],
+        }
+        select = {
+            "kept_excess": excess,
+            "dropped_excess": 0.0,
+            "kept_share/books": 0.2,
+            "kept_share/code": 0.3,
+            "kept_share/math": 0.5,
+        }
+        return {"tokens_per_step": 2048, "val": val, "select": select}
+
+    per_seed = {s: {"all": run(3.9 + 0.01 * s, 0.0), "rho1": run(3.7 + 0.01 * s, 2.0 + s)} for s in range(3)}
+    text = selection.table(per_seed)
+    assert (
+        "| rho1 | 4.7100 ± 0.0100 | 4.2100 ± 0.0100 | 3.9100 ± 0.0100 | **3.7100 ± 0.0100** | better | 4.0000 ± 0.0000 | 3.0000 ± 0.0000 | 20% / 30% / 50% | +3.000 ± 1.000 |"
+        in text
+    )
