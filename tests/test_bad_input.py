@@ -492,3 +492,41 @@ def test_compose_bimix_fit_for_other_domains(tiny_data, tmp_path):
     )
     assert f"The bimix law (fit_file {fit}) was fitted for other domains than the training data" in message
     assert "missing from the law: ['text'], extra in the law: ['math', 'prose']" in message
+
+
+# -- the methods' options (issue: faithful to the papers) ----------------------------------------
+
+
+def test_stage2_lr_without_growth_names_the_option(tiny_data, tmp_path):
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", growth={"stage2_lr": 3.0e-4}))
+    assert message.startswith(
+        "growth.stage2_lr set(s) the learning rate of the grown model, but the recipe grows nothing (no growth.operator)."
+    )
+
+
+def test_doremi_sampling_with_unknown_domains_names_them(tiny_data, tmp_path):
+    reference = tmp_path / "ref.ckpt"
+    from tiny_run import save_reference
+
+    save_reference(tiny_data, reference)
+    mixture = {"class_path": "doremi", "init_args": {"sampling": {"code": 1.0, "prose": 1.0}}}
+    message = fails(
+        recipe(
+            tmp_path / "r.yaml",
+            tiny_data,
+            tmp_path / "runs",
+            data={"mixture": mixture},
+            model={"reference": str(reference)},
+        )
+    )
+    assert message.startswith(
+        "doremi: data.mixture.init_args.sampling names domains ['prose'] that are not training domains; gives no weight to training domains ['text']"
+    )
+
+
+def test_natural_groups_leaving_a_domain_out_names_it(tiny_data, tmp_path):
+    mixture = {"class_path": "natural", "init_args": {"groups": {"a": {"total": 1.0, "domains": ["code"]}}}}
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"mixture": mixture}))
+    assert message.startswith(
+        "mixture natural: data.mixture.init_args.groups leaves training domains ['text'] in no group"
+    )
