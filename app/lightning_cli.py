@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from app import plugin_names
 from app.callbacks import MixtureFeedback, ThroughputMonitor
+from app.callbacks.downstream_eval import DownstreamEval
 from app.callbacks.growth import Growth
 from app.callbacks.nan_guard import NaNGuard
 from app.callbacks.preemption import Preemption
@@ -42,6 +43,9 @@ class SproutCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
         parser.set_defaults(RETENTION)  # which checkpoints each of the two keeps
         parser.add_lightning_class_args(NaNGuard, "nan_guard")  # skips non-finite steps
+        parser.add_lightning_class_args(
+            DownstreamEval, "eval"
+        )  # inert unless eval.tasks and eval.every_n_steps are set
 
     def parse_arguments(self, parser, args) -> None:
         try:

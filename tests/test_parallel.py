@@ -220,21 +220,31 @@ def _fit(recipe, *extra):
     return run
 
 
-def _metrics(tmp_path, version):
+def _metrics(tmp_path, version, tag="train/loss"):
     import csv
 
     rows = list(csv.DictReader((tmp_path / "logs" / "run" / f"version_{version}" / "metrics.csv").open()))
-    return {int(r["step"]): r for r in rows if r.get("train/loss")}
+    return {int(r["step"]): r for r in rows if r.get(tag)}
 
 
 def test_fsdp2_run_checkpoints_resumes_and_consolidates(tmp_path, tiny_data):
     strategy = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}
-    _fit(_recipe(tmp_path, tiny_data, strategy, 4, activation_checkpointing=True))
+    recipe = yaml.safe_load(_recipe(tmp_path, tiny_data, strategy, 4, activation_checkpointing=True).read_text())
+    recipe["eval"] = {"tasks": ["stdlib_mc"], "every_n_steps": 4, "limit": 4}  # the sharded model, gathered to rank 0
+    (tmp_path / "first.yaml").write_text(yaml.safe_dump(recipe))
+    _fit(tmp_path / "first.yaml")
     last = tmp_path / "ckpt" / "last.ckpt"
     assert last.is_dir() and (last / ".metadata").is_file()
     assert sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # one shard per rank
     first = _metrics(tmp_path, 0)
     assert sorted(first) == [0, 1, 2, 3] and float(first[3]["train/loss"]) < float(first[0]["train/loss"])
+    from tools.evaluate import evaluate
+
+    during = _metrics(tmp_path, 0, "eval/stdlib_mc/acc")
+    assert sorted(during) == [4]  # logged at step 4 by rank 0 only; the same score from the sharded checkpoint:
+    assert evaluate(last, tasks="stdlib_mc", limit=4, out_dir=tmp_path / "eval")["stdlib_mc/acc"] == float(
+        during[4]["eval/stdlib_mc/acc"]
+    )
 
     _fit(_recipe(tmp_path, tiny_data, strategy, 6, activation_checkpointing=True), "--ckpt_path", str(last))
     resumed = _metrics(tmp_path, 1)
