@@ -114,3 +114,44 @@ def test_killed_training_resumes_bit_identical_from_s3(tiny_data, s3, tmp_path):
         got, want = scalars(tmp_path / "legs" / "tiny" / "version_0", tag), scalars(expected, tag)
         assert sorted(got) == list(range(STEPS)), tag
         assert got == want, tag  # exact, the steps after the kill included
+
+
+@pytest.fixture(scope="session")
+def s3_server_checking_keys():
+    with local_s3(check_credentials=True) as server:
+        yield server
+
+
+def training_fails(tiny_data: Path, tmp_path: Path, url: str) -> str:
+    """``sprout fit`` on ``url`` fails cleanly; returns its one-paragraph error."""
+    from test_bad_input import fails
+
+    return fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"data_dir": url, "cache_dir": str(tmp_path / "cache")}))
+
+
+def test_bad_buckets_endpoints_and_credentials_are_named(tiny_data, s3, s3_server_checking_keys, tmp_path, monkeypatch):
+    url = upload(tiny_data, f"{s3}/tiny")
+    bucket = url.split("/")[2]
+    message = training_fails(tiny_data, tmp_path, "s3://no-such-bucket-here/tiny")
+    assert message.startswith("Bucket 'no-such-bucket-here' does not exist for s3://no-such-bucket-here/tiny") and "aws s3 mb" in message
+
+    message = training_fails(tiny_data, tmp_path, f"{s3}/nothing-here")
+    assert message.startswith(f"No prepared domains at data.data_dir {s3}/nothing-here") and f"--out_dir {s3}/nothing-here" in message
+
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    message = training_fails(tiny_data, tmp_path, url)
+    assert message.startswith(f"No credentials for {url}") and "AWS_ACCESS_KEY_ID" in message
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    message = training_fails(tiny_data, tmp_path, url)
+    assert message.startswith(f"Cannot reach the object store for {url} (bucket check, endpoint http://127.0.0.1:9)") and "AWS_ENDPOINT_URL" in message
+
+    checking = s3_server_checking_keys
+    for name, value in checking.env().items():
+        monkeypatch.setenv(name, value)
+    checking.client().create_bucket(Bucket=bucket)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    message = training_fails(tiny_data, tmp_path, url)
+    assert message.startswith(f"The object store refused access to {url}") and "credentials are wrong" in message
+    assert "not-the-secret" not in message and checking.access_key_id not in message  # never a credential

@@ -106,11 +106,18 @@ class ObjectStore:
         from botocore.config import Config
 
         config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60)
-        return boto3.session.Session().client("s3", config=config)
+        try:
+            return boto3.session.Session().client("s3", config=config)
+        except Exception as err:  # e.g. half the credentials in the environment, a bad ~/.aws/config
+            raise self.explain(err, "connecting") from None
 
     @property
     def endpoint(self) -> str:
-        return self._s3.meta.endpoint_url if self.scheme == "s3" else f"{self.scheme}://"
+        if self.scheme != "s3":
+            return f"{self.scheme}://"
+        if "_s3" in self.__dict__:
+            return self._s3.meta.endpoint_url
+        return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS's default"
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
