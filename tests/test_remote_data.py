@@ -126,17 +126,30 @@ def training_fails(tiny_data: Path, tmp_path: Path, url: str) -> str:
     """``sprout fit`` on ``url`` fails cleanly; returns its one-paragraph error."""
     from test_bad_input import fails
 
-    return fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"data_dir": url, "cache_dir": str(tmp_path / "cache")}))
+    return fails(
+        recipe(
+            tmp_path / "r.yaml",
+            tiny_data,
+            tmp_path / "runs",
+            data={"data_dir": url, "cache_dir": str(tmp_path / "cache")},
+        )
+    )
 
 
 def test_bad_buckets_endpoints_and_credentials_are_named(tiny_data, s3, s3_server_checking_keys, tmp_path, monkeypatch):
     url = upload(tiny_data, f"{s3}/tiny")
     bucket = url.split("/")[2]
     message = training_fails(tiny_data, tmp_path, "s3://no-such-bucket-here/tiny")
-    assert message.startswith("Bucket 'no-such-bucket-here' does not exist for s3://no-such-bucket-here/tiny") and "aws s3 mb" in message
+    assert (
+        message.startswith("Bucket 'no-such-bucket-here' does not exist for s3://no-such-bucket-here/tiny")
+        and "aws s3 mb" in message
+    )
 
     message = training_fails(tiny_data, tmp_path, f"{s3}/nothing-here")
-    assert message.startswith(f"No prepared domains at data.data_dir {s3}/nothing-here") and f"--out_dir {s3}/nothing-here" in message
+    assert (
+        message.startswith(f"No prepared domains at data.data_dir {s3}/nothing-here")
+        and f"--out_dir {s3}/nothing-here" in message
+    )
 
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     message = training_fails(tiny_data, tmp_path, url)
@@ -145,7 +158,10 @@ def test_bad_buckets_endpoints_and_credentials_are_named(tiny_data, s3, s3_serve
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
     message = training_fails(tiny_data, tmp_path, url)
-    assert message.startswith(f"Cannot reach the object store for {url} (bucket check, endpoint http://127.0.0.1:9)") and "AWS_ENDPOINT_URL" in message
+    assert (
+        message.startswith(f"Cannot reach the object store for {url} (bucket check, endpoint http://127.0.0.1:9)")
+        and "AWS_ENDPOINT_URL" in message
+    )
 
     checking = s3_server_checking_keys
     for name, value in checking.env().items():

@@ -178,7 +178,9 @@ def _train_tokens_per_s(vocab_size: int, seq_len: int, batch_size: int, steps: i
     return steps * batch_size * seq_len / (time.perf_counter() - start)
 
 
-def _stream_rate(data_dir: str, batches: int, seq_len: int, batch_size: int, workers: int, from_start: bool = False, **options) -> float:
+def _stream_rate(
+    data_dir: str, batches: int, seq_len: int, batch_size: int, workers: int, from_start: bool = False, **options
+) -> float:
     """Tokens/s of the data module's training batches; worker start-up and the first batch are
     excluded unless ``from_start`` (which counts the set-up too: fetching the indexes, the first downloads)."""
     start = time.perf_counter()
@@ -208,7 +210,9 @@ def bench_stream(setup: Setup, seq_len: int = 256, batch_size: int = 8, batches:
     return rows
 
 
-def bench_remote(setup: Setup, seq_len: int = 256, batch_size: int = 8, batches: int = 1000, workers: int = 2) -> list[tuple]:
+def bench_remote(
+    setup: Setup, seq_len: int = 256, batch_size: int = 8, batches: int = 1000, workers: int = 2
+) -> list[tuple]:
     """Streaming from a local S3 server (cold and warm cache) against reading a local folder,
     each timed from the data module's creation to its last batch."""
     import statistics
@@ -232,7 +236,14 @@ def bench_remote(setup: Setup, seq_len: int = 256, batch_size: int = 8, batches:
                 publish_domain(store, out, domain)
             for round_ in range(setup.repeats):
                 cache = setup.workdir / f"cache{round_}"
-                run = functools.partial(_stream_rate, batches=batches, seq_len=seq_len, batch_size=batch_size, workers=workers, from_start=True)
+                run = functools.partial(
+                    _stream_rate,
+                    batches=batches,
+                    seq_len=seq_len,
+                    batch_size=batch_size,
+                    workers=workers,
+                    from_start=True,
+                )
                 rates["local folder"].append(run(str(out)))
                 rates["S3, cold cache"].append(run(store.url, cache_dir=str(cache)))
                 rates["S3, warm cache"].append(run(store.url, cache_dir=str(cache)))
@@ -242,8 +253,18 @@ def bench_remote(setup: Setup, seq_len: int = 256, batch_size: int = 8, batches:
     rows = [("quick-start model training (tiny, fp32)", "-", f"{train:,.0f}", "", "1x")]
     for name, values in rates.items():
         mean, std = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-        rows.append((f"data module, {workers} workers, {name}", f"{batches} x {setup.repeats}", f"{mean:,.0f}", f"± {std:,.0f}", f"{mean / train:.0f}x"))
-    rows.append((f"(shards: {shard_bytes / 2**20:.1f} MiB in {len(list(out.rglob('chunk-*.bin')))} chunks)", "", "", "", ""))
+        rows.append(
+            (
+                f"data module, {workers} workers, {name}",
+                f"{batches} x {setup.repeats}",
+                f"{mean:,.0f}",
+                f"± {std:,.0f}",
+                f"{mean / train:.0f}x",
+            )
+        )
+    rows.append(
+        (f"(shards: {shard_bytes / 2**20:.1f} MiB in {len(list(out.rglob('chunk-*.bin')))} chunks)", "", "", "", "")
+    )
     return rows
 
 
