@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -81,6 +82,59 @@ def merge_split(parts_dir: Path, out_dir: Path) -> None:
         write_json(out_dir / INDEX_FILE, {"chunks": chunks, "config": config, "updated_at": str(time.time())})
 
 
+def read_task_chunks(task_dir: Path) -> tuple[list[dict], dict | None]:
+    """The chunks one task wrote for one split (in order), and litdata's config for them."""
+    chunks, config = [], None
+    for index_file in sorted(task_dir.glob("*.index.json")):
+        index = json.loads(index_file.read_text())
+        config = config or index["config"]
+        chunks += index["chunks"]
+    return chunks, config
+
+
+def chunk_tokens_in(path: Path, chunk: dict) -> np.ndarray:
+    """The tokens of one chunk file (a ``TokensLoader`` chunk: a small header, then int32 tokens)."""
+    return np.fromfile(path, dtype=np.int32, offset=(chunk["chunk_size"] + 2) * 4)
+
+
+def cut_document(
+    chunks: list[dict], folder: Path, start: int, length: int, chunk_tokens: int, prefix: str
+) -> tuple[list[dict], list[str], np.ndarray]:
+    """Take tokens ``[start, start + length)`` out of the token stream of ``chunks`` (files in
+    ``folder``). The chunks holding them are rewritten as new files ``<prefix>-*.bin``.
+    Returns the new chunk list, the names of the replaced files, and the tokens taken out."""
+    dims = np.array([c["dim"] for c in chunks])
+    ends = np.cumsum(dims)
+    first = int(np.searchsorted(ends, start, side="right"))
+    last = int(np.searchsorted(ends, start + length - 1, side="right"))
+    tokens = np.concatenate([chunk_tokens_in(folder / c["filename"], c) for c in chunks[first : last + 1]])
+    offset = start - int(ends[first] - dims[first])
+    taken = tokens[offset : offset + length].copy()
+    rest = np.concatenate([tokens[:offset], tokens[offset + length :]])
+    new: list[dict] = []
+    if len(rest):
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            writer = SplitWriter(Path(tmp), chunk_tokens)
+            writer.add(rest)
+            writer.close()
+            for chunk in read_task_chunks(Path(tmp))[0]:
+                name = f"{prefix}-{len(new):06d}.bin"
+                os.replace(Path(tmp) / chunk["filename"], folder / name)
+                new.append({**chunk, "filename": name})
+    replaced = [c["filename"] for c in chunks[first : last + 1]]
+    return chunks[:first] + new + chunks[last + 1 :], replaced, taken
+
+
+def fallback_validation(parts: list[Part]) -> tuple[Part, tuple[int, int, int]] | None:
+    """The training document to move to ``val`` when a domain got none: the smallest hash
+    (the earliest in the stream among equal ones), or None."""
+    found = [(p.candidate, i) for i, p in enumerate(parts) if p.candidate is not None]
+    if not found:
+        return None
+    candidate, i = min(found, key=lambda c: (c[0][0], c[1]))
+    return parts[i], candidate
+
+
 def finish_domain(
     name: str, parts: list[Part], out_root: Path, staging: Path, tok: Tokenizer, chunk_tokens: int, meta_extra: dict
 ) -> dict:
@@ -96,11 +150,16 @@ def finish_domain(
         skipped += p.skipped
         examples += p.examples
         seconds += p.seconds
-    # Held-back documents: the smallest-hash one becomes validation if nothing else did.
-    candidates = sorted((p.candidate for p in parts if p.candidate is not None), key=lambda c: c[0])
     extra = Path(staging) / name
-    if candidates and docs["val"] == 0 and docs["train"] >= 2:
-        _, moved = candidates.pop(0)
+    fallback = fallback_validation(parts)
+    if fallback is not None and docs["val"] == 0 and docs["train"] >= 2:
+        part, (_, start, length) = fallback
+        task_dir = extra / "train" / f"{part.task:05d}"
+        chunks, config = read_task_chunks(task_dir)
+        chunks, replaced, moved = cut_document(chunks, task_dir, start, length, chunk_tokens, "cut")
+        for old in [*replaced, *(p.name for p in task_dir.glob("*.index.json"))]:
+            (task_dir / old).unlink()
+        write_json(task_dir / "0.index.json", {"chunks": chunks, "config": config})
         writer = SplitWriter(extra / "val" / _PARENT_PART, chunk_tokens)
         writer.add(moved)
         writer.close()
@@ -111,11 +170,6 @@ def finish_domain(
         unigram -= count_unigrams(moved, tok.vocab_size)
         codes, counts = count_codes(pair_codes(moved, tok.vocab_size))
         pairs.merge(codes, -counts)
-    if candidates:
-        writer = SplitWriter(extra / "train" / _PARENT_PART, chunk_tokens)
-        for _, doc in candidates:
-            writer.add(doc)
-        writer.close()
 
     domain_dir = out_root / name
     (domain_dir / META_FILE).unlink(missing_ok=True)  # first: an interrupted rebuild must not look complete

@@ -3,9 +3,10 @@
 Tasks run in pool workers (or in the parent with one worker). Every document becomes
 ``tokenizer.encode(text) + [eos_id]``. A document goes to ``val`` when a keyed hash of its
 text falls below ``val_fraction``, so the split does not depend on file order or worker
-count, and exact duplicates always land on the same side. Each task holds back its
-smallest-hash training document, so that the parent can move one to ``val`` when nothing
-else went there (``app.data.prepare.merge``).
+count, and exact duplicates always land on the same side. Each task notes where its
+smallest-hash training document lies in its stream, so that the parent can cut one out and
+move it to ``val`` when nothing else went there (``app.data.prepare.merge``): the training
+stream is then the documents in file order, however the files were split into tasks or parts.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Part:
     """What one task produced for one domain."""
 
     vocab_size: int
+    task: int
     docs: Counter = field(default_factory=Counter)
     tokens: Counter = field(default_factory=Counter)
     files: set[str] = field(default_factory=set)
@@ -61,7 +63,9 @@ class Part:
     pairs: PairCounter | None = None
     skipped: int = 0
     examples: list[dict] = field(default_factory=list)
-    candidate: tuple[int, np.ndarray] | None = None  # smallest-hash train document, held back
+    candidate: tuple[int, int, int] | None = (
+        None  # smallest-hash train document: (hash, start, length) in the task's train stream
+    )
     seconds: float = 0.0
 
     def __post_init__(self) -> None:
@@ -162,7 +166,7 @@ def run_task(task: Task, tok: Tokenizer, report: Callable[[int, int], None]) -> 
 
     def part(domain: str) -> Part:
         if domain not in result.parts:
-            result.parts[domain] = Part(vocab)
+            result.parts[domain] = Part(vocab, task.task_id)
         return result.parts[domain]
 
     def write(domain: str, split: str, tokens: np.ndarray) -> None:
@@ -218,16 +222,11 @@ def run_task(task: Task, tok: Tokenizer, report: Callable[[int, int], None]) -> 
             split = "val" if h < task.val_threshold else "train"
             p.docs[split] += 1
             p.tokens[split] += len(tokens)
-            if split == "val":
-                write(domain, "val", tokens)
-                continue
-            train.append(tokens)
-            if task.val_threshold and (p.candidate is None or h < p.candidate[0]):
-                previous, p.candidate = p.candidate, (h, tokens)
-                if previous is None:
-                    continue
-                tokens = previous[1]
-            write(domain, "train", tokens)
+            if split == "train":
+                if task.val_threshold and (p.candidate is None or h < p.candidate[0]):
+                    p.candidate = (h, p.tokens["train"] - len(tokens), len(tokens))
+                train.append(tokens)
+            write(domain, split, tokens)
         if train:
             flat = np.concatenate(train)
             p.unigram += count_unigrams(flat, vocab)
