@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from app.data.prepare.merge import finish_domain, finished_domains, place_tokenizer
+from app.data.prepare.parts import merge_parts, run_part
 from app.data.prepare.sources import SOURCE_FORMATS, Source, check_domain_name, resolve, split_tasks
 from app.data.prepare.staging import staging_folder
 from app.data.prepare.summary import print_summary
@@ -24,7 +25,7 @@ from app.data.prepare.worker import Part, Task, TaskResult, run_tasks
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 
-__all__ = ["DEFAULT_CHUNK_TOKENS", "SOURCE_FORMATS", "Source", "prepare"]
+__all__ = ["DEFAULT_CHUNK_TOKENS", "SOURCE_FORMATS", "Source", "merge_parts", "prepare"]
 
 DEFAULT_CHUNK_TOKENS = 1 << 22  # 16 MiB of int32 per chunk
 
@@ -42,8 +43,13 @@ def prepare(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     progress: bool = True,
     summary: bool = True,
+    num_parts: int = 1,
+    part: int | None = None,
 ) -> dict[str, dict]:
     """Tokenize ``sources`` into ``<out_root>/<domain>/{train,val,meta.json}``; returns ``{domain: meta}``.
+
+    With ``part`` (0 .. ``num_parts`` - 1) only that share of the input files is prepared, for a
+    later ``merge_parts`` (``app.data.prepare.parts``); it returns ``{}``.
 
     Domains already prepared with the same tokenizer are reused (and returned) unless
     ``overwrite``. Bad records stop the run with an error naming file and line, unless
@@ -72,6 +78,10 @@ def prepare(
                 f"{f.path} is listed by two sources; each file may feed the data only once. Remove it from one of them."
             )
         seen[f.path] = f.domain
+    if part is not None:
+        settings = {"val_fraction": val_fraction, "seed": seed, "chunk_tokens": chunk_tokens}
+        run_part(files, tok, out_root, part, num_parts, settings, num_workers, progress, overwrite, skip_bad_records)
+        return {}
     finished = {} if overwrite else finished_domains(out_root, tok)
     fixed: dict[str, list[str]] = {}
     for f in files:

@@ -9,14 +9,13 @@ import os
 import shutil
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from app.data.prepare.worker import MAX_EXAMPLES, Part, SplitWriter
 from app.data.shards import INDEX_FILE, META_FILE, SHARD_FORMAT, SPLITS, UNIGRAM_FILE
-from app.data.stats import PairCounter, count_codes, count_unigrams, entropies, pair_codes
+from app.data.stats import entropies
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.files import replacing, write_json
@@ -125,36 +124,28 @@ def cut_document(
     return chunks[:first] + new + chunks[last + 1 :], replaced, taken
 
 
-def fallback_validation(parts: list[Part]) -> tuple[Part, tuple[int, int, int]] | None:
-    """The training document to move to ``val`` when a domain got none: the smallest hash
-    (the earliest in the stream among equal ones), or None."""
-    found = [(p.candidate, i) for i, p in enumerate(parts) if p.candidate is not None]
+def fallback_validation(parts: list[Part]) -> tuple[int, tuple[int, int, int]] | None:
+    """The training document to move to ``val`` when a domain got none, as (index of its part in
+    ``parts``, candidate): the smallest hash, the earliest in the stream among equal ones."""
+    found = [(p.candidate[0], i) for i, p in enumerate(parts) if p.candidate is not None]
     if not found:
         return None
-    candidate, i = min(found, key=lambda c: (c[0][0], c[1]))
-    return parts[i], candidate
+    _, i = min(found)
+    return i, parts[i].candidate
 
 
 def finish_domain(
     name: str, parts: list[Part], out_root: Path, staging: Path, tok: Tokenizer, chunk_tokens: int, meta_extra: dict
 ) -> dict:
-    docs, tokens, files, unigram = Counter(), Counter(), set(), np.zeros(tok.vocab_size, np.int64)
-    pairs = PairCounter(tok.vocab_size)
-    skipped, examples, seconds = 0, [], 0.0
+    """Make domain ``name`` from its tasks' chunks (in ``staging``) and counts."""
+    total = Part(tok.vocab_size, -1)
     for p in parts:
-        docs.update(p.docs)
-        tokens.update(p.tokens)
-        files |= p.files
-        unigram += p.unigram
-        pairs.merge(*p.pairs.result())
-        skipped += p.skipped
-        examples += p.examples
-        seconds += p.seconds
+        total.absorb(p)
     extra = Path(staging) / name
     fallback = fallback_validation(parts)
-    if fallback is not None and docs["val"] == 0 and docs["train"] >= 2:
-        part, (_, start, length) = fallback
-        task_dir = extra / "train" / f"{part.task:05d}"
+    if fallback is not None and total.docs["val"] == 0 and total.docs["train"] >= 2:
+        i, (_, start, length) = fallback
+        task_dir = extra / "train" / f"{parts[i].task:05d}"
         chunks, config = read_task_chunks(task_dir)
         chunks, replaced, moved = cut_document(chunks, task_dir, start, length, chunk_tokens, "cut")
         for old in [*replaced, *(p.name for p in task_dir.glob("*.index.json"))]:
@@ -163,35 +154,34 @@ def finish_domain(
         writer = SplitWriter(extra / "val" / _PARENT_PART, chunk_tokens)
         writer.add(moved)
         writer.close()
-        docs["train"] -= 1
-        docs["val"] += 1
-        tokens["train"] -= len(moved)
-        tokens["val"] += len(moved)
-        unigram -= count_unigrams(moved, tok.vocab_size)
-        codes, counts = count_codes(pair_codes(moved, tok.vocab_size))
-        pairs.merge(codes, -counts)
+        total.move_to_validation(moved)
 
     domain_dir = out_root / name
     (domain_dir / META_FILE).unlink(missing_ok=True)  # first: an interrupted rebuild must not look complete
     for split in SPLITS:
         shutil.rmtree(domain_dir / split, ignore_errors=True)
         merge_split(extra / split, domain_dir / split)
-    np.save(domain_dir / UNIGRAM_FILE, unigram)
-    h = entropies(unigram, pairs.to_sparse())
+    return {"meta": write_statistics_and_meta(domain_dir, tok.identity, total, meta_extra), "seconds": total.seconds}
+
+
+def write_statistics_and_meta(domain_dir: Path, tokenizer: dict, total: Part, meta_extra: dict) -> dict:
+    """The domain's ``unigram.npy``, then its ``meta.json`` (last: the domain is then complete)."""
+    np.save(domain_dir / UNIGRAM_FILE, total.unigram)
+    h = entropies(total.unigram, total.pairs.to_sparse())
     meta = {
         "format": SHARD_FORMAT,
-        "domain": name,
-        "tokenizer": tok.identity,
-        "splits": {s: {"tokens": int(tokens[s]), "documents": int(docs[s])} for s in SPLITS},
-        "sources": sorted(files),
+        "domain": domain_dir.name,
+        "tokenizer": tokenizer,
+        "splits": {s: {"tokens": int(total.tokens[s]), "documents": int(total.docs[s])} for s in SPLITS},
+        "sources": sorted(total.files),
         "stats": {
             "unigram_entropy": h["shannon"],
             "joint_entropy": h["joint"],
             "conditional_entropy": h["conditional"],
             "unigram_counts_file": UNIGRAM_FILE,
         },
-        "skipped": {"count": skipped, "examples": examples[:MAX_EXAMPLES]},
+        "skipped": {"count": total.skipped, "examples": total.examples[:MAX_EXAMPLES]},
         **meta_extra,
     }
     write_json(domain_dir / META_FILE, meta)
-    return {"meta": meta, "seconds": seconds}
+    return meta

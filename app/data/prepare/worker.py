@@ -28,7 +28,7 @@ from litdata.streaming.writer import BinaryWriter
 from app.data.prepare.sources import SourceFile
 from app.data.prepare.staging import held_locks
 from app.data.readers import SLIMPAJAMA_DOMAIN_FIELD, BadRecord, read_documents, slimpajama_domain
-from app.data.stats import PairCounter, count_unigrams, pair_codes
+from app.data.stats import PairCounter, count_codes, count_unigrams, pair_codes
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.files import process_gone
@@ -76,6 +76,28 @@ class Part:
         self.skipped += 1
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append({"file": bad.file, "line": bad.line, "reason": bad.reason})
+
+    def absorb(self, other: Part) -> None:
+        """Add ``other``'s counts to this one's (a domain's total over tasks or parts): exact,
+        since entropies are computed from the summed counts, never averaged."""
+        self.docs.update(other.docs)
+        self.tokens.update(other.tokens)
+        self.files |= other.files
+        self.unigram += other.unigram
+        self.pairs.merge(*other.pairs.result())
+        self.skipped += other.skipped
+        self.examples += other.examples
+        self.seconds += other.seconds
+
+    def move_to_validation(self, doc: np.ndarray) -> None:
+        """Count training document ``doc`` as validation instead (its statistics leave the train counts)."""
+        self.docs["train"] -= 1
+        self.docs["val"] += 1
+        self.tokens["train"] -= len(doc)
+        self.tokens["val"] += len(doc)
+        self.unigram -= count_unigrams(doc, self.vocab_size)
+        codes, counts = count_codes(pair_codes(doc, self.vocab_size))
+        self.pairs.merge(codes, -counts)
 
 
 @dataclass
