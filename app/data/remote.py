@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -374,7 +374,14 @@ def parse_size(size: str | int) -> int:
     return int(value * 1024 ** "KMGTP".find(unit) * 1024) if unit else int(value)
 
 
-def upload_complete(store: ObjectStore, local_root: Path, keys: list[str], marker: str, owned: list[str]) -> bool:
+def upload_complete(
+    store: ObjectStore,
+    local_root: Path,
+    keys: list[str],
+    marker: str,
+    owned: list[str],
+    verify: Callable[[], None] | None = None,
+) -> bool:
     """Upload the files ``keys`` (paths relative to ``local_root`` and to the store), then
     ``marker`` last: readers take what a marker covers as complete only once the marker is
     there. Returns False when the store already holds this very marker (nothing to do).
@@ -383,6 +390,7 @@ def upload_complete(store: ObjectStore, local_root: Path, keys: list[str], marke
     sha256 of its marker), and a re-run of the same build skips the objects already there with
     their size (an object is stored whole or not at all). For another build, the objects of the
     earlier one under the ``owned`` key prefixes are deleted first, and everything is uploaded.
+    ``verify`` runs before the marker is written (and may refuse to write it by raising).
     """
     content = (local_root / marker).read_bytes()
     if store.read(marker) == content:
@@ -399,6 +407,8 @@ def upload_complete(store: ObjectStore, local_root: Path, keys: list[str], marke
         local = local_root / key
         if present.get(key) != local.stat().st_size:
             store.upload(local, key)
+    if verify is not None:
+        verify()
     store.upload(local_root / marker, marker)
     store.delete([pending])
     return True

@@ -316,9 +316,8 @@ def _cut(
         for chunk in task_chunks[k]:
             if not (split_dir / chunk["filename"]).is_file():
                 fetch(split_dir / chunk["filename"])
-    task_chunks[k], replaced, moved = cut_document(task_chunks[k], split_dir, start, length, chunk_tokens, prefix)
-    for name in replaced:
-        (split_dir / name).unlink(missing_ok=True)
+    # the replaced chunks stay where they are, unlisted: the parts' records still name them, so a merge can be redone
+    task_chunks[k], _, moved = cut_document(task_chunks[k], split_dir, start, length, chunk_tokens, prefix)
     return moved
 
 
