@@ -5,6 +5,7 @@ resumed from its checkpoint logs the very losses of an uninterrupted one; the mi
 makes with buckets, endpoints and credentials end in one paragraph naming the URL.
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -171,3 +172,83 @@ def test_bad_buckets_endpoints_and_credentials_are_named(tiny_data, s3, s3_serve
     message = training_fails(tiny_data, tmp_path, url)
     assert message.startswith(f"The object store refused access to {url}") and "credentials are wrong" in message
     assert "not-the-secret" not in message and checking.access_key_id not in message  # never a credential
+
+
+def prepare_args(tiny_data: Path, out: str, stage: Path, *extra: str) -> list[str]:
+    """tools/prepare_data.py arguments that rebuild ``tiny_data`` (the same sources and options)."""
+    raw = tiny_data.parent / "raw"
+    config = stage.parent / f"{stage.name}.yaml"
+    sources = [
+        {"paths": [str(p) for p in sorted((raw / name).glob("*.jsonl"))], "format": "jsonl", "domain": name}
+        for name in ("code", "text")
+    ]
+    config.write_text(json.dumps({"sources": sources}))
+    return [
+        "--config",
+        str(config),
+        "--tokenizer",
+        str(tiny_data / "tokenizer.json"),
+        "--out_dir",
+        out,
+        "--stage_dir",
+        str(stage),
+        "--val_fraction",
+        "0.05",
+        "--num_workers",
+        "1",
+        "--progress",
+        "false",
+        *extra,
+    ]
+
+
+def test_prepare_in_parts_to_s3_resumes_an_interrupted_upload_and_merges(tiny_data, s3, tmp_path, monkeypatch, capsys):
+    from app.data.remote import remote_domains
+    from tools.prepare_data import main
+
+    url = f"{s3}/tiny"
+    store = ObjectStore(url)
+    real_upload, uploads = ObjectStore.upload, []
+
+    def failing_upload(self, local, key):
+        if len(uploads) == 3:
+            raise ConnectionError("network gone")  # the machine loses the store half-way through its part
+        uploads.append(key)
+        real_upload(self, local, key)
+
+    monkeypatch.setattr(ObjectStore, "upload", failing_upload)
+    with pytest.raises(ConnectionError):
+        main(prepare_args(tiny_data, url, tmp_path / "stage0", "--num_parts", "3", "--part", "0"))
+    assert uploads and store.read(".parts/of-0003/part-0000.json") is None  # the part is not finished
+    monkeypatch.setattr(ObjectStore, "upload", real_upload)
+    done = set(uploads)
+    resumed = []
+    monkeypatch.setattr(
+        ObjectStore, "upload", lambda self, local, key: (resumed.append(key), real_upload(self, local, key))
+    )
+    main(prepare_args(tiny_data, url, tmp_path / "stage0", "--num_parts", "3", "--part", "0"))
+    assert resumed and not (set(resumed) & done - {"tokenizer.json"})  # resumed: what was there is not sent again
+    monkeypatch.setattr(ObjectStore, "upload", real_upload)
+
+    for part in (1, 2):  # other machines: other stage folders
+        main(prepare_args(tiny_data, url, tmp_path / f"stage{part}", "--num_parts", "3", "--part", str(part)))
+    assert remote_domains(store) == []  # nothing is visible to training before the merge
+    main(prepare_args(tiny_data, url, tmp_path / "merge", "--num_parts", "3", "--merge", "true"))
+    assert remote_domains(store) == ["code", "text"]
+    for domain in ("code", "text"):  # the same domain a single local run made
+        assert json.loads(store.read(f"{domain}/meta.json")) == json.loads(
+            (tiny_data / domain / "meta.json").read_text()
+        )
+
+    dm = SproutDataModule(url, seq_len=32, batch_size=4, cache_dir=str(tmp_path / "cache"))
+    dm.setup("fit")
+    local = SproutDataModule(str(tiny_data), seq_len=32, batch_size=4)
+    local.setup("fit")
+    assert dm.stats == local.stats and sum(dm.sizes) >= sum(local.sizes) - 2 * 3 * len(dm.domains)  # chunk ends differ
+
+    (tmp_path / "lost").mkdir()
+    store.delete([".parts/of-0003/part-0001.json"])
+    with pytest.raises(SystemExit) as exit_:
+        main(prepare_args(tiny_data, url, tmp_path / "lost", "--num_parts", "3", "--merge", "true"))
+    assert exit_.value.code == 2
+    assert f"Cannot merge {url}: part(s) 1 of --num_parts 3 are not finished" in capsys.readouterr().err
