@@ -68,6 +68,35 @@ def test_streams_the_same_batches_as_the_local_folder(tiny_data, s3, tmp_path):
         assert all((x["input_ids"] == y["input_ids"]).all() for x, y in zip(va, vb))
 
 
+def test_offline_reference_scores_serve_remote_data(tiny_data, s3, tmp_path):
+    """Scores made on the local folder fit the same shards in S3 (their index is the same file)."""
+    from tiny_run import save_reference
+
+    from tools.score_reference import score_reference
+
+    url = upload(tiny_data, f"{s3}/tiny")
+    ref = save_reference(tiny_data, tmp_path / "ref.ckpt")
+    scores = str(tmp_path / "scores")
+    score_reference(
+        str(ref), str(tiny_data), scores, 32, domains=["text"], splits=["train"], batch_size=256, progress=False
+    )
+    batches = []
+    for data_dir in (str(tiny_data), url):
+        dm = SproutDataModule(
+            data_dir,
+            domains=["text"],
+            seq_len=32,
+            batch_size=4,
+            reference_scores=scores,
+            cache_dir=str(tmp_path / "cache"),
+        )
+        dm.setup("fit")
+        loader = iter(dm.train_dataloader())
+        batches.append([next(loader) for _ in range(5)])
+    for a, b in zip(*batches):
+        assert (a["ref_loss"] == b["ref_loss"]).all() and (a["input_ids"] == b["input_ids"]).all()
+
+
 def test_killed_training_resumes_bit_identical_from_s3(tiny_data, s3, tmp_path):
     url = upload(tiny_data, f"{s3}/tiny")
     sections = {
