@@ -71,3 +71,8 @@ def test_bad_part_numbers_and_missing_parts_are_named(tiny_data, tmp_path):
     with pytest.raises(SproutError, match=r"part\(s\) 0, 2, 3 of --num_parts 4 are not finished") as err:
         merge_parts(tmp_path / "out", 4)
     assert "--part N" in str(err.value) and not list((tmp_path / "out").glob("*/meta.json"))
+    prepare(sources(), tok, tmp_path / "out", num_parts=4, part=0, num_workers=1, val_fraction=0.3, progress=False)
+    for part in (2, 3):
+        prepare(sources(), tok, tmp_path / "out", num_parts=4, part=part, num_workers=1, progress=False)
+    with pytest.raises(SproutError, match=r"part\(s\) \[1, 2, 3\] were prepared with another val_fraction than part 0"):
+        merge_parts(tmp_path / "out", 4)
