@@ -74,6 +74,9 @@ class _LockedTokensLoader(TokensLoader):
         self._lock = threading.RLock()
 
 
+_LockedTokensLoader.__name__ = "TokensLoader"  # litdata accepts the loader its index names, by class name
+
+
 def open_blocks(
     split_dir: str | Path, block_size: int, url: str | None = None, cache_size: int | None = None
 ) -> StreamingDataset:
