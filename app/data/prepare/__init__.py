@@ -18,10 +18,10 @@ from pathlib import Path
 
 from app.data.prepare.merge import finish_domain, finished_domains, place_tokenizer
 from app.data.prepare.parts import merge_parts, run_part
-from app.data.prepare.sources import SOURCE_FORMATS, Source, check_domain_name, resolve, split_tasks
+from app.data.prepare.sources import SOURCE_FORMATS, Source, check_domain_name, resolve
 from app.data.prepare.staging import staging_folder
 from app.data.prepare.summary import print_summary
-from app.data.prepare.worker import Part, Task, TaskResult, run_tasks
+from app.data.prepare.worker import Part, TaskResult, plan_tasks, run_tasks
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 
@@ -104,20 +104,9 @@ def prepare(
     place_tokenizer(tok, out_root, overwrite)
     if todo:
         with staging_folder(out_root) as staging:
-            tasks = [
-                Task(
-                    i,
-                    tuple(group),
-                    str(tok.path),
-                    str(staging),
-                    chunk_tokens,
-                    int(val_fraction * 2**64),
-                    seed.to_bytes(8, "little", signed=True),
-                    skip_bad_records,
-                    frozenset(finished),
-                )
-                for i, group in enumerate(split_tasks(todo, 4 * num_workers if num_workers > 1 else 1))
-            ]
+            tasks = plan_tasks(
+                todo, tok, staging, num_workers, chunk_tokens, val_fraction, seed, skip_bad_records, frozenset(finished)
+            )
             results = run_tasks(tasks, tok, num_workers, progress)
             by_domain: dict[str, list[Part]] = {}
             for r in results:

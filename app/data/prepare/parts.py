@@ -37,9 +37,9 @@ from app.data.prepare.merge import (
     read_task_chunks,
     write_statistics_and_meta,
 )
-from app.data.prepare.sources import SourceFile, contiguous_runs, split_tasks
+from app.data.prepare.sources import SourceFile, contiguous_runs
 from app.data.prepare.staging import staging_folder
-from app.data.prepare.worker import Part, SplitWriter, Task, run_tasks
+from app.data.prepare.worker import Part, SplitWriter, plan_tasks, run_tasks
 from app.data.shards import INDEX_FILE, META_FILE, SPLITS
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
@@ -121,25 +121,7 @@ def run_part(
     arrays: dict[str, np.ndarray] = {}
     if mine:
         with staging_folder(work) as staging:
-            val_threshold, key = (
-                int(settings["val_fraction"] * 2**64),
-                settings["seed"].to_bytes(8, "little", signed=True),
-            )
-            groups = split_tasks(mine, 4 * num_workers if num_workers > 1 else 1)
-            tasks = [
-                Task(
-                    i,
-                    tuple(group),
-                    str(tok.path),
-                    str(staging),
-                    settings["chunk_tokens"],
-                    val_threshold,
-                    key,
-                    skip_bad_records,
-                    frozenset(),
-                )
-                for i, group in enumerate(groups)
-            ]
+            tasks = plan_tasks(mine, tok, staging, num_workers, skip_bad_records=skip_bad_records, **settings)
             results = run_tasks(tasks, tok, num_workers, progress)
             excluded: Counter = Counter()
             for result in results:
@@ -173,6 +155,13 @@ def run_part(
         f"run the same command with --merge true instead of --part.",
         flush=True,
     )
+    if record["excluded"]:
+        print(
+            "left out by include/exclude: "
+            + ", ".join(f"{k} {v:,} docs" for k, v in sorted(record["excluded"].items()))
+        )
+    for bad in record["unattributed"]:
+        print(f"skipped (fed no domain): {bad}", flush=True)
     return record
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from litdata.streaming.item_loader import TokensLoader
 from litdata.streaming.writer import BinaryWriter
 
-from app.data.prepare.sources import SourceFile
+from app.data.prepare.sources import SourceFile, split_tasks
 from app.data.prepare.staging import held_locks
 from app.data.readers import SLIMPAJAMA_DOMAIN_FIELD, BadRecord, read_documents, slimpajama_domain
 from app.data.stats import PairCounter, count_codes, count_unigrams, pair_codes
@@ -107,6 +107,26 @@ class TaskResult:
     unattributed: list[BadRecord]  # bad records of files that fed no domain
     reused: set[str]  # finished domains met in the records
     excluded: Counter  # natural domain -> documents dropped by include/exclude
+
+
+def plan_tasks(
+    files: list[SourceFile],
+    tok: Tokenizer,
+    staging: Path,
+    num_workers: int,
+    chunk_tokens: int,
+    val_fraction: float,
+    seed: int,
+    skip_bad_records: bool,
+    done_domains: frozenset[str] = frozenset(),
+) -> list[Task]:
+    """The tasks for ``files``: contiguous runs of about equal bytes, four per worker (one alone)."""
+    groups = split_tasks(files, 4 * num_workers if num_workers > 1 else 1)
+    val_threshold, key = int(val_fraction * 2**64), seed.to_bytes(8, "little", signed=True)
+    return [
+        Task(i, tuple(g), str(tok.path), str(staging), chunk_tokens, val_threshold, key, skip_bad_records, done_domains)
+        for i, g in enumerate(groups)
+    ]
 
 
 class SplitWriter:
