@@ -82,7 +82,9 @@ def reference(tiny_data, tmp_path_factory) -> Path:
 
 def fit(tiny_data, reference, ckpt_dir, max_steps, ckpt_path=None):
     L.seed_everything(0)
-    dm = SproutDataModule(str(tiny_data), mixture=DoReMi(update_every=UPDATE_EVERY, eta=5.0), seq_len=SEQ, batch_size=4)
+    dm = SproutDataModule(
+        str(tiny_data), mixture=DoReMi(update_every=UPDATE_EVERY, eta=50.0), seq_len=SEQ, batch_size=4
+    )
     module = SproutModule(
         arch="micro",
         arch_overrides={"vocab_size": vocab(tiny_data), "block_size": SEQ},
