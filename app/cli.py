@@ -1,140 +1,45 @@
-"""``sprout``: the LightningCLI face of the application.
+"""``sprout``: the command.
 
-``sprout fit|validate|test --config recipes/X.yaml`` runs a recipe; ``sprout plugins``
-lists every registered plugin. Recipes may name plugins by their registered short name
-(``class_path: rho1``); the recipe loader expands it before jsonargparse checks types.
+``sprout fit|validate|test --config recipes/X.yaml`` runs a recipe (``app.lightning_cli``);
+``sprout plugins`` lists every registered plugin. The listing reads the installed packages'
+metadata and sources (``app.plugin_index``) and imports neither Lightning nor torch, which take
+seconds to import, so it answers at once; only the training commands import them.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-import yaml
-from jsonargparse import set_loader
-from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
-
-from app import registry
-from app.callbacks import MixtureFeedback, ThroughputMonitor
-from app.callbacks.growth import Growth
-from app.callbacks.nan_guard import NaNGuard
-from app.callbacks.preemption import Preemption
-from app.callbacks.rng import TrainingRNG
-from app.checkpoint.resume import checkpoint_to_resume, continue_last_run
-from app.checkpoint.run import RETENTION, AtomicCheckpointIO, SproutCheckpoint, check_checkpoint
-from app.data.datamodule import SproutDataModule
-from app.errors import SproutError
-from app.module import SproutModule
-from app.recipe_errors import ParseFailure, RecipeParser, explain, sprout_error_in
-
-RECIPE_MODE = "sprout"
+from app import plugin_index
 
 
-def load_recipe(text: str):
-    return registry.expand_short_names(yaml.safe_load(text))
+def print_plugins(check: bool = False) -> None:
+    """The registered plugins, read without importing them; ``check`` loads each as a run does
+    (torch included) and shows which fail, and why."""
+    failed = {}
+    if check:
+        from app import registry  # imports every plugin, hence torch: only when asked to
 
-
-set_loader(RECIPE_MODE, load_recipe, exceptions=(yaml.YAMLError, SproutError))
-
-
-class SproutCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        # Always-on callbacks with their own recipe sections: `monitor:`, `checkpoint:` and `growth:`.
-        parser.add_lightning_class_args(ThroughputMonitor, "monitor")
-        parser.add_lightning_class_args(SproutCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(Growth, "growth")  # inert unless growth.operator is set
-        parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
-        parser.set_defaults(RETENTION)  # which checkpoints each of the two keeps
-        parser.add_lightning_class_args(NaNGuard, "nan_guard")  # skips non-finite steps
-
-    def parse_arguments(self, parser, args) -> None:
-        try:
-            super().parse_arguments(parser, args)
-        except ParseFailure as failure:
-            raise SproutError(explain(failure, sys.argv[1:] if args is None else list(args))) from None
-        path = self.config.get(f"{self.config.get('subcommand')}.ckpt_path")
-        if path and path not in ("last", "best", "hpc"):
-            check_checkpoint(path)  # LightningCLI reads it next, with a bare torch.load
-
-    def before_instantiate_classes(self) -> None:
-        if self.subcommand == "fit" and (last := continue_last_run(self.config["fit"])) is not None:
-            check_checkpoint(last)
-
-    def instantiate_trainer(self, **kwargs):
-        trainer = super().instantiate_trainer(**kwargs)
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # keep a CheckpointIO the recipe chose
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        return trainer
-
-    def before_fit(self) -> None:
-        # A checkpoint written after growth holds the grown model: build that shape from the start
-        # (ModelParallelStrategy loads weights into what configure_model built; see Growth.resume_from).
-        if (path := checkpoint_to_resume(self.config["fit"])) is not None:
-            self.config_init["fit"]["growth"].resume_from(path)
-
-    def after_fit(self) -> None:
-        trainer = self.trainer
-        if not trainer.is_global_zero:
-            return
-        lines = ["", "Training finished."]
-        ckpt = trainer.checkpoint_callback
-        if ckpt is not None and (ckpt.last_model_path or ckpt.best_model_path):
-            lines.append(f"  checkpoint:  {ckpt.last_model_path or ckpt.best_model_path}")
-        if trainer.logger is not None and trainer.logger.log_dir:
-            root = Path(trainer.logger.save_dir)
-            lines.append(f"  logs:        {trainer.logger.log_dir}")
-            lines.append(f"  TensorBoard: tensorboard --logdir {root}")
-        print("\n".join(lines))
-
-
-TRAINER_DEFAULTS = {
-    "use_distributed_sampler": False,  # the data module shards by rank itself
-    "logger": {
-        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"save_dir": "runs", "name": "sprout"},
-    },
-}
-
-
-def print_plugins() -> None:
-    rows = [(p.kind, p.name, p.package, p.doc) for p in registry.plugins()]
-    header = ("KIND", "NAME", "PACKAGE", "DESCRIPTION")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
-    for row in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths)) + "  " + row[3])
+        failed = {(p.kind, p.name): p.error for p in registry.plugins() if p.error}
+    rows = []
+    for p in plugin_index.listed():
+        problem = failed.get((p.kind, p.name)) or p.problem
+        rows.append((p.kind, p.name, p.package, f"failed to load: {problem}" if problem else p.description))
+    print(plugin_index.table(rows))
+    if not check:
+        print(
+            "\n(read from the installed packages without importing them; `sprout plugins --check` also loads each one)"
+        )
 
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
-    try:
-        if argv[:1] == ["plugins"]:
-            print_plugins()
-            return
-        SproutCLI(
-            SproutModule,
-            SproutDataModule,
-            args=args,
-            parser_kwargs={"parser_mode": RECIPE_MODE},
-            parser_class=RecipeParser,
-            trainer_defaults={
-                **TRAINER_DEFAULTS,
-                "callbacks": [
-                    LearningRateMonitor(logging_interval="step"),
-                    MixtureFeedback(),
-                    TrainingRNG(),
-                    Preemption(),
-                ],
-            },
-            save_config_kwargs={"overwrite": True},
-        )
-    except Exception as err:  # a plugin's SproutError arrives wrapped by jsonargparse
-        problem = sprout_error_in(err)
-        if problem is None:
-            raise
-        print(f"sprout: error: {problem}", file=sys.stderr)
-        raise SystemExit(2) from None
+    if argv[:1] == ["plugins"]:
+        print_plugins(check="--check" in argv[1:])
+        return
+    from app.lightning_cli import run  # Lightning and torch: seconds to import, so only for the training commands
+
+    run(args)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from app import registry
 from app.callbacks.growth import Growth
 from app.checkpoint.weights import load_model
 from app.data.scores import describe, path_sha256
-from app.errors import SproutError
+from app.errors import SproutError, warn
 from app.loss import IGNORE_INDEX, chunked_token_losses
 from app.model import Llama, LlamaConfig
 from app.parallel import Parallelism, compute_dtype, data_parallel_mesh, fused_optimizer_kwargs, parallelize, total_norm
@@ -64,6 +64,7 @@ class SproutModule(L.LightningModule):
         self.config = LlamaConfig.from_name(arch, **(arch_overrides or {}))
         self.selector = selector if selector is not None else registry.create("selector", "all")
         self.optimizer_factory = optimizer
+        self.peak_lr = _probe_optimizer(optimizer)
         self.schedule = schedule or WarmupCosine()
         self.schedule_start = 0  # global step the LR schedule counts from (moved by growth)
         self.reference_path = reference
@@ -132,6 +133,25 @@ class SproutModule(L.LightningModule):
             raise SproutError(
                 f"data.seq_len={dm.seq_len} is longer than the model's context block_size={self.config.block_size}. Lower data.seq_len or set model.arch_overrides.block_size."
             )
+        if stage == "fit" and self.trainer.is_global_zero:
+            self._warn_about_schedule()
+
+    def _warn_about_schedule(self) -> None:
+        """Settings that are legal but almost surely wrong: a run that never leaves warm-up, a floor above the peak."""
+        max_steps = self.schedule.max_steps or self.trainer.max_steps
+        source = "model.schedule.max_steps" if self.schedule.max_steps else "trainer.max_steps"
+        if max_steps and max_steps > 0 and self.schedule.warmup_steps >= max_steps:
+            reached = self.schedule.factor(max_steps - 1, self.peak_lr, max_steps)
+            warn(
+                f"model.schedule.warmup_steps={self.schedule.warmup_steps} is not below the run's {max_steps} steps ({source}={max_steps}): "
+                f"the learning rate never leaves warm-up and ends at {reached:.1%} of its peak lr={self.peak_lr:g}. "
+                f"Set model.schedule.warmup_steps to a small share of the run, e.g. {max(1, max_steps // 10)}."
+            )
+        if self.schedule.min_lr > self.peak_lr:
+            warn(
+                f"model.schedule.min_lr={self.schedule.min_lr:g} is above the peak model.optimizer.init_args.lr={self.peak_lr:g}: the cosine "
+                f'"decay" raises the learning rate after warm-up. Set min_lr below lr (TinyLlama: lr 4e-4, min_lr 4e-5).'
+            )
 
     def _setup_reference(self, dm: Any) -> None:
         """Reference losses come from offline scores in the batch, else from a frozen model online."""
@@ -183,7 +203,8 @@ class SproutModule(L.LightningModule):
                 ),
             }
         weights = self.selector.token_weights(loss.detach(), {**batch, "valid": valid}).to(loss.dtype) * valid
-        objective = (weights * loss).sum() / weights.sum().clamp_min(1.0)
+        total = weights.sum()  # Σ w·ℓ / Σ w exactly; an all-zero batch (nothing counts) gives 0, not 0/0
+        objective = (weights * loss).sum() / torch.where(total == 0, torch.ones_like(total), total)
         n_valid = valid.sum().clamp_min(1)
         self.log("train/loss", loss.detach().masked_fill(~valid, 0).sum() / n_valid, prog_bar=True)
         self.log("select/fraction", (weights > 0).sum() / n_valid)
@@ -332,3 +353,40 @@ class SproutModule(L.LightningModule):
             strategy.model = self
             strategy.configure_ddp()
         strategy.setup_optimizers(self.trainer)
+
+
+# torch's words for an optimizer argument it rejects, and the argument's name
+_OPTIMIZER_ARGS = (
+    ("learning rate", "lr"),
+    ("epsilon", "eps"),
+    ("beta", "betas"),
+    ("weight_decay", "weight_decay"),
+    ("momentum", "momentum"),
+    ("dampening", "dampening"),
+)
+
+
+def _probe_optimizer(factory: OptimizerCallable) -> float:
+    """Build the recipe's optimizer over one dummy parameter now, so that a value torch rejects
+    is a recipe error naming its key rather than a traceback from ``configure_optimizers``;
+    returns its peak learning rate, which the schedule divides by and so must be positive."""
+    try:
+        probe = factory([nn.Parameter(torch.zeros(1))])
+    except (ValueError, TypeError) as err:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        key = next(
+            (f"model.optimizer.init_args.{arg}" for words, arg in _OPTIMIZER_ARGS if words in text),
+            "model.optimizer.init_args",
+        )
+        raise SproutError(
+            f"{key}: the optimizer (model.optimizer.class_path) rejects the recipe's value ({text}). Fix it in the recipe, or on the command line with --{key} "
+            "(TinyLlama: lr 4e-4, betas [0.9, 0.95], eps 1e-8, weight_decay 0.1)."
+        ) from None
+    lr = probe.param_groups[0].get("lr")
+    lr = float(lr) if isinstance(lr, (int, float, torch.Tensor)) else float("nan")
+    if not lr > 0 or lr == float("inf"):
+        raise SproutError(
+            f"model.optimizer.init_args.lr={lr:g} is invalid: the warm-up + cosine schedule scales a positive, finite peak learning rate. "
+            "Set it in the recipe, or on the command line with --model.optimizer.init_args.lr (TinyLlama: 4e-4)."
+        )
+    return lr

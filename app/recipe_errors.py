@@ -188,6 +188,15 @@ def explain(failure: ParseFailure, args: list[str]) -> str:
         key = required.group(1)
         section, _, field = key.rpartition(".")
         return f"Missing option {key}: set it in the recipe ({section}: {{{field}: ...}}) or on the command line with --{key}; {HELP}."
+    negative = next(
+        (f"{a}={b}" for a, b in zip(args, args[1:]) if a.startswith("--") and re.fullmatch(r"-\.?\d.*", b)), None
+    )
+    if "expected one argument" in message and negative:
+        key, value = negative.split("=", 1)
+        return (
+            f"The option {key} on the command line got no value: argparse reads {value} as another option because it starts "
+            f"with '-'. Write it as {key}={value}."
+        )
     missing = re.search(r"File does not exist: '([^']+)'", message)
     if missing:
         return f"The recipe file {missing.group(1)} does not exist. Check the path given to --config."

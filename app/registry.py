@@ -16,9 +16,8 @@ from importlib.metadata import entry_points
 from typing import Any
 
 from app.errors import SproutError
+from app.plugin_index import ENTRY_POINT_GROUP
 from app.protocols import KINDS
-
-ENTRY_POINT_GROUP = "sprout.plugins"
 
 
 @dataclass(frozen=True)
@@ -29,12 +28,6 @@ class Plugin:
     package: str  # the distribution that declared it
     cls: type | None = None
     error: str | None = None  # why it could not be loaded
-
-    @property
-    def doc(self) -> str:
-        if self.cls is None:
-            return f"failed to load: {self.error}"
-        return (self.cls.__doc__ or "").strip().splitlines()[0] if self.cls.__doc__ else ""
 
 
 def _load(ep) -> Plugin:

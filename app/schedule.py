@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from app.errors import check_option, is_count, is_number
+
 
 @dataclass
 class WarmupCosine:
@@ -16,6 +18,26 @@ class WarmupCosine:
     warmup_steps: int = 2000
     min_lr: float = 4e-5
     max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        check_option(
+            is_count(self.warmup_steps, 0),
+            "model.schedule.warmup_steps",
+            self.warmup_steps,
+            "a whole number of steps >= 0",
+        )
+        check_option(
+            is_number(self.min_lr),
+            "model.schedule.min_lr",
+            self.min_lr,
+            "a finite learning rate >= 0 (TinyLlama: 4e-5)",
+        )
+        check_option(
+            self.max_steps is None or is_count(self.max_steps),
+            "model.schedule.max_steps",
+            self.max_steps,
+            "a positive number of steps, or null for trainer.max_steps",
+        )
 
     def factor(self, step: int, peak_lr: float, max_steps: int) -> float:
         if step < self.warmup_steps:

@@ -138,6 +138,91 @@ def test_selector_k_outside_0_100(selector, k, tiny_data, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "args, sections, key",
+    [
+        (["--model.optimizer.init_args.lr", "-0.001"], {}, "model.optimizer.init_args.lr"),
+        (["--model.optimizer.init_args.lr", "0"], {}, "model.optimizer.init_args.lr"),
+        (["--model.optimizer.init_args.betas", "[1.5, 0.95]"], {}, "model.optimizer.init_args.betas"),
+        (["--model.optimizer.init_args.weight_decay", "-0.1"], {}, "model.optimizer.init_args.weight_decay"),
+        (["--model.schedule.warmup_steps", "-5"], {}, "model.schedule.warmup_steps"),
+        (["--model.schedule.min_lr=-1e-5"], {}, "model.schedule.min_lr"),
+        (["--data.batch_size", "0"], {}, "data.batch_size"),
+        (["--data.seq_len", "0"], {}, "data.seq_len"),
+        (["--data.num_workers", "-1"], {}, "data.num_workers"),
+        (["--data.val_blocks", "0"], {}, "data.val_blocks"),
+        (["--monitor.log_every", "0"], {}, "monitor.log_every"),
+        (
+            ["--growth.at_step", "-3"],
+            {"growth": {"operator": {"class_path": "gstack"}, "target_overrides": {"n_layer": 4}}},
+            "growth.at_step",
+        ),
+        (
+            [],
+            {"model": {"selector": {"class_path": "random", "init_args": {"seed": -1}}}},
+            "model.selector.init_args.seed",
+        ),
+        (
+            [],
+            {
+                "data": {
+                    "mixture": {
+                        "class_path": "bimix",
+                        "init_args": {
+                            "target_steps": 10,
+                            "r_min": -0.1,
+                            "coefficients": {
+                                d: {"A": 1.0, "B": 0.5, "C": 0.5, "alpha": 0.1, "beta": 0.2} for d in ("code", "text")
+                            },
+                        },
+                    }
+                }
+            },
+            "data.mixture.init_args.r_min",
+        ),
+    ],
+)
+def test_numeric_options_torch_would_reject_deep_inside(args, sections, key, tiny_data, tmp_path):
+    """Refused when the recipe is read, naming the key, before torch or a library fails mid-run."""
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", **sections), *args)
+    assert message.startswith(key) and f"--{key}" in message, message
+
+
+def test_a_negative_number_on_the_command_line(tiny_data, tmp_path):
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs"), "--model.schedule.min_lr", "-1e-5")
+    assert message == (
+        "The option --model.schedule.min_lr on the command line got no value: argparse reads -1e-5 as another option because "
+        "it starts with '-'. Write it as --model.schedule.min_lr=-1e-5."
+    )
+
+
+def test_settings_legal_but_surely_wrong_are_warned_about_at_start(tiny_data, tmp_path):
+    """A recipe without a schedule keeps the 2000-step warm-up even for a 2-step run; a floor above the peak."""
+    config = recipe(
+        tmp_path / "r.yaml",
+        tiny_data,
+        tmp_path / "runs",
+        2,
+        model={
+            "arch": "micro",
+            "arch_overrides": {"vocab_size": 320, "block_size": 32},
+            "schedule": {"min_lr": 0.01},
+            "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 3e-3}},
+        },
+    )
+    code, err = sprout("fit", "--config", str(config))
+    assert code == 0, err[-2000:]
+    warnings = [
+        line.removeprefix("sprout: warning: ") for line in err.splitlines() if line.startswith("sprout: warning: ")
+    ]
+    assert warnings == [
+        "model.schedule.warmup_steps=2000 is not below the run's 2 steps (trainer.max_steps=2): the learning rate never leaves warm-up "
+        "and ends at 0.1% of its peak lr=0.003. Set model.schedule.warmup_steps to a small share of the run, e.g. 1.",
+        'model.schedule.min_lr=0.01 is above the peak model.optimizer.init_args.lr=0.003: the cosine "decay" raises the learning rate '
+        "after warm-up. Set min_lr below lr (TinyLlama: lr 4e-4, min_lr 4e-5).",
+    ]
+
+
 def test_negative_mixture_weights(tiny_data, tmp_path):
     mixture = {"class_path": "fixed", "init_args": {"weights": {"code": -1, "text": 2}}}
     message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"mixture": mixture}))
@@ -245,6 +330,56 @@ def test_empty_domain(data, tmp_path):
         f"Domain 'tiny' in {data} has less than one training sequence of 33 tokens: too little data. "
         "Add data, drop the domain from data.domains, or lower data.seq_len."
     )
+
+
+def test_tokenizer_json_that_is_not_json(data, tmp_path):
+    (data / "tokenizer.json").write_text('{\n  "version": "1.0",\n  "model": {"type": BPE}\n}\n')
+    message = fails(recipe(tmp_path / "r.yaml", data, tmp_path / "runs"))
+    assert message == (
+        f"Tokenizer file {data / 'tokenizer.json'} is not valid JSON: Expecting value at line 3, column 21. It is truncated or was "
+        "edited by hand; re-create or re-download it (a tokenizer.json is written by Hugging Face tokenizers)."
+    )
+
+
+def tool_fails(main, args: list[str], capsys, tool: str) -> str:
+    """Run a tool's ``main``; it must exit 2 with one ``<tool>: error:`` paragraph and no traceback."""
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith(f"{tool}: error: ")]
+    assert len(lines) == 1, err
+    return lines[0].removeprefix(f"{tool}: error: ")
+
+
+def test_json_line_whose_text_is_null(tiny_data, tmp_path, capsys):
+    from tools.prepare_data import main
+
+    (tmp_path / "in.jsonl").write_text('{"text": "fine"}\n{"text": null, "id": 2}\n')
+    out = tmp_path / "out"
+    message = tool_fails(
+        main,
+        [
+            "--tokenizer",
+            str(tiny_data / "tokenizer.json"),
+            "--out_dir",
+            str(out),
+            "--jsonl",
+            str(tmp_path / "in.jsonl"),
+            "--domain",
+            "notes",
+            "--num_workers",
+            "1",
+            "--progress",
+            "false",
+        ],
+        capsys,
+        "prepare_data",
+    )
+    assert message.startswith(
+        f"Bad input record at {tmp_path / 'in.jsonl'}, line 2: field 'text' is null, not a string. Fix or remove it, or re-run with --skip_bad_records true"
+    )
+    assert not (out / "notes").exists() and not list(out.glob(".staging*"))  # nothing half-written
 
 
 # -- checkpoints ----------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from app.bimix import BiMixLaw, write_fit
 from app.callbacks import MixtureFeedback
 from app.checkpoint.weights import save_model
-from app.cli import RECIPE_MODE, SproutCLI
 from app.data.datamodule import SproutDataModule
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
+from app.lightning_cli import RECIPE_MODE, SproutCLI
 from app.model import Llama, LlamaConfig
 from app.module import SproutModule
 from app.schedule import WarmupCosine

@@ -276,11 +276,17 @@ def test_rerun_reuses_finished_domains_and_overwrite_rebuilds(tmp_path, corpus, 
     assert (out / "math" / "train" / "index.json").is_file()
     assert (out / "books" / "meta.json").stat().st_mtime_ns == stamps[out / "books" / "meta.json"]
 
-    # more files for a prepared domain: refused rather than silently ignored
+    # more files for a prepared domain are appended; a file left out is refused rather than silently dropped
     extra = tmp_path / "more.txt"
     extra.write_text("One more book.")
-    with pytest.raises(SproutError, match="'books'.*--overwrite"):
-        prepare([Source([str(corpus["books"]), str(extra)], domain="books")], tok, out, num_workers=1, progress=False)
+    books = [str(corpus["books"]), str(extra)]
+    grown = prepare([Source(books, domain="books")], tok, out, num_workers=1, progress=False, summary=False)
+    count = lambda meta: sum(meta["splits"][s]["documents"] for s in ("train", "val"))  # noqa: E731
+    assert count(grown["books"]) == count(first["books"]) + 1 and str(extra) in grown["books"]["files"]
+    with pytest.raises(
+        SproutError, match=r"'books' was prepared from 1 file\(s\) not given now: .*more.txt.*--overwrite"
+    ):
+        prepare([Source([str(corpus["books"])], domain="books")], tok, out, num_workers=1, progress=False)
 
     other = Tokenizer.train_bpe(["something else entirely"] * 50, 280, tmp_path / "other.json")
     with pytest.raises(

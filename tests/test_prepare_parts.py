@@ -31,6 +31,7 @@ def written(out: Path) -> dict:
         found[domain.name] = {
             "meta": json.loads(meta_path.read_text()),
             "unigram": np.load(domain / "unigram.npy").tolist(),
+            "pairs": {k: v.tolist() for k, v in np.load(domain / "pairs.npz").items()},
             **{split: stream(domain / split) for split in ("train", "val")},
         }
     return found
@@ -76,3 +77,24 @@ def test_bad_part_numbers_and_missing_parts_are_named(tiny_data, tmp_path):
         prepare(sources(), tok, tmp_path / "out", num_parts=4, part=part, num_workers=1, progress=False)
     with pytest.raises(SproutError, match=r"part\(s\) \[1, 2, 3\] were prepared with another val_fraction than part 0"):
         merge_parts(tmp_path / "out", 4)
+
+
+def test_a_merged_domain_takes_an_append_as_one_run_would(tiny_data, tmp_path):
+    """Parts keep per-file records and pair counts, so a plain re-run with an added file appends to
+    the merged domains, and the result is what one run over all the files writes."""
+    tok = tiny_data / "tokenizer.json"
+    options = {"val_fraction": 0.2, "chunk_tokens": 2048, "progress": False, "summary": False, "num_workers": 1}
+    for i in range(2):
+        prepare(sources(), tok, tmp_path / "parts", num_parts=2, part=i, **options)
+    merge_parts(tmp_path / "parts", 2)
+    added = tmp_path / "added.py"
+    added.write_text((STDLIB / "textwrap.py").read_text())
+    more = [*sources(), Source([str(added)], format="text", domain="json")]
+    appended = prepare(more, tok, tmp_path / "parts", **options)
+    assert appended["json"]["files"][str(added)]["documents"] > 0
+    prepare(more, tok, tmp_path / "whole", **options)
+    assert written(tmp_path / "parts") == written(tmp_path / "whole")
+    for index in (tmp_path / "parts").glob(
+        "*/*/index.json"
+    ):  # a split the append added nothing to keeps litdata's config
+        assert json.loads(index.read_text())["config"] is not None, index

@@ -105,3 +105,42 @@ def test_killed_preparation_restarted_writes_the_same_shards(where, calls, tiny_
 
     prepare(sources(), tiny_data / "tokenizer.json", out, **OPTIONS)
     assert summary(out) == uninterrupted
+
+
+def first_half() -> list[Source]:
+    return [
+        Source([str(p) for p in paths[: len(paths) // 2]], format="text", domain=name)
+        for name, paths in DOMAINS.items()
+    ]
+
+
+@pytest.fixture(scope="module")
+def appended(tiny_data, tmp_path_factory) -> dict:
+    """Half of every domain's files prepared, then all of them: the second run appends."""
+    out = tmp_path_factory.mktemp("appended") / "data"
+    prepare(first_half(), tiny_data / "tokenizer.json", out, **OPTIONS)
+    prepare(sources(), tiny_data / "tokenizer.json", out, **OPTIONS)
+    return summary(out)
+
+
+@pytest.mark.parametrize(
+    "where, calls", [("app.data.prepare.merge::merge_split", 1), ("app.data.prepare.merge::_move_if_there", 2)]
+)
+def test_killed_append_restarted_writes_the_same_shards(where, calls, tiny_data, appended, tmp_path):
+    """Killed while assembling an append in staging, or half way through moving it into the domain."""
+    out = tmp_path / "data"
+    prepare(first_half(), tiny_data / "tokenizer.json", out, **OPTIONS)
+    child = KILL_AT.format(where=where, calls=calls)
+    args = [[str(p) for p in paths] for paths in DOMAINS.values()]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    payload = json.dumps([args, list(DOMAINS), str(tiny_data / "tokenizer.json"), str(out), OPTIONS])
+    run = subprocess.run([sys.executable, "-c", child, payload], env=env, timeout=300)
+    assert run.returncode == -9
+    assert summary(out) != appended
+
+    prepare(sources(), tiny_data / "tokenizer.json", out, **OPTIONS)
+    assert summary(out) == appended
+    assert not list(out.glob("*/.pending-append"))

@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 from app import registry
 from app.errors import SproutError
 from app.loss import IGNORE_INDEX, token_losses
+from app.protocols import TokenSelector
 from plugins.selectors.loss_topk import LossTopK
 from plugins.selectors.random_tokens import RandomTokens
 from plugins.selectors.rho1 import Rho1
@@ -162,3 +163,56 @@ def test_global_scope_agrees_across_two_gloo_processes(tmp_path):
     # ... and not what each rank would keep on its own
     alone = [top_k_mask(s, v, 37) for s, v in inputs]
     assert not all(torch.equal(a, g.bool()) for a, g in zip(alone, got))
+
+
+class _Soft(TokenSelector):
+    """Fixed soft weights that sum to well under 1 (as DoReMi's or a third party's may)."""
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        self.fixed = weights
+
+    def token_weights(self, token_loss, batch):
+        return self.fixed
+
+
+def _step(selector):
+    from app.module import SproutModule
+
+    torch.manual_seed(0)
+    module = SproutModule(arch="micro", arch_overrides={"vocab_size": 64, "block_size": 16}, selector=selector)
+    module.configure_model()
+    input_ids, targets = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
+    targets[1, :3] = IGNORE_INDEX
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log without a Trainer
+        objective = module.training_step({"input_ids": input_ids, "targets": targets}, 0)["loss"]
+    module.model.zero_grad()
+    objective.backward()
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in module.model.parameters()]
+    return module, input_ids, targets, objective, grads
+
+
+def test_soft_weights_give_exactly_the_weighted_mean_and_its_gradient():
+    """Σ w·ℓ / Σ w over valid tokens, even when Σ w < 1 (no clamp at 1 shrinking loss and gradient)."""
+    w = torch.rand(2, 16, generator=torch.Generator().manual_seed(1)) * 0.01  # Σ w ≈ 0.16
+    module, input_ids, targets, objective, grads = _step(_Soft(w))
+    valid = targets != IGNORE_INDEX
+    wv = w * valid
+    assert wv.sum() < 1
+    module.model.zero_grad()
+    expected = (wv * token_losses(module.model(input_ids), targets)).sum() / wv.sum()
+    expected.backward()
+    assert objective.item() == pytest.approx(expected.item(), rel=1e-6)
+    for got, want in zip(grads, (p.grad for p in module.model.parameters())):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
+    # scaling every weight leaves loss and gradient unchanged: only the weights' proportions matter
+    _, _, _, scaled, scaled_grads = _step(_Soft(w * 1000))
+    assert scaled.item() == pytest.approx(objective.item(), rel=1e-5)
+    for a, b in zip(scaled_grads, grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
+
+
+def test_all_zero_weights_give_zero_loss_and_no_gradient():
+    _, _, _, objective, grads = _step(_Soft(torch.zeros(2, 16)))
+    assert objective.item() == 0.0 and torch.isfinite(objective)
+    assert all(torch.count_nonzero(g) == 0 for g in grads)

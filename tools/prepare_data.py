@@ -20,7 +20,8 @@
     python tools/prepare_data.py --config prepare.yaml --num_parts 32 --part $SLURM_ARRAY_TASK_ID
     python tools/prepare_data.py --config prepare.yaml --num_parts 32 --merge true
 
-Re-running skips domains already prepared with the same tokenizer; --overwrite rebuilds them.
+Re-running prepares only files added since (their documents are appended to the domains) and
+refuses a prepared file that changed or is missing; --overwrite rebuilds the domains from the files given.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from app.data.scores import (
     FORMAT,
     SCORES_FILE,
     describe,
+    open_scores,
     read_scores_meta,
     reference_identity,
     scores_folder,
@@ -75,7 +76,7 @@ def _start_or_resume(folder: Path, wanted: dict, overwrite: bool) -> tuple[np.nd
                 "Choose another --out_dir, or pass --overwrite to replace them."
             )
         if (folder / SCORES_FILE).is_file():
-            return np.load(folder / SCORES_FILE, mmap_mode="r+"), old
+            return open_scores(folder, "r+"), old
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)

@@ -45,7 +45,7 @@ from torch.distributed.tensor import DTensor
 from app.callbacks.monitor import ThroughputMonitor
 from app.checkpoint.resume import callback_state, stored_entries
 from app.checkpoint.weights import PREFIX, load_model
-from app.errors import SproutError
+from app.errors import SproutError, check_option, is_count, warn
 from app.model import CONFIGS, SHAPE_FIELDS, Llama, LlamaConfig, build_model, param_count
 from app.protocols import GrowthOperator
 
@@ -81,6 +81,15 @@ class Growth(L.Callback):
         fresh_optimizer: bool = True,
         save_stage: bool = True,
     ) -> None:
+        check_option(
+            at_step is None or is_count(at_step, 0), "growth.at_step", at_step, "a number of optimizer steps >= 0"
+        )
+        check_option(
+            at_tokens is None or is_count(at_tokens, 0),
+            "growth.at_tokens",
+            at_tokens,
+            "a number of training tokens >= 0",
+        )
         self.operator = operator
         self.target_arch = target_arch
         self.target_overrides = dict(target_overrides or {})
@@ -164,6 +173,15 @@ class Growth(L.Callback):
         if self._resumed_config is not None:
             pl_module.config = pl_module.config.replace(**{k: getattr(self._resumed_config, k) for k in SHAPE_FIELDS})
             return
+        if (
+            self.at_step is not None
+            and trainer.max_steps is not None
+            and 0 <= trainer.max_steps <= self.at_step
+            and trainer.is_global_zero
+        ):
+            warn(
+                f"growth.at_step={self.at_step} is not below trainer.max_steps={trainer.max_steps}: the run ends before the model grows. Lower growth.at_step or raise trainer.max_steps."
+            )
         source = pl_module.config
         if self.source is not None:
             self._source_model, _ = load_model(self.source)
@@ -243,7 +261,9 @@ class Growth(L.Callback):
         step = trainer.global_step
         if self.source is None and self.save_stage:
             self.stage_checkpoint = self._stage_path(trainer, step)
-            trainer.save_checkpoint(self.stage_checkpoint)
+            trainer.save_checkpoint(
+                self.stage_checkpoint, weights_only=False
+            )  # the whole run state (Lightning logged "`weights_only` was not set" here)
         old_params = dict(pl_module.model.named_parameters())
         old_optimizer = trainer.optimizers[0] if trainer.optimizers else None
         small = self._source_model if self.source is not None else _full_model(pl_module.model)

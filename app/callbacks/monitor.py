@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from app.errors import check_option, is_count, is_number
 from app.flops import flop_counter_mode
 from app.model import flops_per_token
 from app.peaks import gpu_peak, measured_matmul_peak
@@ -45,6 +46,13 @@ class ThroughputMonitor(L.Callback):
     """
 
     def __init__(self, peak_flops: float | None = None, log_every: int = 10) -> None:
+        check_option(
+            peak_flops is None or is_number(peak_flops, strict=True),
+            "monitor.peak_flops",
+            peak_flops,
+            "a positive FLOP/s rate, or null to pick it",
+        )
+        check_option(is_count(log_every), "monitor.log_every", log_every, "a positive number of steps")
         self.peak_flops = peak_flops
         self.log_every = log_every
         self.tokens_seen = 0

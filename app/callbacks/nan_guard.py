@@ -99,7 +99,9 @@ class NaNGuard(Checkpoint):
     def _stop(self, trainer: L.Trainer) -> str:
         first, last = self.bad_steps[0], self.bad_steps[-1]
         path = os.path.join(checkpoint_dir(trainer), f"nonfinite-step{last:06d}.ckpt")
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(
+            path, weights_only=False
+        )  # the whole run state; said, so Lightning does not log its default
         previous = (
             f"{self.last_finite[1]:.4f} at step {self.last_finite[0]}" if self.last_finite else "none in this run"
         )

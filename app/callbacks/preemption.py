@@ -107,7 +107,9 @@ class Preemption(Checkpoint):
             path = os.path.join(
                 checkpoint_dir(trainer), ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION
             )
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(
+                path, weights_only=False
+            )  # the whole run state; said, so Lightning does not log its default
             what = f"saved {path} at step {trainer.global_step}"
         else:
             what = "no training step finished since the start, so there was nothing new to save"

@@ -17,12 +17,15 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
-import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from app.checkpoint.safe_load import load_file
 
 _LAST = re.compile(rf"^{ModelCheckpoint.CHECKPOINT_NAME_LAST}(-v\d+)?{re.escape(ModelCheckpoint.FILE_EXTENSION)}$")
 
@@ -39,24 +42,38 @@ def continue_last_run(config: Any) -> Path | None:
     ``config`` is the parsed ``fit`` namespace; its ``ckpt_path`` becomes that file. With
     TensorBoard (which appends to a run's folder) the logger also gets that run's version,
     so the run continues in its own folder; other loggers (CSV rewrites its file) start a
-    new version. Does nothing when ``checkpoint.dirpath`` is fixed (Lightning finds the file
-    there itself), when the logger has no ``save_dir``/``name``, or when nothing is found
-    (then Lightning warns and starts from scratch, so one command serves the first launch too).
+    new version. When there is none yet, the run starts from scratch and says so in one line
+    (instead of Lightning's hint to set ``save_last``, which Sprout always does), so one command
+    serves the first launch too. A fixed ``checkpoint.dirpath`` is left to Lightning when it
+    holds a ``last.ckpt``, and so is a logger without ``save_dir``/``name``.
     """
-    if config.get("ckpt_path") != "last" or config.get("checkpoint.dirpath"):
+    if config.get("ckpt_path") != "last":
+        return None
+    if config.get("checkpoint.dirpath"):
+        folder = Path(config["checkpoint.dirpath"])
+        if not any(_LAST.match(p.name) for p in folder.glob("*.ckpt")):
+            _start_from_scratch(config, folder)
         return None
     logger = config.get("trainer.logger")
     args = getattr(logger, "init_args", None)
     if args is None or not {"save_dir", "name", "version"} <= set(vars(args)) or args.version is not None:
         return None
-    last = find_last_checkpoint(Path(args.save_dir or ".") / (args.name or ""))
+    root = Path(args.save_dir or ".") / (args.name or "")
+    last = find_last_checkpoint(root)
     if last is None:
+        _start_from_scratch(config, root)
         return None
     config.ckpt_path = str(last)
     module, _, name = logger.class_path.rpartition(".")
     if issubclass(getattr(importlib.import_module(module), name), TensorBoardLogger):
         args.version = last.parent.parent.name
     return last
+
+
+def _start_from_scratch(config: Any, folder: Path) -> None:
+    config.ckpt_path = None
+    if rank_zero_only.rank == 0:
+        print(f"sprout: no checkpoint yet in {folder}; starting from scratch", file=sys.stderr, flush=True)
 
 
 def checkpoint_to_resume(config: Any) -> str | None:
@@ -74,7 +91,7 @@ def stored_entries(path: str | os.PathLike) -> dict[str, Any]:
     file = path / "meta.pt" if path.is_dir() else path
     if not file.is_file():
         return {}
-    return torch.load(file, map_location="cpu", weights_only=True, mmap=not path.is_dir())
+    return load_file(file, map_location="cpu", mmap=not path.is_dir())
 
 
 def callback_state(checkpoint: dict[str, Any], state_key: str) -> dict[str, Any] | None:

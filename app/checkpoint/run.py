@@ -23,6 +23,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from app.checkpoint.safe_load import check_distributed, load_file
 from app.errors import SproutError
 from app.files import remove_stale_temporaries, replacing
 
@@ -83,15 +84,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, path: str | os.PathLike, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
         check_checkpoint(path)
-        return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)  # whatever Lightning asks
 
 
 def check_checkpoint(path: str | os.PathLike) -> None:
-    """A clear error for a checkpoint file that is missing or cut off, before anything reads it.
+    """A clear error for a checkpoint that is missing, cut off or holds more than tensors and plain
+    data, before anything reads it (Lightning's loaders, ``Growth.resume_from``).
 
     ``torch.save`` writes a zip archive whose directory is at its end, so a truncated or
-    overwritten file has none. Folders (distributed checkpoints) and remote paths are left to
-    their readers.
+    overwritten file has none. The file's pickle is then read as ``safe_load`` reads it (its
+    tensors memory-mapped, not read), and a distributed-checkpoint folder's ``.metadata`` too.
+    Remote paths are left to their readers.
     """
     fs = get_filesystem(path)
     if not fs.exists(path):
@@ -103,6 +106,16 @@ def check_checkpoint(path: str | os.PathLike) -> None:
             f"Checkpoint {path} cannot be read: it is truncated or corrupt (not a complete archive). "
             f"Resume from another checkpoint in {Path(path).parent} instead (pass its path to --ckpt_path)."
         )
+    if isinstance(fs, LocalFileSystem) and Path(path).is_file():
+        try:
+            load_file(path, map_location="cpu", mmap=True)
+        except (RuntimeError, EOFError, ValueError) as error:
+            raise SproutError(
+                f"Checkpoint {path} cannot be read ({str(error).splitlines()[0]}): it is not a PyTorch checkpoint or it is damaged. "
+                f"Resume from another checkpoint in {Path(path).parent} instead (pass its path to --ckpt_path)."
+            ) from None
+    elif isinstance(fs, LocalFileSystem) and Path(path).is_dir():
+        check_distributed(path)
 
 
 class SproutCheckpoint(ModelCheckpoint):

@@ -10,12 +10,12 @@ LightningModule holds the model as ``self.model``) and ``sprout`` metadata
 from __future__ import annotations
 
 import os
-import pickle
 import warnings
 from pathlib import Path
 
 import torch
 
+from app.checkpoint.safe_load import check_distributed, load_file
 from app.errors import SproutError
 from app.files import replacing
 from app.hf import read_hf
@@ -73,12 +73,7 @@ def save_model(model: Llama, path: str | os.PathLike, meta: dict | None = None) 
 
 def _read_file(path: Path, map_location) -> tuple[dict[str, torch.Tensor], dict]:
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except pickle.UnpicklingError as error:
-        raise SproutError(
-            f"Checkpoint {path} holds Python objects other than tensors and plain data, which Sprout (like Lightning) refuses "
-            f"to unpickle for safety ({str(error).splitlines()[0]}). Load it only if you trust it, and re-save its state_dict."
-        ) from None
+        checkpoint = load_file(path, map_location=map_location, mmap=True)
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise SproutError(
             f"Cannot read checkpoint {path}: {str(error).splitlines()[0]}. The file is truncated or not a PyTorch checkpoint; "
@@ -98,6 +93,7 @@ def _read_distributed(path: Path, map_location) -> tuple[dict[str, torch.Tensor]
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+    check_distributed(path)  # DCP's reader unpickles .metadata without restriction
     try:
         reader = dcp.FileSystemReader(path)
         stored = reader.read_metadata().state_dict_metadata  # flattened keys: "state_dict.model.<Llama key>"
@@ -111,9 +107,7 @@ def _read_distributed(path: Path, map_location) -> tuple[dict[str, torch.Tensor]
             dcp.load(
                 {"state_dict": wanted}, storage_reader=reader, no_dist=True
             )  # reads these, not the optimizer state
-        extra = (
-            torch.load(path / "meta.pt", map_location="cpu", weights_only=True) if (path / "meta.pt").is_file() else {}
-        )
+        extra = load_file(path / "meta.pt", map_location="cpu") if (path / "meta.pt").is_file() else {}
     except (
         Exception,
         CheckpointException,

@@ -17,7 +17,7 @@ from app.data.sampler import MixtureBatchSampler
 from app.data.scores import check_scores, describe, scores_folder
 from app.data.shards import INDEX_FILE, META_FILE, SPLITS, check_shards, domain_stats, prepared_domains, read_meta
 from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
+from app.errors import SproutError, check_option, is_count
 from app.protocols import DomainStats, MixturePolicy, Preparation
 
 
@@ -66,6 +66,29 @@ class SproutDataModule(L.LightningDataModule):
         cache_size: str | int | None = None,
     ) -> None:
         super().__init__()
+        check_option(is_count(seq_len), "data.seq_len", seq_len, "a positive number of tokens per sequence")
+        check_option(
+            is_count(batch_size), "data.batch_size", batch_size, "a positive number of sequences per micro-batch"
+        )
+        check_option(
+            val_batch_size is None or is_count(val_batch_size),
+            "data.val_batch_size",
+            val_batch_size,
+            "a positive number of sequences, or null for data.batch_size",
+        )
+        check_option(
+            val_blocks is None or is_count(val_blocks),
+            "data.val_blocks",
+            val_blocks,
+            "a positive number of validation sequences per domain, or null for all of them",
+        )
+        check_option(
+            is_count(num_workers, 0),
+            "data.num_workers",
+            num_workers,
+            "a number of DataLoader worker processes >= 0 (0 reads in the main process)",
+        )
+        check_option(is_count(seed, 0) and seed < 2**32, "data.seed", seed, "an integer in [0, 2**32)")
         self.data_url = data_dir.rstrip("/") if is_remote(data_dir) else None
         self.cache_dir = local_cache_root(cache_dir)
         self.cache_size = cache_size

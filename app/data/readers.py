@@ -182,11 +182,9 @@ def _jsonl_documents(path: Path, text_fields: list[str], domain_field: str | Non
                 yield BadRecord(file, lineno, f"no string field {domain_field!r} to take the domain from")
                 continue
         parts = [record.get(name) for name in text_fields]
-        missing = [name for name, part in zip(text_fields, parts) if not isinstance(part, str)]
-        if missing:
-            yield BadRecord(
-                file, lineno, f"no string field {missing[0]!r} (keys: {', '.join(sorted(record)) or 'none'})", domain
-            )
+        wrong = next((name for name, part in zip(text_fields, parts) if not isinstance(part, str)), None)
+        if wrong is not None:
+            yield BadRecord(file, lineno, _not_text(record, wrong), domain)
             continue
         text = "\n".join(parts)
         if not text:
@@ -195,6 +193,19 @@ def _jsonl_documents(path: Path, text_fields: list[str], domain_field: str | Non
         yield Document(text, lineno, domain)
     if records == 0:
         yield BadRecord(file, None, "empty file: no JSON records")
+
+
+def _not_text(record: dict, name: str) -> str:
+    """Why ``record[name]`` is no text: absent, null, or another JSON type."""
+    if name not in record:
+        return f"no string field {name!r} (keys: {', '.join(sorted(record)) or 'none'})"
+    value = record[name]
+    if value is None:
+        return f"field {name!r} is null, not a string"
+    kind = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__
+    )
+    return f"field {name!r} is {kind}, not a string"
 
 
 def _parquet_documents(path: Path, columns: list[str]) -> Iterator[Document | BadRecord]:
@@ -216,8 +227,14 @@ def _parquet_documents(path: Path, columns: list[str]) -> Iterator[Document | Ba
         for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, columns=columns):
             for parts in zip(*(batch.column(c).to_pylist() for c in columns)):
                 row += 1
-                if not all(isinstance(p, str) for p in parts):
-                    yield BadRecord(file, row, f"row has a null or non-string value in {columns}")
+                wrong = next((c for c, p in zip(columns, parts) if not isinstance(p, str)), None)
+                if wrong is not None:
+                    value = parts[columns.index(wrong)]
+                    yield BadRecord(
+                        file,
+                        row,
+                        f"column {wrong!r} is {'null' if value is None else type(value).__name__}, not a string",
+                    )
                     continue
                 text = "\n".join(parts)
                 if not text:

@@ -137,6 +137,14 @@ def check_scores(
     return meta
 
 
-def open_scores(folder: Path) -> np.ndarray:
-    """The ``[n_blocks, seq_len]`` float16 scores, memory-mapped (cheap to open in each worker)."""
-    return np.load(folder / SCORES_FILE, mmap_mode="r")
+def open_scores(folder: Path, mode: str = "r") -> np.ndarray:
+    """The ``[n_blocks, seq_len]`` float16 scores, memory-mapped (cheap to open in each worker; ``r+``
+    to go on writing them). Never unpickled: a file holding Python objects is refused, not run."""
+    path = folder / SCORES_FILE
+    try:
+        return np.load(path, mmap_mode=mode, allow_pickle=False)
+    except ValueError as error:
+        raise SproutError(
+            f"{path} is not a reference-score file: it holds Python objects or is damaged ({error}), and Sprout does not "
+            "unpickle score files. Re-score with tools/score_reference.py --overwrite."
+        ) from None

@@ -3,10 +3,12 @@
     <data_dir>/<domain>/train/      litdata chunks + index.json (TokensLoader, int32)
     <data_dir>/<domain>/val/        the same for held-out documents
     <data_dir>/<domain>/unigram.npy train unigram counts
+    <data_dir>/<domain>/pairs.npz   train counts of adjacent token pairs (codes a * vocab + b, counts)
     <data_dir>/<domain>/meta.json   written last: its presence means the domain is complete
 
 ``meta.json`` records the format, the tokenizer's identity, per-split token and document
-counts, the sources and the domain's entropy statistics. The readers here turn a missing or
+counts, the input files (each with size, time, hash and documents given), the validation
+split's options and the domain's entropy statistics. The readers here turn a missing or
 damaged file into one clear error naming the file and the fix.
 """
 
@@ -23,6 +25,7 @@ SHARD_FORMAT = "sprout-shards/1"
 META_FILE = "meta.json"
 INDEX_FILE = "index.json"  # litdata's list of a split's chunks
 UNIGRAM_FILE = "unigram.npy"
+PAIRS_FILE = "pairs.npz"  # kept so that a later append can merge the pair statistics exactly
 SPLITS = ("train", "val")
 
 

@@ -8,6 +8,7 @@ the EOS id itself as the separator between documents.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -52,19 +53,27 @@ class Tokenizer:
             data = path.read_bytes()
         except OSError as err:
             raise SproutError(f"Cannot read tokenizer file {path}: {err}. Check its permissions.") from None
-        if path.suffix == ".model" or not data.lstrip().startswith(b"{"):
-            return cls._load_sentencepiece(path)
-        return cls._load_hf(path)
+        if path.suffix == ".json" or (path.suffix != ".model" and data.lstrip().startswith(b"{")):
+            return cls._load_hf(path, data)
+        return cls._load_sentencepiece(path)
 
     @classmethod
-    def _load_hf(cls, path: Path) -> Tokenizer:
+    def _load_hf(cls, path: Path, data: bytes) -> Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         try:
             backend = HFTokenizer.from_file(str(path))
-        except Exception as err:  # tokenizers raises a bare Exception on bad JSON
+        except Exception as err:  # tokenizers raises a bare Exception, whose text gives no line for broken JSON
+            try:
+                json.loads(data)
+            except ValueError as bad:  # JSONDecodeError, or bytes that are not UTF-8
+                where = f" at line {bad.lineno}, column {bad.colno}" if isinstance(bad, json.JSONDecodeError) else ""
+                raise SproutError(
+                    f"Tokenizer file {path} is not valid JSON: {getattr(bad, 'msg', bad)}{where}. "
+                    "It is truncated or was edited by hand; re-create or re-download it (a tokenizer.json is written by Hugging Face tokenizers)."
+                ) from None
             raise SproutError(
-                f"{path} is not a valid Hugging Face tokenizer.json: {err}. Re-create or re-download the file."
+                f"{path} is valid JSON but not a Hugging Face tokenizer.json: {err}. Re-create or re-download the file."
             ) from None
         eos_id = next((backend.token_to_id(t) for t in _EOS_CANDIDATES if backend.token_to_id(t) is not None), None)
         if eos_id is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from app.errors import check_option, is_number
 from app.model import WIDTH_FIELDS, Llama, LlamaConfig
 from app.protocols import GrowthOperator
 from plugins.growth.common import DepthGrowth, check_shapes, deepen, widen, width_maps
@@ -47,6 +48,12 @@ class DirectWidth(GrowthOperator):
     """
 
     def __init__(self, split_noise: float = 0.0) -> None:
+        check_option(
+            is_number(split_noise),
+            "growth.operator.init_args.split_noise",
+            split_noise,
+            "a finite relative noise >= 0 (0: the textbook split)",
+        )
         self.split_noise = split_noise
 
     def check(self, source: LlamaConfig, target: LlamaConfig) -> None:

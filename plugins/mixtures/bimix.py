@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from app.bimix import BiMixLaw, extrapolated, fitted_shares, optimal_mixture, read_fit
-from app.errors import SproutError
+from app.errors import SproutError, check_option, is_number
 from app.protocols import DomainStats, MixturePolicy
 
 
@@ -37,6 +37,18 @@ class BiMixMixture(MixturePolicy):
             raise SproutError(
                 f"bimix mixture option target_steps must be a positive integer (the planned run's optimizer steps), got {target_steps!r}."
             )
+        check_option(
+            is_number(r_min) and r_min < 1,
+            "data.mixture.init_args.r_min",
+            r_min,
+            "a share in [0, 1), the least weight of any domain",
+        )
+        check_option(
+            is_number(r_max, r_min, strict=True) and r_max <= 1,
+            "data.mixture.init_args.r_max",
+            r_max,
+            f"a share in (r_min={r_min}, 1], the most weight of any domain",
+        )
         if fit_file is not None:
             self.source = f"fit_file {fit_file}"
             self.laws = read_fit(fit_file)

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from app.errors import check_option, is_count
 from plugins.selectors.topk import TopKSelector
 
 
@@ -22,6 +23,9 @@ class RandomTokens(TopKSelector):
 
     def __init__(self, k: float = 60.0, scope: str = "batch", seed: int = 0) -> None:
         super().__init__(k, scope)
+        check_option(
+            is_count(seed, 0) and seed < 2**31, "model.selector.init_args.seed", seed, "an integer in [0, 2**31)"
+        )
         self.seed = seed
 
     def scores(self, token_loss: torch.Tensor, batch: Mapping[str, Any]) -> torch.Tensor:

@@ -16,7 +16,8 @@ import os
 import time
 from pathlib import Path
 
-from app.data.prepare.merge import finish_domain, finished_domains, place_tokenizer
+from app.data.prepare.ledger import already_prepared, append_problem, cannot_append
+from app.data.prepare.merge import append_domain, finish_domain, finish_pending, finished_domains, place_tokenizer
 from app.data.prepare.parts import merge_parts, run_part
 from app.data.prepare.sources import SOURCE_FORMATS, Source, check_domain_name, resolve
 from app.data.prepare.staging import staging_folder
@@ -52,7 +53,8 @@ def prepare(
     later ``merge_parts`` (``app.data.prepare.parts``); it returns ``{}``.
 
     Domains already prepared with the same tokenizer are reused (and returned) unless
-    ``overwrite``. Bad records stop the run with an error naming file and line, unless
+    ``overwrite``; documents of files they were not made from are appended to them, and a file
+    they were made from that changed or is missing is refused (``ledger``). Bad records stop the run with an error naming file and line, unless
     ``skip_bad_records``: then they are skipped, counted and listed in the summary and in
     each domain's ``meta.json``. ``num_workers`` defaults to every usable core.
     """
@@ -82,21 +84,21 @@ def prepare(
         settings = {"val_fraction": val_fraction, "seed": seed, "chunk_tokens": chunk_tokens}
         run_part(files, tok, out_root, part, num_parts, settings, num_workers, progress, overwrite, skip_bad_records)
         return {}
+    for domain_dir in out_root.glob("*/") if out_root.is_dir() else []:
+        finish_pending(domain_dir)  # an append a killed run left half moved
     finished = {} if overwrite else finished_domains(out_root, tok)
-    fixed: dict[str, list[str]] = {}
-    for f in files:
-        if f.domain is not None:
-            fixed.setdefault(f.domain, []).append(f.path)
-    for name, paths in fixed.items():
-        if name in finished and set(finished[name]["sources"]) != set(paths):
-            new = sorted(set(paths) - set(finished[name]["sources"]))
-            gone = sorted(set(finished[name]["sources"]) - set(paths))
-            raise SproutError(
-                f"Domain {name!r} in {out_root} was prepared from other files (new now: {new[:3]}, missing now: {gone[:3]}). "
-                "Pass --overwrite to rebuild it from the files given now, or prepare the new files as another domain."
+    done = already_prepared(files, finished, out_root)
+    for f in files:  # a new file for a named, finished domain: can it be appended? (others are known after reading)
+        if (
+            f.domain in finished
+            and f.path not in done
+            and (why := append_problem(finished[f.domain], val_fraction, seed))
+        ):
+            raise cannot_append(
+                f.domain, out_root, [g.path for g in files if g.domain == f.domain and g.path not in done], why
             )
-    reused = {name for name in fixed if name in finished}
-    todo = [f for f in files if f.domain is None or f.domain not in finished]
+    reused = {name for name in finished if any(name in names for names in done.values())}
+    todo = [f for f in files if f.domain is None or f.domain not in done.get(f.path, ())]
 
     results: list[TaskResult] = []
     finished_now: dict[str, dict] = {}
@@ -105,24 +107,32 @@ def prepare(
     if todo:
         with staging_folder(out_root) as staging:
             tasks = plan_tasks(
-                todo, tok, staging, num_workers, chunk_tokens, val_fraction, seed, skip_bad_records, frozenset(finished)
+                todo, tok, staging, num_workers, chunk_tokens, val_fraction, seed, skip_bad_records, done
             )
             results = run_tasks(tasks, tok, num_workers, progress)
             by_domain: dict[str, list[Part]] = {}
+            records: dict[str, dict] = {}
             for r in results:
+                records.update(r.records)
                 for name, p in r.parts.items():
                     by_domain.setdefault(name, []).append(p)
+            for name in sorted(by_domain):  # every check before anything is written
+                check_domain_name(name, "from the records")
+                if name in finished and (why := append_problem(finished[name], val_fraction, seed)):
+                    raise cannot_append(name, out_root, {f for p in by_domain[name] for f in p.files}, why)
             extra = {"val_fraction": val_fraction, "seed": seed}
             for name in sorted(by_domain):
-                check_domain_name(name, "from the records")
-                if sum(p.docs.total() for p in by_domain[name]) == 0:
-                    finished_now[name] = {
-                        "meta": None,
-                        "seconds": 0.0,
-                        "skipped": sum(p.skipped for p in by_domain[name]),
-                    }
-                    continue
-                finished_now[name] = finish_domain(name, by_domain[name], out_root, staging, tok, chunk_tokens, extra)
+                parts = by_domain[name]
+                if name in finished:
+                    finished_now[name] = append_domain(
+                        name, parts, finished[name], out_root, staging, tok, chunk_tokens, records
+                    )
+                elif sum(p.docs.total() for p in parts) == 0:
+                    finished_now[name] = {"meta": None, "seconds": 0.0, "skipped": sum(p.skipped for p in parts)}
+                else:
+                    finished_now[name] = finish_domain(
+                        name, parts, out_root, staging, tok, chunk_tokens, extra, records
+                    )
     for r in results:
         reused |= r.reused
     metas = {name: finished[name] for name in sorted(reused)}

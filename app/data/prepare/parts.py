@@ -10,7 +10,7 @@ order, document and token counts, sources, skipped records and where its fallbac
 candidates lie. A part whose record is there is finished; running it again does nothing.
 
 The merge checks that all ``N`` records are there and agree (tokenizer, settings, file list),
-then writes each domain's split indexes, ``unigram.npy`` and ``meta.json`` (last) exactly as a
+then writes each domain's split indexes, ``unigram.npy``, ``pairs.npz`` and ``meta.json`` (last) as a
 single run would: counts of documents, tokens, unigrams and token pairs are summed, and the
 entropies computed from the sums. Until the merge, no domain has a ``meta.json``, so training
 sees none of it.
@@ -35,6 +35,7 @@ from app.data.prepare.merge import (
     fallback_validation,
     place_tokenizer,
     read_task_chunks,
+    total_of,
     write_statistics_and_meta,
 )
 from app.data.prepare.sources import SourceFile, contiguous_runs
@@ -45,7 +46,7 @@ from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.files import replacing, write_json
 
-PART_FORMAT = "sprout-part/1"
+PART_FORMAT = "sprout-part/2"  # 2: per-file records and document counts, for meta.json's ``files``
 
 
 def parts_folder(out_root: Path, num_parts: int) -> Path:
@@ -117,6 +118,7 @@ def run_part(
         "config": {},
         "unattributed": [],
         "excluded": {},
+        "records": {},
     }
     arrays: dict[str, np.ndarray] = {}
     if mine:
@@ -126,6 +128,7 @@ def run_part(
             excluded: Counter = Counter()
             for result in results:
                 excluded += result.excluded
+                record["records"].update(result.records)
                 record["unattributed"] += [bad.describe() for bad in result.unattributed]
                 for name, p in result.parts.items():
                     entry = record["domains"].setdefault(name, {"tasks": []})
@@ -182,7 +185,7 @@ def _task_entry(p: Part, chunks: dict[str, list[dict]]) -> dict:
         "chunks": chunks,
         "docs": dict(p.docs),
         "tokens": dict(p.tokens),
-        "files": sorted(p.files),
+        "files": dict(sorted(p.files.items())),
         "skipped": p.skipped,
         "examples": p.examples,
         "seconds": p.seconds,
@@ -193,7 +196,7 @@ def _task_entry(p: Part, chunks: dict[str, list[dict]]) -> dict:
 def _part_of(entry: dict, arrays, name: str, vocab_size: int) -> Part:
     """One task's ``Part`` back from a part record and its counts."""
     p = Part(vocab_size, entry["task"])
-    p.docs, p.tokens, p.files = Counter(entry["docs"]), Counter(entry["tokens"]), set(entry["files"])
+    p.docs, p.tokens, p.files = Counter(entry["docs"]), Counter(entry["tokens"]), Counter(entry["files"])
     p.skipped, p.examples, p.seconds = entry["skipped"], entry["examples"], entry["seconds"]
     p.candidate = tuple(entry["candidate"]) if entry["candidate"] is not None else None
     p.unigram = arrays[f"{name}/{p.task}/unigram"].astype(np.int64)
@@ -250,13 +253,12 @@ def merge_parts(
     arrays = [np.load(stats_path(out_root, num_parts, i)) for i in range(num_parts)]
     settings = {"val_fraction": records[0]["val_fraction"], "seed": records[0]["seed"]}
     chunk_tokens = records[0]["chunk_tokens"]
+    file_records = {path: r for record in records for path, r in record["records"].items()}
     metas = {}
     for name in sorted({d for r in records for d in r["domains"]}):
         tasks = [(i, e) for i, r in enumerate(records) for e in r["domains"].get(name, {"tasks": []})["tasks"]]
         parts = [_part_of(e, arrays[i], name, tok.vocab_size) for i, e in tasks]
-        total = Part(tok.vocab_size, -1)
-        for p in parts:
-            total.absorb(p)
+        total = total_of(parts, tok.vocab_size)
         if sum(total.docs.values()) == 0:
             continue
         domain_dir = out_root / name
@@ -286,7 +288,9 @@ def merge_parts(
                     domain_dir / split / INDEX_FILE,
                     {"chunks": flat, "config": _config(records, split), "updated_at": str(time.time())},
                 )
-        metas[name] = write_statistics_and_meta(domain_dir, records[0]["tokenizer_identity"], total, settings)
+        metas[name] = write_statistics_and_meta(
+            domain_dir, name, records[0]["tokenizer_identity"], total, file_records, settings
+        )
     return metas
 
 

@@ -20,10 +20,10 @@ def print_summary(
             rows.append((name, "EMPTY", "0", "0", "0", str(prepared[name]["skipped"]), "", ""))
             continue
         tokens = sum(meta["splits"][s]["tokens"] for s in SPLITS)
-        status = "reused" if name in reused and name not in prepared else "prepared"
-        seconds = prepared[name]["seconds"] if status == "prepared" else None
-        if status == "prepared":
-            total_tokens += tokens
+        status = prepared[name]["status"] if name in prepared else "reused"
+        seconds = prepared[name]["seconds"] if name in prepared else None
+        if name in prepared:
+            total_tokens += prepared[name]["new_tokens"]
         rows.append(
             (
                 name,
@@ -33,7 +33,7 @@ def print_summary(
                 f"{tokens:,}",
                 f"{meta['skipped']['count']:,}",
                 f"{seconds:.1f}" if seconds is not None else "",
-                f"{tokens / seconds:,.0f}" if seconds else "",
+                f"{prepared[name]['new_tokens'] / seconds:,.0f}" if seconds else "",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -45,7 +45,7 @@ def print_summary(
         )
     else:
         lines.append(
-            "nothing new to prepare: every domain was already prepared with this tokenizer (--overwrite rebuilds)"
+            "nothing new to prepare: every file given was prepared already, unchanged, with this tokenizer (--overwrite rebuilds)"
         )
     excluded = sum((r.excluded for r in results), Counter())
     if excluded:

@@ -25,6 +25,7 @@ import numpy as np
 from litdata.streaming.item_loader import TokensLoader
 from litdata.streaming.writer import BinaryWriter
 
+from app.data.prepare.ledger import file_record
 from app.data.prepare.sources import SourceFile, split_tasks
 from app.data.prepare.staging import held_locks
 from app.data.readers import SLIMPAJAMA_DOMAIN_FIELD, BadRecord, read_documents, slimpajama_domain
@@ -47,7 +48,7 @@ class Task:
     val_threshold: int  # hash values below this go to val
     key: bytes  # hash key from the seed
     skip_bad_records: bool
-    done_domains: frozenset[str]  # finished in an earlier run: read past, do not tokenize
+    done: dict[str, frozenset[str]]  # file -> finished domains that hold its documents already: read past them
 
 
 @dataclass
@@ -58,7 +59,7 @@ class Part:
     task: int
     docs: Counter = field(default_factory=Counter)
     tokens: Counter = field(default_factory=Counter)
-    files: set[str] = field(default_factory=set)
+    files: Counter = field(default_factory=Counter)  # documents per input file
     unigram: np.ndarray | None = None
     pairs: PairCounter | None = None
     skipped: int = 0
@@ -82,7 +83,7 @@ class Part:
         since entropies are computed from the summed counts, never averaged."""
         self.docs.update(other.docs)
         self.tokens.update(other.tokens)
-        self.files |= other.files
+        self.files.update(other.files)
         self.unigram += other.unigram
         self.pairs.merge(*other.pairs.result())
         self.skipped += other.skipped
@@ -107,6 +108,7 @@ class TaskResult:
     unattributed: list[BadRecord]  # bad records of files that fed no domain
     reused: set[str]  # finished domains met in the records
     excluded: Counter  # natural domain -> documents dropped by include/exclude
+    records: dict[str, dict] = field(default_factory=dict)  # file -> its size, time and hash (ledger.file_record)
 
 
 def plan_tasks(
@@ -118,13 +120,25 @@ def plan_tasks(
     val_fraction: float,
     seed: int,
     skip_bad_records: bool,
-    done_domains: frozenset[str] = frozenset(),
+    done: dict[str, frozenset[str]] | None = None,
 ) -> list[Task]:
-    """The tasks for ``files``: contiguous runs of about equal bytes, four per worker (one alone)."""
+    """The tasks for ``files``: contiguous runs of about equal bytes, four per worker (one alone).
+    ``done`` maps a file to the finished domains that hold its documents already (``ledger``)."""
+    done = done or {}
     groups = split_tasks(files, 4 * num_workers if num_workers > 1 else 1)
     val_threshold, key = int(val_fraction * 2**64), seed.to_bytes(8, "little", signed=True)
     return [
-        Task(i, tuple(g), str(tok.path), str(staging), chunk_tokens, val_threshold, key, skip_bad_records, done_domains)
+        Task(
+            i,
+            tuple(g),
+            str(tok.path),
+            str(staging),
+            chunk_tokens,
+            val_threshold,
+            key,
+            skip_bad_records,
+            {f.path: done[f.path] for f in g if f.path in done},
+        )
         for i, g in enumerate(groups)
     ]
 
@@ -227,15 +241,15 @@ def run_task(task: Task, tok: Tokenizer, report: Callable[[int, int], None]) -> 
             part(domain).add_bad(bad)
             file_domains.add(domain)
 
-    def encode(domain: str, batch: list[tuple[str, str, int]]) -> list[tuple[str, list[int]]]:
+    def encode(domain: str, batch: list[tuple[str, str, int]]) -> list[tuple[str, str, list[int]]]:
         texts = [text for text, _, _ in batch]
         try:
-            return list(zip(texts, tok.encode_batch(texts)))
+            return [(text, file, ids) for (text, file, _), ids in zip(batch, tok.encode_batch(texts))]
         except Exception:  # one bad text fails the batch: find it document by document
             encoded = []
             for text, file, line in batch:
                 try:
-                    encoded.append((text, tok.encode(text)))
+                    encoded.append((text, file, tok.encode(text)))
                 except Exception as err:
                     bad = BadRecord(
                         file,
@@ -257,7 +271,8 @@ def run_task(task: Task, tok: Tokenizer, report: Callable[[int, int], None]) -> 
         p = part(domain)
         train: list[np.ndarray] = []
         batch_tokens = 0
-        for text, ids in encode(domain, batch):
+        for text, file, ids in encode(domain, batch):
+            p.files[file] += 1
             tokens = np.array(ids + [eos], dtype=np.int32)
             batch_tokens += len(tokens)
             h = _doc_hash(text, task.key)
@@ -280,6 +295,8 @@ def run_task(task: Task, tok: Tokenizer, report: Callable[[int, int], None]) -> 
         report(len(batch), batch_tokens)
 
     for spec in task.files:
+        result.records[spec.path] = file_record(spec.path)
+        done = task.done.get(spec.path, frozenset())
         file_domains: set[str] = set()
         unknown: list[BadRecord] = []
         for item in read_documents(
@@ -296,7 +313,7 @@ def run_task(task: Task, tok: Tokenizer, report: Callable[[int, int], None]) -> 
                 result.excluded[natural] += 1
                 continue
             domain = spec.domain or natural
-            if domain in task.done_domains:
+            if domain in done:
                 result.reused.add(domain)
                 continue
             if isinstance(item, BadRecord):
@@ -310,7 +327,7 @@ def run_task(task: Task, tok: Tokenizer, report: Callable[[int, int], None]) -> 
         if spec.domain is not None:
             file_domains.add(spec.domain)  # a fixed-domain file is a source even if all of it was bad
         for domain in file_domains:
-            part(domain).files.add(spec.path)
+            part(domain).files[spec.path] += 0  # a source of the domain, even with no document kept
         for bad in unknown:
             if not file_domains:
                 result.unattributed.append(bad)
