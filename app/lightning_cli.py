@@ -12,14 +12,13 @@ import sys
 import warnings
 from pathlib import Path
 
-import yaml
-from jsonargparse import set_loader
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from app import registry
+from app import plugin_names
 from app.callbacks import MixtureFeedback, ThroughputMonitor
+from app.callbacks.downstream_eval import DownstreamEval
 from app.callbacks.growth import Growth
 from app.callbacks.nan_guard import NaNGuard
 from app.callbacks.preemption import Preemption
@@ -32,14 +31,7 @@ from app.errors import SproutError
 from app.module import SproutModule
 from app.recipe_errors import ParseFailure, RecipeParser, explain, sprout_error_in
 
-RECIPE_MODE = "sprout"
-
-
-def load_recipe(text: str):
-    return registry.expand_short_names(yaml.safe_load(text))
-
-
-set_loader(RECIPE_MODE, load_recipe, exceptions=(yaml.YAMLError, SproutError))
+plugin_names.install()  # registered short names wherever a class path goes (recipes, command line)
 
 
 class SproutCLI(LightningCLI):
@@ -51,6 +43,9 @@ class SproutCLI(LightningCLI):
         parser.add_lightning_class_args(ModelCheckpoint, "best_checkpoint")
         parser.set_defaults(RETENTION)  # which checkpoints each of the two keeps
         parser.add_lightning_class_args(NaNGuard, "nan_guard")  # skips non-finite steps
+        parser.add_lightning_class_args(
+            DownstreamEval, "eval"
+        )  # inert unless eval.tasks and eval.every_n_steps are set
 
     def parse_arguments(self, parser, args) -> None:
         try:
@@ -134,7 +129,6 @@ def run(args: list[str] | None = None) -> None:
             SproutModule,
             SproutDataModule,
             args=args,
-            parser_kwargs={"parser_mode": RECIPE_MODE},
             parser_class=RecipeParser,
             trainer_defaults={
                 **TRAINER_DEFAULTS,

@@ -11,6 +11,8 @@ The estimate adds what a training step keeps alive at its peak (the start of bac
   output (2 x n_embd), k and v (2 x n_kv_head x head_dim) and four SwiGLU tensors
   (4 x intermediate_size). With activation checkpointing only each block's input is kept,
   plus one block's full activations while it is recomputed;
+- the chunked loss's d loss / d logits and d loss / d hidden, in the compute dtype, where it keeps
+  them from forward (``app.loss.keeps_grad_logits``: small batches and vocabularies);
 - the largest transient: one block's backward temporaries or the chunked loss's fp32 slice of logits.
 
 Gradients are counted in full because gradient accumulation keeps them between micro-batches.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from app.loss import DEFAULT_CHUNK
+from app.loss import DEFAULT_CHUNK, keeps_grad_logits
 from app.model import LlamaConfig, param_count
 
 FP32 = 4
@@ -87,6 +89,8 @@ def estimate_memory(
     per_block = activation_elements_per_token(c) * tokens * compute_bytes
     stream = c.n_embd * tokens * compute_bytes  # one [tokens, n_embd] tensor
     final = 2 * stream + tokens * FP32  # final norm's input, the hidden states, the loss's log-sum-exp
+    if keeps_grad_logits(tokens, c.vocab_size, compute_bytes):
+        final += tokens * c.vocab_size * compute_bytes + stream
     if activation_checkpointing:
         activations = c.n_layer * stream + per_block + final
     else:

@@ -7,17 +7,21 @@ callbacks.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from app import registry
 from app.callbacks.growth import Growth
+from app.callbacks.mixture_feedback import MixtureFeedback
 from app.checkpoint.weights import load_model
 from app.data.scores import describe, path_sha256
 from app.errors import SproutError, warn
@@ -64,9 +68,10 @@ class SproutModule(L.LightningModule):
         self.config = LlamaConfig.from_name(arch, **(arch_overrides or {}))
         self.selector = selector if selector is not None else registry.create("selector", "all")
         self.optimizer_factory = optimizer
-        self.peak_lr = _probe_optimizer(optimizer)
+        self.recipe_lr = _probe_optimizer(optimizer)  # the optimizer's lr, checked once here
         self.schedule = schedule or WarmupCosine()
         self.schedule_start = 0  # global step the LR schedule counts from (moved by growth)
+        self.peak_lr: float | None = None  # the grown model's peak LR (growth.stage2_lr); None: the optimizer's
         self.reference_path = reference
         self.parallel = parallel or Parallelism()
         self.init_from = init_from
@@ -141,15 +146,15 @@ class SproutModule(L.LightningModule):
         max_steps = self.schedule.max_steps or self.trainer.max_steps
         source = "model.schedule.max_steps" if self.schedule.max_steps else "trainer.max_steps"
         if max_steps and max_steps > 0 and self.schedule.warmup_steps >= max_steps:
-            reached = self.schedule.factor(max_steps - 1, self.peak_lr, max_steps)
+            reached = self.schedule.factor(max_steps - 1, self.recipe_lr, max_steps)
             warn(
                 f"model.schedule.warmup_steps={self.schedule.warmup_steps} is not below the run's {max_steps} steps ({source}={max_steps}): "
-                f"the learning rate never leaves warm-up and ends at {reached:.1%} of its peak lr={self.peak_lr:g}. "
+                f"the learning rate never leaves warm-up and ends at {reached:.1%} of its peak lr={self.recipe_lr:g}. "
                 f"Set model.schedule.warmup_steps to a small share of the run, e.g. {max(1, max_steps // 10)}."
             )
-        if self.schedule.min_lr > self.peak_lr:
+        if self.schedule.min_lr > self.recipe_lr:
             warn(
-                f"model.schedule.min_lr={self.schedule.min_lr:g} is above the peak model.optimizer.init_args.lr={self.peak_lr:g}: the cosine "
+                f"model.schedule.min_lr={self.schedule.min_lr:g} is above the peak model.optimizer.init_args.lr={self.recipe_lr:g}: the cosine "
                 f'"decay" raises the learning rate after warm-up. Set min_lr below lr (TinyLlama: lr 4e-4, min_lr 4e-5).'
             )
 
@@ -203,6 +208,9 @@ class SproutModule(L.LightningModule):
                 ),
             }
         weights = self.selector.token_weights(loss.detach(), {**batch, "valid": valid}).to(loss.dtype) * valid
+        domain_weights = self._domain_loss_weights(batch, loss, batch_idx)
+        if domain_weights is not None:
+            weights = weights * domain_weights[batch["domain"]].unsqueeze(1)
         total = weights.sum()  # Σ w·ℓ / Σ w exactly; an all-zero batch (nothing counts) gives 0, not 0/0
         objective = (weights * loss).sum() / torch.where(total == 0, torch.ones_like(total), total)
         n_valid = valid.sum().clamp_min(1)
@@ -217,6 +225,25 @@ class SproutModule(L.LightningModule):
         if "ref_loss" in batch:
             out["ref_loss"] = batch["ref_loss"]
         return out
+
+    def _domain_loss_weights(
+        self, batch: dict[str, torch.Tensor], loss: torch.Tensor, batch_idx: int
+    ) -> torch.Tensor | None:
+        """Per-domain factors on the token losses from a mixture policy that weighs the loss
+        (DoReMi's alpha, updated with this step's batch first, as in its Algorithm 1), or None."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        policy = getattr(dm, "mixture", None)
+        if policy is None or policy.loss_weights() is None:
+            return None
+        feedback = next((c for c in self.trainer.callbacks if isinstance(c, MixtureFeedback)), None)
+        if feedback is None:
+            raise SproutError(
+                f"The mixture {type(policy).__name__} weighs the loss by domain and needs the MixtureFeedback callback, which `sprout fit` adds; add app.callbacks.MixtureFeedback to trainer.callbacks."
+            )
+        last = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
+        feedback.observe(self.trainer, self, batch, loss.detach(), batch.get("ref_loss"), last)
+        alpha = policy.loss_weights()
+        return torch.tensor([alpha[d] for d in dm.domains], dtype=loss.dtype, device=loss.device)
 
     def _token_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-token losses [B, T]; the head is applied in chunks, so the batch's logits never exist at once."""
@@ -239,13 +266,34 @@ class SproutModule(L.LightningModule):
         if grads:
             self.log("train/grad_norm", total_norm(grads))
 
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        """Clip as Lightning does, except that its AMP plugin refuses any optimizer that unscales
+        gradients itself (fused AdamW, Sprout's default) even in bf16-mixed, where nothing is
+        scaled: there the plain precision plugin's clipping is the right one. With fp16's grad
+        scaler Lightning's check stands."""
+        plugin = self.trainer.precision_plugin
+        if (
+            gradient_clip_val
+            and getattr(plugin, "scaler", None) is None
+            and getattr(optimizer, "_step_supports_amp_scaling", False)
+        ):
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or GradClipAlgorithmType.NORM)
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = self.optimizer_factory(groups, **fused_optimizer_kwargs(self.optimizer_factory, params))
-        peak = optimizer.param_groups[0]["lr"]
+        if self.peak_lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = self.peak_lr
+        recipe_peak = optimizer.param_groups[0]["lr"]
         max_steps = self.schedule.max_steps or self.trainer.max_steps
         if max_steps is None or max_steps < 0:
             raise SproutError(
@@ -253,10 +301,14 @@ class SproutModule(L.LightningModule):
             )
         # the step comes from the trainer, not the scheduler's own count, so a scheduler made at
         # growth or on resume lands on the right point of its window [schedule_start, max_steps]
+        # the schedule and peak are read when the factor is, so a growth stage restored after the
+        # optimizer was built (ModelParallelStrategy) still decays to its own floor
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda _: self.schedule.factor(
-                max(0, self.trainer.global_step - self.schedule_start), peak, max_steps - self.schedule_start
+                max(0, self.trainer.global_step - self.schedule_start),
+                self.peak_lr or recipe_peak,
+                max_steps - self.schedule_start,
             ),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}
@@ -296,6 +348,8 @@ class SproutModule(L.LightningModule):
             "model_config": self.config.to_dict(),
             "tokenizer": getattr(dm, "tokenizer_identity", None),
             "schedule_start": self.schedule_start,
+            "schedule": dataclasses.asdict(self.schedule),
+            "peak_lr": self.peak_lr,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -304,6 +358,9 @@ class SproutModule(L.LightningModule):
         runs before the optimizer is set up, except under ``ModelParallelStrategy``)."""
         sprout = checkpoint.get("sprout") or {}
         self.schedule_start = sprout.get("schedule_start", 0)
+        if "schedule" in sprout:  # growth may have given stage 2 its own schedule and peak LR
+            self.schedule = WarmupCosine(**sprout["schedule"])
+            self.peak_lr = sprout["peak_lr"]
         saved = sprout.get("model_config")
         if saved is None:
             return
@@ -324,13 +381,22 @@ class SproutModule(L.LightningModule):
             self.model = self.build_model(config)
 
     # -- growth ---------------------------------------------------------------------------
-    def replace_model(self, model: nn.Module, config: LlamaConfig, restart_schedule: bool) -> None:
+    def replace_model(
+        self,
+        model: nn.Module,
+        config: LlamaConfig,
+        restart_schedule: bool,
+        peak_lr: float | None = None,
+        schedule: WarmupCosine | None = None,
+    ) -> None:
         """Train ``model`` (shaped ``config``) from now on: the growth callback's swap at a stage
         boundary. The model gets the run's layout (``parallel``; under ``ModelParallelStrategy`` a
         freshly sharded model filled with ``model``'s full tensors from rank 0), a new optimizer
         over its parameters and a new scheduler, whose warm-up + cosine restarts at the current
-        step over the steps left (``restart_schedule``) or continues the run's schedule. Under DDP
-        the module is wrapped again, since the old wrapper's gradient buckets hold the old parameters."""
+        step over the steps left (``restart_schedule``) or continues the run's schedule; ``peak_lr``
+        and ``schedule``, when given, replace the run's from now on (Gstack's second stage trains
+        at its own LR). Under DDP the module is wrapped again, since the old wrapper's gradient
+        buckets hold the old parameters."""
         strategy = self.trainer.strategy
         if isinstance(strategy, ModelParallelStrategy):
             if not isinstance(model, Llama):
@@ -347,6 +413,10 @@ class SproutModule(L.LightningModule):
             model = parallelize(model, self.parallel)
         self.model = model
         self.config = config
+        if peak_lr is not None:
+            self.peak_lr = peak_lr
+        if schedule is not None:
+            self.schedule = schedule
         if restart_schedule:
             self.schedule_start = self.trainer.global_step
         if isinstance(strategy, DDPStrategy):

@@ -133,7 +133,9 @@ class MixturePolicy(ABC):
     Static policies compute weights once from ``DomainStats``. Dynamic ones
     (``dynamic = True``) receive per-domain mean token losses (excess losses over the
     reference when ``needs_reference``) every ``update_every`` steps and keep their state
-    in ``state_dict`` so a resume continues with the same weights.
+    in ``state_dict`` so a resume continues with the same weights. A policy may also weigh
+    the training loss per domain (``loss_weights``, DoReMi's alpha): the module multiplies
+    each token's selector weight by its domain's factor.
     """
 
     kind: ClassVar[str] = "mixture"
@@ -156,6 +158,11 @@ class MixturePolicy(ABC):
 
     def report(self) -> str | None:
         """A summary printed at the end of training (e.g. DoReMi's averaged weights); ``None``: none."""
+        return None
+
+    def loss_weights(self) -> dict[str, float] | None:
+        """``{domain: factor}`` on every token's loss, or ``None`` (the loss is left alone).
+        A policy that weighs the loss is updated before each step's loss, not after it."""
         return None
 
     def state_dict(self) -> dict[str, Any]:

@@ -100,7 +100,7 @@ def _where(key: str, args: list[str]) -> str:
                     where = f"the recipe {path}"
             except (OSError, yaml.YAMLError):
                 continue
-        elif arg == f"--{key}" or arg.startswith(f"--{key}="):
+        elif arg == f"--{key}" or arg.startswith((f"--{key}=", f"--{key}.")):
             where = "the command line"
     return where or " and ".join(f"the recipe {p}" for p in _config_files(args)) or "the command line"
 
@@ -170,8 +170,10 @@ def explain(failure: ParseFailure, args: list[str]) -> str:
             return problem
         if sprout is not None:
             return f"In {' and '.join(str(p) for p in files) or 'the command line'}: {sprout}"
+    keyed = re.match(r'Parser key "([^"]+)":', message)
+    key = keyed.group(1) if keyed else None
     if sprout is not None:
-        return str(sprout)
+        return f"{key} in {_where(key, args)}: {sprout}" if key else str(sprout)
 
     unknown = re.search(r"does not accept option '([^']+)'", message) or re.search(
         r"Key '([^']+)' is not expected", message
@@ -201,8 +203,6 @@ def explain(failure: ParseFailure, args: list[str]) -> str:
     if missing:
         return f"The recipe file {missing.group(1)} does not exist. Check the path given to --config."
 
-    keyed = re.match(r'Parser key "([^"]+)":', message)
-    key = keyed.group(1) if keyed else None
     where = (
         f"{key} in {_where(key, args)}" if key else " and ".join(f"the recipe {p}" for p in files) or "the command line"
     )

@@ -98,33 +98,3 @@ def create(kind: str, name: str, **init_args: Any):
         return cls(**init_args)
     except TypeError as err:
         raise SproutError(f"Bad init_args for {kind} plugin {name!r}: {err}.") from None
-
-
-def expand_short_names(value: Any) -> Any:
-    """Rewrite ``class_path: <registered name>`` to the full import path, recursively.
-
-    Recipes may say ``class_path: rho1``; jsonargparse only knows import paths and class
-    names, so the recipe loader runs this first. A name registered under two kinds is
-    ambiguous here and must be written as a full path.
-    """
-    if isinstance(value, list):
-        return [expand_short_names(v) for v in value]
-    if not isinstance(value, dict):
-        return value
-    value = {k: expand_short_names(v) for k, v in value.items()}
-    path = value.get("class_path")
-    if isinstance(path, str) and "." not in path:
-        matches = [p for p in plugins() if p.name == path]
-        if len(matches) > 1:
-            kinds = ", ".join(f"{p.kind}: {p.target}" for p in matches)
-            raise SproutError(
-                f"class_path {path!r} names several plugins ({kinds}); write the full module path instead."
-            )
-        if matches:
-            plugin = matches[0]
-            if plugin.cls is None:
-                raise SproutError(
-                    f"The {plugin.kind} plugin {path!r} from package {plugin.package!r} failed to load: {plugin.error}. Fix or reinstall that package."
-                )
-            value["class_path"] = f"{plugin.cls.__module__}.{plugin.cls.__qualname__}"
-    return value

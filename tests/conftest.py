@@ -1,5 +1,6 @@
 """Shared fixtures: small prepared data made by the real preparation library."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,9 @@ from app.data.corpus import build_default_corpus, train_default_tokenizer
 from app.data.prepare import Source, prepare
 
 TINY_VOCAB = 320
+
+# The tests have no network: Hugging Face libraries (lm-eval's data sets) must not try it.
+os.environ.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tiny_run import recipe, sprout
+from tiny_run import SEQ, VOCAB, recipe, save_reference, sprout
 
 from app import registry
 from app.data.prepare import Source, prepare
@@ -117,7 +117,7 @@ def test_plugin_that_raises_on_import(exploding_plugin, tiny_data, tmp_path):
     with pytest.warns(UserWarning, match="exploding-plugin"):
         message = fails(config)
     assert message == (
-        f"In {config}: The selector plugin 'explodes' from package 'exploding-plugin' failed to load: "
+        f"model.selector in the recipe {config}: The selector plugin 'explodes' from package 'exploding-plugin' failed to load: "
         "RuntimeError: this plugin is broken on purpose. Fix or reinstall that package."
     )
 
@@ -420,4 +420,113 @@ def test_growth_source_incompatible_with_the_target(checkpoint, tiny_data, tmp_p
     assert message == (
         "Growth operator Gstack cannot change `n_embd` (64 -> 128): depth operators (gstack, zero_depth, random_depth) change only n_layer. "
         "Fix growth.target_arch / growth.target_overrides, or use `learn` to grow depth and width together."
+    )
+
+
+# -- combining the methods (growth + rho1 + a mixture) -------------------------------------------
+
+
+def compose_recipe(tmp_path: Path, data_dir: Path, reference: Path, mixture: dict) -> Path:
+    """Gstack growth, rho1 against ``reference`` and ``mixture``, as recipes/compose-tiny.yaml combines them."""
+    return recipe(
+        tmp_path / "r.yaml",
+        data_dir,
+        tmp_path / "runs",
+        model={
+            "selector": {"class_path": "rho1", "init_args": {"k": 60}},
+            "reference": str(reference),
+            "arch_overrides": {"vocab_size": VOCAB, "block_size": SEQ, "n_layer": 1},
+        },
+        data={"mixture": mixture},
+        growth={"operator": "gstack", "target_overrides": {"n_layer": 2}, "at_step": 6},
+    )
+
+
+def test_compose_reference_with_another_vocabulary(tiny_data, tmp_path):
+    from app.checkpoint.weights import save_model
+    from app.model import Llama, LlamaConfig
+
+    other = save_model(
+        Llama(LlamaConfig.from_name("micro", vocab_size=512, block_size=SEQ)),
+        tmp_path / "ref512.ckpt",
+        {"tokenizer": Tokenizer.load(tiny_data / "tokenizer.json").identity},
+    )
+    message = fails(compose_recipe(tmp_path, tiny_data, other, {"class_path": "entropy"}))
+    assert message.startswith(
+        f"The reference model {other} has vocab_size=512 but the model being trained has vocab_size={VOCAB}"
+    )
+
+
+def test_compose_reference_with_another_tokenizer(tiny_data, tmp_path):
+    from app.checkpoint.weights import save_model
+    from app.model import Llama, LlamaConfig
+
+    foreign = {"path": "/elsewhere/tokenizer.json", "sha256": "f" * 64, "vocab_size": VOCAB}
+    other = save_model(
+        Llama(LlamaConfig.from_name("micro", vocab_size=VOCAB, block_size=SEQ)),
+        tmp_path / "ref.ckpt",
+        {"tokenizer": foreign},
+    )
+    message = fails(compose_recipe(tmp_path, tiny_data, other, {"class_path": "entropy"}))
+    ours = Tokenizer.load(tiny_data / "tokenizer.json").identity["sha256"][:12]
+    assert (
+        f"was trained with tokenizer /elsewhere/tokenizer.json (sha256 ffffffffffff) but the training data uses {tiny_data / 'tokenizer.json'} (sha256 {ours})"
+        in message
+    )
+
+
+def test_compose_bimix_fit_for_other_domains(tiny_data, tmp_path):
+    from app.bimix import BiMixLaw, write_fit
+
+    law = BiMixLaw(A=1.0, B=0.5, C=0.5, alpha=0.2, beta=0.3)
+    fit = tmp_path / "fit.json"
+    write_fit(fit, {"code": law, "prose": law, "math": law})
+    reference = save_reference(tiny_data, tmp_path / "ref.ckpt")
+    message = fails(
+        compose_recipe(
+            tmp_path,
+            tiny_data,
+            reference,
+            {"class_path": "bimix", "init_args": {"fit_file": str(fit), "target_steps": 12}},
+        )
+    )
+    assert f"The bimix law (fit_file {fit}) was fitted for other domains than the training data" in message
+    assert "missing from the law: ['text'], extra in the law: ['math', 'prose']" in message
+
+
+# -- the methods' options (issue: faithful to the papers) ----------------------------------------
+
+
+def test_stage2_lr_without_growth_names_the_option(tiny_data, tmp_path):
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", growth={"stage2_lr": 3.0e-4}))
+    assert message.startswith(
+        "growth.stage2_lr set(s) the learning rate of the grown model, but the recipe grows nothing (no growth.operator)."
+    )
+
+
+def test_doremi_sampling_with_unknown_domains_names_them(tiny_data, tmp_path):
+    reference = tmp_path / "ref.ckpt"
+    from tiny_run import save_reference
+
+    save_reference(tiny_data, reference)
+    mixture = {"class_path": "doremi", "init_args": {"sampling": {"code": 1.0, "prose": 1.0}}}
+    message = fails(
+        recipe(
+            tmp_path / "r.yaml",
+            tiny_data,
+            tmp_path / "runs",
+            data={"mixture": mixture},
+            model={"reference": str(reference)},
+        )
+    )
+    assert message.startswith(
+        "doremi: data.mixture.init_args.sampling names domains ['prose'] that are not training domains; gives no weight to training domains ['text']"
+    )
+
+
+def test_natural_groups_leaving_a_domain_out_names_it(tiny_data, tmp_path):
+    mixture = {"class_path": "natural", "init_args": {"groups": {"a": {"total": 1.0, "domains": ["code"]}}}}
+    message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"mixture": mixture}))
+    assert message.startswith(
+        "mixture natural: data.mixture.init_args.groups leaves training domains ['text'] in no group"
     )

@@ -144,7 +144,10 @@ def test_policy_from_coefficients_and_from_fit_file(tmp_path):
 
 def test_policy_refuses_domains_the_law_does_not_cover():
     policy = BiMixMixture(target_steps=1000, coefficients=coefficients(LAWS3))
-    with pytest.raises(SproutError, match=r"covers domains \['a', 'b', 'c'\] but training uses \['a', 'b', 'math'\]"):
+    with pytest.raises(
+        SproutError,
+        match=r"covers \['a', 'b', 'c'\] but training uses \['a', 'b', 'math'\]; missing from the law: \['math'\], extra in the law: \['c'\]",
+    ):
         policy.weights(0, domains("a", "b", "math"))
 
 

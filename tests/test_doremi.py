@@ -12,6 +12,12 @@ from plugins.mixtures.static import Fixed
 DOMAINS = {d: DomainStats(name=d, tokens=1000) for d in ("books", "code", "math")}
 
 
+def update(policy: DoReMi, step: int, feedback=None) -> dict[str, float]:
+    """Feed the policy and return alpha (the loss weights under reweight, the sampling weights under resample)."""
+    sampled = policy.weights(step, DOMAINS, feedback)
+    return policy.loss_weights() if policy.mode == "reweight" else sampled
+
+
 def test_registered():
     assert isinstance(registry.create("mixture", "doremi"), DoReMi)
 
@@ -20,13 +26,66 @@ def test_starts_uniform_and_feedbackless_calls_change_nothing():
     policy = DoReMi()
     for step in (0, 5, 9):
         assert policy.weights(step, DOMAINS) == pytest.approx({d: 1 / 3 for d in DOMAINS})
+        assert policy.loss_weights() == pytest.approx({d: 1 / 3 for d in DOMAINS})
     assert policy.updates == 0
+
+
+def test_algorithm_1_two_steps_by_hand():
+    """Xie et al. 2023, Algorithm 1 with k = 3, eta = 1, c = 0.1, two steps: alpha_t =
+    (1 - c) softmax(log alpha_{t-1} + eta lambda_t) + c / k, sampling stays uniform, the output
+    is the mean of alpha_1 and alpha_2."""
+    policy = DoReMi(eta=1.0, smoothing=0.1)
+    assert policy.mode == "reweight" and policy.update_every == 1
+    l1, l2 = {"books": 0.5, "code": 1.0, "math": 0.0}, {"books": 0.2, "code": 0.0, "math": 0.7}
+    # step 1: from alpha_0 = 1/3: softmax(log 1/3 + l1) = e^l / (e^0.5 + e^1 + e^0)
+    z1 = math.exp(0.5) + math.exp(1.0) + 1.0
+    a1 = {
+        "books": 0.9 * math.exp(0.5) / z1 + 0.1 / 3,
+        "code": 0.9 * math.exp(1.0) / z1 + 0.1 / 3,
+        "math": 0.9 / z1 + 0.1 / 3,
+    }
+    assert a1 == pytest.approx({"books": 0.309810, "code": 0.489166, "math": 0.201025}, abs=1e-6)
+    assert policy.weights(1, DOMAINS, l1) == pytest.approx({d: 1 / 3 for d in DOMAINS})  # batches stay uniform
+    assert policy.loss_weights() == pytest.approx(a1, abs=1e-12)
+    # step 2: softmax(log a1 + l2) = a1 e^l2 / sum
+    z2 = sum(a1[d] * math.exp(l2[d]) for d in DOMAINS)
+    a2 = {d: 0.9 * a1[d] * math.exp(l2[d]) / z2 + 0.1 / 3 for d in DOMAINS}
+    assert a2 == pytest.approx({"books": 0.300990, "code": 0.379337, "math": 0.319672}, abs=1e-6)
+    policy.weights(2, DOMAINS, l2)
+    assert policy.loss_weights() == pytest.approx(a2, abs=1e-12)
+    assert policy.average == pytest.approx({d: (a1[d] + a2[d]) / 2 for d in DOMAINS}, abs=1e-12)
+
+
+def test_reweight_samples_from_the_given_reference_mixture():
+    policy = DoReMi(sampling={"books": 2.0, "code": 1.0, "math": 1.0})
+    assert policy.weights(0, DOMAINS) == pytest.approx({"books": 0.5, "code": 0.25, "math": 0.25})
+    assert policy.weights(1, DOMAINS, {"books": 0.0, "code": 3.0, "math": 0.0}) == pytest.approx(
+        {"books": 0.5, "code": 0.25, "math": 0.25}
+    )
+    assert policy.loss_weights()["code"] > 0.8
+
+
+def test_resample_draws_by_alpha_and_leaves_the_loss_alone():
+    policy = DoReMi(mode="resample")
+    sampled = policy.weights(1, DOMAINS, {"books": 0.0, "code": 3.0, "math": 0.0})
+    assert policy.loss_weights() is None
+    assert sampled == pytest.approx(policy.alpha) and sampled["code"] > 0.8
+
+
+def test_sampling_that_names_unknown_or_misses_domains_is_refused_naming_them():
+    with pytest.raises(
+        SproutError,
+        match=r"names domains \['poetry'\] that are not training domains.*no weight to training domains \['math'\]",
+    ):
+        DoReMi(sampling={"books": 1.0, "code": 1.0, "poetry": 1.0}).weights(0, DOMAINS)
+    with pytest.raises(SproutError, match="only applies to mode: reweight"):
+        DoReMi(mode="resample", sampling={"books": 1.0, "code": 1.0, "math": 1.0})
 
 
 def test_one_update_by_hand():
     policy = DoReMi(eta=0.5, smoothing=0.1)
     excess = {"books": 0.2, "code": 1.0, "math": 0.0}
-    got = policy.weights(10, DOMAINS, excess)
+    got = update(policy, 10, excess)
     # softmax(log(1/3) + 0.5 * lambda) = exp(0.5 * lambda) / sum, then 0.9 * that + 0.1 / 3
     z = sum(math.exp(0.5 * v) for v in excess.values())
     want = {d: 0.9 * math.exp(0.5 * v) / z + 0.1 / 3 for d, v in excess.items()}
@@ -36,11 +95,11 @@ def test_one_update_by_hand():
 
 def test_weights_move_towards_the_domain_with_larger_excess_loss():
     policy = DoReMi(eta=1.0, smoothing=1e-3)
-    history = [policy.weights(0, DOMAINS)["math"]]
+    history = [update(policy, 0)["math"]]
     for step in range(10, 110, 10):
-        history.append(policy.weights(step, DOMAINS, {"books": 0.1, "code": 0.1, "math": 0.6})["math"])
+        history.append(update(policy, step, {"books": 0.1, "code": 0.1, "math": 0.6})["math"])
     assert all(b > a for a, b in zip(history, history[1:]))
-    final = policy.weights(110, DOMAINS)
+    final = update(policy, 110)
     assert final["math"] > 0.95 and final["books"] == pytest.approx(final["code"])
     # the time average trails the current weights but leans the same way
     assert 1 / 3 < policy.average["math"] < final["math"]
@@ -49,7 +108,7 @@ def test_weights_move_towards_the_domain_with_larger_excess_loss():
 def test_smoothing_keeps_every_domain_above_its_floor():
     policy = DoReMi(eta=50.0, smoothing=0.03)
     for step in range(1, 20):
-        w = policy.weights(step, DOMAINS, {"books": 5.0, "code": 0.0, "math": 0.0})
+        w = update(policy, step, {"books": 5.0, "code": 0.0, "math": 0.0})
     assert min(w.values()) >= 0.03 / 3 - 1e-12
     assert w["code"] == pytest.approx(0.01, abs=1e-9)
 
@@ -58,9 +117,7 @@ def test_a_domain_missing_from_feedback_keeps_its_last_excess():
     a, b = DoReMi(), DoReMi()
     a.weights(1, DOMAINS, {"books": 0.5, "code": 0.2, "math": 0.1})
     b.weights(1, DOMAINS, {"books": 0.5, "code": 0.2, "math": 0.1})
-    assert a.weights(2, DOMAINS, {"books": 0.3, "code": 0.4}) == b.weights(
-        2, DOMAINS, {"books": 0.3, "code": 0.4, "math": 0.1}
-    )
+    assert update(a, 2, {"books": 0.3, "code": 0.4}) == update(b, 2, {"books": 0.3, "code": 0.4, "math": 0.1})
 
 
 def test_state_dict_round_trip_continues_identically():
@@ -104,7 +161,14 @@ def test_changed_domains_and_bad_feedback_are_clear_errors():
 
 
 @pytest.mark.parametrize(
-    "kwargs, field", [({"update_every": 0}, "update_every"), ({"eta": -1.0}, "eta"), ({"smoothing": 1.5}, "smoothing")]
+    "kwargs, field",
+    [
+        ({"update_every": 0}, "update_every"),
+        ({"eta": -1.0}, "eta"),
+        ({"smoothing": 1.5}, "smoothing"),
+        ({"mode": "mix"}, "mode"),
+        ({"sampling": {"books": -1.0}}, "sampling"),
+    ],
 )
 def test_bad_options_name_the_field(kwargs, field):
     with pytest.raises(SproutError, match=f"data.mixture.init_args.{field}"):

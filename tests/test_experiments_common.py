@@ -58,3 +58,89 @@ def test_command_quotes_lists_for_the_shell():
         common.command("growth", args)
         == "python tools/experiments/growth.py --steps 200 --depth_operators '[gstack, learn]'"
     )
+
+
+def test_seed_aggregation_and_the_level_rule():
+    assert common.seed_list(3, 3) == [3, 4, 5]
+    with pytest.raises(SproutError, match="--seeds"):
+        common.seed_list(0, 0)
+    mean, std = common.mean_std([1.0, 2.0, 3.0])
+    assert (mean, std) == (2.0, 1.0)
+    assert common.cell([1.0, 2.0, 3.0], ".2f") == "2.00 ± 1.00" and common.cell([1.5]) == "1.5000"
+    assert common.compare([1.0, 1.1, 1.2], [1.1, 1.2, 1.3]) == "level"  # 0.1 apart, 2 std = 0.2
+    assert common.compare([1.0, 1.01, 1.02], [1.2, 1.21, 1.22]) == "better"
+    assert common.compare([1.2, 1.21, 1.22], [1.0, 1.01, 1.02]) == "worse"
+    assert common.compare([1.2, 1.21, 1.22], [1.0, 1.01, 1.02], lower_is_better=False) == "better"
+    assert common.compare([1.0], [2.0]) == "n/a (1 seed)"
+
+
+def test_growth_and_mixture_tables_aggregate_seeds(tmp_path):
+    import torch
+
+    from tools.experiments import growth, mixtures
+
+    def grown(loss, reach):
+        return {
+            "val_loss": loss,
+            "flops_to_scratch_loss": reach,
+            "steps": 300,
+            "grow_at": 50,
+            "source": "2 layers",
+            "curve": [(0.0, 9.0), (2.0, loss)],
+        }
+
+    per_seed = {
+        s: {
+            "scratch": {**grown(5.0 + 0.01 * s, 2.0), "steps": 200},
+            "gstack (depth)": grown(4.5 + 0.01 * s, 1.0 + 0.1 * s),
+        }
+        for s in range(3)
+    }
+    text = growth.table(per_seed)
+    assert (
+        "| gstack (depth) | 50 steps, 2 layers | 300 | 4.5100 ± 0.0100 | better | 1.100e+00 ± 1.000e-01 | +82.8 ± 16.7% |"
+        in text
+    )
+
+    def final(loss, w):
+        return {
+            "val_loss": loss,
+            "domain_loss": {"books": loss + 0.1, "code": loss - 0.1},
+            "weights": {"books": w, "code": 1 - w},
+        }
+
+    per_seed = {
+        s: {"uniform": final(4.3 + 0.01 * s, 0.5), "doremi": final(4.3 + 0.02 * s, 0.4 + 0.1 * s)} for s in range(3)
+    }
+    text = mixtures.table(per_seed)
+    assert "| doremi | 0.500, 0.500 | 4.3200 ± 0.0200 | level | 4.4200 ± 0.0200 | 4.2200 ± 0.0200 |" in text
+    state = {"SproutDataModule": {"mixture": {"alpha_sum": {"code": 1.5, "books": 0.5}, "updates": 2}}}
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(state, tmp_path / "checkpoints" / "last.ckpt")
+    assert mixtures.doremi_average(tmp_path) == {"books": 0.25, "code": 0.75}
+
+
+def test_selection_table_aggregates_seeds():
+    from tools.experiments import selection
+
+    def run(math, excess):
+        val = {
+            "math": [(50, math + 1), (100, math + 0.5), (150, math + 0.2), (200, math)],
+            "books": [(200, 4.0)],
+            "code": [(200, 3.0)],
+        }
+        select = {
+            "kept_excess": excess,
+            "dropped_excess": 0.0,
+            "kept_share/books": 0.2,
+            "kept_share/code": 0.3,
+            "kept_share/math": 0.5,
+        }
+        return {"tokens_per_step": 2048, "val": val, "select": select}
+
+    per_seed = {s: {"all": run(3.9 + 0.01 * s, 0.0), "rho1": run(3.7 + 0.01 * s, 2.0 + s)} for s in range(3)}
+    text = selection.table(per_seed)
+    assert (
+        "| rho1 | 4.7100 ± 0.0100 | 4.2100 ± 0.0100 | 3.9100 ± 0.0100 | **3.7100 ± 0.0100** | better | 4.0000 ± 0.0000 | 3.0000 ± 0.0000 | 20% / 30% / 50% | +3.000 ± 1.000 |"
+        in text
+    )

@@ -118,3 +118,48 @@ def test_mfu_counts_model_flops_and_hfu_counts_recomputation(monkeypatch, checkp
     flops_seen = [v for _, v in values["perf/flops_seen"]]
     model_flops = [flops_per_token(c, SEQ) * BATCH * SEQ for c in (small, small, grown, grown)]
     assert flops_seen == pytest.approx([sum(model_flops[: i + 1]) for i in range(4)], rel=1e-6)
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_flops_seen_counts_an_online_reference_forward(monkeypatch, tmp_path, offline):
+    """Rho-1 against a model.reference pays one forward of the reference per batch: 2 FLOPs per
+    reference weight per token (plus its attention) join perf/flops_seen. Batches that carry
+    offline scores (``ref_loss``) run no reference and add nothing."""
+    from app.checkpoint.weights import save_model
+    from app.model import forward_flops_per_token
+    from plugins.selectors.rho1 import Rho1
+
+    ref_config = LlamaConfig.from_name("micro", vocab_size=VOCAB, block_size=SEQ, n_layer=1)
+    path = save_model(Llama(ref_config), tmp_path / "reference.ckpt")
+    monkeypatch.setattr(monitor, "time", types.SimpleNamespace(perf_counter=lambda: 0.0))
+    L.seed_everything(0)
+    steps = 3
+    batches = [
+        {"input_ids": torch.randint(0, VOCAB, (BATCH, SEQ)), "targets": torch.randint(0, VOCAB, (BATCH, SEQ))}
+        for _ in range(steps)
+    ]
+    if offline:
+        batches = [{**b, "ref_loss": torch.rand(BATCH, SEQ)} for b in batches]
+    module = SproutModule(
+        arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": SEQ}, selector=Rho1(k=50), reference=str(path)
+    )
+    logger = Recorder()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=steps,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=logger,
+        log_every_n_steps=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        callbacks=[ThroughputMonitor(peak_flops=PEAK)],
+    )
+    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
+    trained = flops_per_token(LlamaConfig.from_name("micro", vocab_size=VOCAB, block_size=SEQ), SEQ)
+    reference = 0 if offline else forward_flops_per_token(ref_config, SEQ)
+    assert [v for _, v in logger.values["perf/flops_seen"]] == pytest.approx(
+        [(trained + reference) * BATCH * SEQ * (i + 1) for i in range(steps)]
+    )

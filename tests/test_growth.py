@@ -7,7 +7,7 @@ import torch
 from app import registry
 from app.errors import SproutError
 from app.model import Llama, LlamaConfig
-from plugins.growth.common import layer_map
+from plugins.growth.common import layer_map, width_maps
 from plugins.growth.direct import DirectWidth, Gstack
 from plugins.growth.learn import LearnedGrowth, LigoModel
 from plugins.growth.random import RandomDepth, RandomWidth
@@ -99,10 +99,11 @@ def test_gstack_copies_whole_blocks(order, layers):
         (DirectWidth(), WIDE),
         (DirectWidth(), WIDE_GROUPS),
         (DirectWidth(split_noise=0.2), WIDE),
-        (ZeroWidth(), WIDE),
-        (ZeroWidth(), WIDE_GROUPS),
-        (RandomWidth(ramp_steps=10), WIDE),
-        (RandomWidth(ramp_steps=10), WIDE_GROUPS),
+        (RandomDepth(ramp_steps=10, variant="joint"), DEEP),
+        (ZeroWidth("rescaled"), WIDE),
+        (ZeroWidth("rescaled"), WIDE_GROUPS),
+        (RandomWidth(ramp_steps=10, variant="joint"), WIDE),
+        (RandomWidth(ramp_steps=10, variant="joint"), WIDE_GROUPS),
     ],
     ids=lambda x: (
         type(x).__name__ if not isinstance(x, LlamaConfig) else f"{x.n_layer}L{x.n_embd}h{x.n_head}kv{x.n_kv_head}"
@@ -115,6 +116,14 @@ def test_growth_preserves_the_function(operator, target):
         grown = operator.grow(source, target)
         assert max_error(grown(idx), source(idx)) < 1e-5
     assert grown.config == target
+
+
+@pytest.mark.parametrize("target", [WIDE, WIDE_GROUPS], ids=["wide", "wide-groups"])
+def test_published_random_width_keeps_the_function_up_to_the_norms_epsilon(target):
+    """The official MsgNorm rescales by sqrt(sum m / n) outside the epsilon, which thereby grows by n_t / n_s."""
+    source, idx = trained_like(SOURCE), tokens()
+    with torch.no_grad():
+        assert max_error(RandomWidth(ramp_steps=10).grow(source, target)(idx), source(idx)) < 1e-4
 
 
 def test_direct_width_with_tied_embeddings_preserves_the_function():
@@ -165,31 +174,128 @@ def test_unreachable_targets_are_clear_errors(operator, target, field):
         operator.check(SOURCE, target)
 
 
+# -- G_zero widthwise as published -------------------------------------------------------------
+
+
+def test_zero_width_published_zeroes_what_new_units_read_from_old_ones():
+    """Official zero.py: target[:out_s, :in_s] = source, target[out_s:, :in_s] = 0, the columns of
+    new inputs keep the target's random init; 1-D tensors (norm gains) get zeros past the source."""
+    source, idx = trained_like(SOURCE), tokens()
+    torch.manual_seed(5)
+    fresh = Llama(WIDE)  # what fresh_weights draws under the same seed
+    torch.manual_seed(5)
+    grown = ZeroWidth().grow(source, WIDE)
+    n, f = SOURCE.n_embd, SOURCE.intermediate_size
+    s_w1, g_w1, r_w1 = (
+        source.layers[0].feed_forward.w1.weight,
+        grown.layers[0].feed_forward.w1.weight,
+        fresh.layers[0].feed_forward.w1.weight,
+    )
+    assert torch.equal(g_w1[:f, :n], s_w1)
+    assert torch.equal(g_w1[f:, :n], torch.zeros_like(g_w1[f:, :n]))  # new units, old inputs
+    assert torch.equal(g_w1[:, n:], r_w1[:, n:]) and g_w1[:, n:].abs().min() > 0  # new inputs: random
+    s_w2, g_w2 = source.layers[1].feed_forward.w2.weight, grown.layers[1].feed_forward.w2.weight
+    assert torch.equal(g_w2[:n, :f], s_w2) and not g_w2[n:, :f].any() and g_w2[:, f:].abs().min() > 0
+    for name in ("layers.0.attention_norm.weight", "layers.1.ffn_norm.weight", "norm.weight"):
+        gain = grown.state_dict()[name]
+        assert torch.equal(gain[:n], source.state_dict()[name]) and not gain[n:].any(), name
+    assert not grown.tok_embeddings.weight[:, n:].any()
+    with torch.no_grad():  # old gains are left as they are: RMSNorm now averages over twice the width
+        assert max_error(grown(idx), source(idx)) > 0.1
+
+
+def test_zero_width_published_trains_only_new_heads_at_first():
+    """A consequence of the published form with SwiGLU and zero norm gains: new residual
+    dimensions and new FFN units start at a stationary point; new heads' values get gradients."""
+    source, idx = trained_like(SOURCE), tokens()
+    grown = ZeroWidth().grow(source, WIDE)
+    logits = grown(idx[:, :-1])
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten()).backward()
+    n, f, kv = SOURCE.n_embd, SOURCE.intermediate_size, SOURCE.n_kv_head * SOURCE.head_dim
+    assert not grown.tok_embeddings.weight.grad[:, n:].any()
+    assert not grown.layers[0].attention_norm.weight.grad[n:].any()
+    assert (
+        not grown.layers[0].feed_forward.w1.weight.grad[f:].any()
+        and not grown.layers[0].feed_forward.w3.weight.grad[f:].any()
+    )
+    assert grown.layers[0].attention.wv.weight.grad[kv:].abs().max() > 0
+
+
 # -- G_random's ramp --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("operator, target", [(RandomDepth, DEEP), (RandomWidth, WIDE_GROUPS)])
-def test_random_masks_ramp_open_and_resume(operator, target):
+@pytest.mark.parametrize(
+    "operator, target, variant, opens_at",
+    [
+        (RandomDepth, DEEP, "published", 4),
+        (RandomDepth, DEEP, "joint", 4),
+        (RandomWidth, WIDE_GROUPS, "published", 12),
+        (RandomWidth, WIDE_GROUPS, "joint", 4),
+    ],
+)
+def test_random_masks_ramp_open_and_resume(operator, target, variant, opens_at):
     source, idx = trained_like(SOURCE), tokens()
-    op = operator(ramp_steps=4)
+    op = operator(ramp_steps=4, variant=variant)
     with torch.no_grad():
         grown = op.grow(source, target)
         at_growth = grown(idx)
-        op.on_train_step(grown, 2)  # m = 0.5
+        op.on_train_step(grown, 2)  # the first mask at 0.5
         half = grown(idx)
         # a resumed run: a plain model with the same weights, the operator's state, restore()
-        resumed_op = operator(ramp_steps=4)
+        resumed_op = operator(ramp_steps=4, variant=variant)
         resumed_op.load_state_dict(op.state_dict())
         plain = Llama(target)
         plain.load_state_dict(grown.state_dict())
         assert torch.equal(resumed_op.restore(plain)(idx), half)
-        op.on_train_step(grown, 4)  # fully open: hooks gone, the plain model
+        op.on_train_step(grown, opens_at - 1)
+        assert op._hooks
+        op.on_train_step(grown, opens_at)  # fully open: hooks gone, the plain model
         assert not op._hooks
         unmasked = Llama(target)
         unmasked.load_state_dict(grown.state_dict())
         assert torch.equal(grown(idx), unmasked(idx))
-    assert max_error(at_growth, source(idx)) < 1e-5
-    assert max_error(half, at_growth) > 1e-3 and max_error(grown(idx), half) > 1e-3
+    assert max_error(at_growth, source(idx)) < 1e-4
+    assert max_error(half, at_growth) > 1e-4 and max_error(grown(idx), half) > 1e-3
+
+
+def test_msg_width_opens_ffn_then_residual_then_attention():
+    """Official msg.py: phases of grow_step steps; in each, one kind of new unit ramps linearly."""
+    source, idx = trained_like(SOURCE), tokens()
+    op = RandomWidth(ramp_steps=4)
+    grown = op.grow(source, WIDE_GROUPS)
+    masks = []
+    for step in (0, 2, 4, 6, 8, 10, 12):
+        op.step = step
+        masks.append(tuple(op.phase_mask(p) for p in range(3)))
+    assert masks == [(0, 0, 0), (0.5, 0, 0), (1, 0, 0), (1, 0.5, 0), (1, 1, 0), (1, 1, 0.5), (1, 1, 1)]
+    n, f, q = SOURCE.n_embd, SOURCE.intermediate_size, SOURCE.n_head * SOURCE.head_dim
+    new_q = width_maps(SOURCE, WIDE_GROUPS, copy=False).q < 0
+    x = torch.randn(2, SEQ, 128)
+    with torch.no_grad():
+        for step, ffn_open, residual_open, attention_open in (
+            (2, True, False, False),
+            (6, True, True, False),
+            (10, True, True, True),
+        ):
+            op.on_train_step(grown, step)
+            assert bool(grown.layers[0].feed_forward.w1(x)[..., f:].abs().sum() > 0) == ffn_open
+            assert bool(grown.tok_embeddings(idx)[..., n:].abs().sum() > 0) == residual_open
+            assert bool(grown.layers[0].attention.wq(x)[..., new_q].abs().sum() > 0) == attention_open
+            assert grown.layers[0].attention.wq(x)[..., ~new_q].abs().sum() > 0 and q == (~new_q).sum()
+
+
+def test_msg_depth_blends_a_new_block_with_its_input():
+    """Official MsgBlock: y * m + x * (1 - m) for each new block."""
+    source = trained_like(SOURCE)
+    op = RandomDepth(ramp_steps=4)
+    grown = op.grow(source, DEEP)
+    plain = Llama(DEEP)
+    plain.load_state_dict(grown.state_dict())
+    x, rope = torch.randn(2, SEQ, 64), (grown.rope_cos[:SEQ], grown.rope_sin[:SEQ])
+    with torch.no_grad():
+        op.on_train_step(grown, 1)
+        assert torch.allclose(grown.layers[2](x, rope), 0.25 * plain.layers[2](x, rope) + 0.75 * x, atol=1e-6)
+        assert torch.equal(grown.layers[1](x, rope), plain.layers[1](x, rope))
 
 
 # -- G_learn -----------------------------------------------------------------------------------
@@ -291,3 +397,62 @@ def test_paper_recipes_grow_the_paper_shapes_at_the_guideline_time(name, small, 
         * recipe["data"]["seq_len"]
     )
     assert step_tokens == 1024 * 2048 and abs(recipe["trainer"]["max_steps"] * step_tokens - tokens) < step_tokens
+    assert (
+        source.n_kv_head == source.n_head and target.n_kv_head == target.n_head
+    )  # full multi-head attention, as 6L2048H / 24L2048H
+    # the official scripts' two schedules: small model 1e-3 -> 1e-4, grown model 3e-4 -> 3e-5 after 3000 warm-up steps
+    assert (
+        recipe["model"]["optimizer"]["init_args"]["lr"],
+        recipe["model"]["schedule"]["min_lr"],
+        recipe["model"]["schedule"]["warmup_steps"],
+    ) == (1e-3, 1e-4, 3000)
+    assert (section["stage2_lr"], section["stage2_min_lr"], section["stage2_warmup_steps"]) == (3e-4, 3e-5, 3000)
+
+
+def test_unknown_variants_name_the_option():
+    with pytest.raises(
+        SproutError,
+        match=r"zero_width variant must be one of published, rescaled, got 'paper'; fix growth.operator.init_args.variant",
+    ):
+        ZeroWidth("paper")
+    for operator in (RandomDepth, RandomWidth):
+        with pytest.raises(
+            SproutError,
+            match=r"G_random variant must be one of published, joint, got 'msg'; fix growth.operator.init_args.variant",
+        ):
+            operator(variant="msg")
+
+
+def test_function_change_at_initialisation_scale_as_the_readme_states(capsys):
+    """README's growth table: widening the growth experiment's 8-layer model 64 -> 128 at Llama's
+    init (std 0.02), the largest logit change relative to the largest logit, over seeds 0-2."""
+    source_config = LlamaConfig.from_name(
+        "tiny", n_layer=8, n_embd=64, n_head=2, n_kv_head=1, intermediate_size=176, vocab_size=1024, block_size=64
+    )
+    target = source_config.replace(n_embd=128, n_head=4, n_kv_head=2, intermediate_size=352)
+    changes = {
+        "zero_width published": [],
+        "zero_width rescaled": [],
+        "random_width published": [],
+        "random_width joint": [],
+    }
+    for seed in range(3):
+        torch.manual_seed(seed)
+        source = Llama(source_config)
+        idx = torch.randint(0, 1024, (4, 64))
+        with torch.no_grad():
+            before = source(idx)
+            for name, operator in zip(
+                changes,
+                (
+                    ZeroWidth(),
+                    ZeroWidth("rescaled"),
+                    RandomWidth(ramp_steps=10),
+                    RandomWidth(ramp_steps=10, variant="joint"),
+                ),
+            ):
+                changes[name].append(max_error(operator.grow(source, target)(idx), before))
+    print({name: [round(v, 4) for v in values] for name, values in changes.items()})
+    assert all(0.4 < v < 0.6 for v in changes["zero_width published"])
+    assert all(0.01 < v < 0.025 for v in changes["zero_width rescaled"] + changes["random_width published"])
+    assert all(v < 1e-5 for v in changes["random_width joint"])

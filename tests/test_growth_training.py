@@ -142,6 +142,26 @@ def test_schedule_restarts_at_growth_or_continues(tiny_data, tmp_path):
     assert lrs[False] == pytest.approx(LR * schedule.factor(GROW_AT + 1, LR, GROW_AT + 1))
 
 
+def test_stage_two_trains_at_its_own_peak_floor_and_warm_up(tiny_data, tmp_path):
+    """Gstack's official scripts: the small model at 1e-3 -> 1e-4, the grown one at 3e-4 -> 3e-5
+    with a warm-up of its own; here scaled down, and the stage-2 schedule survives a resume."""
+    growth = lambda: deeper(Gstack(), stage2_lr=LR / 3, stage2_min_lr=LR / 30, stage2_warmup_steps=3)  # noqa: E731
+    steps = GROW_AT + 5
+    module, trainer = fit(tiny_data, tmp_path / "a", growth(), max_steps=steps)
+    stage2 = WarmupCosine(warmup_steps=3, min_lr=LR / 30)
+    assert module.peak_lr == LR / 3 and module.schedule == stage2
+    want = LR / 3 * stage2.factor(steps - GROW_AT, LR / 3, steps - GROW_AT)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(want)
+    assert want == pytest.approx(LR / 30)  # the grown model decayed to its own floor
+    _, during = fit(tiny_data, tmp_path / "b", growth(), max_steps=GROW_AT + 1)
+    assert during.optimizers[0].param_groups[0]["lr"] == pytest.approx(
+        LR / 3 * stage2.factor(1, LR / 3, 1)
+    )  # its own warm-up, one step in
+    resumed, again = fit(tiny_data, tmp_path / "c", growth(), max_steps=steps, ckpt_path=tmp_path / "a" / "at006.ckpt")
+    assert resumed.peak_lr == LR / 3 and resumed.schedule == stage2
+    assert again.optimizers[0].param_groups[0]["lr"] == pytest.approx(want)
+
+
 def test_optimizer_state_carries_over_from_the_copied_layer(tiny_data, tmp_path):
     _, trainer = fit(tiny_data, tmp_path / "carry", deeper(Gstack(), fresh_optimizer=False), max_steps=GROW_AT)
     optimizer, model = trainer.optimizers[0], trainer.lightning_module.model
@@ -194,6 +214,25 @@ def test_stage_two_from_a_small_checkpoint(tiny_data, tmp_path):
             "cannot change `n_embd`",
         ),
         ({"operator": Gstack(), "target_arch": "no-such-shape", "at_step": 3}, "growth.target_arch"),
+        (
+            {"stage2_lr": 3e-4},
+            r"growth.stage2_lr set\(s\) the learning rate of the grown model, but the recipe grows nothing",
+        ),
+        ({"stage2_min_lr": 3e-5, "stage2_warmup_steps": 3000}, "growth.stage2_min_lr, growth.stage2_warmup_steps"),
+        (
+            {"operator": Gstack(), "target_overrides": {"n_layer": 4}, "at_step": 3, "stage2_lr": -1.0},
+            "growth.stage2_lr must be a positive learning rate",
+        ),
+        (
+            {
+                "operator": Gstack(),
+                "target_overrides": {"n_layer": 4},
+                "at_step": 3,
+                "stage2_warmup_steps": 5,
+                "restart_schedule": False,
+            },
+            "restart_schedule is false",
+        ),
     ],
 )
 def test_bad_growth_sections_fail_before_training(tiny_data, tmp_path, options, message):

@@ -17,9 +17,10 @@ from app.checkpoint.weights import save_model
 from app.data.datamodule import SproutDataModule
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
-from app.lightning_cli import RECIPE_MODE, SproutCLI
+from app.lightning_cli import SproutCLI
 from app.model import Llama, LlamaConfig
 from app.module import SproutModule
+from app.protocols import TokenSelector
 from app.schedule import WarmupCosine
 from plugins.mixtures.bimix import BiMixMixture
 from plugins.mixtures.doremi import DoReMi
@@ -58,6 +59,7 @@ class Recorder(L.Callback):
         self.batches: dict[int, list] = {}
         self.policy: dict[int, dict[str, float]] = {}
         self.weights: dict[int, dict[str, float]] = {}
+        self.outputs: dict[int, dict] = {}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.batches[trainer.global_step] = list(zip(batch["domain"].tolist(), batch["block"].tolist()))
@@ -65,6 +67,11 @@ class Recorder(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.policy[trainer.global_step] = dict(trainer.datamodule.mixture.alpha)
         self.weights[trainer.global_step] = trainer.datamodule.mixture_weights
+        self.outputs[trainer.global_step] = {
+            **{k: v.detach().clone() for k, v in outputs.items()},
+            "domain": batch["domain"].clone(),
+            "targets": batch["targets"].clone(),
+        }
 
 
 @pytest.fixture(scope="module")
@@ -80,10 +87,21 @@ def reference(tiny_data, tmp_path_factory) -> Path:
     )
 
 
-def fit(tiny_data, reference, ckpt_dir, max_steps, ckpt_path=None):
+class FirstHalf(TokenSelector):
+    """Keeps the first half of every sequence: a selector whose weights DoReMi's must multiply."""
+
+    def token_weights(self, token_loss, batch):
+        weights = torch.zeros_like(token_loss)
+        weights[:, : token_loss.size(1) // 2] = 1.0
+        return weights
+
+
+def fit(
+    tiny_data, reference, ckpt_dir, max_steps, ckpt_path=None, mode="reweight", update_every=UPDATE_EVERY, selector=None
+):
     L.seed_everything(0)
     dm = SproutDataModule(
-        str(tiny_data), mixture=DoReMi(update_every=UPDATE_EVERY, eta=50.0), seq_len=SEQ, batch_size=4
+        str(tiny_data), mixture=DoReMi(mode=mode, update_every=update_every, eta=50.0), seq_len=SEQ, batch_size=4
     )
     module = SproutModule(
         arch="micro",
@@ -91,6 +109,7 @@ def fit(tiny_data, reference, ckpt_dir, max_steps, ckpt_path=None):
         optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3),
         schedule=WarmupCosine(warmup_steps=2, min_lr=3e-4, max_steps=STEPS),
         reference=str(reference),
+        selector=selector,
     )
     recorder = Recorder()
     checkpoints = ModelCheckpoint(
@@ -116,16 +135,21 @@ def fit(tiny_data, reference, ckpt_dir, max_steps, ckpt_path=None):
     return recorder, dm.mixture, module
 
 
-def test_dynamic_mixture_resumes_exactly(tiny_data, reference, tmp_path):
-    whole, whole_policy, whole_module = fit(tiny_data, reference, tmp_path / "a", STEPS)
+@pytest.mark.parametrize("mode", ["reweight", "resample"])
+def test_dynamic_mixture_resumes_exactly(tiny_data, reference, tmp_path, mode):
+    whole, whole_policy, whole_module = fit(tiny_data, reference, tmp_path / "a", STEPS, mode=mode)
     # the feedback path is live: the policy's weights change at every update step and only there
     changes = [s for s in range(1, STEPS + 1) if whole.policy[s] != whole.policy.get(s - 1, {"code": 0.5, "text": 0.5})]
     assert changes == list(range(UPDATE_EVERY, STEPS + 1, UPDATE_EVERY))
-    assert abs(whole.weights[STEPS]["code"] - 0.5) > 0.01
+    assert abs(whole.policy[STEPS]["code"] - 0.5) > 0.01
+    # resample draws batches by alpha; reweight keeps drawing uniformly
+    assert (abs(whole.weights[STEPS]["code"] - 0.5) > 0.01) == (mode == "resample")
     assert whole_policy.updates == STEPS // UPDATE_EVERY
 
     ckpt = tmp_path / "a" / f"at{RESUME_AT:03d}.ckpt"
-    resumed, resumed_policy, resumed_module = fit(tiny_data, reference, tmp_path / "b", STEPS, ckpt_path=ckpt)
+    resumed, resumed_policy, resumed_module = fit(
+        tiny_data, reference, tmp_path / "b", STEPS, ckpt_path=ckpt, mode=mode
+    )
     assert sorted(resumed.batches) == list(range(RESUME_AT, STEPS))
     assert resumed.batches == {s: whole.batches[s] for s in resumed.batches}
     assert resumed.policy == {s: whole.policy[s] for s in resumed.policy}
@@ -133,6 +157,34 @@ def test_dynamic_mixture_resumes_exactly(tiny_data, reference, tmp_path):
     assert resumed_policy.state_dict() == whole_policy.state_dict()
     for (name, a), b in zip(whole_module.state_dict().items(), resumed_module.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("selector", [None, FirstHalf()], ids=["all", "first-half"])
+def test_reweighted_loss_of_two_steps_by_hand(tiny_data, reference, tmp_path, selector):
+    """Algorithm 1 in a real run: step t's excess losses (of every token) update alpha first,
+    then the loss is sum(w * alpha * token loss) / sum(w * alpha), w the selector's weights
+    (the official trainer's normaliser when every token counts)."""
+    run, policy, _ = fit(tiny_data, reference, tmp_path, 2, update_every=1, selector=selector)
+    alpha, last = {"code": 0.5, "text": 0.5}, {"code": 0.0, "text": 0.0}
+    for step in (1, 2):
+        out = run.outputs[step]
+        valid = out["targets"] != -100
+        excess = (out["token_loss"].double() - out["ref_loss"].double()).clamp_min(0)
+        names = ["code", "text"]
+        lam = {
+            d: float(excess[out["domain"] == i][valid[out["domain"] == i]].mean())
+            for i, d in enumerate(names)
+            if (out["domain"] == i).any()
+        }
+        lam = last = {d: lam.get(d, last[d]) for d in names}  # a domain absent from the batch keeps its last excess
+        z = sum(alpha[d] * math.exp(5.0 * lam[d]) for d in names)
+        alpha = {d: (1 - 1e-3) * alpha[d] * math.exp(5.0 * lam[d]) / z + 1e-3 / 2 for d in names}
+        assert run.policy[step] == pytest.approx(alpha, abs=1e-9)
+        w = torch.tensor([alpha[names[i]] for i in out["domain"].tolist()], dtype=torch.float64)[:, None] * valid
+        if selector is not None:
+            w[:, SEQ // 2 :] = 0
+        want = (w * out["token_loss"].double()).sum() / w.sum()
+        assert float(out["loss"]) == pytest.approx(float(want), rel=1e-5)
 
 
 def test_doremi_without_a_reference_is_a_clear_error(tiny_data):
@@ -176,9 +228,7 @@ def test_printed_mixtures_are_recipes_the_cli_accepts(tiny_data, tmp_path):
             "--config",
             str(tmp_path / "mixture.yaml"),
         ]
-        mixture = SproutCLI(
-            SproutModule, SproutDataModule, args=args, run=False, parser_kwargs={"parser_mode": RECIPE_MODE}
-        ).datamodule.mixture
+        mixture = SproutCLI(SproutModule, SproutDataModule, args=args, run=False).datamodule.mixture
         assert isinstance(mixture, cls)
         if weights is not None:
             assert mixture.fixed == pytest.approx(weights, abs=1e-4)

@@ -165,6 +165,20 @@ def test_flops_per_token_agrees_with_flop_counter():
     assert counter.get_total_flops() == 2 * 64 * flops_per_token(config, 64)
 
 
+def test_forward_flops_per_token_agrees_with_flop_counter():
+    """A scoring-only forward (Rho-1's online reference) costs a third of a training step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from app.model import forward_flops_per_token
+
+    config = LlamaConfig.from_name("micro", vocab_size=512, attention="eager")
+    model = Llama(config)
+    idx = torch.randint(0, 512, (2, 64))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(idx)
+    assert counter.get_total_flops() == 2 * 64 * forward_flops_per_token(config, 64)
+
+
 def test_init_scales_residual_projections():
     config = LlamaConfig.from_name("small", vocab_size=512)
     model = Llama(config)

@@ -220,21 +220,31 @@ def _fit(recipe, *extra):
     return run
 
 
-def _metrics(tmp_path, version):
+def _metrics(tmp_path, version, tag="train/loss"):
     import csv
 
     rows = list(csv.DictReader((tmp_path / "logs" / "run" / f"version_{version}" / "metrics.csv").open()))
-    return {int(r["step"]): r for r in rows if r.get("train/loss")}
+    return {int(r["step"]): r for r in rows if r.get(tag)}
 
 
 def test_fsdp2_run_checkpoints_resumes_and_consolidates(tmp_path, tiny_data):
     strategy = {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy"}
-    _fit(_recipe(tmp_path, tiny_data, strategy, 4, activation_checkpointing=True))
+    recipe = yaml.safe_load(_recipe(tmp_path, tiny_data, strategy, 4, activation_checkpointing=True).read_text())
+    recipe["eval"] = {"tasks": ["stdlib_mc"], "every_n_steps": 4, "limit": 4}  # the sharded model, gathered to rank 0
+    (tmp_path / "first.yaml").write_text(yaml.safe_dump(recipe))
+    _fit(tmp_path / "first.yaml")
     last = tmp_path / "ckpt" / "last.ckpt"
     assert last.is_dir() and (last / ".metadata").is_file()
     assert sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # one shard per rank
     first = _metrics(tmp_path, 0)
     assert sorted(first) == [0, 1, 2, 3] and float(first[3]["train/loss"]) < float(first[0]["train/loss"])
+    from tools.evaluate import evaluate
+
+    during = _metrics(tmp_path, 0, "eval/stdlib_mc/acc")
+    assert sorted(during) == [4]  # logged at step 4 by rank 0 only; the same score from the sharded checkpoint:
+    assert evaluate(last, tasks="stdlib_mc", limit=4, out_dir=tmp_path / "eval")["stdlib_mc/acc"] == float(
+        during[4]["eval/stdlib_mc/acc"]
+    )
 
     _fit(_recipe(tmp_path, tiny_data, strategy, 6, activation_checkpointing=True), "--ckpt_path", str(last))
     resumed = _metrics(tmp_path, 1)
@@ -276,3 +286,35 @@ def test_ddp_run_with_checkpointed_blocks(tmp_path, tiny_data):
     assert all(float(r["train/grad_norm"]) > 0 for r in rows.values())
     assert (tmp_path / "ckpt" / "last.ckpt").is_file()  # DDP writes one ordinary file
     assert isinstance(load_model(tmp_path / "ckpt" / "last.ckpt")[0], Llama)
+
+
+def test_bf16_mixed_clips_gradients_with_fused_adamw(tmp_path, tiny_data):
+    """Lightning's AMP plugin refuses to clip for fused AdamW (it unscales gradients itself);
+    in bf16-mixed nothing is scaled, so Sprout clips there and the run trains."""
+    from tests.tiny_run import recipe, scalars, sprout
+
+    path = recipe(
+        tmp_path / "r.yaml",
+        tiny_data,
+        tmp_path / "runs",
+        steps=3,
+        trainer={"precision": "bf16-mixed", "gradient_clip_val": 1e-3},
+    )
+    code, err = sprout("fit", "--config", str(path), "--checkpoint.save_top_k", "0", "--checkpoint.save_last", "false")
+    assert code == 0, err[-2000:]
+    assert len(scalars(next((tmp_path / "runs").rglob("version_0")), "train/loss")) == 3
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    from app.module import SproutModule
+
+    module = SproutModule(arch="micro")
+    module.configure_model()
+    optimizer = torch.optim.AdamW(module.parameters(), fused=True)
+    for p in module.parameters():
+        p.grad = torch.ones_like(p)
+    module._trainer = SimpleNamespace(precision_plugin=MixedPrecision("bf16-mixed", "cpu"))
+    module.configure_gradient_clipping(optimizer, 1.0, "norm")
+    assert (
+        abs(total_norm([p.grad for p in module.parameters()]).item() - 1.0) < 1e-3
+    )  # clip_grad_norm_ divides by norm + 1e-6

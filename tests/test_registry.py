@@ -29,16 +29,6 @@ def test_class_path_of_wrong_kind_is_refused():
         registry.resolve("selector", "plugins.mixtures.static.Uniform")
 
 
-def test_short_class_path_in_recipe_is_expanded():
-    cfg = {
-        "model": {"selector": {"class_path": "all"}},
-        "data": {"mixture": {"class_path": "uniform", "init_args": {}}},
-    }
-    out = registry.expand_short_names(cfg)
-    assert out["model"]["selector"]["class_path"] == "plugins.selectors.all_tokens.AllTokens"
-    assert out["data"]["mixture"]["class_path"] == "plugins.mixtures.static.Uniform"
-
-
 @pytest.fixture(scope="module")
 def extra_package():
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]

@@ -3,7 +3,7 @@
 The stopped run ends at a step that is no multiple of the validation or checkpoint interval
 (its final ``last.ckpt`` must still hold that step) and the uninterrupted run and the
 resumed one are compared bit for bit, on CPU with deterministic settings, with two
-DataLoader workers, a dynamic mixture (DoReMi, whose weights change every 3 steps from
+DataLoader workers, a dynamic mixture (DoReMi, whose loss weights change every 3 steps from
 the training losses) and a selector that draws from the global torch generator.
 """
 
@@ -45,7 +45,9 @@ def test_stop_and_resume_with_ckpt_path_last_is_bit_identical(tiny_data, tmp_pat
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name
     dm_a, dm_b = a["SproutDataModule"], b["SproutDataModule"]
-    assert dm_a["sampler"]["weights"] == dm_b["sampler"]["weights"] != [0.5, 0.5]  # the mixture moved, identically
+    # DoReMi (Algorithm 1) keeps drawing uniformly and moved its loss weights, identically
+    assert dm_a["sampler"]["weights"] == dm_b["sampler"]["weights"] == [0.5, 0.5]
+    assert dm_a["mixture"]["alpha"] == dm_b["mixture"]["alpha"] != {"code": 0.5, "text": 0.5}
     assert dm_a["consumed"] == dm_b["consumed"] == STEPS
 
 

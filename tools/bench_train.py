@@ -1,4 +1,4 @@
-"""Sprout's training step against its peers on the same shape: tokens/s, MFU and memory.
+"""Sprout's training step against its peers as their users run them: tokens/s, MFU and memory.
 
 Every candidate trains the same Llama shape (sequence length, batch, AdamW, dtype, random
 tokens) in a plain loop, each in a fresh process, in alternating rounds so that a noisy
@@ -8,21 +8,26 @@ machine treats them alike; the table reports medians. Candidates:
   blocks (``model.parallel.compile``) and the chunked cross-entropy of ``app.loss``;
 - ``sprout-eager``: the same without compiled blocks;
 - ``hf``: Hugging Face ``transformers`` ``LlamaForCausalLM`` (SDPA attention), logits then
-  ``F.cross_entropy``;
-- ``litgpt``: LitGPT's ``GPT`` with LitGPT's own ``chunked_cross_entropy``. LitGPT pins an
-  older jsonargparse than Sprout's, so it may live in its own venv (``--litgpt_python``).
+  ``F.cross_entropy``; ``hf-compiled``: the same with ``torch.compile`` of the whole model;
+- ``litgpt``: LitGPT's ``GPT`` with LitGPT's own ``chunked_cross_entropy``;
+  ``litgpt-compiled``: the same with ``torch.compile`` of the whole model, as ``litgpt pretrain``
+  runs it (the loss outside the compiled model, as there). LitGPT pins an older jsonargparse than
+  Sprout's, so it may live in its own venv (``--litgpt_python``); that venv must use the same
+  torch as this one (the tool checks, and prints every version in the table's header).
 
 Every candidate steps torch's fused AdamW (Sprout's default on CPU and CUDA, and the Hugging
 Face Trainer's since torch 2.8), so the ratios compare the models and losses, not optimizer
-kernels.
+kernels. Each process uses ``--threads`` torch threads: all cores by default, as users run
+them; ``--threads 1`` is the steadier measure on a machine shared with other jobs.
 
 MFU is model FLOPs (``app.model.flops_per_token``: 6 per matmul weight per token plus
 attention, the same count for every candidate, recomputation not credited) over the measured
-matmul peak of the dtype (``tools/bench_peak.py``). Memory is the process's peak resident
-memory during the timed steps above its resident memory before the model was built.
+matmul peak of the dtype at the same thread count (``tools/bench_peak.py``). Memory is the
+process's peak resident memory during the timed steps above its resident memory before the
+model was built.
 
-    python tools/bench_train.py                                     # the reference shape
-    python tools/bench_train.py --shapes [bench-6l-384,bench-12l-768] --rounds 5
+    python tools/bench_train.py                                     # the reference shape, all cores
+    python tools/bench_train.py --shapes [bench-6l-384,bench-12l-768] --rounds 5 --threads 2
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ SHAPES = {
         n_layer=12, n_embd=768, n_head=12, n_kv_head=4, intermediate_size=2048, vocab_size=8192, block_size=256
     ),
 }
-LITGPT_VENV = Path("/tmp/litgpt-venv/bin/python")
+LITGPT_VENVS = [Path("/work/venvs/litgpt/bin/python"), Path("/tmp/litgpt-venv/bin/python")]  # looked for in this order
+PEERS = ["hf", "hf-compiled", "litgpt", "litgpt-compiled"]
+CANDIDATES = ["sprout", "sprout-eager", *PEERS]
 
 
 # -- worker side: runs in a fresh process, possibly another venv (imports only torch + its framework)
@@ -59,7 +66,6 @@ def _reset_peak_resident() -> None:
 
 
 def _sprout_step(shape: dict, compile_blocks: bool):
-
     from app.loss import chunked_token_losses
     from app.model import Llama, LlamaConfig
     from app.parallel import Parallelism, parallelize
@@ -72,7 +78,8 @@ def _sprout_step(shape: dict, compile_blocks: bool):
     return model, loss_fn
 
 
-def _hf_step(shape: dict):
+def _hf_step(shape: dict, compile_model: bool):
+    import torch
     import torch.nn.functional as F
     from transformers import LlamaConfig as HFConfig
     from transformers import LlamaForCausalLM
@@ -91,15 +98,17 @@ def _hf_step(shape: dict):
         attn_implementation="sdpa",
     )
     model = LlamaForCausalLM(config)
+    forward = torch.compile(model) if compile_model else model
 
     def loss_fn(x, y):
-        logits = model(input_ids=x).logits
+        logits = forward(input_ids=x).logits
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
 
     return model, loss_fn
 
 
-def _litgpt_step(shape: dict):
+def _litgpt_step(shape: dict, compile_model: bool):
+    import torch
     from litgpt.config import Config
     from litgpt.model import GPT
     from litgpt.utils import chunked_cross_entropy
@@ -122,28 +131,37 @@ def _litgpt_step(shape: dict):
         parallel_residual=False,
     )
     model = GPT(config)
+    forward = torch.compile(model) if compile_model else model  # litgpt pretrain: torch.compile(model), loss outside
 
     def loss_fn(x, y):
-        return chunked_cross_entropy(model(x), y)
+        return chunked_cross_entropy(forward(x), y)
 
     return model, loss_fn
 
 
-def worker(
-    candidate: str, shape: dict, batch: int, seq_len: int, dtype: str, warmup: int, steps: int, threads: int | None
-) -> dict:
+def _versions(candidate: str) -> dict:
+    import importlib.metadata
+
     import torch
 
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    base = _resident_kib("VmRSS")
+    versions = {"torch": torch.__version__}
+    for package in {"hf": ["transformers"], "litgpt": ["litgpt", "transformers"]}.get(
+        candidate.removesuffix("-compiled"), []
+    ):
+        versions[package] = importlib.metadata.version(package)
+    return versions
+
+
+def build_step(candidate: str, shape: dict, batch: int, seq_len: int, dtype: str):
+    """The candidate's model, loss and fused AdamW on fixed random tokens, as one training-step callable."""
+    import torch
+
     if candidate in ("sprout", "sprout-eager"):
         model, loss_fn = _sprout_step(shape, compile_blocks=candidate == "sprout")
-    elif candidate == "hf":
-        model, loss_fn = _hf_step(shape)
+    elif candidate.startswith("hf"):
+        model, loss_fn = _hf_step(shape, compile_model=candidate == "hf-compiled")
     else:
-        model, loss_fn = _litgpt_step(shape)
+        model, loss_fn = _litgpt_step(shape, compile_model=candidate == "litgpt-compiled")
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     x = torch.randint(0, shape["vocab_size"], (batch, seq_len))
     y = torch.randint(0, shape["vocab_size"], (batch, seq_len))
@@ -156,6 +174,27 @@ def worker(
         optimizer.zero_grad(set_to_none=True)
         return loss.item()
 
+    return step
+
+
+def resolve_shape(name: str, seq_len: int) -> dict:
+    """A shape of app.model.CONFIGS (its context widened to seq_len) or of this tool's SHAPES."""
+    from app.model import CONFIGS
+
+    if name in CONFIGS:
+        return {**CONFIGS[name], "block_size": max(seq_len, CONFIGS[name]["block_size"])}
+    return SHAPES[name]
+
+
+def worker(
+    candidate: str, shape: dict, batch: int, seq_len: int, dtype: str, warmup: int, steps: int, threads: int
+) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    base = _resident_kib("VmRSS")
+    step = build_step(candidate, shape, batch, seq_len, dtype)
     for _ in range(warmup):  # compiles, allocates the optimizer state
         step()
     _reset_peak_resident()
@@ -171,6 +210,7 @@ def worker(
         "tokens_per_cpu_s": tokens / statistics.median(cpu_times),
         "memory_mib": (_resident_kib("VmHWM") - base) / 1024,
         "loss": loss,
+        "versions": _versions(candidate),
     }
 
 
@@ -186,8 +226,8 @@ def _run_worker(python: str, args: dict) -> dict:
 
 
 def _litgpt_python(litgpt_python: str | None) -> str | None:
-    """The interpreter that can import litgpt: the given one, this one, or the default venv."""
-    for python in [litgpt_python] if litgpt_python else [sys.executable, str(LITGPT_VENV)]:
+    """The interpreter that can import litgpt: the given one, this one, or a default venv."""
+    for python in [litgpt_python] if litgpt_python else [sys.executable, *map(str, LITGPT_VENVS)]:
         if (
             Path(python).exists()
             and subprocess.run([python, "-c", "import litgpt.model"], capture_output=True).returncode == 0
@@ -199,13 +239,13 @@ def _litgpt_python(litgpt_python: str | None) -> str | None:
 def bench_train(
     shapes: list[str] = ["bench-6l-384"],
     dtypes: list[str] = ["float32", "bfloat16"],
-    candidates: list[str] = ["sprout", "sprout-eager", "hf", "litgpt"],
+    candidates: list[str] = ["sprout", *PEERS],
     batch: int = 8,
     seq_len: int = 256,
     rounds: int = 3,
     warmup: int = 3,
     steps: int = 5,
-    threads: int | None = None,
+    threads: int = os.cpu_count() or 1,
     peak_float32: float | None = None,
     peak_bfloat16: float | None = None,
     litgpt_python: str | None = None,
@@ -216,51 +256,50 @@ def bench_train(
     Args:
         shapes: model shapes: names in app.model.CONFIGS or this tool's SHAPES.
         dtypes: float32 and/or bfloat16 (autocast, fp32 master weights).
-        candidates: which of sprout, sprout-eager, hf, litgpt to run (litgpt is skipped when not importable).
+        candidates: any of sprout, sprout-eager, hf, hf-compiled, litgpt, litgpt-compiled (the
+            litgpt ones are skipped when no Python here can import litgpt).
         batch: sequences per step.
         seq_len: tokens per sequence.
         rounds: alternating rounds, each a fresh process per candidate; medians are reported.
         warmup: untimed steps per process (compilation happens here).
         steps: timed steps per process (their median step time counts).
-        threads: torch threads per process (default: torch's choice, one per core). On a machine
+        threads: torch threads per process (default: one per core, as users run). On a machine
             shared with other jobs, 1 thread and the tokens per CPU-second column are the steadier measure.
         peak_float32: matmul peak FLOP/s for MFU (default: measured now with tools/bench_peak.py).
         peak_bfloat16: same for bf16.
-        litgpt_python: a Python that can import litgpt (default: this one, else /tmp/litgpt-venv).
+        litgpt_python: a Python that can import litgpt (default: this one, else the first of LITGPT_VENVS that can).
         json_out: also write the rows as JSON.
     """
     import torch
 
-    from app.model import CONFIGS, LlamaConfig, flops_per_token, param_count
+    from app.model import LlamaConfig, flops_per_token, param_count
     from tools.bench_peak import bench_peak
 
-    litgpt = _litgpt_python(litgpt_python) if "litgpt" in candidates else None
-    if "litgpt" in candidates and litgpt is None:
-        print(
-            "litgpt is not importable here nor in /tmp/litgpt-venv; skipping it (see --litgpt_python)", file=sys.stderr
-        )
-        candidates = [c for c in candidates if c != "litgpt"]
+    unknown = sorted(set(candidates) - set(CANDIDATES))
+    if unknown:
+        raise SystemExit(f"--candidates: unknown {', '.join(unknown)}; choose from {', '.join(CANDIDATES)}")
+    wants_litgpt = any(c.startswith("litgpt") for c in candidates)
+    litgpt = _litgpt_python(litgpt_python) if wants_litgpt else None
+    if wants_litgpt and litgpt is None:
+        where = litgpt_python or f"this Python nor {', '.join(map(str, LITGPT_VENVS))}"
+        print(f"litgpt is not importable from {where}; skipping it (see --litgpt_python)", file=sys.stderr)
+        candidates = [c for c in candidates if not c.startswith("litgpt")]
+    torch.set_num_threads(threads)  # the peak of the same number of threads the candidates get
     peaks = {"float32": peak_float32, "bfloat16": peak_bfloat16}
     missing = [d for d in dtypes if peaks[d] is None]
     if missing:
-        if threads:
-            torch.set_num_threads(threads)  # the peak of the same number of threads the candidates get
         peaks.update(bench_peak(dtypes=missing, seconds=1.0))
 
-    rows = []
+    rows, versions = [], {}
     for shape_name in shapes:
-        shape = (
-            {**CONFIGS[shape_name], "block_size": max(seq_len, CONFIGS[shape_name]["block_size"])}
-            if shape_name in CONFIGS
-            else SHAPES[shape_name]
-        )
+        shape = resolve_shape(shape_name, seq_len)
         config = LlamaConfig(**shape)
         for dtype in dtypes:
             results: dict[str, list[dict]] = {c: [] for c in candidates}
             for r in range(rounds):
                 order = candidates[r % len(candidates) :] + candidates[: r % len(candidates)]  # rotate who goes first
                 for candidate in order:
-                    python = litgpt if candidate == "litgpt" else sys.executable
+                    python = litgpt if candidate.startswith("litgpt") else sys.executable
                     args = dict(
                         candidate=candidate,
                         shape=shape,
@@ -271,8 +310,14 @@ def bench_train(
                         steps=steps,
                         threads=threads,
                     )
-                    results[candidate].append(_run_worker(python, args))
-                    last = results[candidate][-1]
+                    last = _run_worker(python, args)
+                    if last["versions"]["torch"] != torch.__version__:
+                        raise SystemExit(
+                            f"{candidate} ran on torch {last['versions']['torch']} ({python}), this tool on torch {torch.__version__}: "
+                            "install the same torch in that venv (pip install torch==<this version>) so that the peers compare at equal kernels."
+                        )
+                    versions[candidate] = last["versions"]
+                    results[candidate].append(last)
                     print(
                         f"  {shape_name} {dtype} round {r + 1}: {candidate} {last['tokens_per_s']:.0f} tokens/s, {last['tokens_per_cpu_s']:.0f} per CPU-s",
                         file=sys.stderr,
@@ -291,44 +336,76 @@ def bench_train(
                 )
                 row["mfu"] = row[_basis(threads)] * flops_per_token(config, seq_len) / peaks[dtype]
                 rows.append(row)
-    _print_table(rows, batch, seq_len, rounds, steps, peaks, threads)
+    _print_table(rows, batch, seq_len, rounds, steps, peaks, threads, versions, litgpt)
     if json_out is not None:
         Path(json_out).write_text(
-            json.dumps({"rows": rows, "peaks": peaks, "batch": batch, "seq_len": seq_len}, indent=1)
+            json.dumps(
+                {
+                    "rows": rows,
+                    "peaks": peaks,
+                    "batch": batch,
+                    "seq_len": seq_len,
+                    "threads": threads,
+                    "versions": versions,
+                },
+                indent=1,
+            )
         )
     return rows
 
 
-def _basis(threads: int | None) -> str:
+def _basis(threads: int) -> str:
     """What ratios and MFU are computed from: with one thread, tokens per CPU-second (the
     process's CPU time is its wall time on an idle machine, and it ignores time lost to other
     jobs); with more, wall-clock tokens/s."""
     return "tokens_per_cpu_s" if threads == 1 else "tokens_per_s"
 
 
+def _version_line(versions: dict[str, dict], litgpt_python: str | None) -> str:
+    torches = sorted({v["torch"] for v in versions.values()})
+    here, venv = {}, {}
+    for candidate, found in versions.items():
+        other = candidate.startswith("litgpt") and litgpt_python != sys.executable
+        (venv if other else here).update({k: v for k, v in found.items() if k != "torch"})
+    line = f"torch {', '.join(torches)} for every candidate; " + ", ".join(f"{k} {v}" for k, v in sorted(here.items()))
+    if venv:
+        line += "; LitGPT's venv " + f"({litgpt_python}): " + ", ".join(f"{k} {v}" for k, v in sorted(venv.items()))
+    return line
+
+
 def _print_table(
-    rows: list[dict], batch: int, seq_len: int, rounds: int, steps: int, peaks: dict, threads: int | None
+    rows: list[dict],
+    batch: int,
+    seq_len: int,
+    rounds: int,
+    steps: int,
+    peaks: dict,
+    threads: int,
+    versions: dict,
+    litgpt_python: str | None,
 ) -> None:
-    peers = [c for c in ("hf", "litgpt") if any(r["candidate"] == c for r in rows)]
     basis = _basis(threads)
     print(
-        f"\nbatch {batch} x seq {seq_len}, AdamW, {threads or 'all'} thread(s); median of {rounds} rounds (fresh process each) x {steps} timed steps; "
+        f"\nbatch {batch} x seq {seq_len}, fused AdamW, {threads} thread(s) per process; median of {rounds} rounds (fresh process each) x {steps} timed steps; "
         + ", ".join(f"{d} matmul peak {p / 1e12:.3f} TFLOP/s" for d, p in peaks.items() if p)
         + f"; ratios and MFU from {'tokens per CPU-second' if basis == 'tokens_per_cpu_s' else 'tokens/s'}"
     )
+    print(_version_line(versions, litgpt_python))
     header = (
-        f"| {'shape':<14} | {'params':>6} | {'dtype':<8} | {'candidate':<12} | {'tokens/s':>8} | "
-        + " | ".join(f"{'vs ' + p:>9}" for p in peers)
-        + f" | {'tok/CPU-s':>9} | {'MFU':>6} | {'mem MiB':>7} |"
+        f"| {'shape':<14} | {'params':>6} | {'dtype':<8} | {'candidate':<15} | {'tokens/s':>8} | {'vs fastest peer':>15} | "
+        f"{'tok/CPU-s':>9} | {'MFU':>6} | {'mem MiB':>7} | {'vs least-memory peer':>20} |"
     )
     print(header)
     print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
     for row in rows:
-        same = {r["candidate"]: r[basis] for r in rows if r["shape"] == row["shape"] and r["dtype"] == row["dtype"]}
-        ratios = " | ".join(f"{row[basis] / same[p]:>8.2f}x" if p in same else f"{'':>9}" for p in peers)
+        peers = [
+            r for r in rows if r["shape"] == row["shape"] and r["dtype"] == row["dtype"] and r["candidate"] in PEERS
+        ]
+        speed = f"{row[basis] / max(r[basis] for r in peers):.2f}x" if peers else ""
+        memory = f"{row['memory_mib'] / min(r['memory_mib'] for r in peers):.2f}x" if peers else ""
         print(
-            f"| {row['shape']:<14} | {row['params'] / 1e6:>5.1f}M | {row['dtype']:<8} | {row['candidate']:<12} | {row['tokens_per_s']:>8.0f} | {ratios} | "
-            f"{row['tokens_per_cpu_s']:>9.0f} | {100 * row['mfu']:>5.1f}% | {row['memory_mib']:>7.0f} |"
+            f"| {row['shape']:<14} | {row['params'] / 1e6:>5.1f}M | {row['dtype']:<8} | {row['candidate']:<15} | {row['tokens_per_s']:>8.0f} | {speed:>15} | "
+            f"{row['tokens_per_cpu_s']:>9.0f} | {100 * row['mfu']:>5.1f}% | {row['memory_mib']:>7.0f} | {memory:>20} |"
         )
 
 

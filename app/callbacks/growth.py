@@ -31,6 +31,7 @@ tokens and FLOPs that checkpoint's ``ThroughputMonitor`` counted are added to th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from app.checkpoint.weights import PREFIX, load_model
 from app.errors import SproutError, check_option, is_count, warn
 from app.model import CONFIGS, SHAPE_FIELDS, Llama, LlamaConfig, build_model, param_count
 from app.protocols import GrowthOperator
+from app.schedule import WarmupCosine
 
 
 class Growth(L.Callback):
@@ -67,6 +69,11 @@ class Growth(L.Callback):
         fresh_optimizer: a new optimizer state for the grown model; ``false`` carries each
             parameter's state over from the parameter it was copied from (depth operators).
         save_stage: save ``stage1-step<N>.ckpt`` next to the run's checkpoints before growing.
+        stage2_lr: peak learning rate of the grown model (default: the optimizer's, as stage 1);
+            the official Gstack scripts train 6L2048H at 1e-3 and the grown 24L2048H at 3e-4.
+        stage2_min_lr: the grown model's cosine floor (default: ``model.schedule.min_lr``; official: 3e-5).
+        stage2_warmup_steps: the grown model's warm-up (default: ``model.schedule.warmup_steps``;
+            official: 3000); needs ``restart_schedule``.
     """
 
     def __init__(
@@ -80,6 +87,9 @@ class Growth(L.Callback):
         restart_schedule: bool = True,
         fresh_optimizer: bool = True,
         save_stage: bool = True,
+        stage2_lr: float | None = None,
+        stage2_min_lr: float | None = None,
+        stage2_warmup_steps: int | None = None,
     ) -> None:
         check_option(
             at_step is None or is_count(at_step, 0), "growth.at_step", at_step, "a number of optimizer steps >= 0"
@@ -99,6 +109,9 @@ class Growth(L.Callback):
         self.restart_schedule = restart_schedule
         self.fresh_optimizer = fresh_optimizer
         self.save_stage = save_stage
+        self.stage2_lr = stage2_lr
+        self.stage2_min_lr = stage2_min_lr
+        self.stage2_warmup_steps = stage2_warmup_steps
         self.grown_at: int | None = None  # global step of the growth
         self.tokens_seen = 0
         self.seed = 0  # the run seed, set in setup; seeds the operator's random stream
@@ -124,13 +137,44 @@ class Growth(L.Callback):
                 f"growth.target_arch / growth.target_overrides give an invalid grown model: {err}"
             ) from None
 
+    def _stage2_options(self) -> dict[str, float | int]:
+        return {
+            name: value
+            for name, value in (
+                ("stage2_lr", self.stage2_lr),
+                ("stage2_min_lr", self.stage2_min_lr),
+                ("stage2_warmup_steps", self.stage2_warmup_steps),
+            )
+            if value is not None
+        }
+
     def _check_options(self) -> None:
+        stage2 = self._stage2_options()
         if self.operator is None:
+            if stage2:
+                names = ", ".join(f"growth.{name}" for name in stage2)
+                raise SproutError(
+                    f"{names} set(s) the learning rate of the grown model, but the recipe grows nothing (no growth.operator). Remove {names}, or add a growth.operator with its target and at_step."
+                )
             if self.source or self.at_step is not None or self.at_tokens is not None:
                 raise SproutError(
                     "The recipe's growth section sets when or what to grow but no growth.operator; add e.g. `operator: {class_path: gstack}`."
                 )
             return
+        for name, value in stage2.items():
+            whole = name == "stage2_warmup_steps"
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int if whole else (int, float))
+                or not (value >= 0 if whole else 0 < value < float("inf"))
+            ):
+                raise SproutError(
+                    f"growth.{name} must be {'a non-negative number of steps' if whole else 'a positive learning rate'}, got {value!r}; fix it in the recipe's growth section."
+                )
+        if self.stage2_warmup_steps is not None and not self.restart_schedule:
+            raise SproutError(
+                "growth.stage2_warmup_steps is a warm-up of a restarted schedule, but growth.restart_schedule is false; remove one of the two."
+            )
         if self.source is not None:
             if self.at_step is not None or self.at_tokens is not None:
                 raise SproutError(
@@ -269,7 +313,13 @@ class Growth(L.Callback):
         small = self._source_model if self.source is not None else _full_model(pl_module.model)
         target = self.target_config(small.config)
         grown = self._seeded_grow(small, target, step)
-        pl_module.replace_model(grown, target, restart_schedule=self.restart_schedule)
+        pl_module.replace_model(
+            grown,
+            target,
+            restart_schedule=self.restart_schedule,
+            peak_lr=self.stage2_lr,
+            schedule=self._stage2_schedule(pl_module.schedule),
+        )
         if pl_module.model is not grown:  # a sharded copy: the operator's masks go on the copy
             self.operator.restore(pl_module.model)
         if not self.fresh_optimizer and old_optimizer is not None:
@@ -277,6 +327,15 @@ class Growth(L.Callback):
         self.grown_at = step
         carried = self._carry_source_compute(trainer) if self.source is not None else ""
         self._announce(trainer, small.config, target, step, carried)
+
+    def _stage2_schedule(self, schedule: WarmupCosine) -> WarmupCosine | None:
+        """The run's schedule with the grown model's floor and warm-up, if the recipe sets them."""
+        changes = {
+            k: v
+            for k, v in (("min_lr", self.stage2_min_lr), ("warmup_steps", self.stage2_warmup_steps))
+            if v is not None
+        }
+        return dataclasses.replace(schedule, **changes) if changes else None
 
     def _seeded_grow(self, small: Llama, target: LlamaConfig, step: int) -> torch.nn.Module:
         """``operator.grow`` on a forked torch stream seeded by (run seed, step): the same draws
@@ -334,7 +393,9 @@ class Growth(L.Callback):
         )
         text = (
             f"Growth {origin}: {type(self.operator).__name__} grew {_describe(source)} "
-            f"to {_describe(target)}; schedule {'restarted' if self.restart_schedule else 'continued'}, "
+            f"to {_describe(target)}; schedule {'restarted' if self.restart_schedule else 'continued'}"
+            + "".join(f", {name.removeprefix('stage2_')} {value}" for name, value in self._stage2_options().items())
+            + ", "
             f"optimizer {'fresh' if self.fresh_optimizer else 'carried over'}."
             + (f" Stage-1 checkpoint: {self.stage_checkpoint}" if self.stage_checkpoint else "")
             + carried

@@ -6,6 +6,11 @@ Every ``update_every`` optimizer steps of the policy the sums are added up acros
 all ranks hand the policy the same feedback and get the same weights, then turned into
 per-domain means and given to ``datamodule.update_mixture``. The sums since the last update
 are this callback's checkpoint state, so a resumed run makes the same updates.
+
+When a policy weighs the loss (``loss_weights``, DoReMi's Algorithm 1) the step's update
+must come before its loss: the module calls ``observe`` from ``training_step``, once the
+token and reference losses exist and before the objective is formed, and the update is
+made on the last micro-batch of the step. Otherwise the batch is observed after the step.
 """
 
 from __future__ import annotations
@@ -61,26 +66,50 @@ class MixtureFeedback(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         policy = self._policy(trainer)
-        if policy is None:
-            return
+        if policy is None or policy.loss_weights() is not None:
+            return  # static, or observed in training_step
         if not isinstance(outputs, Mapping) or "token_loss" not in outputs:
             raise SproutError(
                 f"A dynamic mixture ({type(policy).__name__}) needs the per-token losses of each step, but {type(pl_module).__name__}.training_step returned no 'token_loss'. Use SproutModule or return {{'loss': ..., 'token_loss': ...}}."
             )
-        loss = outputs["token_loss"].double()
+        self._add(policy, batch, outputs["token_loss"], outputs.get("ref_loss"))
+        step = trainer.global_step
+        if step % policy.update_every or step == self.last_update:
+            return  # not an update step, or a later micro-batch of the step that already updated
+        self._update(trainer, pl_module, policy, step)
+
+    def observe(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: Mapping[str, Any],
+        token_loss: torch.Tensor,
+        ref_loss: torch.Tensor | None,
+        last_micro_batch: bool,
+    ) -> None:
+        """Add a micro-batch before its loss is formed; on the step's last micro-batch, update
+        the policy if the step that is ending is an update step (for loss-weighing policies)."""
+        policy = self._policy(trainer)
+        self._add(policy, batch, token_loss, ref_loss)
+        step = trainer.global_step + 1  # optimizer steps done once this one ends
+        if last_micro_batch and step % policy.update_every == 0:
+            self._update(trainer, pl_module, policy, step)
+
+    def _add(
+        self, policy: Any, batch: Mapping[str, Any], token_loss: torch.Tensor, ref_loss: torch.Tensor | None
+    ) -> None:
+        loss = token_loss.detach().double()
         if policy.needs_reference:
-            if "ref_loss" not in outputs:
+            if ref_loss is None:
                 raise SproutError(
                     f"The mixture policy {type(policy).__name__} needs reference losses: set model.reference to a reference checkpoint (scored online) or data.reference_scores to offline scores from tools/score_reference.py."
                 )
-            loss = (loss - outputs["ref_loss"].double()).clamp_min(0)
+            loss = (loss - ref_loss.double()).clamp_min(0)
         valid = (batch["targets"] != IGNORE_INDEX) & loss.isfinite()  # a step the NaN guard skips adds nothing
         rows = torch.stack([loss.where(valid, 0.0).sum(dim=1), valid.sum(dim=1).double()])
         self.sums.index_add_(1, batch["domain"].to(self.sums.device), rows.to(self.sums.device))
 
-        step = trainer.global_step
-        if step % policy.update_every or step == self.last_update:
-            return  # not an update step, or a later micro-batch of the step that already updated
+    def _update(self, trainer: L.Trainer, pl_module: L.LightningModule, policy: Any, step: int) -> None:
         total = trainer.strategy.reduce(self.sums.clone(), reduce_op="sum").cpu()
         dm = trainer.datamodule
         feedback = {d: float(total[0, i] / total[1, i]) for i, d in enumerate(dm.domains) if total[1, i] > 0}

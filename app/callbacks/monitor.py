@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from app.errors import check_option, is_count, is_number
 from app.flops import flop_counter_mode
-from app.model import flops_per_token
+from app.model import flops_per_token, forward_flops_per_token
 from app.peaks import gpu_peak, measured_matmul_peak
 
 
@@ -28,13 +28,18 @@ class ThroughputMonitor(L.Callback):
     * ``perf/mfu`` (model FLOPs utilisation): the FLOPs the model needs, whatever the
       implementation, ``app.model.flops_per_token`` of the shape the batch ran with (6 per
       matmul weight per token plus attention), so it follows growth and does not depend on
-      sharding. ``perf/flops_seen`` and ``perf/flops_per_s_per_device`` count these model
-      FLOPs too: they are what compute-matched comparisons and scaling laws use.
+      sharding. An online reference model (Rho-1's ``model.reference``) adds its forward,
+      ``app.model.forward_flops_per_token`` of its shape (2 per weight per token), for every batch
+      it scores: the run pays for it, so compute-matched comparisons must count it (offline
+      scores cost nothing per step; their one-off scoring is the experiment's to report).
+      ``perf/flops_seen`` and ``perf/flops_per_s_per_device`` count these model FLOPs too: they
+      are what compute-matched comparisons and scaling laws use.
     * ``perf/hfu`` (hardware FLOPs utilisation): the FLOPs the device actually ran, counted
       with ``torch.utils.flop_counter`` over one real training step and again whenever the
       model changes size (growth). This includes recomputation (activation checkpointing,
-      the chunked loss's head in backward) and an online reference model's forward, so it
-      is at least MFU.
+      the chunked loss's head in backward where it recomputes rather than keeps its logits'
+      gradient, attention's scores in backward) and an online reference model's forward, so
+      it is at least MFU.
 
     Token selection does not change either: forward and backward still run over every token.
     ``peak_flops`` is the datasheet value of a known GPU, the value given here, or on CPU the
@@ -80,6 +85,11 @@ class ThroughputMonitor(L.Callback):
         # Taken before the step: a growth callback may swap the model in its own batch-end hook.
         input_ids = batch["input_ids"]
         self._batch_model_flops = float(flops_per_token(pl_module.config, input_ids.shape[-1]) * input_ids.numel())
+        reference = getattr(pl_module, "reference", None)
+        if reference is not None and "ref_loss" not in batch:  # scored online this step, as the module does
+            self._batch_model_flops += float(
+                forward_flops_per_token(reference.model.config, input_ids.shape[-1]) * input_ids.numel()
+            )
         self._batch_params = _param_count(pl_module)
         if self._batch_params != self._counted_params:
             self._counter = flop_counter_mode()

@@ -8,6 +8,7 @@ from app.model.config import (
     WIDTH_FIELDS,
     LlamaConfig,
     flops_per_token,
+    forward_flops_per_token,
     param_count,
 )
 from app.model.llama import Llama, RMSNorm, TransformerBlock
@@ -23,5 +24,6 @@ __all__ = [
     "TransformerBlock",
     "build_model",
     "flops_per_token",
+    "forward_flops_per_token",
     "param_count",
 ]

@@ -126,12 +126,14 @@ def _shape(n_layer, n_embd, n_head, n_kv_head, intermediate_size, vocab_size, bl
 
 
 # The growth shapes follow "Stacking Your Transformers" (Du et al. 2024): a small model of the same
-# width with 1/4 of the layers is grown depthwise by g = 4. The 1.1B class is TinyLlama's shape
-# (24 layers instead of 22, so that 6 -> 24 is g = 4), the 7B class Llama-2-7B's. The 3B class is
+# width with 1/4 of the layers is grown depthwise by g = 4. The 1.1B class is the official code's
+# 6L2048H -> 24L2048H: TinyLlama's width and FFN with full multi-head attention (32 KV heads, no
+# grouping), 24 layers so that 6 -> 24 is g = 4; the 7B class is Llama-2-7B's shape. The 3B class is
 # 2560 wide (32 heads of 80, FFN 6912 = Llama's 8/3 rule rounded to 256): at 32 layers that is
 # 2.7B parameters, where OpenLLaMA-3B's width 3200 would give 4.2B. All growth shapes train with
 # TinyLlama's 2048-token context and the 32000-token Llama vocabulary.
 _TINYLLAMA = dict(n_embd=2048, n_head=32, n_kv_head=4, intermediate_size=5632, vocab_size=32000, block_size=2048)
+_GSTACK_1B = dict(_TINYLLAMA, n_kv_head=32)
 _LLAMA_3B = dict(n_embd=2560, n_head=32, n_kv_head=32, intermediate_size=6912, vocab_size=32000, block_size=2048)
 _LLAMA_7B = dict(n_embd=4096, n_head=32, n_kv_head=32, intermediate_size=11008, vocab_size=32000, block_size=2048)
 
@@ -147,8 +149,8 @@ CONFIGS: dict[str, dict] = {
     "llama-2-7b": _shape(32, 4096, 32, 32, 11008, 32000, 4096),
     "llama-2-13b": _shape(40, 5120, 40, 40, 13824, 32000, 4096),
     # Growth pairs: source (L layers) -> target (4L layers), same width.
-    "llama-1.1b-6l": _shape(6, **_TINYLLAMA),
-    "llama-1.1b-24l": _shape(24, **_TINYLLAMA),
+    "llama-1.1b-6l": _shape(6, **_GSTACK_1B),
+    "llama-1.1b-24l": _shape(24, **_GSTACK_1B),
     "llama-3b-8l": _shape(8, **_LLAMA_3B),
     "llama-3b-32l": _shape(32, **_LLAMA_3B),
     "llama-7b-8l": _shape(8, **_LLAMA_7B),
@@ -182,3 +184,9 @@ def flops_per_token(config: LlamaConfig, seq_len: int) -> int:
     c = config
     matmul_params = c.n_layer * _layer_matmul_params(c) + c.vocab_size * c.n_embd
     return 6 * matmul_params + 12 * c.n_layer * c.n_head * c.head_dim * seq_len
+
+
+def forward_flops_per_token(config: LlamaConfig, seq_len: int) -> int:
+    """Forward-only FLOPs per token, a third of ``flops_per_token``: 2 per matmul weight plus the
+    attention products once. What a frozen model that only scores tokens costs (Rho-1's online reference)."""
+    return flops_per_token(config, seq_len) // 3

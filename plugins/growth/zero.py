@@ -1,10 +1,9 @@
-"""G_zero: new parameters start at zero where that keeps the grown model's function.
+"""G_zero: new parameters start at zero.
 
-Zeroing a new unit's weights on *both* sides would be a stationary point (every gradient
-reaching the new weights is zero, so they would never train). So the new weights that write
-into the function are zero and the ones that only read from it keep Llama's random init:
-a new block's attention output and MLP down projections, a new head's or FFN unit's output
-columns, and every write into a new residual dimension.
+Depthwise, a copied block's attention output and MLP down projections are zero, so it adds
+nothing to the residual stream. Widthwise, the published operator zeroes what a new unit reads
+from the old ones (and the new norm gains); ``variant: rescaled`` instead zeroes what new
+units write and rescales the norms, which keeps the function and trains every new weight.
 """
 
 from __future__ import annotations
@@ -12,10 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from app.errors import SproutError
 from app.model import WIDTH_FIELDS, Llama, LlamaConfig, RMSNorm
 from app.protocols import GrowthOperator
 from plugins.growth.common import (
     DepthGrowth,
+    axes,
     check_shapes,
     copies,
     deepen,
@@ -61,14 +62,35 @@ class ZeroDepth(DepthGrowth, GrowthOperator):
 
 
 class ZeroWidth(GrowthOperator):
-    """G_zero widthwise: new weights that write are zero, new weights that read are random.
+    """G_zero widthwise, in two variants.
 
-    Zero: writes into the residual stream and out of a new head or FFN unit; random: the rest.
+    ``published`` (default; Du et al. 2024, Fig. 2, and the official ``prts_lit/scaling/zero.py``):
+    every tensor keeps its source block; a new output unit's weights *from old inputs* are zero,
+    every weight *from a new input* keeps Llama's random init, and new norm gains (and new
+    embedding columns) are zero. New residual dimensions therefore start at zero, as do new heads
+    and FFN units; the norms' old gains are left as they are, so each RMSNorm now averages over
+    n_t dimensions of which n_s are non-zero and its output grows by sqrt(n_t / n_s): the grown
+    model does not compute the small one's function. In this form new residual dimensions and
+    new SwiGLU units get no gradient (zero gains, zero inputs, silu(0) = 0); new heads learn
+    through their values.
 
-    New residual dimensions therefore stay zero at first, which lowers every RMSNorm's
-    denominator by sqrt(n_s / n_t); the norms' gains are scaled by that ratio, so the grown
-    model computes the small model's function (up to the norms' epsilon).
+    ``rescaled`` (Sprout's earlier variant): new weights that write into the residual stream, out
+    of a new head or FFN unit, are zero; new weights that read are random; every norm gain is
+    scaled by sqrt(n_s / n_t), so the function is kept up to RMSNorm's epsilon (which is not
+    rescaled: at initialisation scale it moves logits by a few per cent).
+
+    Args:
+        variant: ``published`` or ``rescaled``.
     """
+
+    VARIANTS = ("published", "rescaled")
+
+    def __init__(self, variant: str = "published") -> None:
+        if variant not in self.VARIANTS:
+            raise SproutError(
+                f"zero_width variant must be one of {', '.join(self.VARIANTS)}, got {variant!r}; fix growth.operator.init_args.variant."
+            )
+        self.variant = variant
 
     def check(self, source: LlamaConfig, target: LlamaConfig) -> None:
         check_shapes(type(self).__name__, source, target, WIDTH_FIELDS)
@@ -76,13 +98,24 @@ class ZeroWidth(GrowthOperator):
     def grow(self, model: Llama, target: LlamaConfig) -> nn.Module:
         self.check(model.config, target)
         fill = fresh_weights(target, next(model.parameters()))
+        maps = width_maps(model.config, target, copy=False)
+        if self.variant == "rescaled":
+            for name, tensor in fill.items():
+                if is_writer(name):  # tok_embeddings, wo, w2
+                    tensor.zero_()
+            grown = widen(model, target, maps, fill)
+            with torch.no_grad():
+                for module in grown.modules():
+                    if isinstance(module, RMSNorm):
+                        module.weight.mul_(rms_ratio(model.config, target))
+            return grown
         for name, tensor in fill.items():
-            if is_writer(name):  # tok_embeddings, wo, w2
-                tensor.zero_()
-        grown = widen(model, target, width_maps(model.config, target, copy=False), fill)
-        ratio = rms_ratio(model.config, target)
-        with torch.no_grad():
-            for module in grown.modules():
-                if isinstance(module, RMSNorm):
-                    module.weight.mul_(ratio)
-        return grown
+            rows, cols = axes(name, maps)
+            if tensor.ndim == 1:
+                tensor[(rows < 0).to(tensor.device)] = 0
+            elif name.startswith("tok_embeddings"):  # its columns are the outputs: new dimensions start at zero
+                tensor[:, (cols < 0).to(tensor.device)] = 0
+            elif rows is not None:  # a new output unit reads nothing from the old inputs
+                old_in = torch.ones(tensor.size(1), dtype=torch.bool) if cols is None else cols >= 0
+                tensor[((rows < 0)[:, None] & old_in[None, :]).to(tensor.device)] = 0
+        return widen(model, target, maps, fill)

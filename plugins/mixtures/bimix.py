@@ -72,8 +72,10 @@ class BiMixMixture(MixturePolicy):
         self, step: int, domains: Mapping[str, DomainStats], feedback: Mapping[str, float] | None = None
     ) -> dict[str, float]:
         if set(domains) != set(self.laws):
+            missing, extra = sorted(set(domains) - set(self.laws)), sorted(set(self.laws) - set(domains))
             raise SproutError(
-                f"The bimix law ({self.source}) covers domains {sorted(self.laws)} but training uses {sorted(domains)}. "
+                f"The bimix law ({self.source}) was fitted for other domains than the training data: it covers {sorted(self.laws)} "
+                f"but training uses {sorted(domains)}; missing from the law: {missing or 'none'}, extra in the law: {extra or 'none'}. "
                 "Fit the law on proxy runs over the same domains (tools/fit_bimix.py), or change data.domains to match."
             )
         if not self._announced:

@@ -1,13 +1,17 @@
-"""Online mixture by excess loss over a reference model (DoReMi, Xie et al. 2023).
+"""Online domain weights by excess loss over a reference model (DoReMi, Xie et al. 2023, Algorithm 1).
 
-Domains where the model trails the reference most get more weight: every ``update_every``
-steps the policy receives each domain's excess loss lambda_i (per-token
-max(L_model - L_ref, 0), averaged over the domain's tokens since the last update) and moves
+Every step the policy receives each domain's excess loss lambda_i (per token
+max(L_model - L_ref, 0), averaged over the domain's tokens in the step's batch) and moves
 
     alpha <- softmax(log alpha + eta * lambda),   alpha <- (1 - smoothing) * alpha + smoothing / k
 
-The weights the sampler uses change during training; their time average is the mixture
-DoReMi recommends for a longer run, reported as a ``fixed`` mixture at the end.
+By default (``mode: reweight``, the paper's Algorithm 1 and the official ``doremi/trainer.py``)
+the batches are drawn from a fixed distribution (uniform, or the reference mixture), and every
+token's loss is multiplied by its domain's current alpha: the model minimises
+sum_i alpha_i * (loss of domain i). ``mode: resample`` instead draws the batches by alpha and
+leaves the loss alone (an online-mixture variant, not the paper's proxy training).
+Either way the output is the time average of alpha over the updates, reported as a ``fixed``
+mixture for a longer run.
 """
 
 from __future__ import annotations
@@ -19,17 +23,22 @@ from typing import Any
 from app.errors import SproutError
 from app.protocols import DomainStats, MixturePolicy
 
+MODES = ("reweight", "resample")
+
 
 class DoReMi(MixturePolicy):
     """Exponentiated-gradient domain weights driven by per-domain excess loss.
 
-    Starts from the uniform mixture. A domain missing from one update's feedback (it drew no
-    tokens since the last update) keeps its last excess loss, so a rarely sampled domain is
-    neither rewarded nor punished for being rare.
+    Starts from the uniform alpha. A domain missing from one update's feedback (it drew no
+    tokens since the last update) keeps its last excess loss, as in the official code.
 
     Args:
-        update_every: optimizer steps between weight updates; the excess loss is averaged
-            over them.
+        mode: ``reweight`` (default, Algorithm 1): batches from ``sampling``, token losses
+            times alpha; ``resample``: batches drawn by alpha, plain loss.
+        sampling: the fixed distribution ``reweight`` draws batches from, ``{domain: weight}``
+            over every training domain (normalised); default uniform. Not used by ``resample``.
+        update_every: optimizer steps between updates (the paper: 1); the excess loss is
+            averaged over them.
         eta: step size of the exponentiated-gradient update (the paper's 1.0).
         smoothing: share of the uniform mixture mixed in after every update (the paper's
             1e-3); keeps every domain's weight at least ``smoothing / k``.
@@ -38,7 +47,30 @@ class DoReMi(MixturePolicy):
     dynamic = True
     needs_reference = True
 
-    def __init__(self, update_every: int = 10, eta: float = 1.0, smoothing: float = 1e-3) -> None:
+    def __init__(
+        self,
+        mode: str = "reweight",
+        sampling: dict[str, float] | None = None,
+        update_every: int = 1,
+        eta: float = 1.0,
+        smoothing: float = 1e-3,
+    ) -> None:
+        if mode not in MODES:
+            raise SproutError(
+                f"doremi mixture option mode must be one of {', '.join(MODES)}, got {mode!r}. Fix data.mixture.init_args.mode."
+            )
+        if sampling is not None:
+            bad = {
+                d: w for d, w in sampling.items() if not (isinstance(w, (int, float)) and math.isfinite(w) and w >= 0)
+            }
+            if bad or not sampling or sum(sampling.values()) <= 0:
+                raise SproutError(
+                    f"doremi mixture option sampling must map domains to finite non-negative weights, not all zero; got {sampling}. Fix data.mixture.init_args.sampling."
+                )
+            if mode == "resample":
+                raise SproutError(
+                    "doremi mixture option sampling (the fixed distribution batches are drawn from) only applies to mode: reweight; mode: resample draws by alpha. Remove data.mixture.init_args.sampling or set mode: reweight."
+                )
         if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
             raise SproutError(
                 f"doremi mixture option update_every must be a positive integer (optimizer steps between weight updates), got {update_every!r}. Fix data.mixture.init_args.update_every."
@@ -51,10 +83,12 @@ class DoReMi(MixturePolicy):
             raise SproutError(
                 f"doremi mixture option smoothing must be in [0, 1] (the paper uses 1e-3), got {smoothing!r}. Fix data.mixture.init_args.smoothing."
             )
+        self.mode = mode
+        self.sampling = dict(sampling) if sampling is not None else None
         self.update_every = update_every
         self.eta = float(eta)
         self.smoothing = float(smoothing)
-        self.alpha: dict[str, float] = {}  # the weights in use
+        self.alpha: dict[str, float] = {}  # the domain weights
         self.alpha_sum: dict[str, float] = {}  # sum of alpha over updates, for the time average
         self.updates = 0
         self.excess: dict[str, float] = {}  # last excess loss seen per domain
@@ -62,11 +96,13 @@ class DoReMi(MixturePolicy):
     def weights(
         self, step: int, domains: Mapping[str, DomainStats], feedback: Mapping[str, float] | None = None
     ) -> dict[str, float]:
+        """The sampling distribution: fixed under ``reweight``, alpha under ``resample``."""
         if not domains:
             raise SproutError(
                 "The doremi mixture got no domains; list at least one domain in the recipe's data.domains."
             )
         if not self.alpha:
+            self._check_sampling(domains)
             self.alpha = {d: 1.0 / len(domains) for d in domains}
             self.alpha_sum = {d: 0.0 for d in domains}
         if set(self.alpha) != set(domains):
@@ -75,7 +111,33 @@ class DoReMi(MixturePolicy):
             )
         if feedback is not None:
             self._update(step, domains, feedback)
-        return dict(self.alpha)
+        if self.mode == "resample":
+            return dict(self.alpha)
+        if self.sampling is None:
+            return {d: 1.0 / len(domains) for d in domains}
+        total = sum(self.sampling.values())
+        return {d: self.sampling[d] / total for d in domains}
+
+    def loss_weights(self) -> dict[str, float] | None:
+        """alpha, the factor on every token's loss by its domain (``reweight``); None under ``resample``."""
+        return dict(self.alpha) if self.mode == "reweight" and self.alpha else None
+
+    def _check_sampling(self, domains: Mapping[str, DomainStats]) -> None:
+        if self.sampling is None:
+            return
+        unknown, missing = sorted(set(self.sampling) - set(domains)), sorted(set(domains) - set(self.sampling))
+        if unknown or missing:
+            problem = "; ".join(
+                ([f"names domains {unknown} that are not training domains"] if unknown else [])
+                + ([f"gives no weight to training domains {missing}"] if missing else [])
+            )
+            raise SproutError(
+                f"doremi: data.mixture.init_args.sampling {problem} (training domains: {sorted(domains)}). Give one weight per training domain, or leave sampling out for uniform."
+            )
+        if sum(self.sampling[d] for d in domains) <= 0:
+            raise SproutError(
+                f"doremi: data.mixture.init_args.sampling gives every training domain weight 0: {self.sampling}. Give some domain a positive weight."
+            )
 
     def _update(self, step: int, domains: Mapping[str, DomainStats], feedback: Mapping[str, float]) -> None:
         unknown = sorted(set(feedback) - set(domains))
@@ -99,13 +161,13 @@ class DoReMi(MixturePolicy):
 
     @property
     def average(self) -> dict[str, float]:
-        """Time average of the weights over the updates so far (DoReMi's output mixture)."""
+        """Time average of alpha over the updates so far (DoReMi's output mixture)."""
         if self.updates == 0:
             return dict(self.alpha)
         return {d: s / self.updates for d, s in self.alpha_sum.items()}
 
     def metrics(self) -> dict[str, float]:
-        """The weights just set and their time average per domain, for logging at each update."""
+        """alpha just set and its time average per domain, for logging at each update."""
         return {
             **{f"current/{d}": v for d, v in self.alpha.items()},
             **{f"average/{d}": v for d, v in self.average.items()},
@@ -119,7 +181,7 @@ class DoReMi(MixturePolicy):
         counts[max(counts, key=counts.get)] += unit - sum(counts.values())  # printed weights sum to exactly 1
         weights = ", ".join(f"{d}: {c / unit:.4f}" for d, c in counts.items())
         return (
-            f"doremi: time-averaged weights over {self.updates} update(s) (every {self.update_every} steps, eta={self.eta}, smoothing={self.smoothing}); "
+            f"doremi ({self.mode}): time-averaged weights over {self.updates} update(s) (every {self.update_every} step(s), eta={self.eta}, smoothing={self.smoothing}); "
             f"train a longer run with them as:\n"
             f"data:\n  mixture:\n    class_path: fixed\n    init_args: {{weights: {{{weights}}}}}"
         )

@@ -1,9 +1,10 @@
-"""Mixtures that need no training: fixed, natural (by token count) and uniform."""
+"""Mixtures that need no training: fixed, natural (by token count, optionally within groups) and uniform."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from app.errors import SproutError
 from app.protocols import DomainStats, MixturePolicy
@@ -29,12 +30,64 @@ class Fixed(MixturePolicy):
         return {d: self.fixed[d] / total for d in domains}
 
 
+@dataclass
+class DomainGroup:
+    """Domains whose natural shares are scaled to add up to ``total`` (e.g. all of SlimPajama's)."""
+
+    total: float
+    domains: list[str]
+
+
 class Natural(MixturePolicy):
-    """Proportional to each domain's training tokens: every token seen about equally often."""
+    """Proportional to each domain's training tokens: every token seen about equally often.
+
+    With ``groups`` the proportion holds within each group, and the groups get the totals given
+    (normalised to sum to 1): TinyLlama's 7:3 mixture is SlimPajama's domains by their tokens,
+    together 0.693584, and Starcoderdata 0.306416, with no hand-copied per-domain numbers::
+
+        groups:
+          slimpajama: {total: 0.693584, domains: [commoncrawl, c4, book, arxiv, wikipedia, stackexchange]}
+          starcoder: {total: 0.306416, domains: [code]}
+    """
+
+    def __init__(self, groups: dict[str, DomainGroup] | None = None) -> None:
+        self.groups = dict(groups or {})
+        seen: dict[str, str] = {}
+        for name, group in self.groups.items():
+            if (
+                not (isinstance(group.total, (int, float)) and math.isfinite(group.total) and group.total > 0)
+                or not group.domains
+            ):
+                raise SproutError(
+                    f"mixture natural: group {name!r} needs a positive total and at least one domain, got total={group.total!r}, domains={group.domains!r}. Fix data.mixture.init_args.groups.{name}."
+                )
+            for domain in group.domains:
+                if domain in seen:
+                    raise SproutError(
+                        f"mixture natural: domain {domain!r} is in both groups {seen[domain]!r} and {name!r}; put each domain in one group. Fix data.mixture.init_args.groups."
+                    )
+                seen[domain] = name
 
     def weights(self, step: int, domains: Mapping[str, DomainStats], feedback=None) -> dict[str, float]:
-        total = sum(s.tokens for s in domains.values())
-        return {d: s.tokens / total for d, s in domains.items()}
+        if not self.groups:
+            total = sum(s.tokens for s in domains.values())
+            return {d: s.tokens / total for d, s in domains.items()}
+        grouped = {d for group in self.groups.values() for d in group.domains}
+        unknown, loose = sorted(grouped - set(domains)), sorted(set(domains) - grouped)
+        if unknown or loose:
+            problem = "; ".join(
+                ([f"names {unknown}, which are not training domains"] if unknown else [])
+                + ([f"leaves training domains {loose} in no group"] if loose else [])
+            )
+            raise SproutError(
+                f"mixture natural: data.mixture.init_args.groups {problem} (training domains: {sorted(domains)}). Put every training domain in exactly one group."
+            )
+        totals = sum(group.total for group in self.groups.values())
+        weights = {}
+        for group in self.groups.values():
+            tokens = sum(domains[d].tokens for d in group.domains)
+            weights.update({d: group.total / totals * domains[d].tokens / tokens for d in group.domains})
+        return {d: weights[d] for d in domains}
 
 
 class Uniform(MixturePolicy):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import shutil
@@ -23,6 +24,7 @@ from app.data.corpus import build_default_corpus, corpus_texts
 from app.data.prepare import Source, prepare
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
+from app.files import write_json
 from tools import fit_bimix
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -178,8 +180,9 @@ def train(
     """``sprout fit`` ``config`` in a fresh process; returns the run's final mean validation loss
     and step, ``read(scalars, config)`` and its wall and CPU seconds.
 
-    The result is saved as ``run_dir/result.json`` and a run that has one is reused, so a
-    repeated command continues an interrupted experiment. ``threads`` sets the run's
+    The result is saved as ``run_dir/result.json``, last and atomically, and a run that has one
+    is reused, so a repeated command continues an interrupted experiment; a run without one is
+    redone from scratch, its folder emptied first. ``threads`` sets the run's
     OMP_NUM_THREADS (one helps on a busy machine).
     """
     if (run_dir / DONE).is_file():
@@ -207,11 +210,48 @@ def train(
     last = max(logged["val/loss"])
     result = {"steps": last, "val_loss": logged["val/loss"][last], **(read(logged, config) if read else {})}
     result["seconds"], result["cpu_seconds"] = time.perf_counter() - started, children_cpu() - cpu
-    (run_dir / DONE).write_text(json.dumps(result, indent=1))
+    write_json(run_dir / DONE, result)  # the completion marker appears whole or not at all, after the run
     print(
         f"  {run_dir.name}: val/loss {result['val_loss']:.4f} after {result['steps']} steps ({result['seconds']:.0f} s wall, {result['cpu_seconds']:.0f} s CPU)"
     )
     return result
+
+
+# -- seeds: every experiment repeats its runs per seed and reports mean ± std per cell ---------
+
+
+def seed_list(first: int, count: int) -> list[int]:
+    """The seeds of an experiment: ``first``, ``first + 1``, ... (``count`` of them)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise SproutError(
+            f"--seeds must be a positive number of seeds, got {count!r}; 3 or more are needed for a mean ± std."
+        )
+    return list(range(first, first + count))
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def cell(values: list[float], spec: str = ".4f") -> str:
+    """``mean ± std`` of ``values`` (just the value for one seed), each formatted by ``spec``."""
+    mean, std = mean_std(values)
+    return f"{mean:{spec}}" if len(values) < 2 else f"{mean:{spec}} ± {std:{spec.replace('+', '')}}"
+
+
+def compare(values: list[float], baseline: list[float], lower_is_better: bool = True) -> str:
+    """``better`` or ``worse`` than ``baseline``, or ``level`` when the means differ by less than
+    2 standard deviations (the larger of the two); ``n/a`` with fewer than 2 seeds on either side."""
+    if len(values) < 2 or len(baseline) < 2:
+        return "n/a (1 seed)"
+    (a, sa), (b, sb) = mean_std(values), mean_std(baseline)
+    if abs(a - b) < 2 * max(sa, sb):
+        return "level"
+    return "better" if (a < b) == lower_is_better else "worse"
 
 
 def command(script: str, args: dict) -> str:

@@ -11,8 +11,11 @@ prepared as for the mixture experiment.
 
 The table holds each run's mean validation loss at the scratch run's total FLOPs and the
 training FLOPs at which it first reaches the scratch run's final loss (both linear between
-validations); the speed-up is scratch FLOPs / those FLOPs - 1, as the paper reports it. The PNG plots validation loss
-against training FLOPs (``perf/flops_seen``, measured by the throughput monitor).
+validations); the speed-up is scratch FLOPs / those FLOPs - 1, as the paper reports it. Every
+run is repeated for ``--seeds`` seeds (model init and data order; each seed has its own
+scratch run), and every cell is the mean ± std over them; a loss less than 2 std from
+scratch's is called level. The PNG plots validation loss against training FLOPs
+(``perf/flops_seen``, measured by the throughput monitor), one thin line per seed.
 
     python tools/experiments/growth.py --work_dir runs/growth
 
@@ -108,43 +111,100 @@ def flops_to_reach(points: list[tuple[float, float]], loss: float) -> float | No
     return None
 
 
-def table(results: dict[str, dict]) -> str:
-    budget = results["scratch"]["curve"][-1][0]  # scratch's FLOPs at its final validation
+def table(per_seed: dict[int, dict[str, dict]]) -> str:
+    """One row per run: mean ± std over seeds, and how its loss compares with scratch's."""
+    runs = next(iter(per_seed.values()))
     rows = [
-        "| run | small stage | steps | val loss at scratch's FLOPs | FLOPs to scratch's final loss | speed-up |",
-        "|---|---|---|---|---|---|",
+        "| run | small stage | steps | val loss at scratch's FLOPs | vs scratch | FLOPs to scratch's final loss | speed-up |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, r in results.items():
-        reach = r["flops_to_scratch_loss"]
-        speedup = f"{budget / reach - 1:+.1%}" if reach else "not reached"
-        small = "-" if name == "scratch" else f"{r['grow_at']} steps, {r['source']}"
-        reached = f"{reach:.3e}" if reach else "-"
-        rows.append(f"| {name} | {small} | {r['steps']} | {r['val_loss']:.4f} | {reached} | {speedup} |")
+    scratch = [seed["scratch"]["val_loss"] for seed in per_seed.values()]
+    for name, first in runs.items():
+        losses = [seed[name]["val_loss"] for seed in per_seed.values()]
+        reached = [
+            seed[name]["flops_to_scratch_loss"] for seed in per_seed.values() if seed[name]["flops_to_scratch_loss"]
+        ]
+        speedups = [
+            seed["scratch"]["curve"][-1][0] / seed[name]["flops_to_scratch_loss"] - 1
+            for seed in per_seed.values()
+            if seed[name]["flops_to_scratch_loss"]
+        ]
+        missed = len(per_seed) - len(reached)
+        reach = (common.cell(reached, ".3e") if reached else "-") + (
+            f" (not reached in {missed} of {len(per_seed)})" if missed else ""
+        )
+        speedup = (
+            "-"
+            if name == "scratch"
+            else (common.cell([100 * v for v in speedups], "+.1f") + "%" if speedups else "not reached")
+        )
+        versus = "-" if name == "scratch" else common.compare(losses, scratch)
+        small = "-" if name == "scratch" else f"{first['grow_at']} steps, {first['source']}"
+        rows.append(f"| {name} | {small} | {first['steps']} | {common.cell(losses)} | {versus} | {reach} | {speedup} |")
     return "\n".join(rows)
 
 
-def plot(path: Path, results: dict[str, dict]) -> None:
+def plot(path: Path, per_seed: dict[int, dict[str, dict]]) -> None:
+    runs = list(next(iter(per_seed.values())))
     with common.figure(path, 2, (10, 3.8), sharey=True) as axes:
         for ax, kind in zip(axes, ("depth", "width")):
-            names = ["scratch"] + [n for n in results if n.endswith(f"({kind})")]
+            names = ["scratch"] + [n for n in runs if n.endswith(f"({kind})")]
             for i, name in enumerate(names):
-                flops, losses = zip(*results[name]["curve"])
-                ax.plot(
-                    [f / 1e12 for f in flops],
-                    losses,
-                    "o-",
-                    ms=2.5,
-                    color="k" if name == "scratch" else f"C{i}",
-                    label=name,
-                )
-                if name != "scratch":
-                    ax.axvline(results[name]["grown_flops"] / 1e12, color=f"C{i}", lw=0.6, ls=":")
-            ax.axhline(results["scratch"]["val_loss"], color="k", lw=0.6, ls="--")
-            ax.axvline(results["scratch"]["curve"][-1][0] / 1e12, color="k", lw=0.6, ls="--")
-            ax.set_title(f"{kind}wise growth (dotted: growth)")
+                color = "k" if name == "scratch" else f"C{i}"
+                for j, results in enumerate(per_seed.values()):
+                    flops, losses = zip(*results[name]["curve"])
+                    ax.plot([f / 1e12 for f in flops], losses, "-", lw=0.8, color=color, label=name if j == 0 else None)
+            ax.set_title(f"{kind}wise growth ({len(per_seed)} seeds)")
             ax.set_xlabel("training TFLOPs (small stage included)")
             ax.legend(fontsize=7)
         axes[0].set_ylabel("mean validation loss")
+
+
+def run_seed(
+    work: Path, data_dir: Path, args: dict, depth_operators: list[str], width_operators: list[str]
+) -> dict[str, dict]:
+    """Scratch and every operator for one seed (``args["seed"]``), in ``work``."""
+    steps, grow_at = args["steps"], args["grow_at"]
+    runs = {"scratch": (TARGET, steps, None, None)}
+    for kind, names in (("depth", depth_operators), ("width", width_operators)):
+        total = grown_run_steps(steps, grow_at, SOURCES[kind], args)
+        for name in names:
+            section = {
+                "operator": operator_section(name, args),
+                "target_overrides": TARGET,
+                "at_step": grow_at,
+                "save_stage": False,
+            }
+            runs[f"{name} ({kind})"] = (SOURCES[kind], total, section, kind)
+
+    results = {}
+    for label, (shape, total, section, kind) in runs.items():
+        run_dir = work / "runs" / label.replace(" (", "-").rstrip(")")
+        print(f"seed {args['seed']}, {label}: {total} steps" + (f", grown at step {grow_at}" if section else ""))
+        common.train(run_dir, recipe(run_dir, data_dir, shape, total, args, section))
+        scalars = common.scalars(run_dir)
+        points, flops = curve(scalars), scalars["perf/flops_seen"]
+        results[label] = {
+            "steps": total,
+            "flops": max(flops.values()),
+            "curve": points,
+            **(
+                {
+                    "grow_at": grow_at,
+                    "source": "2 layers" if kind == "depth" else "64 wide",
+                    "grown_flops": flops[max(s for s in flops if s < grow_at)],
+                }
+                if section
+                else {}
+            ),
+        }
+    budget = results["scratch"]["curve"][-1][0]
+    for r in results.values():
+        r["val_loss"] = loss_at(r["curve"], budget)
+    for r in results.values():
+        r["flops_to_scratch_loss"] = flops_to_reach(r["curve"], results["scratch"]["val_loss"])
+
+    return results
 
 
 def growth(
@@ -169,7 +229,8 @@ def growth(
     max_doc_chars: int = 20_000,
     tokenizer_chars: int = 1_000_000,
     seed: int = 0,
-) -> dict[str, dict]:
+    seeds: int = 3,
+) -> dict[int, dict[str, dict]]:
     """Run the experiment; prints and writes ``<work_dir>/growth.md``, ``growth.json`` and ``growth.png``.
 
     Args:
@@ -193,9 +254,11 @@ def growth(
         code_bytes: bytes of standard-library source in the code domain.
         max_doc_chars: books and Shakespeare are cut into documents of about this size.
         tokenizer_chars: characters of each domain the tokenizer is trained on.
-        seed: seed of every run.
+        seed: the first seed; runs use seeds ``seed`` .. ``seed + seeds - 1``.
+        seeds: how many times every run is repeated, each time with the next seed.
     """
     args = dict(locals())
+    seed_values = common.seed_list(seed, seeds)
     if val_every % log_every:
         raise SproutError(
             f"--val_every {val_every} must be a multiple of --log_every {log_every}, so each validation has its FLOP count."
@@ -217,55 +280,20 @@ def growth(
     print(f"preparing {corpus} -> {data_dir}")
     common.prepare_corpus(Path(corpus).expanduser(), data_dir, vocab_size, code_bytes, max_doc_chars, tokenizer_chars)
 
-    runs = {"scratch": (TARGET, steps, None, None)}
-    for kind, names in (("depth", depth_operators), ("width", width_operators)):
-        total = grown_run_steps(steps, grow_at, SOURCES[kind], args)
-        for name in names:
-            section = {
-                "operator": operator_section(name, args),
-                "target_overrides": TARGET,
-                "at_step": grow_at,
-                "save_stage": False,
-            }
-            runs[f"{name} ({kind})"] = (SOURCES[kind], total, section, kind)
-
-    results = {}
-    for label, (shape, total, section, kind) in runs.items():
-        run_dir = work / "runs" / label.replace(" (", "-").rstrip(")")
-        print(f"{label}: {total} steps" + (f", grown at step {grow_at}" if section else ""))
-        common.train(run_dir, recipe(run_dir, data_dir, shape, total, args, section))
-        scalars = common.scalars(run_dir)
-        points, flops = curve(scalars), scalars["perf/flops_seen"]
-        results[label] = {
-            "steps": total,
-            "flops": max(flops.values()),
-            "curve": points,
-            **(
-                {
-                    "grow_at": grow_at,
-                    "source": "2 layers" if kind == "depth" else "64 wide",
-                    "grown_flops": flops[max(s for s in flops if s < grow_at)],
-                }
-                if section
-                else {}
-            ),
-        }
-    budget = results["scratch"]["curve"][-1][0]
-    for r in results.values():
-        r["val_loss"] = loss_at(r["curve"], budget)
-    for r in results.values():
-        r["flops_to_scratch_loss"] = flops_to_reach(r["curve"], results["scratch"]["val_loss"])
-
-    report = table(results)
+    per_seed = {
+        s: run_seed(work / f"seed{s}", data_dir, {**args, "seed": s}, depth_operators, width_operators)
+        for s in seed_values
+    }
+    report = table(per_seed)
     minutes = (time.perf_counter() - started) / 60
     command = common.command("growth", args)
     (work / "growth.md").write_text(
-        f"{report}\n\n{minutes:.1f} min wall (runs reused from earlier: not timed again). Command: `{command}`\n"
+        f"{report}\n\nSeeds {seed_values}; {minutes:.1f} min wall (runs reused from earlier: not timed again). Command: `{command}`\n"
     )
-    (work / "growth.json").write_text(json.dumps(results, indent=1))
-    plot(work / "growth.png", results)
+    (work / "growth.json").write_text(json.dumps(per_seed, indent=1))
+    plot(work / "growth.png", per_seed)
     print(f"\n{report}\n\nwrote {work / 'growth.md'}, {work / 'growth.png'} ({minutes:.1f} min)")
-    return results
+    return per_seed
 
 
 if __name__ == "__main__":

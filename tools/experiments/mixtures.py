@@ -3,10 +3,15 @@
 Four domains (books, Shakespeare, GSM8K math, and the Python standard library as code) are
 prepared with ``app/data/prepare.py``. Short proxy runs train with the ``uniform``,
 ``natural`` and ``entropy`` mixtures and two ``SPREAD`` mixtures; ``tools/fit_bimix.py`` fits
-the BiMix law on their validation curves and solves it for the final run length. Then every policy trains for the
-same number of steps: the three proxy mixtures, ``bimix`` (the fitted law) and ``doremi``
-(online, against the finished ``uniform`` run as its reference model). The table holds the
-mean and per-domain validation loss at the end of each final run; the PNG their curves.
+the BiMix law on their validation curves and solves it for the final run length. DoReMi
+(Algorithm 1) trains a proxy of the same size and length on uniformly drawn batches with the
+loss weighted by its domain weights, against the ``uniform`` proxy as its reference model; its
+time-averaged weights are the mixture it recommends. Then every policy trains for the same
+number of steps: the three proxy mixtures, ``bimix`` (the fitted law) and ``doremi`` (a
+``fixed`` run with DoReMi's averaged weights). Everything is repeated for ``--seeds`` seeds
+(each seed its own proxies, fit, reference and finals); the table holds the mean ± std over
+seeds of the mean and per-domain validation loss at the end of each final run, and whether
+each policy's mean loss is level with uniform's (less than 2 std apart); the PNG the curves.
 
     python tools/experiments/mixtures.py --work_dir runs/mixtures
 
@@ -16,8 +21,11 @@ are reused when the command is repeated, so an interrupted experiment continues.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+
+import torch
 
 from app.errors import SproutError
 from tools import fit_bimix
@@ -55,16 +63,13 @@ def recipe(run_dir: Path, data_dir: Path, mixture: dict, steps: int, args: dict,
 
 
 def read_result(scalars: dict, config: dict) -> dict:
-    """Final per-domain validation loss, the curves, and the weights trained with
-    (a dynamic policy's time average, as it recommends them for a fixed mixture)."""
+    """Final per-domain validation loss, the curves, and the weights trained with."""
     losses = common.tagged(scalars, "val/loss/")
     last = max(scalars["val/loss"])
-    averaged = common.tagged(scalars, "mixture/average/")
-    weights = averaged or common.tagged(scalars, "mixture/weight/")
+    weights = common.tagged(scalars, "mixture/weight/")
     return {
         "domain_loss": {d: points[last] for d, points in sorted(losses.items())},
         "weights": {d: points[max(points)] for d, points in sorted(weights.items())},
-        "weights_kind": "time-averaged" if averaged else "fixed",
         "curves": {
             "mean": sorted(scalars["val/loss"].items()),
             **{d: sorted(points.items()) for d, points in sorted(losses.items())},
@@ -72,35 +77,97 @@ def read_result(scalars: dict, config: dict) -> dict:
     }
 
 
-def table(results: dict[str, dict]) -> str:
-    domains = list(next(iter(results.values()))["domain_loss"])
-    head = "| policy | weights (" + ", ".join(domains) + ") | mean val loss | " + " | ".join(domains) + " | CPU s |"
+def doremi_average(run_dir: Path) -> dict[str, float]:
+    """The time-averaged domain weights of a finished DoReMi run, from its last checkpoint."""
+    state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+        "SproutDataModule"
+    ]["mixture"]
+    return {d: s / state["updates"] for d, s in sorted(state["alpha_sum"].items())}
+
+
+def table(per_seed: dict[int, dict[str, dict]]) -> str:
+    first = next(iter(per_seed.values()))
+    domains = list(first["uniform"]["domain_loss"])
+    head = (
+        "| policy | weights ("
+        + ", ".join(domains)
+        + "), mean over seeds | mean val loss | vs uniform | "
+        + " | ".join(domains)
+        + " |"
+    )
     rows = [head, "|" + "---|" * (4 + len(domains))]
-    best = min(r["val_loss"] for r in results.values())
-    for name, r in results.items():
-        weights = ", ".join(f"{r['weights'][d]:.3f}" for d in domains) + (
-            " (time avg.)" if r["weights_kind"] == "time-averaged" else ""
-        )
-        mean = f"**{r['val_loss']:.4f}**" if r["val_loss"] == best else f"{r['val_loss']:.4f}"
+    uniform = [seed["uniform"]["val_loss"] for seed in per_seed.values()]
+    means = {name: common.mean_std([seed[name]["val_loss"] for seed in per_seed.values()])[0] for name in first}
+    for name in first:
+        runs = [seed[name] for seed in per_seed.values()]
+        weights = ", ".join(f"{sum(r['weights'][d] for r in runs) / len(runs):.3f}" for d in domains)
+        mean = common.cell([r["val_loss"] for r in runs])
+        mean = f"**{mean}**" if means[name] == min(means.values()) else mean
+        versus = "-" if name == "uniform" else common.compare([r["val_loss"] for r in runs], uniform)
         rows.append(
-            f"| {name} | {weights} | {mean} | "
-            + " | ".join(f"{r['domain_loss'][d]:.4f}" for d in domains)
-            + f" | {r['cpu_seconds']:.0f} |"
+            f"| {name} | {weights} | {mean} | {versus} | "
+            + " | ".join(common.cell([r["domain_loss"][d] for r in runs]) for d in domains)
+            + " |"
         )
     return "\n".join(rows)
 
 
-def plot(path: Path, results: dict[str, dict]) -> None:
-    panels = list(next(iter(results.values()))["curves"])
+def plot(path: Path, per_seed: dict[int, dict[str, dict]]) -> None:
+    first = next(iter(per_seed.values()))
+    panels = list(first["uniform"]["curves"])
     with common.figure(path, len(panels), (3.6 * len(panels), 3.4)) as axes:
         for ax, panel in zip(axes, panels):
-            for i, (name, r) in enumerate(results.items()):
-                steps, losses = zip(*r["curves"][panel])
-                ax.plot(steps, losses, "o-", ms=3, color=f"C{i}", label=name)
+            for i, name in enumerate(first):
+                for j, results in enumerate(per_seed.values()):
+                    steps, losses = zip(*results[name]["curves"][panel])
+                    ax.plot(steps, losses, "-", lw=0.8, color=f"C{i}", label=name if j == 0 else None)
             ax.set_title("mean of domains" if panel == "mean" else panel)
             ax.set_xlabel("step")
             ax.set_ylabel("validation loss")
         axes[0].legend(fontsize=8)
+
+
+def run_seed(work: Path, data_dir: Path, args: dict) -> dict[str, dict]:
+    """Proxies, BiMix fit, DoReMi proxy and the final runs of one seed (``args["seed"]``), in ``work``."""
+    steps, proxy_steps, r_min = args["steps"], args["proxy_steps"], args["r_min"]
+    fit_file = work / "bimix_fit.json"
+    proxies = {name: work / "proxy" / name for name in (*STATIC, *SPREAD)}
+    finals = {name: (proxies[name] if proxy_steps == steps else work / "final" / name) for name in STATIC}
+    finals.update({name: work / "final" / name for name in ("bimix", "doremi")})
+    mixture = {name: {"class_path": name} for name in STATIC}
+    mixture.update(
+        {name: {"class_path": "fixed", "init_args": {"weights": weights}} for name, weights in SPREAD.items()}
+    )
+    mixture["bimix"] = {
+        "class_path": "bimix",
+        "init_args": {"fit_file": str(fit_file), "target_steps": steps, "r_min": r_min},
+    }
+
+    print(f"seed {args['seed']}: proxy runs ({proxy_steps} steps)")
+    for name, run_dir in proxies.items():
+        common.train(run_dir, recipe(run_dir, data_dir, mixture[name], proxy_steps, args), read_result)
+
+    print(f"seed {args['seed']}: BiMix fit on the proxy runs, target {steps} steps")
+    fit_bimix.main([str(d / "logs") for d in proxies.values()], target_steps=steps, out=str(fit_file), r_min=r_min)
+
+    print(f"seed {args['seed']}: DoReMi proxy ({proxy_steps} steps, uniform batches, reference: the uniform proxy)")
+    doremi_proxy = work / "proxy" / "doremi"
+    doremi = {
+        "class_path": "doremi",
+        "init_args": {"update_every": args["doremi_update_every"], "eta": args["doremi_eta"]},
+    }
+    common.train(
+        doremi_proxy,
+        recipe(doremi_proxy, data_dir, doremi, proxy_steps, args, proxies["uniform"] / "checkpoints" / "last.ckpt"),
+        read_result,
+    )
+    mixture["doremi"] = {"class_path": "fixed", "init_args": {"weights": doremi_average(doremi_proxy)}}
+
+    print(f"seed {args['seed']}: final runs ({steps} steps)")
+    return {
+        name: common.train(finals[name], recipe(finals[name], data_dir, mixture[name], steps, args), read_result)
+        for name in POLICIES
+    }
 
 
 def mixtures(
@@ -119,10 +186,11 @@ def mixtures(
     max_doc_chars: int = 20_000,
     tokenizer_chars: int = 1_000_000,
     r_min: float = 0.0,
-    doremi_update_every: int = 10,
+    doremi_update_every: int = 1,
     doremi_eta: float = 1.0,
     seed: int = 0,
-) -> dict[str, dict]:
+    seeds: int = 3,
+) -> dict[int, dict[str, dict]]:
     """Run the experiment; prints and writes ``<work_dir>/mixtures.md`` and ``mixtures.png``.
 
     Args:
@@ -142,11 +210,13 @@ def mixtures(
         max_doc_chars: books and Shakespeare are cut into documents of about this size.
         tokenizer_chars: characters of each domain the tokenizer is trained on.
         r_min: lower bound on every domain's BiMix weight.
-        doremi_update_every: steps between DoReMi weight updates.
+        doremi_update_every: steps between DoReMi weight updates (the paper: every step).
         doremi_eta: DoReMi's step size.
-        seed: seed of every run.
+        seed: the first seed; runs use seeds ``seed`` .. ``seed + seeds - 1``.
+        seeds: how many times the whole experiment is repeated, each time with the next seed.
     """
     args = dict(locals())
+    seed_values = common.seed_list(seed, seeds)
     if proxy_steps > steps:
         raise SproutError(
             f"--proxy_steps {proxy_steps} is longer than --steps {steps}; proxy runs are the short ones the law extrapolates from."
@@ -156,55 +226,25 @@ def mixtures(
             f"--proxy_steps {proxy_steps} with --val_every {val_every} gives fewer than 3 validations per proxy run; the BiMix fit needs 3. Lower --val_every."
         )
     work = Path(work_dir).expanduser().resolve()
-    data_dir, fit_file = work / "data", work / "bimix_fit.json"
-    proxies = {name: work / "proxy" / name for name in (*STATIC, *SPREAD)}
-    finals = {name: (proxies[name] if proxy_steps == steps else work / "final" / name) for name in STATIC}
-    finals.update({name: work / "final" / name for name in ("bimix", "doremi")})
-    mixture = {name: {"class_path": name} for name in STATIC}
-    mixture.update(
-        {name: {"class_path": "fixed", "init_args": {"weights": weights}} for name, weights in SPREAD.items()}
-    )
-    mixture["bimix"] = {
-        "class_path": "bimix",
-        "init_args": {"fit_file": str(fit_file), "target_steps": steps, "r_min": r_min},
-    }
-    mixture["doremi"] = {"class_path": "doremi", "init_args": {"update_every": doremi_update_every, "eta": doremi_eta}}
-    runs = {*proxies.values(), *finals.values()}
-    reused = sum((d / common.DONE).is_file() for d in runs)
+    data_dir = work / "data"
+    reused = sum(1 for _ in work.glob(f"seed*/*/*/{common.DONE}"))
     started, cpu = time.perf_counter(), common.children_cpu() + time.process_time()
 
     print(f"preparing {corpus} -> {data_dir}")
     common.prepare_corpus(Path(corpus).expanduser(), data_dir, vocab_size, code_bytes, max_doc_chars, tokenizer_chars)
+    per_seed = {s: run_seed(work / f"seed{s}", data_dir, {**args, "seed": s}) for s in seed_values}
 
-    print(f"proxy runs ({proxy_steps} steps)")
-    for name, run_dir in proxies.items():
-        common.train(run_dir, recipe(run_dir, data_dir, mixture[name], proxy_steps, args), read_result)
-
-    print(f"BiMix fit on the proxy runs, target {steps} steps")
-    fit_bimix.main([str(d / "logs") for d in proxies.values()], target_steps=steps, out=str(fit_file), r_min=r_min)
-
-    print(f"final runs ({steps} steps)")
-    results = {}
-    for name in POLICIES:
-        reference = (
-            finals["uniform"] / "checkpoints" / "last.ckpt" if name == "doremi" else None
-        )  # DoReMi's reference: the uniform mixture
-        results[name] = common.train(
-            finals[name], recipe(finals[name], data_dir, mixture[name], steps, args, reference), read_result
-        )
-
-    report = table(results)
+    report = table(per_seed)
     wall, cpu = (time.perf_counter() - started) / 60, (common.children_cpu() + time.process_time() - cpu) / 60
-    cost = f"{wall:.1f} min wall, {cpu:.1f} min CPU" + (
-        f" ({reused} of {len(runs)} runs reused from an earlier invocation)" if reused else ""
+    cost = f"Seeds {seed_values}; {wall:.1f} min wall, {cpu:.1f} min CPU" + (
+        f" ({reused} runs reused from an earlier invocation)" if reused else ""
     )
     command = common.command("mixtures", args)
     (work / "mixtures.md").write_text(f"{report}\n\n{cost}. Command: `{command}`\n")
-    plot(work / "mixtures.png", results)
-    print(
-        f"\n{report}\n\n{cost}\nwrote {work / 'mixtures.md'}, {work / 'mixtures.png'} and the BiMix fit {fit_file} (+ .png)"
-    )
-    return results
+    (work / "mixtures.json").write_text(json.dumps(per_seed, indent=1))
+    plot(work / "mixtures.png", per_seed)
+    print(f"\n{report}\n\n{cost}\nwrote {work / 'mixtures.md'}, {work / 'mixtures.png'} and each seed's BiMix fit")
+    return per_seed
 
 
 def main(args: list[str] | None = None) -> None:

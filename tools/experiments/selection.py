@@ -9,6 +9,10 @@ the reference nor any run trained on) against tokens, plus the final books and c
 
     python tools/experiments/selection.py --work_dir runs/selection
 
+Steps 2-5 are repeated for ``--seeds`` seeds (each seed its own base, reference, scores and
+runs, under ``seed<N>/``); every cell of the table is the mean ± std over seeds, and the final
+held-out math loss of each selector is compared with ``all``'s (level: less than 2 std apart).
+
 Steps, each reused when the command is repeated (so an interrupted experiment continues):
 1. ``data``: tokenizer and shards for books, code (stdlib), math and math_ref;
 2. ``base``: pre-training on books + code;
@@ -123,47 +127,136 @@ def read_result(scalars: dict, config: dict) -> dict:
     }
 
 
-def table(results: dict[str, dict], columns: int = 4) -> str:
-    """Held-out math loss at evenly spaced token counts, then the final books and code losses."""
-    steps = [s for s, _ in next(iter(results.values()))["val"]["math"]]
+def table(per_seed: dict[int, dict[str, dict]], columns: int = 4) -> str:
+    """Held-out math loss at evenly spaced token counts, then the final books and code losses;
+    mean ± std over seeds."""
+    first = next(iter(per_seed.values()))
+    steps = [s for s, _ in next(iter(first.values()))["val"]["math"]]
     picks = (
         [steps[round(i * (len(steps) - 1) / (columns - 1))] for i in range(columns)] if len(steps) >= columns else steps
     )
-    tokens = next(iter(results.values()))["tokens_per_step"]
+    tokens = next(iter(first.values()))["tokens_per_step"]
     head = (
         "| selector | "
         + " | ".join(f"math @ {s * tokens / 1e6:.2f}M tok" for s in picks)
-        + " | books (final) | code (final) | kept tokens from books / code / math | kept excess − dropped excess |"
+        + " | vs all (final math) | books (final) | code (final) | kept tokens from books / code / math | kept excess − dropped excess |"
     )
-    rows = [head, "|" + "---|" * (len(picks) + 5)]
-    final_best = min(dict(r["val"]["math"])[picks[-1]] for r in results.values())
-    for name, r in results.items():
-        math = dict(r["val"]["math"])
-        cells = [f"**{math[s]:.4f}**" if s == picks[-1] and math[s] == final_best else f"{math[s]:.4f}" for s in picks]
-        sel = r["select"]
-        gap = f"{sel['kept_excess'] - sel['dropped_excess']:+.3f}" if "dropped_excess" in sel else "n/a"
-        shares = " / ".join(
-            f"{sel[f'kept_share/{d}']:.0%}" if f"kept_share/{d}" in sel else "n/a" for d in ("books", "code", "math")
-        )  # none logged in a run shorter than the logging interval
-        rows.append(
-            f"| {name} | "
-            + " | ".join(cells)
-            + f" | {r['val']['books'][-1][1]:.4f} | {r['val']['code'][-1][1]:.4f} | {shares} | {gap} |"
+    rows = [head, "|" + "---|" * (len(picks) + 6)]
+    final = {name: [dict(seed[name]["val"]["math"])[picks[-1]] for seed in per_seed.values()] for name in first}
+    best = min(final, key=lambda name: sum(final[name]))
+    for name in first:
+        runs = [seed[name] for seed in per_seed.values()]
+        cells = [common.cell([dict(r["val"]["math"])[s] for r in runs]) for s in picks]
+        cells[-1] = f"**{cells[-1]}**" if name == best else cells[-1]
+        versus = "-" if name == "all" or "all" not in first else common.compare(final[name], final["all"])
+        sel = [r["select"] for r in runs]
+        gap = (
+            common.cell([x["kept_excess"] - x["dropped_excess"] for x in sel], "+.3f")
+            if all("dropped_excess" in x for x in sel)
+            else "n/a"
         )
+        shares = " / ".join(
+            f"{sum(x[f'kept_share/{d}'] for x in sel) / len(sel):.0%}"
+            if all(f"kept_share/{d}" in x for x in sel)
+            else "n/a"
+            for d in ("books", "code", "math")
+        )  # none logged in a run shorter than the logging interval
+        books, code = (common.cell([r["val"][d][-1][1] for r in runs]) for d in ("books", "code"))
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {versus} | {books} | {code} | {shares} | {gap} |")
     return "\n".join(rows)
 
 
-def plot(path: Path, results: dict[str, dict]) -> None:
+def plot(path: Path, per_seed: dict[int, dict[str, dict]]) -> None:
     panels = ("math", "books", "code")
     with common.figure(path, len(panels), (4.2 * len(panels), 3.5)) as axes:
         for ax, domain in zip(axes, panels):
-            for i, (name, r) in enumerate(results.items()):
-                steps, losses = zip(*r["val"][domain])
-                ax.plot([s * r["tokens_per_step"] / 1e6 for s in steps], losses, "o-", ms=3, color=f"C{i}", label=name)
+            for j, results in enumerate(per_seed.values()):
+                for i, (name, r) in enumerate(results.items()):
+                    steps, losses = zip(*r["val"][domain])
+                    ax.plot(
+                        [s * r["tokens_per_step"] / 1e6 for s in steps],
+                        losses,
+                        "-",
+                        lw=0.8,
+                        color=f"C{i}",
+                        label=name if j == 0 else None,
+                    )
             ax.set_title("held-out math (GSM8K)" if domain == "math" else domain)
             ax.set_xlabel("tokens through the model (M)")
             ax.set_ylabel("validation loss")
         axes[0].legend(fontsize=8)
+
+
+def run_seed(
+    work: Path,
+    args: dict,
+    selectors: list[str],
+    k: float,
+    base_steps: int,
+    ref_steps: int,
+    base_lr: float,
+    threads: int | None,
+) -> dict[str, dict]:
+    """Base, reference, scores and one continued-pretraining run per selector for one seed, in ``work``."""
+    args = {**args, "base": work / "base" / "checkpoints" / "last.ckpt"}
+    seq_len, data = args["seq_len"], args["data"]
+    print(f"seed {args['seed']} [2/5] base model on books + code")
+    common.train(
+        work / "base",
+        recipe(
+            "rho1-continued.yaml",
+            work / "base",
+            args,
+            **{
+                "trainer.max_steps": base_steps,
+                "model.init_from": None,
+                "model.selector": {"class_path": "all"},
+                "data.domains": ["books", "code"],
+                "data.mixture": {"class_path": "natural"},
+                "data.reference_scores": None,
+                "model.optimizer.init_args.lr": base_lr,
+                "model.schedule": {"warmup_steps": max(1, base_steps // 20), "min_lr": base_lr / 10},
+            },
+        ),
+        read_result,
+        threads,
+    )
+    print(f"seed {args['seed']} [3/5] reference model: the base continued on math_ref")
+    common.train(
+        work / "reference",
+        recipe("rho1-reference-math.yaml", work / "reference", args, **{"trainer.max_steps": ref_steps}),
+        read_result,
+        threads,
+    )
+    reference = work / "reference" / "checkpoints" / "last.ckpt"
+    print(f"seed {args['seed']} [4/5] reference scores of books, code and math")
+    score_reference(
+        str(reference),
+        str(data),
+        str(work / "scores"),
+        seq_len,
+        domains=["books", "code", "math"],
+        batch_size=32,
+        progress=False,
+    )
+    print(
+        f"seed {args['seed']} [5/5] continued pre-training, {args['cpt_steps']} steps x {args['batch_size'] * seq_len} tokens each"
+    )
+    results = {}
+    for name in selectors:
+        selector = {"class_path": name} if name == "all" else {"class_path": name, "init_args": {"k": k}}
+        results[name] = common.train(
+            work / f"cpt-{name}",
+            recipe(
+                "rho1-continued.yaml",
+                work / f"cpt-{name}",
+                args,
+                **{"model.selector": selector, "data.reference_scores": str(work / "scores")},
+            ),
+            read_result,
+            threads,
+        )
+    return results
 
 
 def selection(
@@ -186,7 +279,8 @@ def selection(
     tokenizer_chars: int = 1_000_000,
     threads: int | None = None,
     seed: int = 0,
-) -> dict[str, dict]:
+    seeds: int = 3,
+) -> dict[int, dict[str, dict]]:
     """Run the experiment; prints and writes ``<work_dir>/selection.md``, ``selection.png`` and ``selection.json``.
 
     Args:
@@ -208,89 +302,41 @@ def selection(
         max_doc_chars: books are cut into documents of about this many characters.
         tokenizer_chars: characters of each domain the tokenizer is trained on.
         threads: OMP_NUM_THREADS of each training process (default: torch's choice); 1 helps on a busy machine.
-        seed: seed of every run.
+        seed: the first seed; runs use seeds ``seed`` .. ``seed + seeds - 1``.
+        seeds: how many times steps 2-5 are repeated, each time with the next seed.
     """
     unknown = [s for s in selectors if s not in SELECTORS]
     if unknown:
         raise SproutError(f"--selectors names {unknown}; choose from {', '.join(SELECTORS)}.")
+    seed_values = common.seed_list(seed, seeds)
     started = time.perf_counter()
     work = Path(work_dir).expanduser().resolve()
     print(f"[1/5] data -> {work / 'data'}")
     data = prepare_data(Path(corpus).expanduser(), work, vocab_size, code_bytes, max_doc_chars, tokenizer_chars)
-    args = dict(
-        seed=seed,
-        cpt_steps=cpt_steps,
-        val_every=val_every,
-        arch=arch,
-        vocab_size=vocab_size,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        val_blocks=val_blocks,
-        data=data,
-        base=work / "base" / "checkpoints" / "last.ckpt",
-    )
-    print("[2/5] base model on books + code")
-    common.train(
-        work / "base",
-        recipe(
-            "rho1-continued.yaml",
-            work / "base",
-            args,
-            **{
-                "trainer.max_steps": base_steps,
-                "model.init_from": None,
-                "model.selector": {"class_path": "all"},
-                "data.domains": ["books", "code"],
-                "data.mixture": {"class_path": "natural"},
-                "data.reference_scores": None,
-                "model.optimizer.init_args.lr": base_lr,
-                "model.schedule": {"warmup_steps": max(1, base_steps // 20), "min_lr": base_lr / 10},
-            },
-        ),
-        read_result,
-        threads,
-    )
-    print("[3/5] reference model: the base continued on math_ref")
-    common.train(
-        work / "reference",
-        recipe("rho1-reference-math.yaml", work / "reference", args, **{"trainer.max_steps": ref_steps}),
-        read_result,
-        threads,
-    )
-    reference = work / "reference" / "checkpoints" / "last.ckpt"
-    print("[4/5] reference scores of books, code and math")
-    score_reference(
-        str(reference),
-        str(data),
-        str(work / "scores"),
-        seq_len,
-        domains=["books", "code", "math"],
-        batch_size=32,
-        progress=False,
-    )
-    print(f"[5/5] continued pre-training, {cpt_steps} steps x {batch_size * seq_len} tokens each")
-    results = {}
-    for name in selectors:
-        selector = {"class_path": name} if name == "all" else {"class_path": name, "init_args": {"k": k}}
-        results[name] = common.train(
-            work / f"cpt-{name}",
-            recipe(
-                "rho1-continued.yaml",
-                work / f"cpt-{name}",
-                args,
-                **{"model.selector": selector, "data.reference_scores": str(work / "scores")},
-            ),
-            read_result,
-            threads,
+    per_seed = {}
+    for value in seed_values:
+        args = dict(
+            seed=value,
+            cpt_steps=cpt_steps,
+            val_every=val_every,
+            arch=arch,
+            vocab_size=vocab_size,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            val_blocks=val_blocks,
+            data=data,
         )
-    text = table(results)
-    (work / "selection.md").write_text(text + "\n")
-    (work / "selection.json").write_text(json.dumps(results, indent=1))
-    plot(work / "selection.png", results)
+        per_seed[value] = run_seed(work / f"seed{value}", args, selectors, k, base_steps, ref_steps, base_lr, threads)
+    text = table(per_seed)
+    (work / "selection.md").write_text(
+        f"{text}\n\nSeeds {sorted(per_seed)}. Command: `{common.command('selection', {'selectors': selectors, 'k': k, 'seeds': seeds, 'threads': threads})}`\n"
+    )
+    (work / "selection.json").write_text(json.dumps(per_seed, indent=1))
+    plot(work / "selection.png", per_seed)
     print(
         f"\n{text}\n\nWrote {work / 'selection.md'}, {work / 'selection.png'} and {work / 'selection.json'} ({(time.perf_counter() - started) / 60:.1f} min)."
     )
-    return results
+    return per_seed
 
 
 def main(args: list[str] | None = None) -> None:

@@ -1,0 +1,21 @@
+"""The TinyLlama recipes train with TinyLlama's batch: 1024 sequences x 2048 tokens per optimizer step."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.mark.parametrize("name", ["tinyllama-1.1b", "tinyllama-1.1b-multinode"])
+def test_tinyllama_recipes_step_2m_tokens(name):
+    recipe = yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
+    trainer, data = recipe["trainer"], recipe["data"]
+    sequences = (
+        trainer.get("num_nodes", 1) * trainer["devices"] * data["batch_size"] * trainer["accumulate_grad_batches"]
+    )
+    assert sequences == 1024 and data["seq_len"] == 2048
+    assert trainer["max_steps"] == round(100e9 / (1024 * 2048))  # the recipes' 100B tokens
+    assert "1430511" in (RECIPES / f"{name}.yaml").read_text()  # TinyLlama's 3T tokens in steps, named in the comments
+    assert round(3e12 / (1024 * 2048)) == 1430511
