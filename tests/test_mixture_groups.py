@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import RECIPE_MODE, SproutCLI
 from app.data.datamodule import SproutDataModule
 from app.errors import SproutError
+from app.lightning_cli import SproutCLI
 from app.module import SproutModule
 from app.protocols import DomainStats
 from plugins.mixtures.static import DomainGroup, Natural
@@ -23,9 +23,7 @@ def test_readme_snippet_gives_tinyllamas_mixture(tiny_data, tmp_path):
     snippet = re.search(r"TinyLlama's 7:3 mixture as a recipe.*?```yaml\n(.*?)```", README.read_text(), re.S).group(1)
     (tmp_path / "mixture.yaml").write_text(snippet)
     args = ["--data.data_dir", str(tiny_data), "--trainer.logger", "false", "--config", str(tmp_path / "mixture.yaml")]
-    mixture = SproutCLI(
-        SproutModule, SproutDataModule, args=args, run=False, parser_kwargs={"parser_mode": RECIPE_MODE}
-    ).datamodule.mixture
+    mixture = SproutCLI(SproutModule, SproutDataModule, args=args, run=False).datamodule.mixture
     assert isinstance(mixture, Natural)
     weights = mixture.weights(0, STATS)
     want = {
