@@ -15,11 +15,18 @@ without the noise of how many cores each run happened to get. The two runs alter
 batches of the quick start's shape) with 0 and 2 loader workers, against the training speed
 of the quick-start model on the same machine. The target is at least 20x.
 
+``remote``: the same data module with 2 loader workers reading the same shards from a local
+folder and streamed from an S3 server on this machine (moto's, see ``tools/local_s3.py``; needs
+the ``dev`` extra), with a cold cache (an empty ``data.cache_dir``: every chunk is downloaded on
+first use) and a warm one (the same cache again). ``repeats`` rounds, mean and std. Targets:
+warm at least 10x and cold at least 2x the quick-start model's training rate.
+
 Each benchmark is a function ``bench_<name>(setup) -> rows`` listed in ``BENCHMARKS``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -171,6 +178,26 @@ def _train_tokens_per_s(vocab_size: int, seq_len: int, batch_size: int, steps: i
     return steps * batch_size * seq_len / (time.perf_counter() - start)
 
 
+def _stream_rate(
+    data_dir: str, batches: int, seq_len: int, batch_size: int, workers: int, from_start: bool = False, **options
+) -> float:
+    """Tokens/s of the data module's training batches; worker start-up and the first batch are
+    excluded unless ``from_start`` (which counts the set-up too: fetching the indexes, the first downloads)."""
+    start = time.perf_counter()
+    dm = SproutDataModule(data_dir, seq_len=seq_len, batch_size=batch_size, num_workers=workers, **options)
+    dm.setup("fit")
+    loader = iter(dm.train_dataloader())
+    if not from_start:
+        next(loader)
+        start = time.perf_counter()
+    tokens = 0
+    for _ in range(batches):
+        tokens += next(loader)["input_ids"].numel()
+    rate = tokens / (time.perf_counter() - start)
+    del loader
+    return rate
+
+
 def bench_stream(setup: Setup, seq_len: int = 256, batch_size: int = 8, batches: int = 400) -> list[tuple]:
     """Tokens/s the data module delivers (shards -> sampler -> batches), against training speed."""
     out = setup.workdir / "stream"
@@ -178,23 +205,74 @@ def bench_stream(setup: Setup, seq_len: int = 256, batch_size: int = 8, batches:
     train = _train_tokens_per_s(setup.tokenizer.vocab_size, seq_len, batch_size)
     rows = [("quick-start model training (tiny, fp32)", "-", f"{train:,.0f}", "1x")]
     for workers in (0, 2):
-        dm = SproutDataModule(str(out), seq_len=seq_len, batch_size=batch_size, num_workers=workers)
-        dm.setup("fit")
-        loader = iter(dm.train_dataloader())
-        next(loader)  # worker start-up is not throughput
-        start, tokens = time.perf_counter(), 0
-        for _ in range(batches):
-            tokens += next(loader)["input_ids"].numel()
-        rate = tokens / (time.perf_counter() - start)
+        rate = _stream_rate(str(out), batches, seq_len, batch_size, workers)
         rows.append((f"data module, {workers} workers", f"{batches}", f"{rate:,.0f}", f"{rate / train:.0f}x"))
-        del loader
     return rows
 
 
-BENCHMARKS = {"prepare": bench_prepare, "stream": bench_stream}
+def bench_remote(
+    setup: Setup, seq_len: int = 256, batch_size: int = 8, batches: int = 1000, workers: int = 2
+) -> list[tuple]:
+    """Streaming from a local S3 server (cold and warm cache) against reading a local folder,
+    each timed from the data module's creation to its last batch."""
+    import statistics
+
+    from app.data.remote import ObjectStore, publish_domain, publish_tokenizer
+    from tools.local_s3 import local_s3
+
+    out = setup.workdir / "stream"
+    metas = prepare(setup.sources, setup.tokenizer, out, num_workers=setup.num_workers, progress=False, summary=False)
+    shard_bytes = sum(p.stat().st_size for p in out.rglob("chunk-*.bin"))
+    train = _train_tokens_per_s(setup.tokenizer.vocab_size, seq_len, batch_size)
+    rates: dict[str, list[float]] = {"local folder": [], "S3, cold cache": [], "S3, warm cache": []}
+    saved = dict(os.environ)
+    with local_s3() as s3:
+        os.environ.update(s3.env())
+        try:
+            s3.client().create_bucket(Bucket="sprout-bench")
+            store = ObjectStore("s3://sprout-bench/data")
+            publish_tokenizer(store, out / setup.tokenizer.path.name, overwrite=False)
+            for domain in metas:
+                publish_domain(store, out, domain)
+            for round_ in range(setup.repeats):
+                cache = setup.workdir / f"cache{round_}"
+                run = functools.partial(
+                    _stream_rate,
+                    batches=batches,
+                    seq_len=seq_len,
+                    batch_size=batch_size,
+                    workers=workers,
+                    from_start=True,
+                )
+                rates["local folder"].append(run(str(out)))
+                rates["S3, cold cache"].append(run(store.url, cache_dir=str(cache)))
+                rates["S3, warm cache"].append(run(store.url, cache_dir=str(cache)))
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+    rows = [("quick-start model training (tiny, fp32)", "-", f"{train:,.0f}", "", "1x")]
+    for name, values in rates.items():
+        mean, std = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(
+            (
+                f"data module, {workers} workers, {name}",
+                f"{batches} x {setup.repeats}",
+                f"{mean:,.0f}",
+                f"± {std:,.0f}",
+                f"{mean / train:.0f}x",
+            )
+        )
+    rows.append(
+        (f"(shards: {shard_bytes / 2**20:.1f} MiB in {len(list(out.rglob('chunk-*.bin')))} chunks)", "", "", "", "")
+    )
+    return rows
+
+
+BENCHMARKS = {"prepare": bench_prepare, "stream": bench_stream, "remote": bench_remote}
 HEADERS = {
     "prepare": ("measurement", "documents", "tokens", "wall s", "tokens/s", "of encode", "tokens/cpu-s", "of encode"),
     "stream": ("measurement", "batches", "tokens/s", "of training"),
+    "remote": ("measurement", "batches", "tokens/s", "std", "of training"),
 }
 
 
@@ -236,13 +314,13 @@ def bench_data(
     """Run data benchmarks and print one table each.
 
     Args:
-        benchmarks: which to run (default: all of ``prepare``, ``stream``).
+        benchmarks: which to run (default: all of ``prepare``, ``stream``, ``remote``).
         corpus: ``shared`` (../shared/corpus books, Shakespeare, GSM8K + stdlib code),
             ``default`` (the embedded stdlib corpus) or ``auto`` (shared when present).
         tokenizer: tokenizer file to use (default: train a byte-level BPE on the corpus).
         vocab_size: vocabulary of the trained BPE when no tokenizer is given.
         num_workers: worker processes for preparation (default: every usable core).
-        repeats: runs per measurement; the fastest counts.
+        repeats: runs per measurement; the fastest counts (``remote``: mean and std over them).
         workdir: scratch folder (default: a temporary one, removed afterwards).
     """
     names = benchmarks or list(BENCHMARKS)

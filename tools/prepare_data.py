@@ -14,6 +14,11 @@
     # several inputs: --text a.txt --text+ b.txt, or --text '[a.txt, b.txt]'
     # any number of sources from a YAML file (keys as below, "sources:" a list of Source fields)
     python tools/prepare_data.py --config prepare.yaml
+    # straight to object storage: staged locally, each domain uploaded once finished (meta.json last)
+    python tools/prepare_data.py --config prepare.yaml --out_dir s3://my-bucket/tinyllama
+    # split over 32 machines (docs/scaling.md: SLURM array, ssh), then merge once all parts are done
+    python tools/prepare_data.py --config prepare.yaml --num_parts 32 --part $SLURM_ARRAY_TASK_ID
+    python tools/prepare_data.py --config prepare.yaml --num_parts 32 --merge true
 
 Re-running prepares only files added since (their documents are appended to the domains) and
 refuses a prepared file that changed or is missing; --overwrite rebuilds the domains from the files given.
@@ -22,10 +27,13 @@ refuses a prepared file that changed or is missing; --overwrite rebuilds the dom
 from __future__ import annotations
 
 from argparse import RawDescriptionHelpFormatter
+from pathlib import Path
 
 from jsonargparse import DefaultHelpFormatter
 
-from app.data.prepare import DEFAULT_CHUNK_TOKENS, Source, prepare
+from app.data.prepare import DEFAULT_CHUNK_TOKENS, Source, merge_parts, prepare
+from app.data.prepare import publish as remote
+from app.data.remote import is_remote
 from app.errors import SproutError
 from tools.cli import run_tool
 
@@ -51,6 +59,10 @@ def prepare_data(
     seed: int = 0,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     progress: bool = True,
+    num_parts: int = 1,
+    part: int | None = None,
+    merge: bool = False,
+    stage_dir: str | None = None,
 ) -> dict[str, dict]:
     """Tokenize corpora into OUT_DIR/<domain>/{train,val}/ litdata shards plus meta.json.
 
@@ -61,7 +73,11 @@ def prepare_data(
     Args:
         tokenizer: tokenizer.json (Hugging Face) or SentencePiece .model file, or a folder
             holding one; the Llama-2 tokenizer.model works as it is. It is copied into OUT_DIR.
-        out_dir: output folder; one sub-folder per domain.
+        out_dir: output folder; one sub-folder per domain. Or an s3:// URL (any S3-compatible
+            store; credentials and endpoint from the standard AWS variables and files): the
+            shards are staged in --stage_dir and each domain is uploaded once finished, its
+            meta.json last, so training never sees a half-uploaded domain. Run the command
+            again to resume an interrupted upload.
         slimpajama: SlimPajama folders, files or globs (*.jsonl.zst or *.jsonl); the domain of
             each record is its meta.redpajama_set_name (commoncrawl, c4, github, book, arxiv,
             wikipedia, stackexchange).
@@ -90,7 +106,28 @@ def prepare_data(
         seed: key of the validation-split hash; another seed picks other validation documents.
         chunk_tokens: tokens per shard chunk file (int32, so 4 bytes each).
         progress: show a progress bar with documents/s and tokens/s.
+        num_parts: split the input files into this many parts, one per machine (with --part
+            or --merge); every machine must be given the same inputs and options.
+        part: prepare only this part, 0 .. num_parts - 1: a deterministic share of the input
+            files (contiguous runs of about equal bytes), disjoint from the other parts.
+        merge: once all parts are done, write each domain's indexes, statistics and
+            meta.json from them (inputs are not read again).
+        stage_dir: local folder for a preparation into an s3:// --out_dir (default:
+            ~/.cache/sprout/stage/<bucket-prefix>); it keeps the shards this machine prepared.
     """
+    if merge:
+        if part is not None:
+            raise SproutError("--merge and --part exclude each other: run every --part first, then one --merge.")
+        if is_remote(out_dir):
+            metas = remote.merge_in_store(
+                remote.open_store(out_dir), remote.staging_root(out_dir, stage_dir), num_parts
+            )
+        else:
+            metas = merge_parts(Path(out_dir).expanduser().resolve(), num_parts)
+        print(
+            f"Merged {num_parts} parts into {out_dir}; point a recipe's data.data_dir at it (domains: {', '.join(metas)})."
+        )
+        return metas
     languages, text_fields = _as_list(languages), _as_list(text_fields)
     all_sources = list(sources or [])
     if slimpajama:
@@ -107,10 +144,12 @@ def prepare_data(
         raise SproutError(
             "Nothing to prepare: give --slimpajama, --starcoder, --text or --jsonl inputs, or sources in a --config file."
         )
+    store = remote.open_store(out_dir) if is_remote(out_dir) else None  # a wrong URL fails before any work
+    stage = remote.staging_root(out_dir, stage_dir) if store is not None else Path(out_dir)
     metas = prepare(
         all_sources,
         tokenizer,
-        out_dir,
+        stage,
         val_fraction=val_fraction,
         num_workers=num_workers,
         overwrite=overwrite,
@@ -118,8 +157,15 @@ def prepare_data(
         seed=seed,
         chunk_tokens=chunk_tokens,
         progress=progress,
+        num_parts=num_parts,
+        part=part,
     )
-    print(f"Shards are in {out_dir}; point a recipe's data.data_dir at it (domains: {', '.join(metas)}).")
+    if store is not None and part is not None:
+        remote.publish_part(store, stage.expanduser().resolve(), num_parts, part, overwrite)
+    elif store is not None:
+        remote.publish(store, stage.expanduser().resolve(), metas, overwrite)
+    if part is None:
+        print(f"Shards are in {out_dir}; point a recipe's data.data_dir at it (domains: {', '.join(metas)}).")
     return metas
 
 

@@ -2,7 +2,9 @@
 
 Blocks are ``seq_len + 1`` tokens so that inputs and shifted targets come from one read.
 The streaming datasets are opened lazily, inside whichever process reads, because a
-DataLoader worker must not inherit an open reader from its parent.
+DataLoader worker must not inherit an open reader from its parent. A split in object storage
+(``url``) is read through litdata's cache: its local folder holds the split's ``index.json``
+(see ``app.data.remote.mirror``) and the chunks litdata downloads, at most ``cache_size`` bytes.
 
 Every block read is checked against the vocabulary its domain's ``meta.json`` records
 (one min/max over the block in memory): a shard overwritten after preparation, which the
@@ -13,12 +15,15 @@ index error deep inside the embedding.
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from litdata import StreamingDataset, TokensLoader
+from litdata.streaming.resolver import Dir
 from torch.utils.data import Dataset
 
 from app.data.scores import open_scores
@@ -26,8 +31,65 @@ from app.data.shards import INDEX_FILE, shard_vocab_size
 from app.errors import SproutError
 
 
-def open_blocks(split_dir: str | Path, block_size: int) -> StreamingDataset:
-    return StreamingDataset(str(split_dir), item_loader=TokensLoader(block_size=block_size), shuffle=False)
+class _LockedTokensLoader(TokensLoader):
+    """litdata's ``TokensLoader`` with its chunk bookkeeping behind a lock.
+
+    For a remote split litdata's download thread maps each chunk it fetched (``pre_load_chunk``)
+    and unmaps evicted ones (``delete``) while the reading thread maps and unmaps chunks as it
+    goes; litdata 0.2.76 does both on the same dicts without a lock, and reading blocks in random
+    order across chunks, as Sprout does, meets the race within seconds (``KeyError`` in
+    ``close``). Here the download thread does not pre-map (the reader maps a chunk when it first
+    reads it), and every change to the dicts holds the lock; waiting for a download does not, so
+    the download thread is never blocked by a reader that waits for it.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.RLock()
+
+    def pre_load_chunk(self, chunk_index: int, chunk_filepath: str) -> None:
+        pass
+
+    def load_item_from_chunk(self, index: int, chunk_index: int, chunk_filepath: str, begin: int, filesize_bytes: int):
+        if chunk_filepath not in self._chunk_filepaths or not os.path.isfile(chunk_filepath):
+            self._wait_until_chunk_ready(int(chunk_index), chunk_filepath, filesize_bytes)
+        with self._lock:
+            return super().load_item_from_chunk(index, chunk_index, chunk_filepath, begin, filesize_bytes)
+
+    def close(self, *args, **kwargs):
+        with self._lock:
+            return super().close(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        with self._lock:
+            return super().delete(*args, **kwargs)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+
+
+_LockedTokensLoader.__name__ = "TokensLoader"  # litdata accepts the loader its index names, by class name
+
+
+def open_blocks(
+    split_dir: str | Path, block_size: int, url: str | None = None, cache_size: int | None = None
+) -> StreamingDataset:
+    """The split's blocks; with ``url`` streamed from there and cached in ``split_dir``."""
+    if url is None:
+        return StreamingDataset(str(split_dir), item_loader=TokensLoader(block_size=block_size), shuffle=False)
+    loader = _LockedTokensLoader(block_size=block_size)
+    from app.data.remote import allow_plain_http_endpoints
+
+    allow_plain_http_endpoints()
+    return StreamingDataset(
+        Dir(path=str(split_dir), url=url), item_loader=loader, shuffle=False, max_cache_size=cache_size
+    )
 
 
 def _chunk_blocks(split_dir: str | Path, block_size: int) -> list[tuple[str, int]]:
@@ -73,11 +135,18 @@ class DomainBlocks(Dataset):
     """
 
     def __init__(
-        self, split_dirs: Sequence[str | Path], block_size: int, score_dirs: Sequence[str | Path] | None = None
+        self,
+        split_dirs: Sequence[str | Path],
+        block_size: int,
+        score_dirs: Sequence[str | Path] | None = None,
+        urls: Sequence[str | None] | None = None,
+        cache_sizes: Sequence[int | None] | None = None,
     ) -> None:
         self.split_dirs = [str(d) for d in split_dirs]
         self.block_size = block_size
         self.score_dirs = [str(d) for d in score_dirs] if score_dirs is not None else None
+        self.urls = list(urls) if urls is not None else [None] * len(self.split_dirs)
+        self.cache_sizes = list(cache_sizes) if cache_sizes is not None else [None] * len(self.split_dirs)
         self.vocab_sizes = [shard_vocab_size(d) for d in self.split_dirs]
         self._datasets: list[StreamingDataset] | None = None
         self._scores: list[np.ndarray] | None = None
@@ -87,7 +156,8 @@ class DomainBlocks(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
         if self._datasets is None:
-            self._datasets = [open_blocks(d, self.block_size) for d in self.split_dirs]
+            streams = zip(self.split_dirs, self.urls, self.cache_sizes)
+            self._datasets = [open_blocks(d, self.block_size, url, size) for d, url, size in streams]
         batch_no, domain, block = key
         tokens = checked_tokens(
             self._datasets[domain][block], self.split_dirs[domain], self.block_size, block, self.vocab_sizes[domain]
@@ -113,9 +183,19 @@ class SequentialBlocks(Dataset):
     """One domain's validation blocks in order, strided by rank so ranks share the work."""
 
     def __init__(
-        self, split_dir: str | Path, block_size: int, domain: int, limit: int | None, rank: int = 0, world_size: int = 1
+        self,
+        split_dir: str | Path,
+        block_size: int,
+        domain: int,
+        limit: int | None,
+        rank: int = 0,
+        world_size: int = 1,
+        url: str | None = None,
+        cache_size: int | None = None,
     ) -> None:
         self.split_dir = str(split_dir)
+        self.url = url
+        self.cache_size = cache_size
         self.block_size = block_size
         self.domain = domain
         self.vocab_size = shard_vocab_size(split_dir)
@@ -128,7 +208,7 @@ class SequentialBlocks(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if self._dataset is None:
-            self._dataset = open_blocks(self.split_dir, self.block_size)
+            self._dataset = open_blocks(self.split_dir, self.block_size, self.url, self.cache_size)
         block = self.indices[i]
         tokens = checked_tokens(self._dataset[block], self.split_dir, self.block_size, block, self.vocab_size)
         return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ from torch.utils.data import DataLoader
 
 from app import registry
 from app.data.blocks import DomainBlocks, SequentialBlocks
+from app.data.remote import cache_budgets, is_remote, local_cache_root, mirror, mirror_folder
 from app.data.sampler import MixtureBatchSampler
 from app.data.scores import check_scores, describe, scores_folder
-from app.data.shards import META_FILE, SPLITS, check_shards, domain_stats, prepared_domains, read_meta
+from app.data.shards import INDEX_FILE, META_FILE, SPLITS, check_shards, domain_stats, prepared_domains, read_meta
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError, check_option, is_count
 from app.protocols import DomainStats, MixturePolicy, Preparation
@@ -23,7 +25,10 @@ class SproutDataModule(L.LightningDataModule):
     """Streams prepared domains (``<data_dir>/<domain>/{train,val}``) mixed by a policy.
 
     Args:
-        data_dir: folder of prepared domains, as written by ``tools/prepare_data.py``.
+        data_dir: folder of prepared domains, as written by ``tools/prepare_data.py``, or their
+            URL in object storage (``s3://bucket/prefix``, or any scheme litdata streams from):
+            then ``meta.json``, the tokenizer and the indexes are fetched into ``cache_dir`` and
+            the shards are streamed through litdata's cache there.
         tokenizer: the tokenizer file the shards must have been made with
             (default: the tokenizer.json or tokenizer.model that preparation put in ``data_dir``).
         domains: domains to train on (default: every prepared domain in ``data_dir``).
@@ -36,6 +41,11 @@ class SproutDataModule(L.LightningDataModule):
         reference_scores: folder of offline reference losses written by
             ``tools/score_reference.py`` for these domains; training samples then carry
             ``ref_loss`` and Rho-1 needs no reference forward pass.
+        cache_dir: where shards streamed from a ``data_dir`` URL are cached on this machine
+            (default ``~/.cache/sprout/streams``); every node needs its own local one.
+        cache_size: most bytes of streamed shards kept in ``cache_dir`` (``200GB``, ``2TB``),
+            shared among the splits by their size; chunks read longest ago go first.
+            Default: litdata's (75% of the free disk).
     """
 
     def __init__(
@@ -52,6 +62,8 @@ class SproutDataModule(L.LightningDataModule):
         seed: int = 42,
         prepare: Preparation | None = None,
         reference_scores: str | None = None,
+        cache_dir: str | None = None,
+        cache_size: str | int | None = None,
     ) -> None:
         super().__init__()
         check_option(is_count(seq_len), "data.seq_len", seq_len, "a positive number of tokens per sequence")
@@ -77,7 +89,11 @@ class SproutDataModule(L.LightningDataModule):
             "a number of DataLoader worker processes >= 0 (0 reads in the main process)",
         )
         check_option(is_count(seed, 0) and seed < 2**32, "data.seed", seed, "an integer in [0, 2**32)")
-        self.data_dir = Path(data_dir).expanduser()
+        self.data_url = data_dir.rstrip("/") if is_remote(data_dir) else None
+        self.cache_dir = local_cache_root(cache_dir)
+        self.cache_size = cache_size
+        # for a URL: the local folder holding its small files (and the streamed chunks)
+        self.data_dir = mirror_folder(self.cache_dir, data_dir) if self.data_url else Path(data_dir).expanduser()
         self._tokenizer_arg = Path(tokenizer).expanduser() if tokenizer else None
         self.requested_domains = domains
         self.mixture = mixture if mixture is not None else registry.create("mixture", "natural")
@@ -95,13 +111,30 @@ class SproutDataModule(L.LightningDataModule):
         self.sampler: MixtureBatchSampler | None = None
         self._consumed = 0  # training batches the loop has taken
         self._resume: dict[str, Any] | None = None
+        self._remote_domains: list[str] | None = None  # prepared domains at data_url, once fetched
 
     # -- preparation and checks ------------------------------------------------------
     def prepare_data(self) -> None:
-        if self.preparation is not None:
+        """Runs once per node before ``setup``: builds a missing local ``data_dir``, or fetches the
+        small files of a remote one (so the node's ranks never fetch them at the same time)."""
+        if self.data_url is not None:
+            if self.preparation is not None:
+                raise SproutError(
+                    f"data.prepare builds a local data_dir, but data.data_dir is {self.data_url}. "
+                    f"Prepare it with tools/prepare_data.py --out_dir {self.data_url}, or remove data.prepare."
+                )
+            _, self._remote_domains = mirror(self.data_url, self.cache_dir, self.requested_domains)
+        elif self.preparation is not None:
             self.preparation.run(self.data_dir, self.tokenizer_path)
 
+    @property
+    def data_location(self) -> str:
+        """``data.data_dir`` as the user wrote it (the URL for remote data), for messages."""
+        return self.data_url or str(self.data_dir)
+
     def _discover_domains(self) -> list[str]:
+        if self.data_url is not None:
+            return self._discover_remote_domains()
         if not self.data_dir.is_dir():
             raise SproutError(
                 f"data.data_dir {self.data_dir} does not exist. Prepare data with tools/prepare_data.py --out_dir {self.data_dir}, or fix the path in the recipe."
@@ -117,6 +150,23 @@ class SproutDataModule(L.LightningDataModule):
         if missing:
             raise SproutError(
                 f"data.domains names {missing}, which are not prepared in {self.data_dir} (prepared: {found or 'none'}). Fix data.domains or prepare those domains."
+            )
+        return list(self.requested_domains)
+
+    def _discover_remote_domains(self) -> list[str]:
+        if self._remote_domains is None:
+            if self.trainer is None:  # used directly, not by a Trainer that ran prepare_data on this node
+                self.prepare_data()
+            else:
+                self._remote_domains = prepared_domains(self.data_dir)
+        found = self._remote_domains
+        if self.requested_domains is None:
+            return found
+        missing = [d for d in self.requested_domains if d not in found]
+        if missing:
+            raise SproutError(
+                f"data.domains names {missing}, which are not prepared at {self.data_url} (no <domain>/{META_FILE} there; "
+                f"prepared: {found or 'none'}). Fix data.domains or prepare those domains."
             )
         return list(self.requested_domains)
 
@@ -143,29 +193,31 @@ class SproutDataModule(L.LightningDataModule):
             shard_tok = meta.get("tokenizer", {})
             if shard_tok.get("sha256") != identity["sha256"]:
                 raise SproutError(
-                    f"Domain {name!r} in {self.data_dir} was tokenized with {shard_tok.get('name')} (sha256 {str(shard_tok.get('sha256'))[:12]}), "
+                    f"Domain {name!r} in {self.data_location} was tokenized with {shard_tok.get('name')} (sha256 {str(shard_tok.get('sha256'))[:12]}), "
                     f"but the recipe's tokenizer is {self.tokenizer_path} (sha256 {identity['sha256'][:12]}). Re-prepare the shards with this tokenizer or point data.tokenizer at the one they were made with."
                 )
             if (
                 meta["splits"]["train"]["tokens"] < self.seq_len + 1
             ):  # before the validation check: more held-out data cannot help
                 raise SproutError(
-                    f"Domain {name!r} in {self.data_dir} has less than one training sequence of {self.seq_len + 1} tokens: too little data. Add data, drop the domain from data.domains, or lower data.seq_len."
+                    f"Domain {name!r} in {self.data_location} has less than one training sequence of {self.seq_len + 1} tokens: too little data. Add data, drop the domain from data.domains, or lower data.seq_len."
                 )
             if meta["splits"]["val"]["tokens"] < self.seq_len + 1:
                 raise SproutError(
-                    f"Domain {name!r} in {self.data_dir} has no validation sequence of {self.seq_len + 1} tokens. Re-prepare it with a larger --val_fraction, or lower data.seq_len."
+                    f"Domain {name!r} in {self.data_location} has no validation sequence of {self.seq_len + 1} tokens. Re-prepare it with a larger --val_fraction, or lower data.seq_len."
                 )
             self.stats[name] = domain_stats(name, meta)
-            for split in SPLITS:
-                check_shards(self.data_dir / name / split)
-        self.train_blocks = DomainBlocks([self.data_dir / d / "train" for d in self.domains], self.seq_len + 1)
+            if self.data_url is None:  # remote chunks were checked against their index when fetched
+                for split in SPLITS:
+                    check_shards(self.data_dir / name / split)
+        self._plan_streams()
+        self.train_blocks = self._train_blocks()
         self.sizes = self.train_blocks.sizes()
         world = self.trainer.world_size if self.trainer else 1
         empty = [d for d, n in zip(self.domains, self.sizes) if n < world]
         if empty:
             raise SproutError(
-                f"Domain(s) {empty} in {self.data_dir} have fewer than {world} training sequences of {self.seq_len + 1} tokens: too little data. Add data, drop the domain from data.domains, or lower data.seq_len."
+                f"Domain(s) {empty} in {self.data_location} have fewer than {world} training sequences of {self.seq_len + 1} tokens: too little data. Add data, drop the domain from data.domains, or lower data.seq_len."
             )
         if self.reference_scores is not None:
             self._use_reference_scores(identity)
@@ -184,10 +236,23 @@ class SproutDataModule(L.LightningDataModule):
                     f"{describe(first)} but domain {name!r} by {describe(meta['reference'])}. Re-score the domains with one reference."
                 )
         self.reference_scores_identity = first
-        score_dirs = [scores_folder(self.reference_scores, d, "train") for d in self.domains]
-        self.train_blocks = DomainBlocks(
-            [self.data_dir / d / "train" for d in self.domains], self.seq_len + 1, score_dirs
-        )
+        self.train_blocks = self._train_blocks([scores_folder(self.reference_scores, d, "train") for d in self.domains])
+
+    def _plan_streams(self) -> None:
+        """For remote data: each split's URL, and its share of ``cache_size`` by its bytes."""
+        splits = [(d, s) for s in SPLITS for d in self.domains]
+        if self.data_url is None:
+            self._streams = {key: (None, None) for key in splits}
+            return
+        indexes = [json.loads((self.data_dir / d / s / INDEX_FILE).read_text()) for d, s in splits]
+        sizes = [sum(c["chunk_bytes"] for c in index["chunks"]) for index in indexes]
+        budgets = cache_budgets(self.cache_size, sizes)
+        self._streams = {(d, s): (f"{self.data_url}/{d}/{s}", b) for (d, s), b in zip(splits, budgets)}
+
+    def _train_blocks(self, score_dirs: list[Path] | None = None) -> DomainBlocks:
+        urls, budgets = zip(*(self._streams[d, "train"] for d in self.domains))
+        split_dirs = [self.data_dir / d / "train" for d in self.domains]
+        return DomainBlocks(split_dirs, self.seq_len + 1, score_dirs, urls, budgets)
 
     @property
     def vocab_size(self) -> int:
@@ -241,7 +306,15 @@ class SproutDataModule(L.LightningDataModule):
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         return [
             DataLoader(
-                SequentialBlocks(self.data_dir / d / "val", self.seq_len + 1, i, self.val_blocks, rank, world),
+                SequentialBlocks(
+                    self.data_dir / d / "val",
+                    self.seq_len + 1,
+                    i,
+                    self.val_blocks,
+                    rank,
+                    world,
+                    *self._streams[d, "val"],
+                ),
                 batch_size=self.val_batch_size,
                 num_workers=self.num_workers,
             )

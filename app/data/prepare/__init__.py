@@ -18,14 +18,15 @@ from pathlib import Path
 
 from app.data.prepare.ledger import already_prepared, append_problem, cannot_append
 from app.data.prepare.merge import append_domain, finish_domain, finish_pending, finished_domains, place_tokenizer
-from app.data.prepare.sources import SOURCE_FORMATS, Source, check_domain_name, resolve, split_tasks
+from app.data.prepare.parts import merge_parts, run_part
+from app.data.prepare.sources import SOURCE_FORMATS, Source, check_domain_name, resolve
 from app.data.prepare.staging import staging_folder
 from app.data.prepare.summary import print_summary
-from app.data.prepare.worker import Part, Task, TaskResult, run_tasks
+from app.data.prepare.worker import Part, TaskResult, plan_tasks, run_tasks
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 
-__all__ = ["DEFAULT_CHUNK_TOKENS", "SOURCE_FORMATS", "Source", "prepare"]
+__all__ = ["DEFAULT_CHUNK_TOKENS", "SOURCE_FORMATS", "Source", "merge_parts", "prepare"]
 
 DEFAULT_CHUNK_TOKENS = 1 << 22  # 16 MiB of int32 per chunk
 
@@ -43,8 +44,13 @@ def prepare(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     progress: bool = True,
     summary: bool = True,
+    num_parts: int = 1,
+    part: int | None = None,
 ) -> dict[str, dict]:
     """Tokenize ``sources`` into ``<out_root>/<domain>/{train,val,meta.json}``; returns ``{domain: meta}``.
+
+    With ``part`` (0 .. ``num_parts`` - 1) only that share of the input files is prepared, for a
+    later ``merge_parts`` (``app.data.prepare.parts``); it returns ``{}``.
 
     Domains already prepared with the same tokenizer are reused (and returned) unless
     ``overwrite``; documents of files they were not made from are appended to them, and a file
@@ -74,6 +80,10 @@ def prepare(
                 f"{f.path} is listed by two sources; each file may feed the data only once. Remove it from one of them."
             )
         seen[f.path] = f.domain
+    if part is not None:
+        settings = {"val_fraction": val_fraction, "seed": seed, "chunk_tokens": chunk_tokens}
+        run_part(files, tok, out_root, part, num_parts, settings, num_workers, progress, overwrite, skip_bad_records)
+        return {}
     for domain_dir in out_root.glob("*/") if out_root.is_dir() else []:
         finish_pending(domain_dir)  # an append a killed run left half moved
     finished = {} if overwrite else finished_domains(out_root, tok)
@@ -96,20 +106,9 @@ def prepare(
     place_tokenizer(tok, out_root, overwrite)
     if todo:
         with staging_folder(out_root) as staging:
-            tasks = [
-                Task(
-                    i,
-                    tuple(group),
-                    str(tok.path),
-                    str(staging),
-                    chunk_tokens,
-                    int(val_fraction * 2**64),
-                    seed.to_bytes(8, "little", signed=True),
-                    skip_bad_records,
-                    {f.path: done[f.path] for f in group if f.path in done},
-                )
-                for i, group in enumerate(split_tasks(todo, 4 * num_workers if num_workers > 1 else 1))
-            ]
+            tasks = plan_tasks(
+                todo, tok, staging, num_workers, chunk_tokens, val_fraction, seed, skip_bad_records, done
+            )
             results = run_tasks(tasks, tok, num_workers, progress)
             by_domain: dict[str, list[Part]] = {}
             records: dict[str, dict] = {}

@@ -16,16 +16,16 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from app.data.prepare.worker import MAX_EXAMPLES, Part, SplitWriter
 from app.data.shards import INDEX_FILE, META_FILE, PAIRS_FILE, SHARD_FORMAT, SPLITS, UNIGRAM_FILE
-from app.data.stats import PairCounter, count_codes, count_unigrams, entropies, pair_codes
+from app.data.stats import entropies
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.files import replacing, write_json
@@ -76,11 +76,11 @@ def place_tokenizer(tok: Tokenizer, out_root: Path, overwrite: bool) -> None:
         shutil.copyfile(tok.path, tmp)
 
 
-def merge_split(parts_dir: Path, out_dir: Path, before: list[dict] | None = None) -> None:
+def merge_split(parts_dir: Path, out_dir: Path, before: dict | None = None) -> None:
     """Move every task's chunks of one split into ``out_dir`` and write one litdata index listing
-    ``before`` (the chunks a domain holds already, when appending) and then these."""
+    the chunks of ``before`` (the index a domain holds already, when appending) and then these."""
     out_dir.mkdir(parents=True)
-    chunks, config = list(before or []), None
+    chunks, config = list(before["chunks"]) if before else [], before["config"] if before else None
     for task_dir in sorted(parts_dir.iterdir()) if parts_dir.is_dir() else []:
         for index_file in sorted(task_dir.glob("*.index.json")):
             index = json.loads(index_file.read_text())
@@ -93,85 +93,135 @@ def merge_split(parts_dir: Path, out_dir: Path, before: list[dict] | None = None
         write_json(out_dir / INDEX_FILE, {"chunks": chunks, "config": config, "updated_at": str(time.time())})
 
 
-@dataclass
-class _Totals:
-    """One domain's documents, tokens and statistics, summed over tasks (and an earlier preparation)."""
-
-    docs: Counter
-    tokens: Counter
-    files: Counter  # documents per input file
-    unigram: np.ndarray
-    pairs: PairCounter
-    skipped: int
-    examples: list[dict]
-    seconds: float
+def read_task_chunks(task_dir: Path) -> tuple[list[dict], dict | None]:
+    """The chunks one task wrote for one split (in order), and litdata's config for them."""
+    chunks, config = [], None
+    for index_file in sorted(task_dir.glob("*.index.json")):
+        index = json.loads(index_file.read_text())
+        config = config or index["config"]
+        chunks += index["chunks"]
+    return chunks, config
 
 
-def _combine(name: str, parts: list[Part], staging: Path, tok: Tokenizer, chunk_tokens: int, has_val: bool) -> _Totals:
-    """Sum the tasks' parts and write the held-back documents: the smallest-hash one becomes
-    validation if the domain has none, so every domain with two or more documents can be validated."""
-    t = _Totals(
-        Counter(), Counter(), Counter(), np.zeros(tok.vocab_size, np.int64), PairCounter(tok.vocab_size), 0, [], 0.0
-    )
+def chunk_tokens_in(path: Path, chunk: dict) -> np.ndarray:
+    """The tokens of one chunk file (a ``TokensLoader`` chunk: a small header, then int32 tokens)."""
+    return np.fromfile(path, dtype=np.int32, offset=(chunk["chunk_size"] + 2) * 4)
+
+
+def cut_document(
+    chunks: list[dict], folder: Path, start: int, length: int, chunk_tokens: int, prefix: str
+) -> tuple[list[dict], list[str], np.ndarray]:
+    """Take tokens ``[start, start + length)`` out of the token stream of ``chunks`` (files in
+    ``folder``). The chunks holding them are rewritten as new files ``<prefix>-*.bin``.
+    Returns the new chunk list, the names of the replaced files, and the tokens taken out."""
+    dims = np.array([c["dim"] for c in chunks])
+    ends = np.cumsum(dims)
+    first = int(np.searchsorted(ends, start, side="right"))
+    last = int(np.searchsorted(ends, start + length - 1, side="right"))
+    tokens = np.concatenate([chunk_tokens_in(folder / c["filename"], c) for c in chunks[first : last + 1]])
+    offset = start - int(ends[first] - dims[first])
+    taken = tokens[offset : offset + length].copy()
+    rest = np.concatenate([tokens[:offset], tokens[offset + length :]])
+    new: list[dict] = []
+    if len(rest):
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            writer = SplitWriter(Path(tmp), chunk_tokens)
+            writer.add(rest)
+            writer.close()
+            for chunk in read_task_chunks(Path(tmp))[0]:
+                name = f"{prefix}-{len(new):06d}.bin"
+                os.replace(Path(tmp) / chunk["filename"], folder / name)
+                new.append({**chunk, "filename": name})
+    replaced = [c["filename"] for c in chunks[first : last + 1]]
+    return chunks[:first] + new + chunks[last + 1 :], replaced, taken
+
+
+def fallback_validation(parts: list[Part]) -> tuple[int, tuple[int, int, int]] | None:
+    """The training document to move to ``val`` when a domain got none, as (index of its part in
+    ``parts``, candidate): the smallest hash, the earliest in the stream among equal ones."""
+    found = [(p.candidate[0], i) for i, p in enumerate(parts) if p.candidate is not None]
+    if not found:
+        return None
+    _, i = min(found)
+    return i, parts[i].candidate
+
+
+def total_of(parts: list[Part], vocab_size: int) -> Part:
+    """One domain's counts summed over tasks, parts or an earlier preparation: exact, since the
+    entropies are computed from the summed counts (``write_statistics_and_meta``), never averaged."""
+    total = Part(vocab_size, -1)
     for p in parts:
-        t.docs.update(p.docs)
-        t.tokens.update(p.tokens)
-        t.files.update(p.files)
-        t.unigram += p.unigram
-        t.pairs.merge(*p.pairs.result())
-        t.skipped += p.skipped
-        t.examples += p.examples
-        t.seconds += p.seconds
-    candidates = sorted((p.candidate for p in parts if p.candidate is not None), key=lambda c: c[0])
+        total.absorb(p)
+    return total
+
+
+def stored_part(domain_dir: Path, meta: dict, vocab_size: int) -> Part:
+    """A finished domain's counts back from its ``meta.json``, ``unigram.npy`` and ``pairs.npz``."""
+    p = Part(vocab_size, -1)
+    p.docs = Counter({s: meta["splits"][s]["documents"] for s in SPLITS})
+    p.tokens = Counter({s: meta["splits"][s]["tokens"] for s in SPLITS})
+    p.files = Counter({path: record["documents"] for path, record in meta["files"].items()})
+    p.unigram = np.load(domain_dir / UNIGRAM_FILE).astype(np.int64)
+    with np.load(domain_dir / PAIRS_FILE) as stored:
+        p.pairs.merge(stored["codes"], stored["counts"])
+    p.skipped, p.examples = meta["skipped"]["count"], list(meta["skipped"]["examples"])
+    return p
+
+
+def _validation_fallback(name: str, parts: list[Part], total: Part, staging: Path, chunk_tokens: int) -> None:
+    """Cut the smallest-hash training document out of its task's staged chunks and stage it as
+    ``val`` (counted so in ``total``), so that every domain with two or more documents can be validated."""
+    fallback = fallback_validation(parts)
+    if fallback is None:
+        return
     extra = Path(staging) / name
-    if candidates and not has_val and t.docs["val"] == 0 and t.docs["train"] >= 2:
-        _, moved = candidates.pop(0)
-        writer = SplitWriter(extra / "val" / _PARENT_PART, chunk_tokens)
-        writer.add(moved)
-        writer.close()
-        t.docs["train"] -= 1
-        t.docs["val"] += 1
-        t.tokens["train"] -= len(moved)
-        t.tokens["val"] += len(moved)
-        t.unigram -= count_unigrams(moved, tok.vocab_size)
-        codes, counts = count_codes(pair_codes(moved, tok.vocab_size))
-        t.pairs.merge(codes, -counts)
-    if candidates:
-        writer = SplitWriter(extra / "train" / _PARENT_PART, chunk_tokens)
-        for _, doc in candidates:
-            writer.add(doc)
-        writer.close()
-    return t
+    i, (_, start, length) = fallback
+    task_dir = extra / "train" / f"{parts[i].task:05d}"
+    chunks, config = read_task_chunks(task_dir)
+    chunks, replaced, moved = cut_document(chunks, task_dir, start, length, chunk_tokens, "cut")
+    for old in [*replaced, *(p.name for p in task_dir.glob("*.index.json"))]:
+        (task_dir / old).unlink()
+    write_json(task_dir / "0.index.json", {"chunks": chunks, "config": config})
+    writer = SplitWriter(extra / "val" / _PARENT_PART, chunk_tokens)
+    writer.add(moved)
+    writer.close()
+    total.move_to_validation(moved)
 
 
-def _write_stats(folder: Path, t: _Totals) -> dict:
-    """``unigram.npy`` and ``pairs.npz`` in ``folder``; returns the entropies for ``meta.json``."""
-    np.save(folder / UNIGRAM_FILE, t.unigram)
-    codes, counts = t.pairs.result()
+def file_entries(files: Counter, records: dict[str, dict]) -> dict[str, dict]:
+    """``meta.json``'s ``files``: each input file's record (``ledger.file_record``) and the documents it gave."""
+    return {path: {**records[path], "documents": int(n)} for path, n in sorted(files.items())}
+
+
+def write_statistics_and_meta(
+    folder: Path, name: str, tokenizer: dict, total: Part, records: dict[str, dict], meta_extra: dict
+) -> dict:
+    """Domain ``name``'s ``unigram.npy`` and ``pairs.npz`` (its counts, so that later appends and
+    merges stay exact), then its ``meta.json`` (last: the domain is then complete), in ``folder``."""
+    np.save(folder / UNIGRAM_FILE, total.unigram)
+    codes, counts = total.pairs.result()
     with open(folder / PAIRS_FILE, "wb") as f:
         np.savez(f, codes=codes, counts=counts)
-    h = entropies(t.unigram, t.pairs.to_sparse())
-    return {
-        "unigram_entropy": h["shannon"],
-        "joint_entropy": h["joint"],
-        "conditional_entropy": h["conditional"],
-        "unigram_counts_file": UNIGRAM_FILE,
-        "pair_counts_file": PAIRS_FILE,
-    }
-
-
-def _meta(name: str, tok: Tokenizer, t: _Totals, files: dict[str, dict], stats: dict, extra: dict) -> dict:
-    return {
+    h = entropies(total.unigram, total.pairs.to_sparse())
+    meta = {
         "format": SHARD_FORMAT,
         "domain": name,
-        "tokenizer": tok.identity,
-        "splits": {s: {"tokens": int(t.tokens[s]), "documents": int(t.docs[s])} for s in SPLITS},
-        "sources": sorted(files),
-        "files": dict(sorted(files.items())),
-        "stats": stats,
-        "skipped": {"count": t.skipped, "examples": t.examples[:MAX_EXAMPLES]},
-        **extra,
+        "tokenizer": tokenizer,
+        "splits": {s: {"tokens": int(total.tokens[s]), "documents": int(total.docs[s])} for s in SPLITS},
+        "sources": sorted(total.files),
+        "files": file_entries(total.files, records),
+        "stats": {
+            "unigram_entropy": h["shannon"],
+            "joint_entropy": h["joint"],
+            "conditional_entropy": h["conditional"],
+            "unigram_counts_file": UNIGRAM_FILE,
+            "pair_counts_file": PAIRS_FILE,
+        },
+        "skipped": {"count": total.skipped, "examples": total.examples[:MAX_EXAMPLES]},
+        **meta_extra,
     }
+    write_json(folder / META_FILE, meta)
+    return meta
 
 
 def finish_domain(
@@ -185,18 +235,17 @@ def finish_domain(
     records: dict[str, dict],
 ) -> dict:
     """Build the domain ``name`` from the tasks' ``parts`` (any earlier one of that name is replaced)."""
-    t = _combine(name, parts, staging, tok, chunk_tokens, has_val=False)
+    total = total_of(parts, tok.vocab_size)
+    if total.docs["val"] == 0 and total.docs["train"] >= 2:
+        _validation_fallback(name, parts, total, staging, chunk_tokens)
     domain_dir = out_root / name
     (domain_dir / META_FILE).unlink(missing_ok=True)  # first: an interrupted rebuild must not look complete
     shutil.rmtree(domain_dir / PENDING, ignore_errors=True)
     for split in SPLITS:
         shutil.rmtree(domain_dir / split, ignore_errors=True)
         merge_split(Path(staging) / name / split, domain_dir / split)
-    stats = _write_stats(domain_dir, t)
-    files = {path: {**records[path], "documents": int(n)} for path, n in t.files.items()}
-    meta = _meta(name, tok, t, files, stats, meta_extra)
-    write_json(domain_dir / META_FILE, meta)
-    return {"meta": meta, "seconds": t.seconds, "new_tokens": sum(t.tokens.values()), "status": "prepared"}
+    meta = write_statistics_and_meta(domain_dir, name, tok.identity, total, records, meta_extra)
+    return {"meta": meta, "seconds": total.seconds, "new_tokens": sum(total.tokens.values()), "status": "prepared"}
 
 
 def append_domain(
@@ -211,28 +260,21 @@ def append_domain(
 ) -> dict:
     """Append the tasks' ``parts`` (documents of new files) to the finished domain whose meta is ``old``."""
     domain_dir = out_root / name
-    t = _combine(name, parts, staging, tok, chunk_tokens, has_val=old["splits"]["val"]["documents"] > 0)
-    new_tokens = sum(t.tokens.values())
+    new = total_of(parts, tok.vocab_size)
+    if old["splits"]["val"]["documents"] == 0 and new.docs["val"] == 0 and new.docs["train"] >= 2:
+        _validation_fallback(name, parts, new, staging, chunk_tokens)
     pending = Path(staging) / name / PENDING
     for split in SPLITS:
         index = domain_dir / split / INDEX_FILE
-        before = json.loads(index.read_text())["chunks"] if index.is_file() else []
+        before = json.loads(index.read_text()) if index.is_file() else None
         merge_split(Path(staging) / name / split, pending / split, before)
-    for split in SPLITS:
-        t.docs[split] += old["splits"][split]["documents"]
-        t.tokens[split] += old["splits"][split]["tokens"]
-    t.unigram += np.load(domain_dir / UNIGRAM_FILE)
-    with np.load(domain_dir / PAIRS_FILE) as stored:
-        t.pairs.merge(stored["codes"], stored["counts"])
-    t.skipped += old["skipped"]["count"]
-    t.examples = old["skipped"]["examples"] + t.examples
-    stats = _write_stats(pending, t)
-    files = {**old["files"], **{path: {**records[path], "documents": int(n)} for path, n in t.files.items()}}
-    meta = _meta(name, tok, t, files, stats, {k: v for k, v in old.items() if k in ("val_fraction", "seed")})
-    write_json(pending / META_FILE, meta)
+    total = stored_part(domain_dir, old, tok.vocab_size)
+    total.absorb(new)
+    settings = {k: v for k, v in old.items() if k in ("val_fraction", "seed")}
+    meta = write_statistics_and_meta(pending, name, tok.identity, total, {**old["files"], **records}, settings)
     os.replace(pending, domain_dir / PENDING)
     finish_pending(domain_dir)
-    return {"meta": meta, "seconds": t.seconds, "new_tokens": new_tokens, "status": "appended"}
+    return {"meta": meta, "seconds": new.seconds, "new_tokens": sum(new.tokens.values()), "status": "appended"}
 
 
 def finish_pending(domain_dir: Path) -> None:

@@ -3,9 +3,10 @@
 Tasks run in pool workers (or in the parent with one worker). Every document becomes
 ``tokenizer.encode(text) + [eos_id]``. A document goes to ``val`` when a keyed hash of its
 text falls below ``val_fraction``, so the split does not depend on file order or worker
-count, and exact duplicates always land on the same side. Each task holds back its
-smallest-hash training document, so that the parent can move one to ``val`` when nothing
-else went there (``app.data.prepare.merge``).
+count, and exact duplicates always land on the same side. Each task notes where its
+smallest-hash training document lies in its stream, so that the parent can cut one out and
+move it to ``val`` when nothing else went there (``app.data.prepare.merge``): the training
+stream is then the documents in file order, however the files were split into tasks or parts.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from litdata.streaming.item_loader import TokensLoader
 from litdata.streaming.writer import BinaryWriter
 
 from app.data.prepare.ledger import file_record
-from app.data.prepare.sources import SourceFile
+from app.data.prepare.sources import SourceFile, split_tasks
 from app.data.prepare.staging import held_locks
 from app.data.readers import SLIMPAJAMA_DOMAIN_FIELD, BadRecord, read_documents, slimpajama_domain
-from app.data.stats import PairCounter, count_unigrams, pair_codes
+from app.data.stats import PairCounter, count_codes, count_unigrams, pair_codes
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.files import process_gone
@@ -55,6 +56,7 @@ class Part:
     """What one task produced for one domain."""
 
     vocab_size: int
+    task: int
     docs: Counter = field(default_factory=Counter)
     tokens: Counter = field(default_factory=Counter)
     files: Counter = field(default_factory=Counter)  # documents per input file
@@ -62,7 +64,9 @@ class Part:
     pairs: PairCounter | None = None
     skipped: int = 0
     examples: list[dict] = field(default_factory=list)
-    candidate: tuple[int, np.ndarray] | None = None  # smallest-hash train document, held back
+    candidate: tuple[int, int, int] | None = (
+        None  # smallest-hash train document: (hash, start, length) in the task's train stream
+    )
     seconds: float = 0.0
 
     def __post_init__(self) -> None:
@@ -74,6 +78,28 @@ class Part:
         if len(self.examples) < MAX_EXAMPLES:
             self.examples.append({"file": bad.file, "line": bad.line, "reason": bad.reason})
 
+    def absorb(self, other: Part) -> None:
+        """Add ``other``'s counts to this one's (a domain's total over tasks or parts): exact,
+        since entropies are computed from the summed counts, never averaged."""
+        self.docs.update(other.docs)
+        self.tokens.update(other.tokens)
+        self.files.update(other.files)
+        self.unigram += other.unigram
+        self.pairs.merge(*other.pairs.result())
+        self.skipped += other.skipped
+        self.examples += other.examples
+        self.seconds += other.seconds
+
+    def move_to_validation(self, doc: np.ndarray) -> None:
+        """Count training document ``doc`` as validation instead (its statistics leave the train counts)."""
+        self.docs["train"] -= 1
+        self.docs["val"] += 1
+        self.tokens["train"] -= len(doc)
+        self.tokens["val"] += len(doc)
+        self.unigram -= count_unigrams(doc, self.vocab_size)
+        codes, counts = count_codes(pair_codes(doc, self.vocab_size))
+        self.pairs.merge(codes, -counts)
+
 
 @dataclass
 class TaskResult:
@@ -83,6 +109,38 @@ class TaskResult:
     reused: set[str]  # finished domains met in the records
     excluded: Counter  # natural domain -> documents dropped by include/exclude
     records: dict[str, dict] = field(default_factory=dict)  # file -> its size, time and hash (ledger.file_record)
+
+
+def plan_tasks(
+    files: list[SourceFile],
+    tok: Tokenizer,
+    staging: Path,
+    num_workers: int,
+    chunk_tokens: int,
+    val_fraction: float,
+    seed: int,
+    skip_bad_records: bool,
+    done: dict[str, frozenset[str]] | None = None,
+) -> list[Task]:
+    """The tasks for ``files``: contiguous runs of about equal bytes, four per worker (one alone).
+    ``done`` maps a file to the finished domains that hold its documents already (``ledger``)."""
+    done = done or {}
+    groups = split_tasks(files, 4 * num_workers if num_workers > 1 else 1)
+    val_threshold, key = int(val_fraction * 2**64), seed.to_bytes(8, "little", signed=True)
+    return [
+        Task(
+            i,
+            tuple(g),
+            str(tok.path),
+            str(staging),
+            chunk_tokens,
+            val_threshold,
+            key,
+            skip_bad_records,
+            {f.path: done[f.path] for f in g if f.path in done},
+        )
+        for i, g in enumerate(groups)
+    ]
 
 
 class SplitWriter:
@@ -164,7 +222,7 @@ def run_task(task: Task, tok: Tokenizer, report: Callable[[int, int], None]) -> 
 
     def part(domain: str) -> Part:
         if domain not in result.parts:
-            result.parts[domain] = Part(vocab)
+            result.parts[domain] = Part(vocab, task.task_id)
         return result.parts[domain]
 
     def write(domain: str, split: str, tokens: np.ndarray) -> None:
@@ -221,16 +279,11 @@ def run_task(task: Task, tok: Tokenizer, report: Callable[[int, int], None]) -> 
             split = "val" if h < task.val_threshold else "train"
             p.docs[split] += 1
             p.tokens[split] += len(tokens)
-            if split == "val":
-                write(domain, "val", tokens)
-                continue
-            train.append(tokens)
-            if task.val_threshold and (p.candidate is None or h < p.candidate[0]):
-                previous, p.candidate = p.candidate, (h, tokens)
-                if previous is None:
-                    continue
-                tokens = previous[1]
-            write(domain, "train", tokens)
+            if split == "train":
+                if task.val_threshold and (p.candidate is None or h < p.candidate[0]):
+                    p.candidate = (h, p.tokens["train"] - len(tokens), len(tokens))
+                train.append(tokens)
+            write(domain, split, tokens)
         if train:
             flat = np.concatenate(train)
             p.unigram += count_unigrams(flat, vocab)

@@ -1,0 +1,120 @@
+"""Preparation into object storage (``--out_dir s3://bucket/prefix``): prepare into a local
+staging folder as usual, then upload, so that training never reads anything half-written.
+
+- A whole run uploads the tokenizer, then each finished domain with its ``meta.json`` last.
+- A part (``--num_parts N --part i``) uploads its chunks and counts, its record last.
+- The merge fetches the parts' records and counts, writes the domains' indexes, statistics and
+  ``meta.json`` locally, checks that every chunk an index lists is in the store with its size,
+  and uploads them, each ``meta.json`` last.
+
+An interrupted upload is resumed by running the same command again (``upload_complete``). The
+staging folder (``--stage_dir``, default ``~/.cache/sprout/stage/<bucket-prefix-hash>``) keeps
+the prepared shards, so a re-run uploads without tokenizing again; it needs the disk for what
+this machine prepares (split the work with ``--num_parts`` to spread it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from app.data.prepare.parts import merge_parts, record_path, stats_path
+from app.data.remote import (
+    TOKENIZER_FILES,
+    ObjectStore,
+    check_chunks,
+    mirror_folder,
+    publish_domain,
+    publish_tokenizer,
+    upload_complete,
+)
+from app.data.shards import INDEX_FILE, META_FILE, SPLITS
+from app.errors import SproutError
+
+
+def staging_root(url: str, stage_dir: str | os.PathLike | None) -> Path:
+    """The local folder a preparation into ``url`` is staged in."""
+    return Path(stage_dir).expanduser() if stage_dir else mirror_folder(Path("~/.cache/sprout/stage").expanduser(), url)
+
+
+def open_store(url: str) -> ObjectStore:
+    store = ObjectStore(url)
+    if not store.writable:
+        raise SproutError(f"--out_dir {url}: preparation uploads to s3:// URLs (and S3-compatible stores) only.")
+    store.check()
+    return store
+
+
+def publish(store: ObjectStore, stage: Path, metas: dict[str, dict], overwrite: bool) -> None:
+    """Upload what a whole run staged: the tokenizer, then each domain (``meta.json`` last)."""
+    publish_tokenizer(store, _tokenizer_file(stage), overwrite)
+    for domain in metas:
+        uploaded = publish_domain(store, stage, domain)
+        print(f"{store.url_of(domain)}: {'uploaded' if uploaded else 'already complete there'}", flush=True)
+
+
+def publish_part(store: ObjectStore, stage: Path, num_parts: int, part: int, overwrite: bool) -> None:
+    """Upload one part: its chunks and counts, then its record (the part is then finished)."""
+    publish_tokenizer(store, _tokenizer_file(stage), overwrite)
+    record_file = record_path(stage, num_parts, part)
+    record = json.loads(record_file.read_text())
+    keys = [
+        f"{domain}/{split}/{chunk['filename']}"
+        for domain, entry in record["domains"].items()
+        for task in entry["tasks"]
+        for split in SPLITS
+        for chunk in task["chunks"][split]
+    ]
+    counts = str(stats_path(stage, num_parts, part).relative_to(stage))
+    owned = [f"{domain}/{split}/chunk-p{part:04d}-" for domain in record["domains"] for split in SPLITS] + [counts]
+    uploaded = upload_complete(store, stage, [*keys, counts], str(record_file.relative_to(stage)), owned)
+    print(f"part {part} of {num_parts} {'uploaded to' if uploaded else 'already complete in'} {store.url}", flush=True)
+
+
+def merge_in_store(store: ObjectStore, stage: Path, num_parts: int) -> dict[str, dict]:
+    """The merge for parts uploaded to ``store``; returns ``{domain: meta}``."""
+    for part in range(num_parts):
+        for path in (record_path(stage, num_parts, part), stats_path(stage, num_parts, part)):
+            path.unlink(missing_ok=True)
+            store.download(str(path.relative_to(stage)), path)  # a missing record is named by the merge
+    for name in TOKENIZER_FILES:
+        store.download(name, stage / name)
+
+    def fetch(path: Path) -> None:
+        if not store.download(str(path.relative_to(stage)), path):
+            raise SproutError(
+                f"{store.url_of(str(path.relative_to(stage)))} is missing, though a part's record lists it. Re-run that part."
+            )
+
+    metas = merge_parts(stage, num_parts, fetch=fetch, where=store.url)
+    for domain in metas:
+        folder = stage / domain
+        keys = [str(p.relative_to(stage)) for p in sorted(folder.rglob("*")) if p.is_file() and p.name != META_FILE]
+        written = {
+            f"{domain}/{s}/{c['filename']}" for s in SPLITS for c in _chunks(folder / s) if _by_merge(c["filename"])
+        }
+        keys = [k for k in keys if not k.endswith(".bin") or k in written]
+
+        def verify(domain: str = domain) -> None:
+            for split in SPLITS:
+                if (stage / domain / split / INDEX_FILE).is_file():
+                    check_chunks(store, f"{domain}/{split}", stage / domain / split / INDEX_FILE, store.url)
+
+        uploaded = upload_complete(store, stage, keys, f"{domain}/{META_FILE}", owned=[], verify=verify)
+        print(f"{store.url_of(domain)}: {'merged' if uploaded else 'already complete there'}", flush=True)
+    return metas
+
+
+def _by_merge(chunk_name: str) -> bool:
+    """Whether the merge wrote this chunk (the fallback validation document's), not a part."""
+    return chunk_name.startswith("chunk-merge-") or "-cut-" in chunk_name
+
+
+def _chunks(split_dir: Path) -> list[dict]:
+    index = split_dir / INDEX_FILE
+    return json.loads(index.read_text())["chunks"] if index.is_file() else []
+
+
+def _tokenizer_file(stage: Path) -> Path:
+    return next(stage / name for name in TOKENIZER_FILES if (stage / name).is_file())
