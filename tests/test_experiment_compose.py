@@ -93,9 +93,3 @@ def test_arm_steps_spend_the_baseline_budget():
         small = min(steps, 50) if "growth" in used else 0
         spent = small * (compose.step_flops(2, args) + ref) + (steps - small) * (compose.step_flops(8, args) + ref)
         assert abs(spent / budget - 1) < 0.03, arm
-
-
-def test_level_unless_beyond_two_standard_deviations():
-    assert compose.beyond_noise([1.0, 1.1, 0.9], [1.05, 1.15, 0.95]) is False
-    assert compose.beyond_noise([1.0, 1.01, 0.99], [1.5, 1.51, 1.49]) is True
-    assert compose.beyond_noise([1.0], [2.0]) is None

@@ -72,6 +72,22 @@ def test_seed_aggregation_and_the_level_rule():
     assert common.compare([1.2, 1.21, 1.22], [1.0, 1.01, 1.02]) == "worse"
     assert common.compare([1.2, 1.21, 1.22], [1.0, 1.01, 1.02], lower_is_better=False) == "better"
     assert common.compare([1.0], [2.0]) == "n/a (1 seed)"
+    assert common.beyond_noise([1.0, 1.1, 0.9], [1.05, 1.15, 0.95]) is False
+    assert common.beyond_noise([1.0, 1.01, 0.99], [1.5, 1.51, 1.49]) is True
+    assert common.beyond_noise([1.0], [2.0]) is None
+
+
+def test_loss_against_flops_and_speedups():
+    points = [(1.0, 4.0), (2.0, 3.0), (4.0, 2.0)]
+    assert common.loss_at(points, 3.0) == 2.5 and common.loss_at(points, 9.0) == 2.0
+    assert common.flops_to_reach(points, 2.5) == 3.0 and common.flops_to_reach(points, 1.0) is None
+    assert common.flops_to_reach(points, 5.0) == 1.0  # reached at the first validation
+    assert common.speedups([2.0, 4.0], budget=4.0) == [1.0, 0.0]
+    assert common.speedups([2.0, 4.0], budget=4.0, one_off=2.0) == pytest.approx([0.0, -1 / 3])
+    assert common.speedups([2.0, None], budget=4.0) is None
+    scalars = {"perf/flops_seen": {10: 1.0, 20: 2.0}, "val/loss": {10: 5.0, 20: 4.0}, "val/loss/math": {20: 3.0}}
+    assert common.curve(scalars) == [(1.0, 5.0), (2.0, 4.0)]
+    assert common.curve(scalars, "val/loss/math") == [(2.0, 3.0)]
 
 
 def test_growth_and_mixture_tables_aggregate_seeds(tmp_path):
@@ -102,18 +118,32 @@ def test_growth_and_mixture_tables_aggregate_seeds(tmp_path):
         in text
     )
 
-    def final(loss, w):
+    def final(loss, w, one_off=0.0):
         return {
             "val_loss": loss,
+            "flops": 4.0,
+            "flops_curve": [(2.0, loss + 0.2), (4.0, loss)],
             "domain_loss": {"books": loss + 0.1, "code": loss - 0.1},
             "weights": {"books": w, "code": 1 - w},
+            "one_off": one_off,
         }
 
     per_seed = {
-        s: {"uniform": final(4.3 + 0.01 * s, 0.5), "doremi": final(4.3 + 0.02 * s, 0.4 + 0.1 * s)} for s in range(3)
+        s: {
+            "uniform": final(4.3 + 0.01 * s, 0.5),
+            "entropy": final(4.2, 0.6),  # reaches uniform's 4.30, 4.31, 4.32 at 3.0, 2.9, 2.8 FLOPs
+            "bimix": final(4.2, 0.6, one_off=2.0),  # the same, after 2 FLOPs of proxies
+            "doremi": final(4.3 + 0.02 * s, 0.4 + 0.1 * s, one_off=4.0),
+        }
+        for s in range(3)
     }
     text = mixtures.table(per_seed)
-    assert "| doremi | 0.500, 0.500 | 4.3200 ± 0.0200 | level | 4.4200 ± 0.0200 | 4.2200 ± 0.0200 |" in text
+    assert (
+        "| doremi | 0.500, 0.500 | 4.3200 ± 0.0200 | level | 4.4200 ± 0.0200 | 4.2200 ± 0.0200 | 1 of 3 seeds reach it | 4.00e+00 | 1 of 3 seeds reach it |"
+        in text
+    )
+    assert "| **4.2000 ± 0.0000** | better | 4.3000 ± 0.0000 | 4.1000 ± 0.0000 | +38.0% ± 4.8% | none | same |" in text
+    assert "| +38.0% ± 4.8% | 2.00e+00 | -18.3% ± 1.7% |" in text  # 4 / (3.0 + 2) - 1, 4 / (2.9 + 2) - 1, ...
     state = {"SproutDataModule": {"mixture": {"alpha_sum": {"code": 1.5, "books": 0.5}, "updates": 2}}}
     (tmp_path / "checkpoints").mkdir()
     torch.save(state, tmp_path / "checkpoints" / "last.ckpt")
@@ -123,7 +153,7 @@ def test_growth_and_mixture_tables_aggregate_seeds(tmp_path):
 def test_selection_table_aggregates_seeds():
     from tools.experiments import selection
 
-    def run(math, excess):
+    def run(math, excess, one_off=None):
         val = {
             "math": [(50, math + 1), (100, math + 0.5), (150, math + 0.2), (200, math)],
             "books": [(200, 4.0)],
@@ -136,11 +166,19 @@ def test_selection_table_aggregates_seeds():
             "kept_share/code": 0.3,
             "kept_share/math": 0.5,
         }
-        return {"tokens_per_step": 2048, "val": val, "select": select}
+        curve = val["math"]  # FLOPs are steps here
+        return {"tokens_per_step": 2048, "val": val, "select": select, "flops": 200.0, "math_curve": curve} | {
+            "one_off": one_off or {}
+        }
 
-    per_seed = {s: {"all": run(3.9 + 0.01 * s, 0.0), "rho1": run(3.7 + 0.01 * s, 2.0 + s)} for s in range(3)}
+    per_seed = {
+        s: {"all": run(3.9 + 0.01 * s, 0.0), "rho1": run(3.7 + 0.01 * s, 2.0 + s, {"reference": 20, "scoring": 10})}
+        for s in range(3)
+    }
     text = selection.table(per_seed)
     assert (
         "| rho1 | 4.7100 ± 0.0100 | 4.2100 ± 0.0100 | 3.9100 ± 0.0100 | **3.7100 ± 0.0100** | better | 4.0000 ± 0.0000 | 3.0000 ± 0.0000 | 20% / 30% / 50% | +3.000 ± 1.000 |"
         in text
     )
+    # all's final 3.9x is reached at step 150 of 200, and at 180 with the one-off cost
+    assert "| +3.000 ± 1.000 | +33.3% ± 0.0% | 2.00e+01 + 1.00e+01 | +11.1% ± 0.0% |" in text

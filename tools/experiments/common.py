@@ -217,6 +217,35 @@ def train(
     return result
 
 
+# -- loss against FLOPs: where runs of different cost are compared ------------------------------
+
+
+def curve(scalars: dict[str, dict[int, float]], tag: str = "val/loss") -> list[tuple[float, float]]:
+    """(training FLOPs, validation loss under ``tag``) at each validation of a run."""
+    flops = sorted(scalars["perf/flops_seen"].items())
+    points = []
+    for step, loss in sorted(scalars[tag].items()):
+        seen = [f for s, f in flops if s <= step]
+        points.append((seen[-1] if seen else 0.0, loss))
+    return points
+
+
+def loss_at(points: list[tuple[float, float]], flops: float) -> float:
+    """Validation loss at ``flops`` training FLOPs, linear between validations."""
+    for (f0, l0), (f1, l1) in zip(points, points[1:]):
+        if f0 <= flops <= f1:
+            return l0 + (l1 - l0) * (flops - f0) / (f1 - f0)
+    return points[-1][1]
+
+
+def flops_to_reach(points: list[tuple[float, float]], loss: float) -> float | None:
+    """First FLOPs at which the curve is at or below ``loss``, linear between validations."""
+    for (f0, l0), (f1, l1) in zip([(0.0, float("inf"))] + points, points):
+        if l1 <= loss:
+            return f1 if l0 == float("inf") else f0 + (f1 - f0) * (l0 - loss) / (l0 - l1)
+    return None
+
+
 # -- seeds: every experiment repeats its runs per seed and reports mean ± std per cell ---------
 
 
@@ -243,15 +272,32 @@ def cell(values: list[float], spec: str = ".4f") -> str:
     return f"{mean:{spec}}" if len(values) < 2 else f"{mean:{spec}} ± {std:{spec.replace('+', '')}}"
 
 
+def beyond_noise(values: list[float], baseline: list[float]) -> bool | None:
+    """Whether two samples' means differ by 2 standard deviations (the larger of the two) or more;
+    ``None`` when either has a single value, so there is no noise estimate."""
+    if len(values) < 2 or len(baseline) < 2:
+        return None
+    (a, sa), (b, sb) = mean_std(values), mean_std(baseline)
+    return abs(a - b) >= 2 * max(sa, sb)
+
+
 def compare(values: list[float], baseline: list[float], lower_is_better: bool = True) -> str:
     """``better`` or ``worse`` than ``baseline``, or ``level`` when the means differ by less than
     2 standard deviations (the larger of the two); ``n/a`` with fewer than 2 seeds on either side."""
-    if len(values) < 2 or len(baseline) < 2:
+    beyond = beyond_noise(values, baseline)
+    if beyond is None:
         return "n/a (1 seed)"
-    (a, sa), (b, sb) = mean_std(values), mean_std(baseline)
-    if abs(a - b) < 2 * max(sa, sb):
+    if not beyond:
         return "level"
-    return "better" if (a < b) == lower_is_better else "worse"
+    return "better" if (mean_std(values)[0] < mean_std(baseline)[0]) == lower_is_better else "worse"
+
+
+def speedups(reach: list[float | None], budget: float, one_off: float = 0.0) -> list[float] | None:
+    """Per seed, how much less compute than ``budget`` reached the target (``budget / FLOPs - 1``),
+    with ``one_off`` FLOPs added to each seed's; ``None`` unless every seed reached it."""
+    if not all(reach):
+        return None
+    return [budget / (f + one_off) - 1 for f in reach]
 
 
 def command(script: str, args: dict) -> str:

@@ -44,29 +44,9 @@ from app.errors import SproutError
 from app.model import LlamaConfig, flops_per_token, forward_flops_per_token
 from tools.cli import run_tool
 from tools.experiments import common
-from tools.experiments.growth import curve, flops_to_reach, loss_at
 
 METHODS = ("growth", "selection", "mixture")
 ARMS = ("baseline", *("+".join(c) for n in (1, 2, 3) for c in itertools.combinations(METHODS, n)))
-
-
-# -- seed statistics (to move into common.py beside the other experiments' --seeds) -------------
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def beyond_noise(a: list[float], b: list[float]) -> bool | None:
-    """Whether means differ by more than 2 standard deviations (the larger of the two samples');
-    ``None`` when a sample has one value, so there is no noise estimate."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    return abs(statistics.fmean(a) - statistics.fmean(b)) > 2 * max(statistics.stdev(a), statistics.stdev(b))
-
-
-def pm(values: list[float], digits: int = 4) -> str:
-    mean, std = mean_std(values)
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 # -- the arms ----------------------------------------------------------------------------------
@@ -145,7 +125,7 @@ def reference_recipe(run_dir: Path, args: dict) -> dict:
 
 def read_run(scalars: dict, config: dict) -> dict:
     """The mean validation curve against FLOPs, and per domain, at every validation."""
-    points = curve(scalars)
+    points = common.curve(scalars)
     steps, flops = sorted(scalars["val/loss"]), [f for f, _ in points]
     domains = common.tagged(scalars, "val/loss/")
     return {
@@ -158,24 +138,24 @@ def read_run(scalars: dict, config: dict) -> dict:
 # -- the report --------------------------------------------------------------------------------
 def summarise(runs: dict[str, list[dict]], budget: float, one_off: float) -> dict[str, dict]:
     """Per arm, over its seeds: losses at the budget, the difference to the baseline and the speed-up."""
-    targets = [loss_at(r["curve"], budget) for r in runs["baseline"]]  # seed i is held to the baseline's seed i
+    targets = [common.loss_at(r["curve"], budget) for r in runs["baseline"]]  # seed i is held to the baseline's seed i
     summary = {}
     for arm, seeds in runs.items():
-        reach = [flops_to_reach(r["curve"], target) for r, target in zip(seeds, targets)]
+        reach = [common.flops_to_reach(r["curve"], target) for r, target in zip(seeds, targets)]
         extra = one_off if "selection" in methods(arm) else 0.0
         summary[arm] = {
             "steps": seeds[0]["steps"],
             "flops": [r["flops"] for r in seeds],
-            "loss": [loss_at(r["curve"], budget) for r in seeds],
-            "domains": {d: [loss_at(r["domains"][d], budget) for r in seeds] for d in seeds[0]["domains"]},
+            "loss": [common.loss_at(r["curve"], budget) for r in seeds],
+            "domains": {d: [common.loss_at(r["domains"][d], budget) for r in seeds] for d in seeds[0]["domains"]},
             "flops_to_target": reach,
-            "speedup": [budget / f - 1 for f in reach] if all(reach) else None,
-            "speedup_with_one_off": [budget / (f + extra) - 1 for f in reach] if all(reach) else None,
+            "speedup": common.speedups(reach, budget),
+            "speedup_with_one_off": common.speedups(reach, budget, extra),
             "one_off": extra,
         }
     base = summary["baseline"]["loss"]
     for s in summary.values():
-        s["beyond_noise"] = beyond_noise(s["loss"], base)
+        s["beyond_noise"] = common.beyond_noise(s["loss"], base)
     return summary
 
 
@@ -202,18 +182,18 @@ def table(summary: dict[str, dict]) -> str:
             if len(reached) == len(s["flops_to_target"])
             else f"{len(reached)} of {len(s['flops_to_target'])} seeds reach it"
         )
-        speed = pm(s["speedup"], 3) if s["speedup"] and arm != "baseline" else "–"
+        speed = common.cell(s["speedup"], "+.1%") if s["speedup"] and arm != "baseline" else "–"
         with_one_off = (
-            (pm(s["speedup_with_one_off"], 3) if s["one_off"] else "no one-off cost")
+            (common.cell(s["speedup_with_one_off"], "+.1%") if s["one_off"] else "no one-off cost")
             if s["speedup"] and arm != "baseline"
             else "–"
         )
         cells = [
             arm,
             str(s["steps"]),
-            pm(s["loss"]),
+            common.cell(s["loss"]),
             "–" if arm == "baseline" else verdict(s, base),
-            *(pm(s["domains"][d]) for d in domains),
+            *(common.cell(s["domains"][d]) for d in domains),
             reach,
             speed,
             with_one_off,
@@ -226,7 +206,7 @@ def plot(path: Path, runs: dict[str, list[dict]], budget: float) -> None:
     with common.figure(path, 1, (7.5, 4.5)) as (ax,):
         for i, (arm, seeds) in enumerate(runs.items()):
             flops = [f / 1e12 for f, _ in seeds[0]["curve"]]
-            stats = [mean_std([r["curve"][j][1] for r in seeds]) for j in range(len(flops))]
+            stats = [common.mean_std([r["curve"][j][1] for r in seeds]) for j in range(len(flops))]
             means = [m for m, _ in stats]
             color = "k" if arm == "baseline" else f"C{i}"
             ax.plot(flops, means, "o-", ms=2.5, color=color, label=arm)

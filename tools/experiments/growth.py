@@ -85,32 +85,6 @@ def grown_run_steps(scratch_steps: int, grow_at: int, source: dict, args: dict) 
     return math.ceil(steps / args["val_every"]) * args["val_every"]
 
 
-def curve(scalars: dict[str, dict[int, float]]) -> list[tuple[float, float]]:
-    """(training FLOPs, mean validation loss) at each validation of a run."""
-    flops = sorted(scalars["perf/flops_seen"].items())
-    points = []
-    for step, loss in sorted(scalars["val/loss"].items()):
-        seen = [f for s, f in flops if s <= step]
-        points.append((seen[-1] if seen else 0.0, loss))
-    return points
-
-
-def loss_at(points: list[tuple[float, float]], flops: float) -> float:
-    """Validation loss at ``flops`` training FLOPs, linear between validations."""
-    for (f0, l0), (f1, l1) in zip(points, points[1:]):
-        if f0 <= flops <= f1:
-            return l0 + (l1 - l0) * (flops - f0) / (f1 - f0)
-    return points[-1][1]
-
-
-def flops_to_reach(points: list[tuple[float, float]], loss: float) -> float | None:
-    """First FLOPs at which the curve is at or below ``loss``, linear between validations."""
-    for (f0, l0), (f1, l1) in zip([(0.0, float("inf"))] + points, points):
-        if l1 <= loss:
-            return f1 if l0 == float("inf") else f0 + (f1 - f0) * (l0 - loss) / (l0 - l1)
-    return None
-
-
 def table(per_seed: dict[int, dict[str, dict]]) -> str:
     """One row per run: mean ± std over seeds, and how its loss compares with scratch's."""
     runs = next(iter(per_seed.values()))
@@ -183,7 +157,7 @@ def run_seed(
         print(f"seed {args['seed']}, {label}: {total} steps" + (f", grown at step {grow_at}" if section else ""))
         common.train(run_dir, recipe(run_dir, data_dir, shape, total, args, section))
         scalars = common.scalars(run_dir)
-        points, flops = curve(scalars), scalars["perf/flops_seen"]
+        points, flops = common.curve(scalars), scalars["perf/flops_seen"]
         results[label] = {
             "steps": total,
             "flops": max(flops.values()),
@@ -200,9 +174,9 @@ def run_seed(
         }
     budget = results["scratch"]["curve"][-1][0]
     for r in results.values():
-        r["val_loss"] = loss_at(r["curve"], budget)
+        r["val_loss"] = common.loss_at(r["curve"], budget)
     for r in results.values():
-        r["flops_to_scratch_loss"] = flops_to_reach(r["curve"], results["scratch"]["val_loss"])
+        r["flops_to_scratch_loss"] = common.flops_to_reach(r["curve"], results["scratch"]["val_loss"])
 
     return results
 

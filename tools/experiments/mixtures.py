@@ -11,7 +11,10 @@ number of steps: the three proxy mixtures, ``bimix`` (the fitted law) and ``dore
 ``fixed`` run with DoReMi's averaged weights). Everything is repeated for ``--seeds`` seeds
 (each seed its own proxies, fit, reference and finals); the table holds the mean ± std over
 seeds of the mean and per-domain validation loss at the end of each final run, and whether
-each policy's mean loss is level with uniform's (less than 2 std apart); the PNG the curves.
+each policy's mean loss is level with uniform's (less than 2 std apart), and its saving: how much
+less compute than uniform it needs to reach uniform's final loss, without and with its one-off
+costs (BiMix's five proxy runs; DoReMi's reference, the uniform proxy, and its own proxy, whose
+FLOPs include the reference's forward); the PNG the curves.
 
     python tools/experiments/mixtures.py --work_dir runs/mixtures
 
@@ -63,11 +66,14 @@ def recipe(run_dir: Path, data_dir: Path, mixture: dict, steps: int, args: dict,
 
 
 def read_result(scalars: dict, config: dict) -> dict:
-    """Final per-domain validation loss, the curves, and the weights trained with."""
+    """Final per-domain validation loss, the curves (against steps, and the mean against
+    training FLOPs), the FLOPs spent and the weights trained with."""
     losses = common.tagged(scalars, "val/loss/")
     last = max(scalars["val/loss"])
     weights = common.tagged(scalars, "mixture/weight/")
     return {
+        "flops": max(scalars["perf/flops_seen"].values()),
+        "flops_curve": common.curve(scalars),
         "domain_loss": {d: points[last] for d, points in sorted(losses.items())},
         "weights": {d: points[max(points)] for d, points in sorted(weights.items())},
         "curves": {
@@ -85,6 +91,17 @@ def doremi_average(run_dir: Path) -> dict[str, float]:
     return {d: s / state["updates"] for d, s in sorted(state["alpha_sum"].items())}
 
 
+def saving(per_seed: dict[int, dict[str, dict]], name: str, with_one_off: bool) -> str:
+    """How much less compute than uniform's final run ``name`` needs to reach uniform's final
+    loss (each seed against its own uniform run), without or with its one-off costs; every seed's
+    final runs and proxies have the same FLOPs."""
+    seeds = list(per_seed.values())
+    reach = [common.flops_to_reach(seed[name]["flops_curve"], seed["uniform"]["val_loss"]) for seed in seeds]
+    one_off = seeds[0][name]["one_off"] if with_one_off else 0.0
+    values = common.speedups(reach, seeds[0]["uniform"]["flops"], one_off)
+    return f"{sum(map(bool, reach))} of {len(reach)} seeds reach it" if values is None else common.cell(values, "+.1%")
+
+
 def table(per_seed: dict[int, dict[str, dict]]) -> str:
     first = next(iter(per_seed.values()))
     domains = list(first["uniform"]["domain_loss"])
@@ -93,9 +110,9 @@ def table(per_seed: dict[int, dict[str, dict]]) -> str:
         + ", ".join(domains)
         + "), mean over seeds | mean val loss | vs uniform | "
         + " | ".join(domains)
-        + " |"
+        + " | saving to uniform's loss | one-off FLOPs | saving incl. one-off |"
     )
-    rows = [head, "|" + "---|" * (4 + len(domains))]
+    rows = [head, "|" + "---|" * (7 + len(domains))]
     uniform = [seed["uniform"]["val_loss"] for seed in per_seed.values()]
     means = {name: common.mean_std([seed[name]["val_loss"] for seed in per_seed.values()])[0] for name in first}
     for name in first:
@@ -104,9 +121,21 @@ def table(per_seed: dict[int, dict[str, dict]]) -> str:
         mean = common.cell([r["val_loss"] for r in runs])
         mean = f"**{mean}**" if means[name] == min(means.values()) else mean
         versus = "-" if name == "uniform" else common.compare([r["val_loss"] for r in runs], uniform)
+        one_off = sum(r["one_off"] for r in runs) / len(runs)
+        savings = (
+            ["-", "-", "-"]
+            if name == "uniform"
+            else [
+                saving(per_seed, name, with_one_off=False),
+                f"{one_off:.2e}" if one_off else "none",
+                saving(per_seed, name, with_one_off=True) if one_off else "same",
+            ]
+        )
         rows.append(
             f"| {name} | {weights} | {mean} | {versus} | "
             + " | ".join(common.cell([r["domain_loss"][d] for r in runs]) for d in domains)
+            + " | "
+            + " | ".join(savings)
             + " |"
         )
     return "\n".join(rows)
@@ -163,9 +192,19 @@ def run_seed(work: Path, data_dir: Path, args: dict) -> dict[str, dict]:
     )
     mixture["doremi"] = {"class_path": "fixed", "init_args": {"weights": doremi_average(doremi_proxy)}}
 
+    proxy_flops = {name: json.loads((d / common.DONE).read_text())["flops"] for name, d in proxies.items()}
+    proxy_flops["doremi"] = json.loads((doremi_proxy / common.DONE).read_text())["flops"]
+    one_off = {  # the FLOPs a policy spends before its final run: BiMix's proxies, DoReMi's reference and proxy
+        "bimix": sum(proxy_flops[name] for name in (*STATIC, *SPREAD)),
+        "doremi": proxy_flops["uniform"] + proxy_flops["doremi"],
+    }
+
     print(f"seed {args['seed']}: final runs ({steps} steps)")
     return {
-        name: common.train(finals[name], recipe(finals[name], data_dir, mixture[name], steps, args), read_result)
+        name: {
+            **common.train(finals[name], recipe(finals[name], data_dir, mixture[name], steps, args), read_result),
+            "one_off": one_off.get(name, 0.0),
+        }
         for name in POLICIES
     }
 

@@ -5,7 +5,10 @@ a reference model, the base continued on half of GSM8K (``math_ref``); then cont
 pre-training from the base on a uniform mix of books, code and the other half of GSM8K
 (``math``) with each selector for the same steps and batch, i.e. the same tokens through the
 model. The table and PNG give the held-out math loss (``math``'s validation split, which neither
-the reference nor any run trained on) against tokens, plus the final books and code losses.
+the reference nor any run trained on) against tokens, plus the final books and code losses, and
+each selector's saving: how much less compute than ``all`` it needs to reach ``all``'s final math
+loss, without and with its one-off costs (Rho-1's: training the reference and scoring every
+training token once with it; the base model is every run's starting point and counted for none).
 
     python tools/experiments/selection.py --work_dir runs/selection
 
@@ -35,6 +38,7 @@ import yaml
 from app.data.corpus import build_default_corpus, corpus_texts
 from app.data.prepare import Source, prepare
 from app.errors import SproutError
+from app.model import LlamaConfig, forward_flops_per_token
 from tools.cli import run_tool
 from tools.experiments import common
 from tools.score_reference import score_reference
@@ -116,15 +120,28 @@ def recipe(template: str, run_dir: Path, args: dict, **changes) -> dict:
 
 
 def read_result(scalars: dict, config: dict) -> dict:
-    """Per-domain validation curves and the mean of every selection statistic over the run."""
+    """Per-domain validation curves, held-out math against training FLOPs (the base and the
+    reference see no math), the FLOPs spent and the mean of every selection statistic over the run."""
     return {
         "tokens_per_step": config["data"]["batch_size"] * config["data"]["seq_len"],
+        "flops": max(scalars["perf/flops_seen"].values()),
+        "math_curve": common.curve(scalars, "val/loss/math") if "val/loss/math" in scalars else [],
         "val": {d: sorted(points.items()) for d, points in common.tagged(scalars, "val/loss/").items()},
         "select": {
             name: sum(points.values()) / max(len(points), 1)
             for name, points in common.tagged(scalars, "select/").items()
         },
     }
+
+
+def saving(per_seed: dict[int, dict[str, dict]], name: str, with_one_off: bool) -> str:
+    """How much less compute than ``all`` the selector needs to reach ``all``'s final held-out
+    math loss (each seed against its own ``all`` run), without or with its one-off costs."""
+    seeds = list(per_seed.values())
+    reach = [common.flops_to_reach(seed[name]["math_curve"], seed["all"]["math_curve"][-1][1]) for seed in seeds]
+    one_off = sum(seeds[0][name]["one_off"].values()) if with_one_off else 0.0
+    values = common.speedups(reach, seeds[0]["all"]["flops"], one_off)
+    return f"{sum(map(bool, reach))} of {len(reach)} seeds reach it" if values is None else common.cell(values, "+.1%")
 
 
 def table(per_seed: dict[int, dict[str, dict]], columns: int = 4) -> str:
@@ -139,9 +156,10 @@ def table(per_seed: dict[int, dict[str, dict]], columns: int = 4) -> str:
     head = (
         "| selector | "
         + " | ".join(f"math @ {s * tokens / 1e6:.2f}M tok" for s in picks)
-        + " | vs all (final math) | books (final) | code (final) | kept tokens from books / code / math | kept excess − dropped excess |"
+        + " | vs all (final math) | books (final) | code (final) | kept tokens from books / code / math"
+        + " | kept excess − dropped excess | saving to all's math loss | one-off FLOPs (reference + scoring) | saving incl. one-off |"
     )
-    rows = [head, "|" + "---|" * (len(picks) + 6)]
+    rows = [head, "|" + "---|" * (len(picks) + 9)]
     final = {name: [dict(seed[name]["val"]["math"])[picks[-1]] for seed in per_seed.values()] for name in first}
     best = min(final, key=lambda name: sum(final[name]))
     for name in first:
@@ -162,7 +180,16 @@ def table(per_seed: dict[int, dict[str, dict]], columns: int = 4) -> str:
             for d in ("books", "code", "math")
         )  # none logged in a run shorter than the logging interval
         books, code = (common.cell([r["val"][d][-1][1] for r in runs]) for d in ("books", "code"))
-        rows.append(f"| {name} | " + " | ".join(cells) + f" | {versus} | {books} | {code} | {shares} | {gap} |")
+        if name == "all" or "all" not in first:
+            savings = "- | - | -"
+        elif one_off := first[name]["one_off"]:
+            costs = f"{one_off['reference']:.2e} + {one_off['scoring']:.2e}"
+            savings = f"{saving(per_seed, name, False)} | {costs} | {saving(per_seed, name, True)}"
+        else:
+            savings = f"{saving(per_seed, name, False)} | none | same"
+        rows.append(
+            f"| {name} | " + " | ".join(cells) + f" | {versus} | {books} | {code} | {shares} | {gap} | {savings} |"
+        )
     return "\n".join(rows)
 
 
@@ -230,7 +257,7 @@ def run_seed(
     )
     reference = work / "reference" / "checkpoints" / "last.ckpt"
     print(f"seed {args['seed']} [4/5] reference scores of books, code and math")
-    score_reference(
+    scored = score_reference(
         str(reference),
         str(data),
         str(work / "scores"),
@@ -239,13 +266,20 @@ def run_seed(
         batch_size=32,
         progress=False,
     )
+    # Rho-1's one-off cost: training its reference and one forward of it over every scored token
+    config = LlamaConfig.from_name(args["arch"], vocab_size=args["vocab_size"], block_size=seq_len)
+    blocks = sum(split["blocks"] for domain in scored.values() for split in domain.values())
+    one_off = {
+        "reference": json.loads((work / "reference" / common.DONE).read_text())["flops"],
+        "scoring": float(blocks * seq_len * forward_flops_per_token(config, seq_len)),
+    }
     print(
         f"seed {args['seed']} [5/5] continued pre-training, {args['cpt_steps']} steps x {args['batch_size'] * seq_len} tokens each"
     )
     results = {}
     for name in selectors:
         selector = {"class_path": name} if name == "all" else {"class_path": name, "init_args": {"k": k}}
-        results[name] = common.train(
+        results[name] = {"one_off": one_off if name == "rho1" else {}} | common.train(
             work / f"cpt-{name}",
             recipe(
                 "rho1-continued.yaml",
@@ -328,8 +362,13 @@ def selection(
         )
         per_seed[value] = run_seed(work / f"seed{value}", args, selectors, k, base_steps, ref_steps, base_lr, threads)
     text = table(per_seed)
+    costs = (
+        "One-off FLOPs are Rho-1's alone: its reference's training and one reference forward over every training token of"
+        " books, code and math (what tools/score_reference.py scores); the other selectors read the same scores only to log"
+        " the excess loss of what they keep."
+    )
     (work / "selection.md").write_text(
-        f"{text}\n\nSeeds {sorted(per_seed)}. Command: `{common.command('selection', {'selectors': selectors, 'k': k, 'seeds': seeds, 'threads': threads})}`\n"
+        f"{text}\n\n{costs}\n\nSeeds {sorted(per_seed)}. Command: `{common.command('selection', {'selectors': selectors, 'k': k, 'seeds': seeds, 'threads': threads})}`\n"
     )
     (work / "selection.json").write_text(json.dumps(per_seed, indent=1))
     plot(work / "selection.png", per_seed)
