@@ -51,7 +51,6 @@ SHAPES = {
         n_layer=12, n_embd=768, n_head=12, n_kv_head=4, intermediate_size=2048, vocab_size=8192, block_size=256
     ),
 }
-LITGPT_VENVS = [Path("/work/venvs/litgpt/bin/python"), Path("/tmp/litgpt-venv/bin/python")]  # looked for in this order
 PEERS = ["hf", "hf-compiled", "litgpt", "litgpt-compiled"]
 CANDIDATES = ["sprout", "sprout-eager", *PEERS]
 
@@ -226,13 +225,10 @@ def _run_worker(python: str, args: dict) -> dict:
 
 
 def _litgpt_python(litgpt_python: str | None) -> str | None:
-    """The interpreter that can import litgpt: the given one, this one, or a default venv."""
-    for python in [litgpt_python] if litgpt_python else [sys.executable, *map(str, LITGPT_VENVS)]:
-        if (
-            Path(python).exists()
-            and subprocess.run([python, "-c", "import litgpt.model"], capture_output=True).returncode == 0
-        ):
-            return python
+    """The interpreter that can import litgpt: the given one, else this one."""
+    python = litgpt_python or sys.executable
+    if Path(python).exists() and subprocess.run([python, "-c", "import litgpt.model"], capture_output=True).returncode == 0:
+        return python
     return None
 
 
@@ -267,7 +263,7 @@ def bench_train(
             shared with other jobs, 1 thread and the tokens per CPU-second column are the steadier measure.
         peak_float32: matmul peak FLOP/s for MFU (default: measured now with tools/bench_peak.py).
         peak_bfloat16: same for bf16.
-        litgpt_python: a Python that can import litgpt (default: this one, else the first of LITGPT_VENVS that can).
+        litgpt_python: a Python that can import litgpt, e.g. ``.venv-litgpt/bin/python`` (default: this one).
         json_out: also write the rows as JSON.
     """
     import torch
@@ -281,7 +277,7 @@ def bench_train(
     wants_litgpt = any(c.startswith("litgpt") for c in candidates)
     litgpt = _litgpt_python(litgpt_python) if wants_litgpt else None
     if wants_litgpt and litgpt is None:
-        where = litgpt_python or f"this Python nor {', '.join(map(str, LITGPT_VENVS))}"
+        where = litgpt_python or f"this Python ({sys.executable})"
         print(f"litgpt is not importable from {where}; skipping it (see --litgpt_python)", file=sys.stderr)
         candidates = [c for c in candidates if not c.startswith("litgpt")]
     torch.set_num_threads(threads)  # the peak of the same number of threads the candidates get

@@ -7,7 +7,7 @@ CPU's dense matmul peak (``tools/bench_peak.py``): a step whose matmuls already 
 can only get faster by doing fewer of them, one far below it by running them better.
 
     python tools/profile_step.py                                         # sprout, bf16, reference shape, 1 thread
-    python tools/profile_step.py --candidate litgpt-compiled --litgpt_python /work/venvs/litgpt/bin/python
+    python tools/profile_step.py --candidate litgpt-compiled --litgpt_python .venv-litgpt/bin/python
 """
 
 from __future__ import annotations
