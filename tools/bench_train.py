@@ -227,7 +227,10 @@ def _run_worker(python: str, args: dict) -> dict:
 def _litgpt_python(litgpt_python: str | None) -> str | None:
     """The interpreter that can import litgpt: the given one, else this one."""
     python = litgpt_python or sys.executable
-    if Path(python).exists() and subprocess.run([python, "-c", "import litgpt.model"], capture_output=True).returncode == 0:
+    if (
+        Path(python).exists()
+        and subprocess.run([python, "-c", "import litgpt.model"], capture_output=True).returncode == 0
+    ):
         return python
     return None
 
