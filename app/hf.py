@@ -196,17 +196,7 @@ def export_tokenizer(
     ``identity`` is the checkpoint's record of its tokenizer: a different file is refused, since
     evaluating with another vocabulary gives meaningless scores.
     """
-    tokenizer = Tokenizer.load(path)
-    if identity and identity.get("sha256") and identity["sha256"] != tokenizer.sha256:
-        raise SproutError(
-            f"Tokenizer {tokenizer.path} (sha256 {tokenizer.sha256[:12]}) is not the one the checkpoint was trained with "
-            f"({identity.get('name')}, sha256 {identity['sha256'][:12]}); pass --tokenizer with that file."
-        )
-    if tokenizer.vocab_size > config.vocab_size:
-        raise SproutError(
-            f"Tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the model's vocab_size is {config.vocab_size}; "
-            "it is not the tokenizer this model was trained with, pass --tokenizer with the right one."
-        )
+    tokenizer = Tokenizer.load_trained(path, identity, config.vocab_size, "the checkpoint")
     if tokenizer.kind == "hf":
         pieces = _json_pieces(tokenizer.path)
         shutil.copyfile(tokenizer.path, out_dir / "tokenizer.json")

@@ -116,17 +116,7 @@ def trained_tokenizer(checkpoint: Path, meta: dict | None, path: Path | None, vo
                     f"Checkpoint {checkpoint} was trained with the tokenizer {path}, which does not exist; pass --tokenizer with "
                     f"that tokenizer's file (sha256 {identity.get('sha256', '?')[:12]}), e.g. from the data folder the run used."
                 )
-    tokenizer = Tokenizer.load(path)
-    if identity.get("sha256") and identity["sha256"] != tokenizer.sha256:
-        raise SproutError(
-            f"Tokenizer {tokenizer.path} (sha256 {tokenizer.sha256[:12]}) is not the one checkpoint {checkpoint} was trained with "
-            f"({identity.get('name')}, sha256 {identity['sha256'][:12]}); pass --tokenizer with that file."
-        )
-    if tokenizer.vocab_size > vocab_size:
-        raise SproutError(
-            f"Tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but the model of {checkpoint} only {vocab_size}; pass --tokenizer with the one it was trained with."
-        )
-    return tokenizer
+    return Tokenizer.load_trained(path, identity, vocab_size, f"checkpoint {checkpoint}")
 
 
 def run_of(checkpoint: Path) -> Path | None:

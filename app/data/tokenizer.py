@@ -35,6 +35,24 @@ class Tokenizer:
         self.num_threads: int | None = None
 
     @classmethod
+    def load_trained(cls, path: str | os.PathLike, identity: dict | None, vocab_size: int, model: str) -> Tokenizer:
+        """Load the tokenizer ``model`` was trained with, refusing another: ``identity`` is the
+        checkpoint's record of its tokenizer (name, sha256), and the model's embedding must hold
+        every token id. Scores or exports made with another vocabulary mean nothing."""
+        tokenizer = cls.load(path)
+        if identity and identity.get("sha256") and identity["sha256"] != tokenizer.sha256:
+            raise SproutError(
+                f"Tokenizer {tokenizer.path} (sha256 {tokenizer.sha256[:12]}) is not the one {model} was trained with "
+                f"({identity.get('name')}, sha256 {identity['sha256'][:12]}); pass --tokenizer with that file."
+            )
+        if tokenizer.vocab_size > vocab_size:
+            raise SproutError(
+                f"Tokenizer {tokenizer.path} has {tokenizer.vocab_size} tokens but {model}'s vocab_size is {vocab_size}; "
+                "it is not the tokenizer this model was trained with, pass --tokenizer with the right one."
+            )
+        return tokenizer
+
+    @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
         """Load ``tokenizer.json`` or a SentencePiece ``.model``; a folder is searched for either."""
         path = Path(path).expanduser()
