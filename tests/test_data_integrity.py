@@ -24,8 +24,11 @@ OPTIONS = {"val_fraction": 0.2, "num_workers": 1, "chunk_tokens": 4096, "progres
 
 # The same preparation in a child process (its own session, like a terminal's job) where the
 # first chunk written triggers `{action}`.
+# SIGINT is set to raise KeyboardInterrupt, as in a terminal's foreground job: a shell's background
+# job (`cmd &`) starts with SIGINT ignored, and Python then keeps it ignored.
 CHILD = """
 import json, os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from app.data.prepare import Source, prepare, worker
 paths, domains, tokenizer, out, options = json.loads(sys.argv[1])
 real = worker.SplitWriter.write_chunk
