@@ -52,25 +52,20 @@ class Recorder(Logger):
         pass
 
 
-def _run(monkeypatch, callbacks, checkpointing, steps=4):
-    """A tiny real fit on random tokens whose clock advances exactly ``TICK`` per batch."""
-    readings = iter(TICK * i for i in range(1000))
-    monkeypatch.setattr(monitor, "time", types.SimpleNamespace(perf_counter=lambda: next(readings)))
-    L.seed_everything(0)
-    batches = [
+def _batches(steps: int) -> list[dict]:
+    return [
         {"input_ids": torch.randint(0, VOCAB, (BATCH, SEQ)), "targets": torch.randint(0, VOCAB, (BATCH, SEQ))}
         for _ in range(steps)
     ]
-    module = SproutModule(
-        arch="micro",
-        arch_overrides={"vocab_size": VOCAB, "block_size": SEQ},
-        parallel=Parallelism(activation_checkpointing=checkpointing),
-    )
+
+
+def _fit(module, batches, callbacks) -> dict[str, list[tuple[int, float]]]:
+    """Fit ``module`` on ``batches`` (one step each) and return what it logged, every step."""
     logger = Recorder()
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
-        max_steps=steps,
+        max_steps=len(batches),
         limit_val_batches=0,
         num_sanity_val_steps=0,
         logger=logger,
@@ -82,6 +77,20 @@ def _run(monkeypatch, callbacks, checkpointing, steps=4):
     )
     trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
     return logger.values
+
+
+def _run(monkeypatch, callbacks, checkpointing, steps=4):
+    """A tiny real fit on random tokens whose clock advances exactly ``TICK`` per batch."""
+    readings = iter(TICK * i for i in range(1000))
+    monkeypatch.setattr(monitor, "time", types.SimpleNamespace(perf_counter=lambda: next(readings)))
+    L.seed_everything(0)
+    batches = _batches(steps)
+    module = SproutModule(
+        arch="micro",
+        arch_overrides={"vocab_size": VOCAB, "block_size": SEQ},
+        parallel=Parallelism(activation_checkpointing=checkpointing),
+    )
+    return _fit(module, batches, callbacks)
 
 
 def _utilisation(flops_per_token: float) -> float:
@@ -134,32 +143,15 @@ def test_flops_seen_counts_an_online_reference_forward(monkeypatch, tmp_path, of
     monkeypatch.setattr(monitor, "time", types.SimpleNamespace(perf_counter=lambda: 0.0))
     L.seed_everything(0)
     steps = 3
-    batches = [
-        {"input_ids": torch.randint(0, VOCAB, (BATCH, SEQ)), "targets": torch.randint(0, VOCAB, (BATCH, SEQ))}
-        for _ in range(steps)
-    ]
+    batches = _batches(steps)
     if offline:
         batches = [{**b, "ref_loss": torch.rand(BATCH, SEQ)} for b in batches]
     module = SproutModule(
         arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": SEQ}, selector=Rho1(k=50), reference=str(path)
     )
-    logger = Recorder()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        logger=logger,
-        log_every_n_steps=1,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        callbacks=[ThroughputMonitor(peak_flops=PEAK)],
-    )
-    trainer.fit(module, torch.utils.data.DataLoader(batches, batch_size=None))
+    logged = _fit(module, batches, [ThroughputMonitor(peak_flops=PEAK)])
     trained = flops_per_token(LlamaConfig.from_name("micro", vocab_size=VOCAB, block_size=SEQ), SEQ)
     reference = 0 if offline else forward_flops_per_token(ref_config, SEQ)
-    assert [v for _, v in logger.values["perf/flops_seen"]] == pytest.approx(
+    assert [v for _, v in logged["perf/flops_seen"]] == pytest.approx(
         [(trained + reference) * BATCH * SEQ * (i + 1) for i in range(steps)]
     )
