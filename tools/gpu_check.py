@@ -158,29 +158,8 @@ def worker(
 
 
 # -- driver side ----------------------------------------------------------------------------------
-def _run_row(
-    framework: str,
-    compiled: bool,
-    attention: str,
-    shape: dict,
-    batch: int,
-    steps: int,
-    warmup: int,
-    device: str,
-    lr: float,
-    timeout: float,
-) -> dict:
-    args = {
-        "framework": framework,
-        "compiled": compiled,
-        "attention": attention,
-        "shape": shape,
-        "batch": batch,
-        "steps": steps,
-        "warmup": warmup,
-        "device": device,
-        "lr": lr,
-    }
+def _run_row(args: dict, timeout: float) -> dict:
+    """``worker(**args)`` in a fresh process (its own CUDA context and compile caches), or why it failed."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
@@ -301,7 +280,18 @@ def gpu_check(
         else:
             print(f"  running {label} ...", file=sys.stderr, flush=True)
             timeout = min(row_timeout, deadline - time.monotonic())
-            result = _run_row(framework, compiled, attention, shape, batch, steps, warmup, device, LR[device], timeout)
+            args = dict(
+                framework=framework,
+                compiled=compiled,
+                attention=attention,
+                shape=shape,
+                batch=batch,
+                steps=steps,
+                warmup=warmup,
+                device=device,
+                lr=LR[device],
+            )
+            result = _run_row(args, timeout)
         if "tokens_per_s" in result:
             result["mfu"] = result["tokens_per_s"] * flops_per_token(config, config.block_size) / peak if peak else None
             result["loss_falls"] = loss_falls(result["losses"])
