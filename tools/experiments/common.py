@@ -300,6 +300,14 @@ def speedups(reach: list[float | None], budget: float, one_off: float = 0.0) -> 
     return [budget / (f + one_off) - 1 for f in reach]
 
 
+def saving(reach: list[float | None], budget: float, one_off: float = 0.0) -> str:
+    """The ``speedups`` as ``mean ± std`` percentages, or how many seeds reached the target at all."""
+    values = speedups(reach, budget, one_off)
+    if values is None:
+        return f"{sum(map(bool, reach))} of {len(reach)} seeds reach it"
+    return cell(values, "+.1%")
+
+
 def command(script: str, args: dict) -> str:
     """The command line that repeats an experiment, for its report (paths left out)."""
     flags = (

@@ -91,17 +91,6 @@ def doremi_average(run_dir: Path) -> dict[str, float]:
     return {d: s / state["updates"] for d, s in sorted(state["alpha_sum"].items())}
 
 
-def saving(per_seed: dict[int, dict[str, dict]], name: str, with_one_off: bool) -> str:
-    """How much less compute than uniform's final run ``name`` needs to reach uniform's final
-    loss (each seed against its own uniform run), without or with its one-off costs; every seed's
-    final runs and proxies have the same FLOPs."""
-    seeds = list(per_seed.values())
-    reach = [common.flops_to_reach(seed[name]["flops_curve"], seed["uniform"]["val_loss"]) for seed in seeds]
-    one_off = seeds[0][name]["one_off"] if with_one_off else 0.0
-    values = common.speedups(reach, seeds[0]["uniform"]["flops"], one_off)
-    return f"{sum(map(bool, reach))} of {len(reach)} seeds reach it" if values is None else common.cell(values, "+.1%")
-
-
 def table(per_seed: dict[int, dict[str, dict]]) -> str:
     first = next(iter(per_seed.values()))
     domains = list(first["uniform"]["domain_loss"])
@@ -113,7 +102,8 @@ def table(per_seed: dict[int, dict[str, dict]]) -> str:
         + " | saving to uniform's loss | one-off FLOPs | saving incl. one-off |"
     )
     rows = [head, "|" + "---|" * (7 + len(domains))]
-    uniform = [seed["uniform"]["val_loss"] for seed in per_seed.values()]
+    seeds = list(per_seed.values())
+    uniform = [seed["uniform"]["val_loss"] for seed in seeds]
     means = {name: common.mean_std([seed[name]["val_loss"] for seed in per_seed.values()])[0] for name in first}
     for name in first:
         runs = [seed[name] for seed in per_seed.values()]
@@ -121,14 +111,16 @@ def table(per_seed: dict[int, dict[str, dict]]) -> str:
         mean = common.cell([r["val_loss"] for r in runs])
         mean = f"**{mean}**" if means[name] == min(means.values()) else mean
         versus = "-" if name == "uniform" else common.compare([r["val_loss"] for r in runs], uniform)
-        one_off = sum(r["one_off"] for r in runs) / len(runs)
+        # compute to reach the same seed's uniform final loss; every seed's runs have the same FLOPs
+        reach = [common.flops_to_reach(seed[name]["flops_curve"], seed["uniform"]["val_loss"]) for seed in seeds]
+        budget, one_off = first["uniform"]["flops"], first[name]["one_off"]
         savings = (
             ["-", "-", "-"]
             if name == "uniform"
             else [
-                saving(per_seed, name, with_one_off=False),
+                common.saving(reach, budget),
                 f"{one_off:.2e}" if one_off else "none",
-                saving(per_seed, name, with_one_off=True) if one_off else "same",
+                common.saving(reach, budget, one_off) if one_off else "same",
             ]
         )
         rows.append(
@@ -173,8 +165,10 @@ def run_seed(work: Path, data_dir: Path, args: dict) -> dict[str, dict]:
     }
 
     print(f"seed {args['seed']}: proxy runs ({proxy_steps} steps)")
-    for name, run_dir in proxies.items():
-        common.train(run_dir, recipe(run_dir, data_dir, mixture[name], proxy_steps, args), read_result)
+    proxy_flops = {
+        name: common.train(run_dir, recipe(run_dir, data_dir, mixture[name], proxy_steps, args), read_result)["flops"]
+        for name, run_dir in proxies.items()
+    }
 
     print(f"seed {args['seed']}: BiMix fit on the proxy runs, target {steps} steps")
     fit_bimix.main([str(d / "logs") for d in proxies.values()], target_steps=steps, out=str(fit_file), r_min=r_min)
@@ -185,15 +179,13 @@ def run_seed(work: Path, data_dir: Path, args: dict) -> dict[str, dict]:
         "class_path": "doremi",
         "init_args": {"update_every": args["doremi_update_every"], "eta": args["doremi_eta"]},
     }
-    common.train(
+    proxy_flops["doremi"] = common.train(
         doremi_proxy,
         recipe(doremi_proxy, data_dir, doremi, proxy_steps, args, proxies["uniform"] / "checkpoints" / "last.ckpt"),
         read_result,
-    )
+    )["flops"]
     mixture["doremi"] = {"class_path": "fixed", "init_args": {"weights": doremi_average(doremi_proxy)}}
 
-    proxy_flops = {name: json.loads((d / common.DONE).read_text())["flops"] for name, d in proxies.items()}
-    proxy_flops["doremi"] = json.loads((doremi_proxy / common.DONE).read_text())["flops"]
     one_off = {  # the FLOPs a policy spends before its final run: BiMix's proxies, DoReMi's reference and proxy
         "bimix": sum(proxy_flops[name] for name in (*STATIC, *SPREAD)),
         "doremi": proxy_flops["uniform"] + proxy_flops["doremi"],

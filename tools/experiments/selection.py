@@ -134,16 +134,6 @@ def read_result(scalars: dict, config: dict) -> dict:
     }
 
 
-def saving(per_seed: dict[int, dict[str, dict]], name: str, with_one_off: bool) -> str:
-    """How much less compute than ``all`` the selector needs to reach ``all``'s final held-out
-    math loss (each seed against its own ``all`` run), without or with its one-off costs."""
-    seeds = list(per_seed.values())
-    reach = [common.flops_to_reach(seed[name]["math_curve"], seed["all"]["math_curve"][-1][1]) for seed in seeds]
-    one_off = sum(seeds[0][name]["one_off"].values()) if with_one_off else 0.0
-    values = common.speedups(reach, seeds[0]["all"]["flops"], one_off)
-    return f"{sum(map(bool, reach))} of {len(reach)} seeds reach it" if values is None else common.cell(values, "+.1%")
-
-
 def table(per_seed: dict[int, dict[str, dict]], columns: int = 4) -> str:
     """Held-out math loss at evenly spaced token counts, then the final books and code losses;
     mean ± std over seeds."""
@@ -182,11 +172,15 @@ def table(per_seed: dict[int, dict[str, dict]], columns: int = 4) -> str:
         books, code = (common.cell([r["val"][d][-1][1] for r in runs]) for d in ("books", "code"))
         if name == "all" or "all" not in first:
             savings = "- | - | -"
-        elif one_off := first[name]["one_off"]:
-            costs = f"{one_off['reference']:.2e} + {one_off['scoring']:.2e}"
-            savings = f"{saving(per_seed, name, False)} | {costs} | {saving(per_seed, name, True)}"
-        else:
-            savings = f"{saving(per_seed, name, False)} | none | same"
+        else:  # compute to reach the same seed's final `all` math loss; every run has the same FLOPs
+            reach = [
+                common.flops_to_reach(r["math_curve"], seed["all"]["math_curve"][-1][1])
+                for r, seed in zip(runs, per_seed.values())
+            ]
+            budget, one_off = first["all"]["flops"], first[name]["one_off"]
+            costs = f"{one_off['reference']:.2e} + {one_off['scoring']:.2e}" if one_off else "none"
+            with_costs = common.saving(reach, budget, sum(one_off.values())) if one_off else "same"
+            savings = f"{common.saving(reach, budget)} | {costs} | {with_costs}"
         rows.append(
             f"| {name} | " + " | ".join(cells) + f" | {versus} | {books} | {code} | {shares} | {gap} | {savings} |"
         )
@@ -249,7 +243,7 @@ def run_seed(
         threads,
     )
     print(f"seed {args['seed']} [3/5] reference model: the base continued on math_ref")
-    common.train(
+    reference_run = common.train(
         work / "reference",
         recipe("rho1-reference-math.yaml", work / "reference", args, **{"trainer.max_steps": ref_steps}),
         read_result,
@@ -270,7 +264,7 @@ def run_seed(
     config = LlamaConfig.from_name(args["arch"], vocab_size=args["vocab_size"], block_size=seq_len)
     blocks = sum(split["blocks"] for domain in scored.values() for split in domain.values())
     one_off = {
-        "reference": json.loads((work / "reference" / common.DONE).read_text())["flops"],
+        "reference": reference_run["flops"],
         "scoring": float(blocks * seq_len * forward_flops_per_token(config, seq_len)),
     }
     print(
