@@ -36,6 +36,7 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from app.checkpoint.run import checkpoint_dir
+from app.checkpoint.step_logs import log_step_before_saving
 
 
 class Preemption(Checkpoint):
@@ -77,6 +78,7 @@ class Preemption(Checkpoint):
             return
         if 0 <= trainer.max_steps <= trainer.global_step:
             return  # the last step: the run ends normally and saves last.ckpt itself
+        log_step_before_saving(trainer)
         self._exit_code = self._save(trainer, during="training")
 
     # The exit waits until Lightning has logged the step just saved; it skips any validation.

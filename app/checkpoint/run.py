@@ -24,6 +24,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from app.checkpoint.safe_load import check_distributed, load_file
+from app.checkpoint.step_logs import log_step_before_saving
 from app.errors import SproutError
 from app.files import remove_stale_temporaries, replacing
 
@@ -122,8 +123,14 @@ class SproutCheckpoint(ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` whose ``last.ckpt`` always holds the final step of a run.
 
     Lightning writes ``last.ckpt`` at the end of training only if it wrote none before, so a
-    run whose ``max_steps`` falls between two saves would lose its final steps.
+    run whose ``max_steps`` falls between two saves would lose its final steps. A step's logged
+    values are written and flushed before its checkpoint (``step_logs``), so a kill right after a
+    save leaves no hole in the logs.
     """
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        log_step_before_saving(trainer)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         if self.save_last and self._last_global_step_saved != trainer.global_step:
