@@ -26,12 +26,13 @@ from app.growth.reshape import stored_config
 from app.loss import IGNORE_INDEX, chunked_token_losses
 from app.mixing import MixtureFeedback
 from app.model import Llama, LlamaConfig
-from app.objective import objective, token_weights
+from app.objective import kept_share, objective, token_weights
 from app.optim import build_optimizer, clip_gradients, clips_unscaled, probe_optimizer
 from app.parallel import Parallelism, compute_dtype, data_parallel_mesh, parallelize, total_norm
 from app.protocols import TokenSelector, TrainableModel
 from app.reference import Reference, online_reference
 from app.schedule import Schedule, WarmupCosine
+from app.validation import DomainLosses
 
 
 class SproutModule(L.LightningModule):
@@ -79,7 +80,7 @@ class SproutModule(L.LightningModule):
         self.counter = Counter()
         self._mesh = None  # FSDP2's device mesh, made once: every model (and the reference) shards over it
         self.model: TrainableModel | None = None  # a Llama, or a growth operator's stand-in while it trains one
-        self._val_sums: dict[int, torch.Tensor] = {}
+        self._val = DomainLosses()
 
     @property
     def schedule(self) -> WarmupCosine:
@@ -122,6 +123,10 @@ class SproutModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
+        if stage == "fit":
+            self.schedule.check(
+                self.recipe_lr, self.trainer.max_steps, warn_odd=dm is not None and self.trainer.is_global_zero
+            )
         if stage == "fit" and self.reference is None:
             self.reference = online_reference(self.reference_path, self.config.vocab_size, dm, self.selector)
             strategy = self.trainer.strategy
@@ -129,69 +134,53 @@ class SproutModule(L.LightningModule):
                 self.reference.shard(
                     self._data_parallel_mesh(strategy), strategy.root_device, compute_dtype(self.trainer.precision)
                 )
-        if dm is None:
-            return
-        if dm.vocab_size > self.config.vocab_size:
+        if dm is not None and dm.vocab_size > self.config.vocab_size:
             raise SproutError(
                 f"The tokenizer {dm.tokenizer_path} has {dm.vocab_size} tokens but the model's embedding has "
                 f"vocab_size={self.config.vocab_size}. Set model.arch_overrides.vocab_size to at least {dm.vocab_size} "
                 f"(a multiple of 64 is fastest) or use the tokenizer the model was built for."
             )
-        if dm.seq_len > self.config.block_size:
+        if dm is not None and dm.seq_len > self.config.block_size:
             raise SproutError(
                 f"data.seq_len={dm.seq_len} is longer than the model's context block_size={self.config.block_size}. Lower data.seq_len or set model.arch_overrides.block_size."
             )
-        if stage == "fit" and self.trainer.is_global_zero:
-            source = "model.schedule.max_steps" if self.schedule.max_steps else "trainer.max_steps"
-            self.schedule.warn_if_odd(self.recipe_lr, self.schedule.max_steps or self.trainer.max_steps, source)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids)
 
     # -- training -------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        trainer = self._trainer  # None where the step is called alone (tests)
         online = self.reference is not None and "ref_loss" not in batch
-        self.counter.count(
-            batch["input_ids"], self.config, self.reference.model.config if online else None, self.trainer.world_size
-        )
+        scorer = self.reference.model.config if online else None
+        self.counter.count(batch["input_ids"], self.config, scorer, trainer.world_size if trainer else 1)
         loss = self._token_losses(batch)
         valid = batch["targets"] != IGNORE_INDEX
-        batch = {**batch, "valid": valid}  # the one place the batch gains keys
+        batch = {**batch, "valid": valid}  # the one place the batch gains keys: valid, and ref_loss online
         if online:
             batch["ref_loss"] = self.reference.losses(
                 batch["input_ids"], batch["targets"], next(self.model.parameters()).dtype
             )
-        last = (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0
-        self.mixing.observe(self.trainer, self, batch, loss.detach(), last)  # a loss-weighing policy updates first
         selected = self.selector.token_weights(loss.detach(), batch).to(loss.dtype)
-        weights = token_weights(selected, valid, batch.get("domain"), self.mixing.domain_factors(self.trainer, loss))
+        last = trainer is None or (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+        self.mixing.observe(trainer, self, batch, loss.detach(), last)  # before the factors: Algorithm 1
+        weights = token_weights(selected, valid, batch.get("domain"), self.mixing.domain_factors(trainer, loss))
         n_valid = valid.sum().clamp_min(1)
         self.log("train/loss", loss.detach().masked_fill(~valid, 0).sum() / n_valid, prog_bar=True)
         self.log("select/fraction", (weights > 0).sum() / n_valid)
-        if "domain" in batch:
-            self._log_kept_share(weights, batch["domain"])
+        names = list(getattr(getattr(trainer, "datamodule", None), "domains", []))
+        if "domain" in batch and names:
+            for name, share in zip(names, kept_share(weights, batch["domain"], len(names))):
+                self.log(f"select/kept_share/{name}", share)
         for name, value in self.selector.metrics().items():
             self.log(f"select/{name}", value)
         out = {"loss": objective(loss, weights), "token_loss": loss.detach()}
-        if "ref_loss" in batch:
-            out["ref_loss"] = batch["ref_loss"]
-        return out
+        return {**out, "ref_loss": batch["ref_loss"]} if "ref_loss" in batch else out
 
     def _token_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Per-token losses [B, T]; the head is applied in chunks, so the batch's logits never exist at once."""
         hidden = self.model.hidden_states(batch["input_ids"])
         return chunked_token_losses(hidden, self.model.output.weight, batch["targets"], compiled=self.parallel.compile)
-
-    def _log_kept_share(self, weights: torch.Tensor, domain: torch.Tensor) -> None:
-        """Which domains the kept tokens come from: ``select/kept_share/<domain>`` sums to 1."""
-        names = list(getattr(getattr(self._trainer, "datamodule", None), "domains", []))
-        if not names:
-            return
-        kept = (weights > 0).sum(dim=1).float()
-        per_domain = torch.zeros(len(names), device=kept.device).index_add_(0, domain, kept)
-        share = per_domain / per_domain.sum().clamp_min(1)
-        for i, name in enumerate(names):
-            self.log(f"select/kept_share/{name}", share[i])
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.parameters() if p.grad is not None]
@@ -209,11 +198,6 @@ class SproutModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.optimizer_factory, self.model, self.peak_lr)
         optimizer_lr = optimizer.param_groups[0]["lr"]
-        run_steps = self.schedule.max_steps or self.trainer.max_steps
-        if run_steps is None or run_steps < 0:
-            raise SproutError(
-                "The LR schedule needs a length: set trainer.max_steps or model.schedule.max_steps in the recipe."
-            )
         # the step comes from the trainer, not the scheduler's own count, and the segments are
         # read when the factor is: a scheduler made at growth or on resume, or a growth stage
         # restored after the optimizer was built (ModelParallelStrategy), lands on the right point
@@ -225,21 +209,13 @@ class SproutModule(L.LightningModule):
 
     # -- validation: per domain, token-weighted --------------------------------------------
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        loss = self._token_losses(batch)
-        valid = batch["targets"] != IGNORE_INDEX
-        sums = torch.stack([loss.masked_fill(~valid, 0).sum(), valid.sum().to(loss.dtype)])
-        self._val_sums[dataloader_idx] = self._val_sums.get(dataloader_idx, 0) + sums.detach().double()
+        self._val.add(dataloader_idx, self._token_losses(batch), batch["targets"])
 
     test_step = validation_step
 
     def on_validation_epoch_end(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        domains = list(getattr(dm, "domains", [])) or [str(i) for i in range(len(self._val_sums))]
-        per_domain = {}
-        for idx, sums in sorted(self._val_sums.items()):
-            total = self.trainer.strategy.reduce(sums, reduce_op="sum")
-            per_domain[domains[idx]] = (total[0] / total[1].clamp_min(1)).float()
-        self._val_sums = {}
+        names = list(getattr(getattr(self.trainer, "datamodule", None), "domains", []))
+        per_domain = self._val.means(names, lambda sums: self.trainer.strategy.reduce(sums, reduce_op="sum"))
         prefix = "test" if self.trainer.testing else "val"
         for name, value in per_domain.items():
             self.log(f"{prefix}/loss/{name}", value, sync_dist=False)

@@ -28,3 +28,10 @@ def objective(token_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Σ w·ℓ / Σ w exactly; a batch in which nothing counts (Σ w = 0) gives 0, not 0/0."""
     total = weights.sum()
     return (weights * token_loss).sum() / torch.where(total == 0, torch.ones_like(total), total)
+
+
+def kept_share(weights: torch.Tensor, domain: torch.Tensor, n_domains: int) -> torch.Tensor:
+    """Which domains the kept tokens (weight > 0) come from: ``[n_domains]`` shares summing to 1."""
+    kept = (weights > 0).sum(dim=1).float()
+    per_domain = torch.zeros(n_domains, device=kept.device).index_add_(0, domain, kept)
+    return per_domain / per_domain.sum().clamp_min(1)

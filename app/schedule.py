@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import check_option, is_count, is_number, warn
+from app.errors import SproutError, check_option, is_count, is_number, warn
 
 
 @dataclass
@@ -49,16 +49,23 @@ class WarmupCosine:
         progress = min(1.0, (step - self.warmup_steps) / max(1, max_steps - self.warmup_steps))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-    def warn_if_odd(self, peak_lr: float, max_steps: int | None, source: str) -> None:
-        """Settings that are legal but almost surely wrong: a run that never leaves warm-up, a floor above the peak."""
-        if max_steps and max_steps > 0 and self.warmup_steps >= max_steps:
+    def check(self, peak_lr: float, trainer_max_steps: int | None, warn_odd: bool = True) -> None:
+        """The run's schedule needs a length; with ``warn_odd``, warn of settings that are legal but
+        almost surely wrong: a run that never leaves warm-up, a floor above the peak."""
+        max_steps = self.max_steps or trainer_max_steps
+        if max_steps is None or max_steps < 0:
+            raise SproutError(
+                "The LR schedule needs a length: set trainer.max_steps or model.schedule.max_steps in the recipe."
+            )
+        source = "model.schedule.max_steps" if self.max_steps else "trainer.max_steps"
+        if warn_odd and max_steps > 0 and self.warmup_steps >= max_steps:
             reached = self.factor(max_steps - 1, peak_lr, max_steps)
             warn(
                 f"model.schedule.warmup_steps={self.warmup_steps} is not below the run's {max_steps} steps ({source}={max_steps}): "
                 f"the learning rate never leaves warm-up and ends at {reached:.1%} of its peak lr={peak_lr:g}. "
                 f"Set model.schedule.warmup_steps to a small share of the run, e.g. {max(1, max_steps // 10)}."
             )
-        if self.min_lr > peak_lr:
+        if warn_odd and self.min_lr > peak_lr:
             warn(
                 f"model.schedule.min_lr={self.min_lr:g} is above the peak model.optimizer.init_args.lr={peak_lr:g}: the cosine "
                 f'"decay" raises the learning rate after warm-up. Set min_lr below lr (TinyLlama: lr 4e-4, min_lr 4e-5).'
