@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -48,8 +47,8 @@ from app.counter import Counter
 from app.errors import warn
 from app.growth.plan import GrowthPlan
 from app.growth.reshape import STATE_KEY, stored_shape
-from app.growth.swap import carry_optimizer_state, full_model, swap_model
-from app.model import SHAPE_FIELDS, Llama, LlamaConfig, param_count
+from app.growth.swap import carry_optimizer_state, full_model, seeded_grow, swap_model
+from app.model import SHAPE_FIELDS, Llama, LlamaConfig
 from app.protocols import GrowthOperator
 
 
@@ -232,7 +231,7 @@ class Growth(L.Callback):
         old_optimizer = trainer.optimizers[0] if trainer.optimizers else None
         small = self._source_model if plan.source is not None else full_model(pl_module.model)
         target = plan.target_config(small.config)
-        grown = self._seeded_grow(small, target, step)
+        grown = seeded_grow(self.operator, small, target, self.seed * 1_000_003 + step)
         pl_module.lr_schedule.add(step, plan.restart_schedule, plan.stage2_schedule(pl_module.schedule), plan.stage2_lr)
         swap_model(trainer, pl_module, grown, target)
         if pl_module.model is not grown:  # a sharded copy: the operator's masks go on the copy
@@ -244,17 +243,6 @@ class Growth(L.Callback):
         self.grown_at = step
         carried = self._carry_source_compute(pl_module.counter) if plan.source is not None else ""
         self._announce(trainer, small.config, target, step, carried)
-
-    def _seeded_grow(self, small: Llama, target: LlamaConfig, step: int) -> torch.nn.Module:
-        """``operator.grow`` on a forked torch stream seeded by (run seed, step): the same draws
-        whenever this growth happens, and the global generators are left where they were."""
-        seed = self.seed * 1_000_003 + step
-        cuda = torch.cuda.is_available()
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else [], device_type="cuda"):
-            torch.default_generator.manual_seed(seed)
-            if cuda:
-                torch.cuda.manual_seed(seed)  # this rank's device, where a model on the GPU draws
-            return self.operator.grow(small, target)
 
     def _carry_source_compute(self, counter: Counter) -> str:
         """Add the source checkpoint's counted tokens and FLOPs to this run's (once: a resumed
@@ -277,25 +265,12 @@ class Growth(L.Callback):
         return folder / f"stage1-step{step:06d}.ckpt"
 
     def _announce(self, trainer: L.Trainer, source: LlamaConfig, target: LlamaConfig, step: int, carried: str) -> None:
-        plan = self.plan
         origin = (
-            f"of {plan.source} at the start"
-            if plan.source is not None
+            f"of {self.plan.source} at the start"
+            if self.plan.source is not None
             else f"at step {step} ({self.tokens_seen:,} tokens)"
         )
-        text = (
-            f"Growth {origin}: {type(self.operator).__name__} grew {_describe(source)} "
-            f"to {_describe(target)}; schedule {'restarted' if plan.restart_schedule else 'continued'}"
-            + "".join(f", {name.removeprefix('stage2_')} {value}" for name, value in plan.stage2_options.items())
-            + ", "
-            f"optimizer {'fresh' if plan.fresh_optimizer else 'carried over'}."
-            + (f" Stage-1 checkpoint: {self.stage_checkpoint}" if self.stage_checkpoint else "")
-            + carried
-        )
+        text = self.plan.describe(origin, source, target, self.stage_checkpoint) + carried
         rank_zero_info(text)
         if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
             trainer.logger.experiment.add_text("growth", text, step)
-
-
-def _describe(c: LlamaConfig) -> str:
-    return f"{c.n_layer} layers x {c.n_embd} wide ({c.n_head} heads, {c.n_kv_head} KV, FFN {c.intermediate_size}; {param_count(c) / 1e6:.2f}M params)"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import SproutError, check_option, is_count
-from app.model import CONFIGS, SHAPE_FIELDS, LlamaConfig
+from app.model import CONFIGS, SHAPE_FIELDS, LlamaConfig, param_count
 from app.protocols import GrowthOperator
 from app.schedule import WarmupCosine
 
@@ -85,6 +85,16 @@ class GrowthPlan:
         }
         return dataclasses.replace(schedule, **changes) if changes else None
 
+    def describe(self, origin: str, source: LlamaConfig, target: LlamaConfig, stage_checkpoint: object) -> str:
+        """The growth event in words, for the console and TensorBoard."""
+        return (
+            f"Growth {origin}: {type(self.operator).__name__} grew {_shape(source)} to {_shape(target)}; "
+            f"schedule {'restarted' if self.restart_schedule else 'continued'}"
+            + "".join(f", {name.removeprefix('stage2_')} {value}" for name, value in self.stage2_options.items())
+            + f", optimizer {'fresh' if self.fresh_optimizer else 'carried over'}."
+            + (f" Stage-1 checkpoint: {stage_checkpoint}" if stage_checkpoint else "")
+        )
+
     def _check_inert(self) -> None:
         if stage2 := self.stage2_options:
             names = ", ".join(f"growth.{name}" for name in stage2)
@@ -135,3 +145,7 @@ class GrowthPlan:
             raise SproutError(
                 "growth needs the grown model's shape: set growth.target_arch (e.g. llama-1.1b-24l) or growth.target_overrides (e.g. {n_layer: 8})."
             )
+
+
+def _shape(c: LlamaConfig) -> str:
+    return f"{c.n_layer} layers x {c.n_embd} wide ({c.n_head} heads, {c.n_kv_head} KV, FFN {c.intermediate_size}; {param_count(c) / 1e6:.2f}M params)"

@@ -19,6 +19,7 @@ from torch.distributed.tensor import DTensor
 from app.errors import SproutError
 from app.model import Llama, LlamaConfig, build_model
 from app.parallel import parallelize
+from app.protocols import GrowthOperator
 
 
 def swap_model(trainer: L.Trainer, module: L.LightningModule, model: nn.Module, config: LlamaConfig) -> None:
@@ -69,3 +70,14 @@ def full_model(model: nn.Module) -> Llama:
         return model
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
     return build_model(model.config, full, source="the sharded stage-1 model")
+
+
+def seeded_grow(operator: GrowthOperator, small: Llama, target: LlamaConfig, seed: int) -> nn.Module:
+    """``operator.grow`` on a forked torch stream seeded by ``seed`` (the run seed and the step):
+    the same draws whenever this growth happens, and the global generators are left where they were."""
+    cuda = torch.cuda.is_available()
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if cuda else [], device_type="cuda"):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed(seed)  # this rank's device, where a model on the GPU draws
+        return operator.grow(small, target)
