@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from app.checkpoint.resume import callback_state
 from app.model import LlamaConfig, flops_per_token, forward_flops_per_token
 
 KEY = "counter"  # the checkpoint entry
@@ -55,4 +56,4 @@ class Counter:
     @staticmethod
     def stored_in(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
         """The totals a checkpoint holds, or ``None`` (a ``save_model`` file, a run of other code)."""
-        return checkpoint.get(KEY) or (checkpoint.get("callbacks") or {}).get(_MONITOR)
+        return checkpoint.get(KEY) or callback_state(checkpoint, _MONITOR)

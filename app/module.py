@@ -128,12 +128,7 @@ class SproutModule(L.LightningModule):
                 self.recipe_lr, self.trainer.max_steps, warn_odd=dm is not None and self.trainer.is_global_zero
             )
         if stage == "fit" and self.reference is None:
-            self.reference = online_reference(self.reference_path, self.config.vocab_size, dm, self.selector)
-            strategy = self.trainer.strategy
-            if self.reference is not None and isinstance(strategy, ModelParallelStrategy):
-                self.reference.shard(
-                    self._data_parallel_mesh(strategy), strategy.root_device, compute_dtype(self.trainer.precision)
-                )
+            self._setup_reference(dm)
         if dm is not None and dm.vocab_size > self.config.vocab_size:
             raise SproutError(
                 f"The tokenizer {dm.tokenizer_path} has {dm.vocab_size} tokens but the model's embedding has "
@@ -143,6 +138,14 @@ class SproutModule(L.LightningModule):
         if dm is not None and dm.seq_len > self.config.block_size:
             raise SproutError(
                 f"data.seq_len={dm.seq_len} is longer than the model's context block_size={self.config.block_size}. Lower data.seq_len or set model.arch_overrides.block_size."
+            )
+
+    def _setup_reference(self, dm: Any) -> None:
+        """The online reference, if any (``app.reference.online_reference``), laid out like the model."""
+        self.reference = online_reference(self.reference_path, self.config.vocab_size, dm, self.selector)
+        if self.reference is not None and isinstance(strategy := self.trainer.strategy, ModelParallelStrategy):
+            self.reference.shard(
+                self._data_parallel_mesh(strategy), strategy.root_device, compute_dtype(self.trainer.precision)
             )
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -198,9 +201,8 @@ class SproutModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.optimizer_factory, self.model, self.peak_lr)
         optimizer_lr = optimizer.param_groups[0]["lr"]
-        # the step comes from the trainer, not the scheduler's own count, and the segments are
-        # read when the factor is: a scheduler made at growth or on resume, or a growth stage
-        # restored after the optimizer was built (ModelParallelStrategy), lands on the right point
+        # the trainer's step, and segments read when the factor is: a scheduler made at growth or on
+        # resume, or a stage restored after the optimizer (ModelParallelStrategy), lands right
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
             lambda _: self.lr_schedule.factor(self.trainer.global_step, optimizer_lr, self.trainer.max_steps),
