@@ -162,7 +162,8 @@ class MixturePolicy(ABC):
 
     def loss_weights(self) -> dict[str, float] | None:
         """``{domain: factor}`` on every token's loss, or ``None`` (the loss is left alone).
-        A policy that weighs the loss is updated before each step's loss, not after it."""
+        Policies are updated before the step's loss is formed (``app.mixing``), so these factors
+        weigh the step whose feedback updated them."""
         return None
 
     def state_dict(self) -> dict[str, Any]:

@@ -42,7 +42,8 @@ def worker(
     import torch
     import torch._inductor.config as inductor_config
 
-    from tools.bench_train import build_step, resolve_shape
+    from tools.bench_steps import build_step
+    from tools.bench_train import resolve_shape
 
     inductor_config.cpp.enable_kernel_profile = True  # fused kernels show up by name
     torch.set_num_threads(threads)

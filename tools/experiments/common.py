@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -25,11 +26,62 @@ from app.data.prepare import Source, prepare
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.files import write_json
-from tools import fit_bimix
+from app.tensorboard_logs import read_scalars
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = str(ROOT.parent / "shared" / "corpus")
 DONE = "result.json"
+
+
+@dataclass
+class ExperimentSettings:
+    """What every experiment sets alike: where it works, the corpus and its tokenizer, the size of
+    its runs' batches and validations, its seeds and threads. Each experiment subclasses it for
+    its own defaults and takes these as keyword arguments (the same command-line flags).
+
+    Args:
+        work_dir: where data, runs and the report go.
+        corpus: the shared corpus folder (books/, shakespeare/, math/; each experiment's docstring says what it reads).
+        vocab_size: BPE vocabulary trained on the corpus (also the models').
+        seq_len: tokens per training sequence.
+        batch_size: sequences per step.
+        val_blocks: validation sequences per domain.
+        code_bytes: bytes of standard-library source in the code domain.
+        max_doc_chars: books and Shakespeare are cut into documents of about this size.
+        tokenizer_chars: characters of each domain the tokenizer is trained on.
+        seed: the first seed; runs use seeds ``seed`` .. ``seed + seeds - 1``.
+        seeds: how many times every run is repeated, each time with the next seed.
+        threads: OMP_NUM_THREADS of each training process (default: torch's choice); 1 helps on a busy machine.
+    """
+
+    work_dir: str = "runs/experiment"
+    corpus: str = CORPUS
+    vocab_size: int = 1024
+    seq_len: int = 64
+    batch_size: int = 8
+    val_blocks: int = 32
+    code_bytes: int = 3_000_000
+    max_doc_chars: int = 20_000
+    tokenizer_chars: int = 1_000_000
+    seed: int = 0
+    seeds: int = 3
+    threads: int | None = None
+
+    @property
+    def work(self) -> Path:
+        return Path(self.work_dir).expanduser().resolve()
+
+    def prepare(self, data_dir: Path) -> None:
+        """The corpus's four domains under ``data_dir`` (reused when present)."""
+        print(f"preparing {self.corpus} -> {data_dir}")
+        prepare_corpus(
+            Path(self.corpus).expanduser(),
+            data_dir,
+            self.vocab_size,
+            self.code_bytes,
+            self.max_doc_chars,
+            self.tokenizer_chars,
+        )
 
 
 def require(paths: list[Path], layout: str) -> None:
@@ -159,8 +211,8 @@ def recipe(
 
 
 def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
-    """Every scalar a run logged, ``tag -> {step: value}`` (see ``fit_bimix.read_scalars``)."""
-    return fit_bimix.read_scalars(run_dir / "logs")
+    """Every scalar a run logged, ``tag -> {step: value}`` (see ``app.tensorboard_logs.read_scalars``)."""
+    return read_scalars(run_dir / "logs")
 
 
 def tagged(scalars: dict[str, dict[int, float]], prefix: str) -> dict[str, dict[int, float]]:
@@ -309,11 +361,11 @@ def saving(reach: list[float | None], budget: float, one_off: float = 0.0) -> st
 
 
 def command(script: str, args: dict) -> str:
-    """The command line that repeats an experiment, for its report (paths left out)."""
+    """The command line that repeats an experiment, for its report (paths and unset options left out)."""
     flags = (
         f"--{k} '[{', '.join(v)}]'" if isinstance(v, list) else f"--{k} {v}"
         for k, v in args.items()
-        if k not in ("work_dir", "corpus")
+        if k not in ("work_dir", "corpus") and v is not None
     )
     return f"python tools/experiments/{script}.py " + " ".join(flags)
 

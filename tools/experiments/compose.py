@@ -33,12 +33,15 @@ experiment continues.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.errors import SproutError
 from app.model import LlamaConfig, flops_per_token, forward_flops_per_token
@@ -217,12 +220,15 @@ def plot(path: Path, runs: dict[str, list[dict]], budget: float) -> None:
         ax.legend(fontsize=7)
 
 
+@dataclass
+class ComposeSettings(common.ExperimentSettings):
+    work_dir: str = "runs/compose"
+    threads: int | None = 1
+
+
 def compose(
-    work_dir: str = "runs/compose",
-    corpus: str = common.CORPUS,
     data_dir: str | None = None,
     arms: list[str] = list(ARMS),
-    seeds: int = 3,
     steps: int = 200,
     validations: int = 8,
     arch: str = "tiny",
@@ -232,27 +238,17 @@ def compose(
     ref_layers: int = 4,
     ref_steps: int = 200,
     k: float = 60.0,
-    vocab_size: int = 1024,
-    seq_len: int = 64,
-    batch_size: int = 8,
-    val_blocks: int = 32,
     lr: float = 3e-3,
     warmup_steps: int = 15,
-    code_bytes: int = 3_000_000,
-    max_doc_chars: int = 20_000,
-    tokenizer_chars: int = 1_000_000,
     jobs: int = 2,
-    threads: int = 1,
-    seed: int = 0,
+    **settings: Any,
 ) -> dict[str, dict]:
     """Run the experiment; prints and writes ``<work_dir>/compose.md``, ``compose.json`` and ``compose.png``.
+    The settings every experiment shares (``common.ExperimentSettings``) come as keywords too.
 
     Args:
-        work_dir: where data, runs and the report go.
-        corpus: the shared corpus folder (books/, shakespeare/, math/), prepared with stdlib code as a fourth domain.
         data_dir: an already prepared data folder to use instead (its tokenizer's size must be ``vocab_size``).
         arms: which arms to run; ``baseline`` always runs (every other arm is measured against it).
-        seeds: runs per arm, with seeds ``seed``, ``seed + 1``, ...
         steps: optimizer steps of the baseline; its FLOPs are every arm's budget.
         validations: validations per run, evenly spaced; every run's step count is a multiple.
         arch: model shape from ``app/model/config.py`` whose width every model shares.
@@ -262,20 +258,19 @@ def compose(
         ref_layers: layers of the Rho-1 reference model.
         ref_steps: steps the reference model trains (a one-off cost, reported apart).
         k: percent of tokens Rho-1 keeps.
-        vocab_size: BPE vocabulary trained on the corpus (also the models').
-        seq_len: tokens per training sequence.
-        batch_size: sequences per step.
-        val_blocks: validation sequences per domain.
         lr: peak AdamW learning rate (cosine decay to a tenth; restarted at growth).
         warmup_steps: linear warm-up of each stage.
-        code_bytes: bytes of standard-library source in the code domain.
-        max_doc_chars: books and Shakespeare are cut into documents of about this size.
-        tokenizer_chars: characters of each domain the tokenizer is trained on.
         jobs: runs trained at the same time.
-        threads: OMP_NUM_THREADS of each run.
-        seed: the first seed.
     """
-    args = dict(locals())
+    shared = ComposeSettings(**settings)
+    args = {**{k: v for k, v in locals().items() if k not in ("settings", "shared")}, **dataclasses.asdict(shared)}
+    seeds, seed, threads, batch_size, seq_len = (
+        shared.seeds,
+        shared.seed,
+        shared.threads,
+        shared.batch_size,
+        shared.seq_len,
+    )
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         raise SproutError(f"--arms names {unknown}; the arms are {', '.join(ARMS)}.")
@@ -286,14 +281,11 @@ def compose(
     if not 0 < grow_at < steps:
         raise SproutError(f"--grow_at {grow_at} must lie inside the baseline's {steps} steps.")
     arms = ["baseline", *(a for a in ARMS if a in arms and a != "baseline")]
-    work = Path(work_dir).expanduser().resolve()
+    work = shared.work
     started, cpu = time.perf_counter(), common.children_cpu()
     if data_dir is None:
         args["data"] = work / "data"
-        print(f"preparing {corpus} -> {args['data']}")
-        common.prepare_corpus(
-            Path(corpus).expanduser(), args["data"], vocab_size, code_bytes, max_doc_chars, tokenizer_chars
-        )
+        shared.prepare(args["data"])
     else:
         args["data"] = Path(data_dir).expanduser().resolve()
 

@@ -25,10 +25,13 @@ reused when the command is repeated, so an interrupted experiment continues.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.errors import SproutError
 from app.model import LlamaConfig, flops_per_token
@@ -155,7 +158,7 @@ def run_seed(
     for label, (shape, total, section, kind) in runs.items():
         run_dir = work / "runs" / label.replace(" (", "-").rstrip(")")
         print(f"seed {args['seed']}, {label}: {total} steps" + (f", grown at step {grow_at}" if section else ""))
-        common.train(run_dir, recipe(run_dir, data_dir, shape, total, args, section))
+        common.train(run_dir, recipe(run_dir, data_dir, shape, total, args, section), threads=args["threads"])
         scalars = common.scalars(run_dir)
         points, flops = common.curve(scalars), scalars["perf/flops_seen"]
         results[label] = {
@@ -181,58 +184,44 @@ def run_seed(
     return results
 
 
+@dataclass
+class GrowthSettings(common.ExperimentSettings):
+    work_dir: str = "runs/growth"
+
+
 def growth(
-    work_dir: str = "runs/growth",
-    corpus: str = common.CORPUS,
     depth_operators: list[str] = list(DEPTH),
     width_operators: list[str] = list(WIDTH),
     steps: int = 200,
     grow_at: int = 50,
     val_every: int = 25,
     log_every: int = 5,
-    vocab_size: int = 1024,
-    seq_len: int = 64,
-    batch_size: int = 8,
-    val_blocks: int = 32,
     lr: float = 3e-3,
     warmup_steps: int = 15,
     ramp_steps: int = 25,
     learn_steps: int = 25,
     split_noise: float = 0.0,
-    code_bytes: int = 3_000_000,
-    max_doc_chars: int = 20_000,
-    tokenizer_chars: int = 1_000_000,
-    seed: int = 0,
-    seeds: int = 3,
+    **settings: Any,
 ) -> dict[int, dict[str, dict]]:
     """Run the experiment; prints and writes ``<work_dir>/growth.md``, ``growth.json`` and ``growth.png``.
+    The settings every experiment shares (``common.ExperimentSettings``) come as keywords too.
 
     Args:
-        work_dir: where data, runs and the report go.
-        corpus: the shared corpus folder (books/, shakespeare/, math/).
         depth_operators: depthwise operators to compare (from 2 to 8 layers).
         width_operators: widthwise operators to compare (from 64 to 128 wide).
         steps: optimizer steps of the scratch run; sets every run's FLOPs budget.
         grow_at: steps of the small model before growth.
         val_every: steps between validations.
         log_every: steps between logged FLOP counts (``val_every`` must be a multiple).
-        vocab_size: BPE vocabulary trained on the corpus (also the model's).
-        seq_len: tokens per training sequence.
-        batch_size: sequences per step.
-        val_blocks: validation sequences per domain.
         lr: peak AdamW learning rate of both stages (cosine decay to a tenth; restarted at growth).
         warmup_steps: linear warm-up of each stage.
         ramp_steps: steps over which random_depth/random_width open their masks.
         learn_steps: steps learn trains its growth map before it is applied.
         split_noise: direct_width's noise on the 1/c shares of copied inputs (0: the exact split).
-        code_bytes: bytes of standard-library source in the code domain.
-        max_doc_chars: books and Shakespeare are cut into documents of about this size.
-        tokenizer_chars: characters of each domain the tokenizer is trained on.
-        seed: the first seed; runs use seeds ``seed`` .. ``seed + seeds - 1``.
-        seeds: how many times every run is repeated, each time with the next seed.
     """
-    args = dict(locals())
-    seed_values = common.seed_list(seed, seeds)
+    shared = GrowthSettings(**settings)
+    args = {**{k: v for k, v in locals().items() if k not in ("settings", "shared")}, **dataclasses.asdict(shared)}
+    seed_values = common.seed_list(shared.seed, shared.seeds)
     if val_every % log_every:
         raise SproutError(
             f"--val_every {val_every} must be a multiple of --log_every {log_every}, so each validation has its FLOP count."
@@ -248,11 +237,10 @@ def growth(
         raise SproutError(
             f"Unknown operators {unknown}: depthwise ones are {', '.join(DEPTH)}, widthwise ones {', '.join(WIDTH)}."
         )
-    work = Path(work_dir).expanduser().resolve()
+    work = shared.work
     data_dir = work / "data"
     started = time.perf_counter()
-    print(f"preparing {corpus} -> {data_dir}")
-    common.prepare_corpus(Path(corpus).expanduser(), data_dir, vocab_size, code_bytes, max_doc_chars, tokenizer_chars)
+    shared.prepare(data_dir)
 
     per_seed = {
         s: run_seed(work / f"seed{s}", data_dir, {**args, "seed": s}, depth_operators, width_operators)

@@ -24,9 +24,12 @@ are reused when the command is repeated, so an interrupted experiment continues.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -166,7 +169,9 @@ def run_seed(work: Path, data_dir: Path, args: dict) -> dict[str, dict]:
 
     print(f"seed {args['seed']}: proxy runs ({proxy_steps} steps)")
     proxy_flops = {
-        name: common.train(run_dir, recipe(run_dir, data_dir, mixture[name], proxy_steps, args), read_result)["flops"]
+        name: common.train(
+            run_dir, recipe(run_dir, data_dir, mixture[name], proxy_steps, args), read_result, args["threads"]
+        )["flops"]
         for name, run_dir in proxies.items()
     }
 
@@ -183,6 +188,7 @@ def run_seed(work: Path, data_dir: Path, args: dict) -> dict[str, dict]:
         doremi_proxy,
         recipe(doremi_proxy, data_dir, doremi, proxy_steps, args, proxies["uniform"] / "checkpoints" / "last.ckpt"),
         read_result,
+        args["threads"],
     )["flops"]
     mixture["doremi"] = {"class_path": "fixed", "init_args": {"weights": doremi_average(doremi_proxy)}}
 
@@ -194,60 +200,51 @@ def run_seed(work: Path, data_dir: Path, args: dict) -> dict[str, dict]:
     print(f"seed {args['seed']}: final runs ({steps} steps)")
     return {
         name: {
-            **common.train(finals[name], recipe(finals[name], data_dir, mixture[name], steps, args), read_result),
+            **common.train(
+                finals[name], recipe(finals[name], data_dir, mixture[name], steps, args), read_result, args["threads"]
+            ),
             "one_off": one_off.get(name, 0.0),
         }
         for name in POLICIES
     }
 
 
+@dataclass
+class MixtureSettings(common.ExperimentSettings):
+    work_dir: str = "runs/mixtures"
+    vocab_size: int = 2048
+    seq_len: int = 128
+    batch_size: int = 16
+
+
 def mixtures(
-    work_dir: str = "runs/mixtures",
-    corpus: str = common.CORPUS,
     steps: int = 600,
     proxy_steps: int = 300,
     val_every: int = 50,
     arch: str = "micro",
-    vocab_size: int = 2048,
-    seq_len: int = 128,
-    batch_size: int = 16,
-    val_blocks: int = 32,
     lr: float = 3e-3,
-    code_bytes: int = 3_000_000,
-    max_doc_chars: int = 20_000,
-    tokenizer_chars: int = 1_000_000,
     r_min: float = 0.0,
     doremi_update_every: int = 1,
     doremi_eta: float = 1.0,
-    seed: int = 0,
-    seeds: int = 3,
+    **settings: Any,
 ) -> dict[int, dict[str, dict]]:
     """Run the experiment; prints and writes ``<work_dir>/mixtures.md`` and ``mixtures.png``.
+    The settings every experiment shares (``common.ExperimentSettings``) come as keywords too.
 
     Args:
-        work_dir: where data, runs, the BiMix fit and the report go.
-        corpus: the shared corpus folder (books/, shakespeare/, math/).
         steps: optimizer steps of every final run (BiMix's target step count).
         proxy_steps: steps of the proxy runs the law is fitted on (the three static mixtures and
             ``SPREAD``); equal to ``steps``, the proxies double as those policies' final runs.
         val_every: steps between validations (the law needs 3 or more per proxy run).
         arch: model configuration from ``app.model.CONFIGS``.
-        vocab_size: BPE vocabulary trained on the corpus (also the model's).
-        seq_len: tokens per training sequence.
-        batch_size: sequences per step.
-        val_blocks: validation sequences per domain.
         lr: peak AdamW learning rate (cosine decay to a tenth).
-        code_bytes: bytes of standard-library source in the code domain.
-        max_doc_chars: books and Shakespeare are cut into documents of about this size.
-        tokenizer_chars: characters of each domain the tokenizer is trained on.
         r_min: lower bound on every domain's BiMix weight.
         doremi_update_every: steps between DoReMi weight updates (the paper: every step).
         doremi_eta: DoReMi's step size.
-        seed: the first seed; runs use seeds ``seed`` .. ``seed + seeds - 1``.
-        seeds: how many times the whole experiment is repeated, each time with the next seed.
     """
-    args = dict(locals())
-    seed_values = common.seed_list(seed, seeds)
+    shared = MixtureSettings(**settings)
+    args = {**{k: v for k, v in locals().items() if k not in ("settings", "shared")}, **dataclasses.asdict(shared)}
+    seed_values = common.seed_list(shared.seed, shared.seeds)
     if proxy_steps > steps:
         raise SproutError(
             f"--proxy_steps {proxy_steps} is longer than --steps {steps}; proxy runs are the short ones the law extrapolates from."
@@ -256,13 +253,12 @@ def mixtures(
         raise SproutError(
             f"--proxy_steps {proxy_steps} with --val_every {val_every} gives fewer than 3 validations per proxy run; the BiMix fit needs 3. Lower --val_every."
         )
-    work = Path(work_dir).expanduser().resolve()
+    work = shared.work
     data_dir = work / "data"
     reused = sum(1 for _ in work.glob(f"seed*/*/*/{common.DONE}"))
     started, cpu = time.perf_counter(), common.children_cpu() + time.process_time()
 
-    print(f"preparing {corpus} -> {data_dir}")
-    common.prepare_corpus(Path(corpus).expanduser(), data_dir, vocab_size, code_bytes, max_doc_chars, tokenizer_chars)
+    shared.prepare(data_dir)
     per_seed = {s: run_seed(work / f"seed{s}", data_dir, {**args, "seed": s}) for s in seed_values}
 
     report = table(per_seed)

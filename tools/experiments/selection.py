@@ -31,7 +31,9 @@ from __future__ import annotations
 import copy
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -287,9 +289,17 @@ def run_seed(
     return results
 
 
+@dataclass
+class SelectionSettings(common.ExperimentSettings):
+    work_dir: str = "runs/selection"
+    vocab_size: int = 2048
+    seq_len: int = 128
+    batch_size: int = 16
+    val_blocks: int = 48
+    code_bytes: int = 2_000_000
+
+
 def selection(
-    work_dir: str = "runs/selection",
-    corpus: str = common.CORPUS,
     selectors: list[str] = list(SELECTORS),
     k: float = 60.0,
     base_steps: int = 600,
@@ -297,23 +307,14 @@ def selection(
     cpt_steps: int = 400,
     val_every: int = 50,
     arch: str = "tiny",
-    vocab_size: int = 2048,
-    seq_len: int = 128,
-    batch_size: int = 16,
-    val_blocks: int = 48,
     base_lr: float = 3e-3,
-    code_bytes: int = 2_000_000,
-    max_doc_chars: int = 20_000,
-    tokenizer_chars: int = 1_000_000,
-    threads: int | None = None,
-    seed: int = 0,
-    seeds: int = 3,
+    **settings: Any,
 ) -> dict[int, dict[str, dict]]:
     """Run the experiment; prints and writes ``<work_dir>/selection.md``, ``selection.png`` and ``selection.json``.
+    The settings every experiment shares (``common.ExperimentSettings``) come as keywords too;
+    of the corpus it reads books/ and math/gsm8k_train.jsonl, and steps 2-5 repeat per seed.
 
     Args:
-        work_dir: where data, runs and results go.
-        corpus: the shared corpus (books/ and math/gsm8k_train.jsonl).
         selectors: the continued-pretraining runs to make.
         k: percent of tokens rho1, loss_topk and random keep.
         base_steps: steps of the base model's pre-training on books + code.
@@ -321,26 +322,24 @@ def selection(
         cpt_steps: steps of each continued-pretraining run (equal tokens for every selector).
         val_every: steps between validations.
         arch: model shape from app/model/config.py (all runs share it).
-        vocab_size: BPE vocabulary trained on the corpus.
-        seq_len: tokens per sequence.
-        batch_size: sequences per step.
-        val_blocks: validation sequences per domain.
         base_lr: peak learning rate of the base model (the recipes' for the others).
-        code_bytes: stdlib source taken as the code domain.
-        max_doc_chars: books are cut into documents of about this many characters.
-        tokenizer_chars: characters of each domain the tokenizer is trained on.
-        threads: OMP_NUM_THREADS of each training process (default: torch's choice); 1 helps on a busy machine.
-        seed: the first seed; runs use seeds ``seed`` .. ``seed + seeds - 1``.
-        seeds: how many times steps 2-5 are repeated, each time with the next seed.
     """
+    shared = SelectionSettings(**settings)
     unknown = [s for s in selectors if s not in SELECTORS]
     if unknown:
         raise SproutError(f"--selectors names {unknown}; choose from {', '.join(SELECTORS)}.")
-    seed_values = common.seed_list(seed, seeds)
+    seed_values = common.seed_list(shared.seed, shared.seeds)
     started = time.perf_counter()
-    work = Path(work_dir).expanduser().resolve()
+    work = shared.work
     print(f"[1/5] data -> {work / 'data'}")
-    data = prepare_data(Path(corpus).expanduser(), work, vocab_size, code_bytes, max_doc_chars, tokenizer_chars)
+    data = prepare_data(
+        Path(shared.corpus).expanduser(),
+        work,
+        shared.vocab_size,
+        shared.code_bytes,
+        shared.max_doc_chars,
+        shared.tokenizer_chars,
+    )
     per_seed = {}
     for value in seed_values:
         args = dict(
@@ -348,13 +347,15 @@ def selection(
             cpt_steps=cpt_steps,
             val_every=val_every,
             arch=arch,
-            vocab_size=vocab_size,
-            seq_len=seq_len,
-            batch_size=batch_size,
-            val_blocks=val_blocks,
+            vocab_size=shared.vocab_size,
+            seq_len=shared.seq_len,
+            batch_size=shared.batch_size,
+            val_blocks=shared.val_blocks,
             data=data,
         )
-        per_seed[value] = run_seed(work / f"seed{value}", args, selectors, k, base_steps, ref_steps, base_lr, threads)
+        per_seed[value] = run_seed(
+            work / f"seed{value}", args, selectors, k, base_steps, ref_steps, base_lr, shared.threads
+        )
     text = table(per_seed)
     costs = (
         "One-off FLOPs are Rho-1's alone: its reference's training and one reference forward over every training token of"
@@ -362,7 +363,7 @@ def selection(
         " the excess loss of what they keep."
     )
     (work / "selection.md").write_text(
-        f"{text}\n\n{costs}\n\nSeeds {sorted(per_seed)}. Command: `{common.command('selection', {'selectors': selectors, 'k': k, 'seeds': seeds, 'threads': threads})}`\n"
+        f"{text}\n\n{costs}\n\nSeeds {sorted(per_seed)}. Command: `{common.command('selection', {'selectors': selectors, 'k': k, 'seeds': shared.seeds, 'threads': shared.threads})}`\n"
     )
     (work / "selection.json").write_text(json.dumps(per_seed, indent=1))
     plot(work / "selection.png", per_seed)
