@@ -38,7 +38,7 @@ class MaskedGrowth(GrowthOperator):
 
     phases = 1  # ramps that open one after the other
 
-    def __init__(self, ramp_steps: int = 100, variant: str = "published") -> None:
+    def __init__(self, ramp_steps: int = 5000, variant: str = "published") -> None:
         if ramp_steps < 0:
             raise SproutError(
                 f"G_random ramp_steps must be >= 0, got {ramp_steps}; fix growth.operator.init_args.ramp_steps."
@@ -115,7 +115,8 @@ class RandomDepth(DepthGrowth, MaskedGrowth):
     ``joint``: the mask scales the block's attention and MLP outputs separately.
 
     Args:
-        ramp_steps: optimizer steps for the masks to open; 0 adds the new layers unmasked.
+        ramp_steps: optimizer steps for the masks to open (default 5000, the official
+            ``grow_step``); 0 adds the new layers unmasked.
         variant: ``published`` or ``joint``.
         order: where new layers go: ``stack`` (above the source stack, as MSG) or ``interleave``
             (each above the source layer it doubles).
@@ -123,7 +124,7 @@ class RandomDepth(DepthGrowth, MaskedGrowth):
     """
 
     def __init__(
-        self, ramp_steps: int = 100, variant: str = "published", order: str = "stack", layers: list[int] | None = None
+        self, ramp_steps: int = 5000, variant: str = "published", order: str = "stack", layers: list[int] | None = None
     ) -> None:
         DepthGrowth.__init__(self, order, layers)
         MaskedGrowth.__init__(self, ramp_steps, variant)
@@ -172,7 +173,8 @@ class RandomWidth(MaskedGrowth):
     each dimension's square by its mask (new dimensions count m, the others 1).
 
     Args:
-        ramp_steps: optimizer steps for each mask to open; 0 adds the new units unmasked.
+        ramp_steps: optimizer steps for each mask to open (default 5000, the official
+            ``grow_step``); 0 adds the new units unmasked.
         variant: ``published`` or ``joint``.
     """
 
