@@ -51,6 +51,8 @@ class SproutModule(L.LightningModule):
         init_from: start from this checkpoint's weights instead of a random initialisation
             (continued pre-training; a Sprout ``.ckpt`` or a Hugging Face Llama folder of the
             same shape). Only the weights: optimizer and schedule start afresh.
+        init: how fresh weights are drawn, ``llama`` (N(0, init_std)) or ``tinyllama``
+            (TinyLlama's lit_gpt); see ``app.model.init``.
     """
 
     def __init__(
@@ -63,9 +65,10 @@ class SproutModule(L.LightningModule):
         reference: str | None = None,
         parallel: Parallelism | None = None,
         init_from: str | None = None,
+        init: str = "llama",
     ) -> None:
         super().__init__()
-        self.config = LlamaConfig.from_name(arch, **(arch_overrides or {}))
+        self.config = LlamaConfig.from_name(arch, **{"init": init, **(arch_overrides or {})})
         self.selector = selector if selector is not None else registry.create("selector", "all")
         self.optimizer_factory = optimizer
         self.recipe_lr = _probe_optimizer(optimizer)  # the optimizer's lr, checked once here
@@ -89,7 +92,7 @@ class SproutModule(L.LightningModule):
     def _load_initial_weights(self) -> None:
         """Copy ``init_from``'s weights into the freshly built (possibly sharded) model."""
         source, _ = load_model(self.init_from)
-        ignore = {"attention", "init_std", "block_size"}  # no effect on the weights' meaning
+        ignore = {"attention", "init_std", "init", "block_size"}  # no effect on the weights' meaning
         differ = {
             k: (v, getattr(self.config, k))
             for k, v in source.config.to_dict().items()
@@ -364,7 +367,9 @@ class SproutModule(L.LightningModule):
         saved = sprout.get("model_config")
         if saved is None:
             return
-        config = LlamaConfig.from_dict({**saved, "attention": self.config.attention, "init_std": self.config.init_std})
+        config = LlamaConfig.from_dict(
+            {**saved, "attention": self.config.attention, "init_std": self.config.init_std, "init": self.config.init}
+        )
         if config != self.config and not Growth.grown_in(checkpoint):
             differ = ", ".join(
                 f"{k} {v} (recipe: {getattr(self.config, k)})"

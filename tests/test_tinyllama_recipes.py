@@ -19,3 +19,9 @@ def test_tinyllama_recipes_step_2m_tokens(name):
     assert trainer["max_steps"] == round(100e9 / (1024 * 2048))  # the recipes' 100B tokens
     assert "1430511" in (RECIPES / f"{name}.yaml").read_text()  # TinyLlama's 3T tokens in steps, named in the comments
     assert round(3e12 / (1024 * 2048)) == 1430511
+
+
+@pytest.mark.parametrize("name", ["tinyllama-1.1b", "tinyllama-1.1b-multinode"])
+def test_tinyllama_recipes_initialise_as_tinyllama(name):
+    recipe = yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
+    assert recipe["model"]["init"] == "tinyllama"

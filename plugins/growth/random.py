@@ -18,7 +18,6 @@ and ``restore`` re-attaches when a run resumes mid-ramp.
 
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from app.errors import SproutError
-from app.model import WIDTH_FIELDS, Llama, LlamaConfig, RMSNorm
+from app.model import WIDTH_FIELDS, Llama, LlamaConfig, RMSNorm, init_stds
 from app.protocols import GrowthOperator
 from plugins.growth.common import DepthGrowth, check_shapes, copies, deepen, fresh_weights, layer_map, widen, width_maps
 
@@ -132,11 +131,11 @@ class RandomDepth(DepthGrowth, MaskedGrowth):
     def grow(self, model: Llama, target: LlamaConfig) -> nn.Module:
         mapping = self.plan(model, target)
         grown = deepen(model, target, mapping)
-        residual_std = target.init_std / math.sqrt(2 * target.n_layer)
+        stds = init_stds(target.init, target.n_embd, target.n_layer, target.init_std)
         with torch.no_grad():
             for layer, is_new in zip(grown.layers, copies(mapping)):
                 if is_new:
-                    layer.init_weights(target.init_std, residual_std)
+                    layer.init_weights(*stds)
         return self._start(model.config, grown)
 
     def attach(self, model: Llama) -> None:
