@@ -1,4 +1,5 @@
-"""The TinyLlama recipes train with TinyLlama's batch: 1024 sequences x 2048 tokens per optimizer step."""
+"""The TinyLlama recipes train with TinyLlama's batch (1024 sequences x 2048 tokens per optimizer
+step) and initialisation; the Gstack 1.1B recipe on the official data."""
 
 from pathlib import Path
 
@@ -25,3 +26,9 @@ def test_tinyllama_recipes_step_2m_tokens(name):
 def test_tinyllama_recipes_initialise_as_tinyllama(name):
     recipe = yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
     assert recipe["model"]["init"] == "tinyllama"
+
+
+def test_gstack_recipe_trains_on_slimpajama_without_github():
+    """prts ``run_pretrain.py`` trains on SlimPajama alone; its ``prepare_slimpajama.py`` drops GitHub."""
+    recipe = yaml.safe_load((RECIPES / "gstack-1.1b.yaml").read_text())
+    assert sorted(recipe["data"]["domains"]) == ["arxiv", "book", "c4", "commoncrawl", "stackexchange", "wikipedia"]
