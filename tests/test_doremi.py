@@ -9,7 +9,8 @@ from app.protocols import DomainStats
 from plugins.mixtures.doremi import DoReMi
 from plugins.mixtures.static import Fixed
 
-DOMAINS = {d: DomainStats(name=d, tokens=1000) for d in ("books", "code", "math")}
+VOCAB = 1024
+DOMAINS = {d: DomainStats(name=d, tokens=1000, vocab_size=VOCAB) for d in ("books", "code", "math")}
 
 
 def update(policy: DoReMi, step: int, feedback=None) -> dict[str, float]:
@@ -54,6 +55,38 @@ def test_algorithm_1_two_steps_by_hand():
     policy.weights(2, DOMAINS, l2)
     assert policy.loss_weights() == pytest.approx(a2, abs=1e-12)
     assert policy.average == pytest.approx({d: (a1[d] + a2[d]) / 2 for d in DOMAINS}, abs=1e-12)
+
+
+def test_official_step_from_configured_weights_with_an_absent_domain_by_hand():
+    """The official code (doremi/train.py, trainer.py): alpha_0 is the configured domain weights
+    (here also the sampling distribution s), every domain's score starts at log(vocab size), so
+    ``math``, absent from the first batch, enters the update with log 1024; the loss factor is
+    alpha_i / s_i renormalised."""
+    policy = DoReMi(sampling={"books": 2.0, "code": 1.0, "math": 1.0}, eta=1.0, smoothing=0.1)
+    s = {"books": 0.5, "code": 0.25, "math": 0.25}
+    assert policy.weights(0, DOMAINS) == pytest.approx(s)
+    assert policy.alpha == pytest.approx(s)  # (b): not uniform
+    assert policy.loss_weights() == pytest.approx({d: 1 / 3 for d in DOMAINS})  # alpha_0 / s is flat
+    policy.weights(1, DOMAINS, {"books": 0.5, "code": 1.0})
+    lam = {"books": 0.5, "code": 1.0, "math": math.log(VOCAB)}  # (c)
+    z = sum(s[d] * math.exp(lam[d]) for d in DOMAINS)
+    a1 = {d: 0.9 * s[d] * math.exp(lam[d]) / z + 0.1 / 3 for d in DOMAINS}
+    assert a1 == pytest.approx({"books": 0.036215, "code": 0.035708, "math": 0.928077}, abs=1e-6)
+    assert policy.alpha == pytest.approx(a1, abs=1e-12)
+    ratio = {d: a1[d] / s[d] for d in DOMAINS}
+    factors = {d: r / sum(ratio.values()) for d, r in ratio.items()}  # (a)
+    assert factors == pytest.approx({"books": 0.018441, "code": 0.036367, "math": 0.945192}, abs=1e-6)
+    assert policy.loss_weights() == pytest.approx(factors, abs=1e-12)
+    # in expectation over batches drawn by s, the weighted mean loss is sum_i alpha_i L_i
+    losses = {"books": 2.0, "code": 3.0, "math": 5.0}
+    f = policy.loss_weights()
+    expected = sum(s[d] * f[d] * losses[d] for d in DOMAINS) / sum(s[d] * f[d] for d in DOMAINS)
+    assert expected == pytest.approx(sum(a1[d] * losses[d] for d in DOMAINS), abs=1e-12)
+
+
+def test_doremi_needs_the_vocabulary_size():
+    with pytest.raises(SproutError, match="tokenizer.vocab_size"):
+        DoReMi().weights(0, {"books": DomainStats(name="books", tokens=10)})
 
 
 def test_reweight_samples_from_the_given_reference_mixture():
