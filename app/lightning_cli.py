@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 from lightning.pytorch.cli import LightningCLI
 
 from app import plugin_names
-from app.callbacks import MixtureFeedback, ThroughputMonitor
+from app.callbacks import ThroughputMonitor
 from app.callbacks.downstream_eval import DownstreamEval
 from app.callbacks.growth import Growth
 from app.callbacks.nan_guard import NaNGuard
@@ -134,7 +134,6 @@ def run(args: list[str] | None = None) -> None:
                 **TRAINER_DEFAULTS,
                 "callbacks": [
                     LearningRateMonitor(logging_interval="step"),
-                    MixtureFeedback(),
                     TrainingRNG(),
                     Preemption(),
                 ],

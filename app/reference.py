@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from app.checkpoint.weights import load_model
-from app.data.scores import describe
+from app.data.scores import describe, path_sha256
 from app.errors import SproutError
 from app.loss import chunked_token_losses
-from app.protocols import TrainableModel
+from app.protocols import TokenSelector, TrainableModel
 
 
 @torch.no_grad()
@@ -78,3 +79,33 @@ class Reference:
         if not self.sharded and (param.device != input_ids.device or (dtype is not None and param.dtype != dtype)):
             self.model.to(device=input_ids.device, dtype=dtype or param.dtype)
         return reference_losses(self.model, input_ids, targets)
+
+
+def online_reference(path: str | None, vocab_size: int, dm: Any, selector: TokenSelector) -> Reference | None:
+    """The frozen model that scores every batch online, or ``None``: when ``data.reference_scores``
+    holds offline scores (which must then be ``path``'s) or nothing needs reference losses.
+    A selector or mixture that needs them without either source is a recipe error."""
+    offline = getattr(dm, "reference_scores_identity", None)
+    if offline is not None:
+        sha = path_sha256(path) if path is not None else offline["sha256"]
+        if sha != offline["sha256"]:
+            raise SproutError(
+                f"data.reference_scores={dm.reference_scores} were made by the reference {describe(offline)}, but model.reference is "
+                f"{path} (sha256 {sha[:12]}). Re-score the data with model.reference, or fix one of the two options."
+            )
+        return None
+    if path is not None:
+        reference = Reference(path, vocab_size, getattr(dm, "tokenizer_identity", None))
+        if dm is not None and dm.seq_len > reference.block_size:
+            raise SproutError(
+                f"data.seq_len={dm.seq_len} is longer than the context block_size={reference.block_size} of the reference model {path}. Lower data.seq_len or use a reference trained for longer sequences."
+            )
+        return reference
+    mixture = getattr(dm, "mixture", None)
+    if selector.needs_reference or getattr(mixture, "needs_reference", False):
+        who = f"selector {type(selector).__name__}" if selector.needs_reference else f"mixture {type(mixture).__name__}"
+        raise SproutError(
+            f"The {who} needs reference losses: set model.reference to a reference model checkpoint "
+            "(scored online every step) or data.reference_scores to a folder written by tools/score_reference.py (offline, no extra cost)."
+        )
+    return None

@@ -1,10 +1,14 @@
 import math
 
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import yaml
 
 from app import registry
 from app.errors import SproutError
+from app.objective import objective
 from app.protocols import DomainStats
 from plugins.mixtures.doremi import DoReMi
 from plugins.mixtures.static import Fixed
@@ -206,3 +210,37 @@ def test_changed_domains_and_bad_feedback_are_clear_errors():
 def test_bad_options_name_the_field(kwargs, field):
     with pytest.raises(SproutError, match=f"data.mixture.init_args.{field}"):
         DoReMi(**kwargs)
+
+
+# Two ranks' token losses l = theta * c and weights w (domain factors differ per rank), [1, 3] each.
+RANK_C = torch.tensor([[[1.0, 2.0, 3.0]], [[4.0, 5.0, 6.0]]])
+RANK_W = torch.tensor([[[0.1, 0.1, 0.2]], [[0.5, 0.9, 0.9]]])
+
+
+def _normaliser_worker(rank, world, init_file, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        grads = []
+        for across in (True, False):
+            theta = torch.ones((), requires_grad=True)
+            objective(theta * RANK_C[rank], RANK_W[rank], across_ranks=across).backward()
+            grad = theta.grad.clone()
+            dist.all_reduce(grad)  # DDP: the ranks' gradients averaged
+            grads.append(grad / world)
+        if rank == 0:
+            torch.save(torch.stack(grads), out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_normaliser_is_all_reduced_over_ranks_as_the_official_trainer(tmp_path):
+    """doremi/trainer.py all-reduces Σw and divides by the world size; with DDP's gradient mean
+    the step's gradient is that of Σ_all w·l / Σ_all w. Each rank's own Σw gives the mean of the
+    ranks' weighted means, which is not the same when the ranks' Σw differ."""
+    mp.spawn(_normaliser_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "g.pt")), nprocs=2, join=True)
+    across, per_rank = torch.load(tmp_path / "g.pt")
+    global_mean = float((RANK_W * RANK_C).sum() / RANK_W.sum())  # d/dtheta of Σ_all w·theta·c / Σ_all w
+    mean_of_means = float(sum((RANK_W[r] * RANK_C[r]).sum() / RANK_W[r].sum() for r in range(2)) / 2)
+    assert float(across) == pytest.approx(global_mean, rel=1e-6)
+    assert float(per_rank) == pytest.approx(mean_of_means, rel=1e-6)
+    assert abs(global_mean - mean_of_means) > 0.1

@@ -3,9 +3,11 @@
 One ``sprout fit`` runs both stages. At the boundary (``at_step`` optimizer steps or
 ``at_tokens`` training tokens) the callback saves a stage-1 checkpoint, hands the trained
 model to a ``growth`` plugin, and swaps the grown model into the module
-(``SproutModule.replace_model``): the run's layout (activation checkpointing, compile, FSDP2
-sharding), a fresh optimizer and, by default, a warm-up + cosine schedule restarted over the
-remaining steps, as the official code trains stage 2. FLOPs and tokens keep counting across
+(``app.growth.swap``): the run's layout (activation checkpointing, compile, FSDP2 sharding), a
+fresh optimizer and, by default, a warm-up + cosine schedule restarted over the remaining
+steps (one more segment of the module's schedule), as the official code trains stage 2. The
+plan is ``app.growth.plan.GrowthPlan``, checked when this callback is made; this callback
+only says when. FLOPs and tokens keep counting across
 the switch (``perf/flops_seen``), ``growth/stage`` steps from 0 to 1 in TensorBoard, and the
 event is written there as text too.
 
@@ -16,22 +18,21 @@ checkpoint grows the very same model as the uninterrupted run, although its glob
 generators stand elsewhere at that moment; the seed is part of this callback's state.
 
 Resuming needs no option: a checkpoint records its model's shape (``sprout.model_config``),
-and ``SproutModule.on_load_checkpoint`` rebuilds that shape before Lightning loads the
-weights; this callback's state (step of growth, tokens, the operator's ramp or learned map)
+and the module rebuilds that shape before Lightning loads the weights (``app.growth.reshape``);
+this callback's state (step of growth, tokens, the operator's ramp or learned map)
 comes back in ``on_load_checkpoint``, where the operator may re-wrap the model before the
 optimizer is set up. Checkpoints always hold a plain Llama (``GrowthOperator.export``).
 
 Sharded runs: a model sharded by FSDP2 is gathered into full tensors on every rank, grown
-there, and ``replace_model`` shards the grown model again (rank 0's tensors are broadcast,
+there, and ``swap_model`` shards the grown model again (rank 0's tensors are broadcast,
 so random initialisations agree). ``source`` starts stage 2 from any small checkpoint
 ``app.checkpoint.weights.load_model`` reads (single-device ``.ckpt``, DDP, sharded FSDP folders); the
-tokens and FLOPs that checkpoint's ``ThroughputMonitor`` counted are added to this run's, so
+tokens and FLOPs that checkpoint counted (``app.counter``) are added to this run's counter, so
 ``perf/tokens_seen`` and ``perf/flops_seen`` include the small stage as in a one-run growth.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -40,16 +41,16 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-from torch.distributed.tensor import DTensor
 
-from app.callbacks.monitor import ThroughputMonitor
-from app.checkpoint.resume import callback_state, stored_entries
+from app.checkpoint.resume import stored_entries
 from app.checkpoint.weights import PREFIX, load_model
-from app.errors import SproutError, check_option, is_count, warn
-from app.model import CONFIGS, SHAPE_FIELDS, Llama, LlamaConfig, build_model, param_count
+from app.counter import Counter
+from app.errors import warn
+from app.growth.plan import GrowthPlan
+from app.growth.reshape import STATE_KEY, stored_shape
+from app.growth.swap import carry_optimizer_state, full_model, swap_model
+from app.model import SHAPE_FIELDS, Llama, LlamaConfig, param_count
 from app.protocols import GrowthOperator
-from app.schedule import WarmupCosine
 
 
 class Growth(L.Callback):
@@ -91,151 +92,79 @@ class Growth(L.Callback):
         stage2_min_lr: float | None = None,
         stage2_warmup_steps: int | None = None,
     ) -> None:
-        check_option(
-            at_step is None or is_count(at_step, 0), "growth.at_step", at_step, "a number of optimizer steps >= 0"
-        )
-        check_option(
-            at_tokens is None or is_count(at_tokens, 0),
-            "growth.at_tokens",
+        self.plan = GrowthPlan(
+            operator,
+            target_arch,
+            dict(target_overrides or {}),
+            at_step,
             at_tokens,
-            "a number of training tokens >= 0",
+            source,
+            restart_schedule,
+            fresh_optimizer,
+            save_stage,
+            stage2_lr,
+            stage2_min_lr,
+            stage2_warmup_steps,
         )
         self.operator = operator
-        self.target_arch = target_arch
-        self.target_overrides = dict(target_overrides or {})
-        self.at_step = at_step
-        self.at_tokens = at_tokens
-        self.source = source
-        self.restart_schedule = restart_schedule
-        self.fresh_optimizer = fresh_optimizer
-        self.save_stage = save_stage
-        self.stage2_lr = stage2_lr
-        self.stage2_min_lr = stage2_min_lr
-        self.stage2_warmup_steps = stage2_warmup_steps
         self.grown_at: int | None = None  # global step of the growth
-        self.tokens_seen = 0
         self.seed = 0  # the run seed, set in setup; seeds the operator's random stream
         self.stage_checkpoint: Path | None = None
+        self._counter = Counter()  # the module's, from setup on
         self._last_step = -1
         self._source_model: Llama | None = None  # growth.source, loaded in setup
         self._resumed_config: LlamaConfig | None = None  # shape of a grown checkpoint to resume
 
-    # -- configuration ------------------------------------------------------------------------
+    @property
+    def state_key(self) -> str:
+        return STATE_KEY
+
+    @property
+    def tokens_seen(self) -> int:
+        """Training tokens so far (the module's counter), which ``at_tokens`` waits for."""
+        return self._counter.tokens
+
     def target_config(self, source: LlamaConfig) -> LlamaConfig:
         """The grown model's config: ``source`` with the target's shape fields."""
-        shape = {}
-        if self.target_arch is not None:
-            if self.target_arch not in CONFIGS:
-                raise SproutError(
-                    f"growth.target_arch={self.target_arch!r} is not a known shape; use one of {', '.join(CONFIGS)} or set growth.target_overrides."
-                )
-            shape = {k: CONFIGS[self.target_arch][k] for k in SHAPE_FIELDS}  # the rest stays the trained model's
-        try:
-            return source.replace(**{**shape, **self.target_overrides})
-        except SproutError as err:
-            raise SproutError(
-                f"growth.target_arch / growth.target_overrides give an invalid grown model: {err}"
-            ) from None
-
-    def _stage2_options(self) -> dict[str, float | int]:
-        return {
-            name: value
-            for name, value in (
-                ("stage2_lr", self.stage2_lr),
-                ("stage2_min_lr", self.stage2_min_lr),
-                ("stage2_warmup_steps", self.stage2_warmup_steps),
-            )
-            if value is not None
-        }
-
-    def _check_options(self) -> None:
-        stage2 = self._stage2_options()
-        if self.operator is None:
-            if stage2:
-                names = ", ".join(f"growth.{name}" for name in stage2)
-                raise SproutError(
-                    f"{names} set(s) the learning rate of the grown model, but the recipe grows nothing (no growth.operator). Remove {names}, or add a growth.operator with its target and at_step."
-                )
-            if self.source or self.at_step is not None or self.at_tokens is not None:
-                raise SproutError(
-                    "The recipe's growth section sets when or what to grow but no growth.operator; add e.g. `operator: {class_path: gstack}`."
-                )
-            return
-        for name, value in stage2.items():
-            whole = name == "stage2_warmup_steps"
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int if whole else (int, float))
-                or not (value >= 0 if whole else 0 < value < float("inf"))
-            ):
-                raise SproutError(
-                    f"growth.{name} must be {'a non-negative number of steps' if whole else 'a positive learning rate'}, got {value!r}; fix it in the recipe's growth section."
-                )
-        if self.stage2_warmup_steps is not None and not self.restart_schedule:
-            raise SproutError(
-                "growth.stage2_warmup_steps is a warm-up of a restarted schedule, but growth.restart_schedule is false; remove one of the two."
-            )
-        if self.source is not None:
-            if self.at_step is not None or self.at_tokens is not None:
-                raise SproutError(
-                    "growth.source grows a checkpoint at the start of the run, so growth.at_step / growth.at_tokens must not be set with it; remove one of them."
-                )
-        elif (self.at_step is None) == (self.at_tokens is None):
-            raise SproutError(
-                "Set exactly one of growth.at_step (optimizer steps) or growth.at_tokens (training tokens) to say when to grow, or growth.source to grow a saved checkpoint."
-            )
-        if not self.fresh_optimizer and type(self.operator).source_parameter is GrowthOperator.source_parameter:
-            raise SproutError(
-                f"growth.fresh_optimizer: false needs an operator that maps each grown parameter to its source; {type(self.operator).__name__} does not "
-                "(depth operators gstack, zero_depth and random_depth do). Set growth.fresh_optimizer: true."
-            )
-        if not self.fresh_optimizer and self.source is not None:
-            raise SproutError(
-                "growth.source loads only the small model's weights, not its optimizer state; set growth.fresh_optimizer: true with it."
-            )
-        if not self.target_arch and not self.target_overrides:
-            raise SproutError(
-                "growth needs the grown model's shape: set growth.target_arch (e.g. llama-1.1b-24l) or growth.target_overrides (e.g. {n_layer: 8})."
-            )
+        return self.plan.target_config(source)
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def resume_from(self, path: str | Path) -> None:
         """Before ``fit(ckpt_path=path)``: if that checkpoint was written after growth, build the
         module in its grown shape from the start. Needed under ``ModelParallelStrategy``, which
         loads the weights into the model ``configure_model`` built, before any module hook could
-        reshape it (the CLI calls this; elsewhere ``SproutModule.on_load_checkpoint`` reshapes)."""
-        stored = stored_entries(path)
-        if stored.get("sprout") and self.grown_in(stored):
-            self._resumed_config = LlamaConfig.from_dict(stored["sprout"]["model_config"])
+        reshape it (the CLI calls this; elsewhere the module's ``on_load_checkpoint`` reshapes)."""
+        self._resumed_config = stored_shape(path)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Check the recipe before any training: options, the grown shape, the operator's limits."""
-        self._check_options()
+        """Check the plan against the model before any training: the grown shape, the operator's limits."""
+        self._counter = pl_module.counter
         if self.operator is None or stage != "fit":
             return
         self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # seed_everything's; a resumed run loads the stored one
         if self._resumed_config is not None:
             pl_module.config = pl_module.config.replace(**{k: getattr(self._resumed_config, k) for k in SHAPE_FIELDS})
             return
+        at_step = self.plan.at_step
         if (
-            self.at_step is not None
+            at_step is not None
             and trainer.max_steps is not None
-            and 0 <= trainer.max_steps <= self.at_step
+            and 0 <= trainer.max_steps <= at_step
             and trainer.is_global_zero
         ):
             warn(
-                f"growth.at_step={self.at_step} is not below trainer.max_steps={trainer.max_steps}: the run ends before the model grows. Lower growth.at_step or raise trainer.max_steps."
+                f"growth.at_step={at_step} is not below trainer.max_steps={trainer.max_steps}: the run ends before the model grows. Lower growth.at_step or raise trainer.max_steps."
             )
         source = pl_module.config
-        if self.source is not None:
-            self._source_model, _ = load_model(self.source)
+        if self.plan.source is not None:
+            self._source_model, _ = load_model(self.plan.source)
             source = self._source_model.config
-        self.operator.check(source, self.target_config(source))
+        self.operator.check(source, self.plan.target_config(source))
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_step = trainer.global_step
         # growth.source, or a run resumed from the checkpoint saved at the boundary
-        if self.operator is not None and self.grown_at is None and (self.source is not None or self._due(trainer)):
+        if self.operator is not None and self.grown_at is None and (self.plan.source is not None or self._due(trainer)):
             self._grow(trainer, pl_module)
         self._source_model = None
 
@@ -244,14 +173,13 @@ class Growth(L.Callback):
     ) -> None:
         if self.operator is None:
             return
-        self.tokens_seen += batch["input_ids"].numel() * trainer.world_size
         step = trainer.global_step
         if step != self._last_step:  # an optimizer step was taken (not mid gradient accumulation)
             self._last_step = step
             if self.grown_at is not None:
                 replacement = self.operator.on_train_step(pl_module.model, step - self.grown_at)
                 if replacement is not None:  # a phase of the operator ended (G_learn materialised)
-                    pl_module.replace_model(replacement, pl_module.config, restart_schedule=False)
+                    swap_model(trainer, pl_module, replacement, pl_module.config)
                     rank_zero_info(
                         f"Growth: {type(self.operator).__name__} finished its phase at step {step}; training the plain grown model."
                     )
@@ -279,63 +207,43 @@ class Growth(L.Callback):
         self.operator.load_state_dict(state["operator"])
         pl_module.model = self.operator.restore(pl_module.model)
 
-    @classmethod
-    def grown_in(cls, checkpoint: dict[str, Any]) -> bool:
-        """Whether ``checkpoint`` was written after growth (so it may hold another shape than the recipe's)."""
-        state = callback_state(checkpoint, cls.__qualname__)
-        return bool(state) and state.get("grown_at") is not None
-
     def state_dict(self) -> dict[str, Any]:
         operator = self.operator.state_dict() if self.operator is not None and self.grown_at is not None else {}
-        return {"grown_at": self.grown_at, "tokens_seen": self.tokens_seen, "seed": self.seed, "operator": operator}
+        return {"grown_at": self.grown_at, "seed": self.seed, "operator": operator}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # the operator's part was loaded with the model in on_load_checkpoint
         self.grown_at = state_dict["grown_at"]
-        self.tokens_seen = int(state_dict["tokens_seen"])
         self.seed = int(state_dict.get("seed", self.seed))
 
     # -- the switch ---------------------------------------------------------------------------
     def _due(self, trainer: L.Trainer) -> bool:
-        if self.at_step is not None:
-            return trainer.global_step >= self.at_step
-        return self.at_tokens is not None and self.tokens_seen >= self.at_tokens
+        if self.plan.at_step is not None:
+            return trainer.global_step >= self.plan.at_step
+        return self.plan.at_tokens is not None and self.tokens_seen >= self.plan.at_tokens
 
     def _grow(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        step = trainer.global_step
-        if self.source is None and self.save_stage:
+        step, plan = trainer.global_step, self.plan
+        if plan.source is None and plan.save_stage:
             self.stage_checkpoint = self._stage_path(trainer, step)
-            trainer.save_checkpoint(
-                self.stage_checkpoint, weights_only=False
-            )  # the whole run state (Lightning logged "`weights_only` was not set" here)
+            # the whole run state (Lightning logged "`weights_only` was not set" here)
+            trainer.save_checkpoint(self.stage_checkpoint, weights_only=False)
         old_params = dict(pl_module.model.named_parameters())
         old_optimizer = trainer.optimizers[0] if trainer.optimizers else None
-        small = self._source_model if self.source is not None else _full_model(pl_module.model)
-        target = self.target_config(small.config)
+        small = self._source_model if plan.source is not None else full_model(pl_module.model)
+        target = plan.target_config(small.config)
         grown = self._seeded_grow(small, target, step)
-        pl_module.replace_model(
-            grown,
-            target,
-            restart_schedule=self.restart_schedule,
-            peak_lr=self.stage2_lr,
-            schedule=self._stage2_schedule(pl_module.schedule),
-        )
+        pl_module.lr_schedule.add(step, plan.restart_schedule, plan.stage2_schedule(pl_module.schedule), plan.stage2_lr)
+        swap_model(trainer, pl_module, grown, target)
         if pl_module.model is not grown:  # a sharded copy: the operator's masks go on the copy
             self.operator.restore(pl_module.model)
-        if not self.fresh_optimizer and old_optimizer is not None:
-            self._carry_optimizer_state(old_params, old_optimizer, pl_module.model, trainer.optimizers[0])
+        if not plan.fresh_optimizer and old_optimizer is not None:
+            carry_optimizer_state(
+                self.operator.source_parameter, old_params, old_optimizer, pl_module.model, trainer.optimizers[0]
+            )
         self.grown_at = step
-        carried = self._carry_source_compute(trainer) if self.source is not None else ""
+        carried = self._carry_source_compute(pl_module.counter) if plan.source is not None else ""
         self._announce(trainer, small.config, target, step, carried)
-
-    def _stage2_schedule(self, schedule: WarmupCosine) -> WarmupCosine | None:
-        """The run's schedule with the grown model's floor and warm-up, if the recipe sets them."""
-        changes = {
-            k: v
-            for k, v in (("min_lr", self.stage2_min_lr), ("warmup_steps", self.stage2_warmup_steps))
-            if v is not None
-        }
-        return dataclasses.replace(schedule, **changes) if changes else None
 
     def _seeded_grow(self, small: Llama, target: LlamaConfig, step: int) -> torch.nn.Module:
         """``operator.grow`` on a forked torch stream seeded by (run seed, step): the same draws
@@ -348,33 +256,16 @@ class Growth(L.Callback):
                 torch.cuda.manual_seed(seed)  # this rank's device, where a model on the GPU draws
             return self.operator.grow(small, target)
 
-    def _carry_source_compute(self, trainer: L.Trainer) -> str:
-        """Add the source checkpoint's counted tokens and FLOPs to this run's monitor (once: a
-        resumed run's monitor loads the sum from its own checkpoint); the event's text."""
-        monitor = next((cb for cb in trainer.callbacks if isinstance(cb, ThroughputMonitor)), None)
-        if monitor is None:
-            return ""
-        counted = callback_state(stored_entries(self.source), monitor.state_key)
+    def _carry_source_compute(self, counter: Counter) -> str:
+        """Add the source checkpoint's counted tokens and FLOPs to this run's (once: a resumed
+        run loads the sum from its own checkpoint); the event's text."""
+        source = self.plan.source
+        counted = Counter.stored_in(stored_entries(source))
         if not counted:
-            return f" {self.source} records no tokens or FLOPs (not written by `sprout fit`), so perf/tokens_seen and perf/flops_seen count this run only."
+            return f" {source} records no tokens or FLOPs (not written by `sprout fit`), so perf/tokens_seen and perf/flops_seen count this run only."
+        counter.carry(counted)
         tokens, flops = int(counted["tokens_seen"]), float(counted["flops_seen"])
-        monitor.tokens_seen += tokens
-        monitor.flops_seen += flops
         return f" The source's {tokens:,} tokens and {flops:.4g} FLOPs are included in perf/tokens_seen and perf/flops_seen."
-
-    def _carry_optimizer_state(
-        self,
-        old_params: dict[str, torch.nn.Parameter],
-        old: torch.optim.Optimizer,
-        grown: torch.nn.Module,
-        new: torch.optim.Optimizer,
-    ) -> None:
-        for name, param in grown.named_parameters():
-            source = self.operator.source_parameter(name)
-            before = old_params.get(source) if source is not None else None
-            if before is None or before not in old.state or before.shape != param.shape:
-                continue
-            new.state[param] = {k: v.clone() if torch.is_tensor(v) else v for k, v in old.state[before].items()}
 
     def _stage_path(self, trainer: L.Trainer, step: int) -> Path:
         ckpt = trainer.checkpoint_callback
@@ -386,31 +277,24 @@ class Growth(L.Callback):
         return folder / f"stage1-step{step:06d}.ckpt"
 
     def _announce(self, trainer: L.Trainer, source: LlamaConfig, target: LlamaConfig, step: int, carried: str) -> None:
+        plan = self.plan
         origin = (
-            f"of {self.source} at the start"
-            if self.source is not None
+            f"of {plan.source} at the start"
+            if plan.source is not None
             else f"at step {step} ({self.tokens_seen:,} tokens)"
         )
         text = (
             f"Growth {origin}: {type(self.operator).__name__} grew {_describe(source)} "
-            f"to {_describe(target)}; schedule {'restarted' if self.restart_schedule else 'continued'}"
-            + "".join(f", {name.removeprefix('stage2_')} {value}" for name, value in self._stage2_options().items())
+            f"to {_describe(target)}; schedule {'restarted' if plan.restart_schedule else 'continued'}"
+            + "".join(f", {name.removeprefix('stage2_')} {value}" for name, value in plan.stage2_options.items())
             + ", "
-            f"optimizer {'fresh' if self.fresh_optimizer else 'carried over'}."
+            f"optimizer {'fresh' if plan.fresh_optimizer else 'carried over'}."
             + (f" Stage-1 checkpoint: {self.stage_checkpoint}" if self.stage_checkpoint else "")
             + carried
         )
         rank_zero_info(text)
         if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
             trainer.logger.experiment.add_text("growth", text, step)
-
-
-def _full_model(model: torch.nn.Module) -> Llama:
-    """``model`` itself, or for an FSDP2-sharded model a plain copy gathered on every rank."""
-    if not any(isinstance(p, DTensor) for p in model.parameters()):
-        return model
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
-    return build_model(model.config, full, source="the sharded stage-1 model")
 
 
 def _describe(c: LlamaConfig) -> str:

@@ -9,9 +9,9 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from app.counter import Counter
 from app.errors import check_option, is_count, is_number
 from app.flops import flop_counter_mode
-from app.model import flops_per_token, forward_flops_per_token
 from app.peaks import gpu_peak, measured_matmul_peak
 
 
@@ -20,7 +20,8 @@ def _param_count(module: torch.nn.Module) -> int:
 
 
 class ThroughputMonitor(L.Callback):
-    """Logs ``perf/*`` every ``log_every`` steps and keeps cumulative tokens and FLOPs.
+    """Logs ``perf/*`` every ``log_every`` steps: the run's tokens and FLOPs (``app.counter``),
+    their rates and utilisation.
 
     Two utilisations, as Megatron-LM and PaLM define them, both FLOP/s per device over
     ``peak_flops``:
@@ -60,19 +61,18 @@ class ThroughputMonitor(L.Callback):
         check_option(is_count(log_every), "monitor.log_every", log_every, "a positive number of steps")
         self.peak_flops = peak_flops
         self.log_every = log_every
-        self.tokens_seen = 0
-        self.flops_seen = 0.0  # model FLOPs
+        self._counter = Counter()  # the module's (app.counter), from on_fit_start on
         self._flops_per_batch: float | None = None  # counted (hardware) FLOPs of one local batch
         self._counted_params = -1
         self._batch_params = 0
-        self._batch_model_flops = 0.0
-        self._counter: FlopCounterMode | None = None
+        self._counter_mode: FlopCounterMode | None = None
         self._counted_flops_seen = 0.0  # since this process started; only differences are used
         self._window: tuple[float, int, float, float] | None = (
             None  # (time, tokens, model FLOPs, counted FLOPs) at window start
         )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._counter = pl_module.counter
         if self.peak_flops is None:
             dtype = torch.bfloat16 if "bf16" in str(trainer.precision) else torch.float32
             self.peak_flops = gpu_peak(pl_module.device, dtype) or (
@@ -83,37 +83,29 @@ class ThroughputMonitor(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         # Taken before the step: a growth callback may swap the model in its own batch-end hook.
-        input_ids = batch["input_ids"]
-        self._batch_model_flops = float(flops_per_token(pl_module.config, input_ids.shape[-1]) * input_ids.numel())
-        reference = getattr(pl_module, "reference", None)
-        if reference is not None and "ref_loss" not in batch:  # scored online this step, as the module does
-            self._batch_model_flops += float(
-                forward_flops_per_token(reference.model.config, input_ids.shape[-1]) * input_ids.numel()
-            )
         self._batch_params = _param_count(pl_module)
         if self._batch_params != self._counted_params:
-            self._counter = flop_counter_mode()
-            self._counter.__enter__()
+            self._counter_mode = flop_counter_mode()
+            self._counter_mode.__enter__()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self._counter is not None:
-            self._counter.__exit__(None, None, None)
-            self._flops_per_batch = float(self._counter.get_total_flops())
+        if self._counter_mode is not None:
+            self._counter_mode.__exit__(None, None, None)
+            self._flops_per_batch = float(self._counter_mode.get_total_flops())
             self._counted_params = self._batch_params
-            self._counter = None
+            self._counter_mode = None
             self._window = None  # the counted step is slow; start timing afresh
         world = trainer.world_size
-        self.tokens_seen += batch["input_ids"].numel() * world
-        self.flops_seen += self._batch_model_flops * world
+        tokens, flops = self._counter.tokens, self._counter.flops
         self._counted_flops_seen += (self._flops_per_batch or 0.0) * world
         step = trainer.global_step
-        pl_module.log("perf/tokens_seen", float(self.tokens_seen))
-        pl_module.log("perf/flops_seen", self.flops_seen)
+        pl_module.log("perf/tokens_seen", float(tokens))
+        pl_module.log("perf/flops_seen", flops)
         now = time.perf_counter()
         if self._window is None:
-            self._window = (now, self.tokens_seen, self.flops_seen, self._counted_flops_seen)
+            self._window = (now, tokens, flops, self._counted_flops_seen)
             return
         if step % self.log_every:
             return
@@ -121,8 +113,8 @@ class ThroughputMonitor(L.Callback):
         dt = now - t0
         if dt <= 0:
             return
-        tokens_per_s = (self.tokens_seen - tokens0) / dt
-        model_flops_per_s = (self.flops_seen - model0) / dt / world
+        tokens_per_s = (tokens - tokens0) / dt
+        model_flops_per_s = (flops - model0) / dt / world
         pl_module.log("perf/tokens_per_s", tokens_per_s, prog_bar=True)
         pl_module.log("perf/tokens_per_s_per_device", tokens_per_s / world)
         pl_module.log("perf/flops_per_s_per_device", model_flops_per_s)
@@ -132,20 +124,19 @@ class ThroughputMonitor(L.Callback):
         dm = getattr(trainer, "datamodule", None)
         for domain, weight in getattr(dm, "mixture_weights", {}).items():
             pl_module.log(f"mixture/weight/{domain}", weight)
-        self._window = (now, self.tokens_seen, self.flops_seen, self._counted_flops_seen)
+        self._window = (now, tokens, flops, self._counted_flops_seen)
 
     def state_dict(self) -> dict[str, Any]:
         # The per-batch count is kept too: counting runs the step under FlopCounterMode, whose
         # kernels round differently, so recounting after a resume would break bit-exact resume.
+        # The run's totals are the module's (a checkpoint's ``counter``); they are repeated here for
+        # readers of this section, which held them before the counter had one home.
         return {
-            "tokens_seen": self.tokens_seen,
-            "flops_seen": self.flops_seen,
+            **self._counter.state_dict(),
             "flops_per_batch": self._flops_per_batch,
             "counted_params": self._counted_params,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.tokens_seen = int(state_dict["tokens_seen"])
-        self.flops_seen = float(state_dict["flops_seen"])
         self._flops_per_batch = state_dict.get("flops_per_batch")
         self._counted_params = int(state_dict.get("counted_params", -1))

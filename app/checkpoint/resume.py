@@ -8,7 +8,7 @@ folder (its checkpoints, its retention, one curve). The same command line serves
 launch and every restart.
 
 Components read their own part of a stored checkpoint through ``callback_state`` with their
-own state key (``Growth.grown_in``, ``Growth.resume_from``); nothing outside a component
+own state key (``app.growth.reshape``, ``app.counter``); nothing outside a component
 spells its key.
 """
 

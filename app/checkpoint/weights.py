@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
 from app.checkpoint.safe_load import check_distributed, load_file
 from app.errors import SproutError
@@ -56,6 +57,24 @@ def load_model(
     if stored.attention == "flash" and not flash_available():
         stored = stored.replace(attention="auto")
     return build_model(config or stored, state, path), meta
+
+
+def load_weights_into(model: torch.nn.Module, config: LlamaConfig, path: str | os.PathLike) -> None:
+    """Copy the weights stored at ``path`` into ``model`` (shaped ``config``, possibly sharded):
+    ``model.init_from``, continued pre-training. Another shape is a recipe error."""
+    source, _ = load_model(path)
+    ignore = {"attention", "init_std", "init", "block_size"}  # no effect on the weights' meaning
+    differ = {
+        k: (v, getattr(config, k))
+        for k, v in source.config.to_dict().items()
+        if k not in ignore and v != getattr(config, k)
+    }
+    if differ:
+        fields = ", ".join(f"{k}={a} in the checkpoint vs {b} in the recipe" for k, (a, b) in differ.items())
+        raise SproutError(
+            f"model.init_from={path} has another shape than the recipe's model ({fields}). Set model.arch / model.arch_overrides to the checkpoint's shape, or start from a matching checkpoint."
+        )
+    set_model_state_dict(model, source.state_dict(), options=StateDictOptions(full_state_dict=True))
 
 
 def save_model(model: Llama, path: str | os.PathLike, meta: dict | None = None) -> Path:

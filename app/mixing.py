@@ -1,16 +1,20 @@
-"""The feedback path of dynamic mixtures: per-domain losses from training back to the policy.
+"""The mixture controller: the one route from training back to a dynamic mixture policy.
 
-Every training batch adds, per domain, the summed per-token loss (minus the reference loss,
-clipped at 0, when the policy ``needs_reference``, as DoReMi does) and the token count.
-Every ``update_every`` optimizer steps of the policy the sums are added up across ranks, so
-all ranks hand the policy the same feedback and get the same weights, then turned into
-per-domain means and given to ``datamodule.update_mixture``. The sums since the last update
-are this callback's checkpoint state, so a resumed run makes the same updates.
+The module calls ``observe`` from every training step, for every policy alike, once the
+token and reference losses exist and before the objective is formed. Each micro-batch adds,
+per domain, the summed per-token loss (minus the reference loss, clipped at 0, when the
+policy ``needs_reference``, as DoReMi does) and the token count. On the last micro-batch of
+every ``update_every``-th optimizer step the sums are added up across ranks, so all ranks
+hand the policy the same feedback and get the same weights, then turned into per-domain
+means and given to ``datamodule.update_mixture``: a policy that weighs the loss
+(``loss_weights``, DoReMi's Algorithm 1) so weighs this step's loss with its update, and a
+sampling policy's new weights apply from the next batch drawn, as after the step. The sums
+since the last update are this controller's checkpoint state, so a resumed run makes the
+same updates.
 
-When a policy weighs the loss (``loss_weights``, DoReMi's Algorithm 1) the step's update
-must come before its loss: the module calls ``observe`` from ``training_step``, once the
-token and reference losses exist and before the objective is formed, and the update is
-made on the last micro-batch of the step. Otherwise the batch is observed after the step.
+The module owns the controller and registers it as a callback (``configure_callbacks``), so
+Lightning stores its state (key ``MixtureFeedback``, as before) and calls its start and end
+hooks; a ``MixtureFeedback`` in ``trainer.callbacks`` is replaced by the module's.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ class MixtureFeedback(L.Callback):
 
     def __init__(self) -> None:
         self.sums: torch.Tensor | None = None  # [2, domains] float64: loss sums, token counts
-        self.last_update = 0
 
     @staticmethod
     def _policy(trainer: L.Trainer):
@@ -62,38 +65,34 @@ class MixtureFeedback(L.Callback):
             )
         self.sums = self.sums.to(pl_module.device)
 
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        policy = self._policy(trainer)
-        if policy is None or policy.loss_weights() is not None:
-            return  # static, or observed in training_step
-        if not isinstance(outputs, Mapping) or "token_loss" not in outputs:
-            raise SproutError(
-                f"A dynamic mixture ({type(policy).__name__}) needs the per-token losses of each step, but {type(pl_module).__name__}.training_step returned no 'token_loss'. Use SproutModule or return {{'loss': ..., 'token_loss': ...}}."
-            )
-        self._add(policy, batch, outputs["token_loss"], outputs.get("ref_loss"))
-        step = trainer.global_step
-        if step % policy.update_every or step == self.last_update:
-            return  # not an update step, or a later micro-batch of the step that already updated
-        self._update(trainer, pl_module, policy, step)
-
     def observe(
         self,
         trainer: L.Trainer,
         pl_module: L.LightningModule,
         batch: Mapping[str, Any],
         token_loss: torch.Tensor,
-        ref_loss: torch.Tensor | None,
         last_micro_batch: bool,
     ) -> None:
-        """Add a micro-batch before its loss is formed; on the step's last micro-batch, update
-        the policy if the step that is ending is an update step (for loss-weighing policies)."""
+        """Add a micro-batch (``batch`` with ``ref_loss`` where the policy needs it) before its
+        loss is formed; on the step's last micro-batch, update the policy if the step that is
+        ending is an update step."""
         policy = self._policy(trainer)
-        self._add(policy, batch, token_loss, ref_loss)
+        if policy is None:
+            return
+        self._add(policy, batch, token_loss, batch.get("ref_loss"))
         step = trainer.global_step + 1  # optimizer steps done once this one ends
         if last_micro_batch and step % policy.update_every == 0:
             self._update(trainer, pl_module, policy, step)
+
+    @staticmethod
+    def domain_factors(trainer: L.Trainer, like: torch.Tensor) -> torch.Tensor | None:
+        """The policy's per-domain factors on the token losses (``[domains]``, in ``like``'s dtype
+        and device, indexed as ``batch["domain"]``), or ``None`` when it leaves the loss alone."""
+        dm = getattr(trainer, "datamodule", None)
+        weights = getattr(dm, "mixture", None) and dm.mixture.loss_weights()
+        if weights is None:
+            return None
+        return torch.tensor([weights[d] for d in dm.domains], dtype=like.dtype, device=like.device)
 
     def _add(
         self, policy: Any, batch: Mapping[str, Any], token_loss: torch.Tensor, ref_loss: torch.Tensor | None
@@ -115,7 +114,6 @@ class MixtureFeedback(L.Callback):
         feedback = {d: float(total[0, i] / total[1, i]) for i, d in enumerate(dm.domains) if total[1, i] > 0}
         dm.update_mixture(step, feedback)
         self.sums.zero_()
-        self.last_update = step
         for domain, value in feedback.items():
             pl_module.log(f"mixture/feedback/{domain}", value)
         for name, value in policy.metrics().items():
@@ -127,8 +125,7 @@ class MixtureFeedback(L.Callback):
             rank_zero_info(report)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sums": None if self.sums is None else self.sums.cpu(), "last_update": self.last_update}
+        return {"sums": None if self.sums is None else self.sums.cpu()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.sums = state_dict["sums"]
-        self.last_update = int(state_dict["last_update"])
