@@ -41,7 +41,8 @@ class SproutModule(L.LightningModule):
         arch: a named configuration from ``app.model.CONFIGS`` (``micro``, ``tiny-llama-1.1b``, ...).
         arch_overrides: fields of ``LlamaConfig`` to change, e.g. ``{vocab_size: 4096}``.
         selector: a ``selector`` plugin (default ``all``: every token counts).
-        optimizer: the optimizer class and its arguments; weight decay applies to matrices only.
+        optimizer: the optimizer class and its arguments; weight decay applies to matrices only
+            unless ``decay_norms_and_biases``.
         schedule: warm-up then cosine decay to ``min_lr``.
         reference: a reference model for selectors that compare against one (``rho1``): a Sprout
             ``.ckpt`` or a Hugging Face Llama folder. It scores every batch online (one extra
@@ -54,6 +55,7 @@ class SproutModule(L.LightningModule):
             same shape). Only the weights: optimizer and schedule start afresh.
         init: how fresh weights are drawn, ``llama`` (N(0, init_std)) or ``tinyllama``
             (TinyLlama's lit_gpt); see ``app.model.init``.
+        decay_norms_and_biases: weight decay on every parameter, as TinyLlama (default: matrices only).
     """
 
     def __init__(
@@ -67,11 +69,13 @@ class SproutModule(L.LightningModule):
         parallel: Parallelism | None = None,
         init_from: str | None = None,
         init: str = "llama",
+        decay_norms_and_biases: bool = False,
     ) -> None:
         super().__init__()
         self.config = LlamaConfig.from_name(arch, **{"init": init, **(arch_overrides or {})})
         self.selector = selector if selector is not None else registry.create("selector", "all")
         self.optimizer_factory = optimizer
+        self.decay_norms_and_biases = decay_norms_and_biases
         self.recipe_lr = probe_optimizer(optimizer)  # the optimizer's lr, checked once here
         self.lr_schedule = Schedule(schedule or WarmupCosine())
         self.reference_path = reference
@@ -211,7 +215,7 @@ class SproutModule(L.LightningModule):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.optimizer_factory, self.model, self.peak_lr)
+        optimizer = build_optimizer(self.optimizer_factory, self.model, self.peak_lr, self.decay_norms_and_biases)
         optimizer_lr = optimizer.param_groups[0]["lr"]
         run_steps = self.schedule.max_steps or self.trainer.max_steps
         if run_steps is None or run_steps < 0:

@@ -4,7 +4,11 @@ step) and initialisation; the Gstack 1.1B recipe on the official data."""
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+from app.model import Llama, LlamaConfig
+from app.optim import build_optimizer
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -23,9 +27,23 @@ def test_tinyllama_recipes_step_2m_tokens(name):
 
 
 @pytest.mark.parametrize("name", ["tinyllama-1.1b", "tinyllama-1.1b-multinode"])
-def test_tinyllama_recipes_initialise_as_tinyllama(name):
+def test_tinyllama_recipes_initialise_and_decay_as_tinyllama(name):
     recipe = yaml.safe_load((RECIPES / f"{name}.yaml").read_text())
     assert recipe["model"]["init"] == "tinyllama"
+    assert recipe["model"]["decay_norms_and_biases"] is True
+
+
+def test_decay_norms_and_biases_puts_every_parameter_in_the_decayed_group():
+    """TinyLlama's pretrain/tinyllama.py decays model.parameters(); Sprout's default exempts 1-D ones."""
+    model = Llama(LlamaConfig.from_name("micro", vocab_size=64, block_size=16))
+    factory = lambda params: torch.optim.AdamW(params, lr=1e-3, weight_decay=0.1)  # noqa: E731
+    everything = build_optimizer(factory, model, decay_all=True)
+    assert [g["weight_decay"] for g in everything.param_groups] == [0.1]
+    assert len(everything.param_groups[0]["params"]) == len(list(model.parameters()))
+    default = build_optimizer(factory, model)
+    decayed, exempt = default.param_groups
+    assert decayed["weight_decay"] == 0.1 and exempt["weight_decay"] == 0.0
+    assert exempt["params"] and all(p.ndim == 1 for p in exempt["params"])
 
 
 def test_gstack_recipe_trains_on_slimpajama_without_github():
