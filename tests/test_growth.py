@@ -489,6 +489,29 @@ def test_paper_recipes_grow_the_paper_shapes_at_the_guideline_time(name, small, 
     assert (section["stage2_lr"], section["stage2_min_lr"], section["stage2_warmup_steps"]) == (3e-4, 3e-5, 3000)
 
 
+def test_stage_two_decays_over_its_own_horizon():
+    """growth.stage2_max_steps: the grown model's cosine ends that many steps after growth (the
+    official g_stack.sh's own max_step), not at the end of the run."""
+    from app.growth.plan import GrowthPlan
+    from app.schedule import Schedule, WarmupCosine
+
+    plan = GrowthPlan(Gstack(), target_overrides={"n_layer": 4}, at_step=6, stage2_max_steps=10)
+    first = WarmupCosine(warmup_steps=2, min_lr=1e-4)
+    shape = plan.stage2_schedule(first, 6)
+    assert shape == WarmupCosine(warmup_steps=2, min_lr=1e-4, max_steps=16)
+    schedule = Schedule(first)
+    schedule.add(6, True, shape)
+    run_steps, lr = 1000, 1e-3
+    assert schedule.factor(16, lr, run_steps) == pytest.approx(0.1)  # at the floor 10 steps after growth
+    assert schedule.factor(12, lr, run_steps) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through its cosine
+    for options, message in [
+        ({"stage2_max_steps": 0}, "stage2_max_steps must be a number of steps >= 1"),
+        ({"stage2_max_steps": 10, "restart_schedule": False}, "restart_schedule is false"),
+    ]:
+        with pytest.raises(SproutError, match=message):
+            GrowthPlan(Gstack(), target_overrides={"n_layer": 4}, at_step=6, **options)
+
+
 def test_unknown_variants_name_the_option():
     with pytest.raises(
         SproutError,

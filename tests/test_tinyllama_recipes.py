@@ -50,3 +50,10 @@ def test_gstack_recipe_trains_on_slimpajama_without_github():
     """prts ``run_pretrain.py`` trains on SlimPajama alone; its ``prepare_slimpajama.py`` drops GitHub."""
     recipe = yaml.safe_load((RECIPES / "gstack-1.1b.yaml").read_text())
     assert sorted(recipe["data"]["domains"]) == ["arxiv", "book", "c4", "commoncrawl", "stackexchange", "wikipedia"]
+
+
+def test_gstack_recipe_decays_over_the_official_horizons():
+    """base_model.sh and g_stack.sh each pass --max_step=300000: both stages' cosines span their own 300000 steps."""
+    recipe = yaml.safe_load((RECIPES / "gstack-1.1b.yaml").read_text())
+    assert recipe["model"]["schedule"]["max_steps"] == 300000
+    assert recipe["growth"]["stage2_max_steps"] == 300000 and recipe["growth"]["restart_schedule"] is True
