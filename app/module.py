@@ -42,7 +42,8 @@ class SproutModule(L.LightningModule):
         arch: a named configuration from ``app.model.CONFIGS`` (``micro``, ``tiny-llama-1.1b``, ...).
         arch_overrides: fields of ``LlamaConfig`` to change, e.g. ``{vocab_size: 4096}``.
         selector: a ``selector`` plugin (default ``all``: every token counts).
-        optimizer: the optimizer class and its arguments; weight decay applies to matrices only.
+        optimizer: the optimizer class and its arguments; weight decay applies to matrices only
+            unless ``decay_norms_and_biases``.
         schedule: warm-up then cosine decay to ``min_lr``.
         reference: a reference model for selectors that compare against one (``rho1``): a Sprout
             ``.ckpt`` or a Hugging Face Llama folder. It scores every batch online (one extra
@@ -53,6 +54,9 @@ class SproutModule(L.LightningModule):
         init_from: start from this checkpoint's weights instead of a random initialisation
             (continued pre-training; a Sprout ``.ckpt`` or a Hugging Face Llama folder of the
             same shape). Only the weights: optimizer and schedule start afresh.
+        init: how fresh weights are drawn, ``llama`` (N(0, init_std)) or ``tinyllama``
+            (TinyLlama's lit_gpt); see ``app.model.init``.
+        decay_norms_and_biases: weight decay on every parameter, as TinyLlama (default: matrices only).
     """
 
     def __init__(
@@ -65,11 +69,14 @@ class SproutModule(L.LightningModule):
         reference: str | None = None,
         parallel: Parallelism | None = None,
         init_from: str | None = None,
+        init: str = "llama",
+        decay_norms_and_biases: bool = False,
     ) -> None:
         super().__init__()
-        self.config = LlamaConfig.from_name(arch, **(arch_overrides or {}))
+        self.config = LlamaConfig.from_name(arch, **{"init": init, **(arch_overrides or {})})
         self.selector = selector if selector is not None else registry.create("selector", "all")
         self.optimizer_factory = optimizer
+        self.decay_norms_and_biases = decay_norms_and_biases
         self.recipe_lr = probe_optimizer(optimizer)  # the optimizer's lr, checked once here
         self.lr_schedule = Schedule(schedule or WarmupCosine())
         self.reference_path = reference
@@ -167,7 +174,8 @@ class SproutModule(L.LightningModule):
         selected = self.selector.token_weights(loss.detach(), batch).to(loss.dtype)
         last = trainer is None or (batch_idx + 1) % trainer.accumulate_grad_batches == 0
         self.mixing.observe(trainer, self, batch, loss.detach(), last)  # before the factors: Algorithm 1
-        weights = token_weights(selected, valid, batch.get("domain"), self.mixing.domain_factors(trainer, loss))
+        factors = self.mixing.domain_factors(trainer, loss)
+        weights = token_weights(selected, valid, batch.get("domain"), factors)
         n_valid = valid.sum().clamp_min(1)
         self.log("train/loss", loss.detach().masked_fill(~valid, 0).sum() / n_valid, prog_bar=True)
         self.log("select/fraction", (weights > 0).sum() / n_valid)
@@ -177,7 +185,7 @@ class SproutModule(L.LightningModule):
                 self.log(f"select/kept_share/{name}", share)
         for name, value in self.selector.metrics().items():
             self.log(f"select/{name}", value)
-        out = {"loss": objective(loss, weights), "token_loss": loss.detach()}
+        out = {"loss": objective(loss, weights, across_ranks=factors is not None), "token_loss": loss.detach()}
         return {**out, "ref_loss": batch["ref_loss"]} if "ref_loss" in batch else out
 
     def _token_losses(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -199,7 +207,7 @@ class SproutModule(L.LightningModule):
             super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.optimizer_factory, self.model, self.peak_lr)
+        optimizer = build_optimizer(self.optimizer_factory, self.model, self.peak_lr, self.decay_norms_and_biases)
         optimizer_lr = optimizer.param_groups[0]["lr"]
         # the trainer's step, and segments read when the factor is: a scheduler made at growth or on
         # resume, or a stage restored after the optimizer (ModelParallelStrategy), lands right

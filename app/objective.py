@@ -24,9 +24,19 @@ def token_weights(
     return weights
 
 
-def objective(token_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Σ w·ℓ / Σ w exactly; a batch in which nothing counts (Σ w = 0) gives 0, not 0/0."""
+def objective(token_loss: torch.Tensor, weights: torch.Tensor, across_ranks: bool = False) -> torch.Tensor:
+    """Σ w·ℓ / Σ w exactly; a batch in which nothing counts (Σ w = 0) gives 0, not 0/0.
+
+    With ``across_ranks`` (a mixture policy's domain factors, as the official DoReMi trainer
+    does) Σ w is all-reduced over the data-parallel ranks and divided by their number: once
+    DDP/FSDP average the ranks' gradients, the step minimises Σ_all w·ℓ / Σ_all w over the global
+    batch. Each rank's own Σ w gives the mean of the ranks' weighted means instead, which differs
+    whenever the ranks' Σ w differ (domain factors make them differ with the domains each drew)."""
     total = weights.sum()
+    if across_ranks and torch.distributed.is_available() and torch.distributed.is_initialized():
+        total = total.detach().clone()
+        torch.distributed.all_reduce(total)
+        total = total / torch.distributed.get_world_size()
     return (weights * token_loss).sum() / torch.where(total == 0, torch.ones_like(total), total)
 
 

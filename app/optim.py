@@ -1,7 +1,8 @@
 """The optimizer of a run: parameter groups, the recipe's checks, gradient clipping.
 
 Weight decay applies to matrices only (embeddings, projections); norms' gains and any biases
-are exempt, as in LitGPT and most Llama code. The recipe names the optimizer class and its
+are exempt, as in LitGPT and most Llama code. ``decay_all`` decays every parameter, as
+TinyLlama's ``pretrain/tinyllama.py`` does (``AdamW(model.parameters(), weight_decay=...)``). The recipe names the optimizer class and its
 arguments (``model.optimizer``); Sprout adds ``fused=True`` where torch has a fused kernel
 and the recipe left it unset (``app.parallel.fused_optimizer_kwargs``).
 """
@@ -27,9 +28,12 @@ _OPTIMIZER_ARGS = (
 )
 
 
-def param_groups(model: nn.Module) -> list[dict]:
-    """The trainable parameters in two groups: matrices (decayed) and the rest (``weight_decay`` 0)."""
+def param_groups(model: nn.Module, decay_all: bool = False) -> list[dict]:
+    """The trainable parameters in two groups: matrices (decayed) and the rest (``weight_decay``
+    0), or one decayed group with ``decay_all``."""
     params = [p for p in model.parameters() if p.requires_grad]
+    if decay_all:
+        return [{"params": params}]
     return [
         {"params": [p for p in params if p.ndim >= 2]},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
@@ -37,11 +41,11 @@ def param_groups(model: nn.Module) -> list[dict]:
 
 
 def build_optimizer(
-    factory: OptimizerCallable, model: nn.Module, peak_lr: float | None = None
+    factory: OptimizerCallable, model: nn.Module, peak_lr: float | None = None, decay_all: bool = False
 ) -> torch.optim.Optimizer:
     """The recipe's optimizer over ``model``'s trainable parameters, at ``peak_lr`` when given
-    (a grown model's own peak) instead of the recipe's ``lr``."""
-    groups = param_groups(model)
+    (a grown model's own peak) instead of the recipe's ``lr``; ``decay_all``: see ``param_groups``."""
+    groups = param_groups(model, decay_all)
     params = [p for g in groups for p in g["params"]]
     optimizer = factory(groups, **fused_optimizer_kwargs(factory, params))
     if peak_lr is not None:

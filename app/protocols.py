@@ -125,6 +125,7 @@ class DomainStats:
     tokens: int
     documents: int = 0
     entropy: dict[str, float] = field(default_factory=dict)
+    vocab_size: int = 0  # the tokenizer's vocabulary (0: not known)
 
 
 class MixturePolicy(ABC):

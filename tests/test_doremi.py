@@ -1,15 +1,20 @@
 import math
 
 import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import yaml
 
 from app import registry
 from app.errors import SproutError
+from app.objective import objective
 from app.protocols import DomainStats
 from plugins.mixtures.doremi import DoReMi
 from plugins.mixtures.static import Fixed
 
-DOMAINS = {d: DomainStats(name=d, tokens=1000) for d in ("books", "code", "math")}
+VOCAB = 1024
+DOMAINS = {d: DomainStats(name=d, tokens=1000, vocab_size=VOCAB) for d in ("books", "code", "math")}
 
 
 def update(policy: DoReMi, step: int, feedback=None) -> dict[str, float]:
@@ -54,6 +59,38 @@ def test_algorithm_1_two_steps_by_hand():
     policy.weights(2, DOMAINS, l2)
     assert policy.loss_weights() == pytest.approx(a2, abs=1e-12)
     assert policy.average == pytest.approx({d: (a1[d] + a2[d]) / 2 for d in DOMAINS}, abs=1e-12)
+
+
+def test_official_step_from_configured_weights_with_an_absent_domain_by_hand():
+    """The official code (doremi/train.py, trainer.py): alpha_0 is the configured domain weights
+    (here also the sampling distribution s), every domain's score starts at log(vocab size), so
+    ``math``, absent from the first batch, enters the update with log 1024; the loss factor is
+    alpha_i / s_i renormalised."""
+    policy = DoReMi(sampling={"books": 2.0, "code": 1.0, "math": 1.0}, eta=1.0, smoothing=0.1)
+    s = {"books": 0.5, "code": 0.25, "math": 0.25}
+    assert policy.weights(0, DOMAINS) == pytest.approx(s)
+    assert policy.alpha == pytest.approx(s)  # (b): not uniform
+    assert policy.loss_weights() == pytest.approx({d: 1 / 3 for d in DOMAINS})  # alpha_0 / s is flat
+    policy.weights(1, DOMAINS, {"books": 0.5, "code": 1.0})
+    lam = {"books": 0.5, "code": 1.0, "math": math.log(VOCAB)}  # (c)
+    z = sum(s[d] * math.exp(lam[d]) for d in DOMAINS)
+    a1 = {d: 0.9 * s[d] * math.exp(lam[d]) / z + 0.1 / 3 for d in DOMAINS}
+    assert a1 == pytest.approx({"books": 0.036215, "code": 0.035708, "math": 0.928077}, abs=1e-6)
+    assert policy.alpha == pytest.approx(a1, abs=1e-12)
+    ratio = {d: a1[d] / s[d] for d in DOMAINS}
+    factors = {d: r / sum(ratio.values()) for d, r in ratio.items()}  # (a)
+    assert factors == pytest.approx({"books": 0.018441, "code": 0.036367, "math": 0.945192}, abs=1e-6)
+    assert policy.loss_weights() == pytest.approx(factors, abs=1e-12)
+    # in expectation over batches drawn by s, the weighted mean loss is sum_i alpha_i L_i
+    losses = {"books": 2.0, "code": 3.0, "math": 5.0}
+    f = policy.loss_weights()
+    expected = sum(s[d] * f[d] * losses[d] for d in DOMAINS) / sum(s[d] * f[d] for d in DOMAINS)
+    assert expected == pytest.approx(sum(a1[d] * losses[d] for d in DOMAINS), abs=1e-12)
+
+
+def test_doremi_needs_the_vocabulary_size():
+    with pytest.raises(SproutError, match="tokenizer.vocab_size"):
+        DoReMi().weights(0, {"books": DomainStats(name="books", tokens=10)})
 
 
 def test_reweight_samples_from_the_given_reference_mixture():
@@ -173,3 +210,37 @@ def test_changed_domains_and_bad_feedback_are_clear_errors():
 def test_bad_options_name_the_field(kwargs, field):
     with pytest.raises(SproutError, match=f"data.mixture.init_args.{field}"):
         DoReMi(**kwargs)
+
+
+# Two ranks' token losses l = theta * c and weights w (domain factors differ per rank), [1, 3] each.
+RANK_C = torch.tensor([[[1.0, 2.0, 3.0]], [[4.0, 5.0, 6.0]]])
+RANK_W = torch.tensor([[[0.1, 0.1, 0.2]], [[0.5, 0.9, 0.9]]])
+
+
+def _normaliser_worker(rank, world, init_file, out_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        grads = []
+        for across in (True, False):
+            theta = torch.ones((), requires_grad=True)
+            objective(theta * RANK_C[rank], RANK_W[rank], across_ranks=across).backward()
+            grad = theta.grad.clone()
+            dist.all_reduce(grad)  # DDP: the ranks' gradients averaged
+            grads.append(grad / world)
+        if rank == 0:
+            torch.save(torch.stack(grads), out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_normaliser_is_all_reduced_over_ranks_as_the_official_trainer(tmp_path):
+    """doremi/trainer.py all-reduces Σw and divides by the world size; with DDP's gradient mean
+    the step's gradient is that of Σ_all w·l / Σ_all w. Each rank's own Σw gives the mean of the
+    ranks' weighted means, which is not the same when the ranks' Σw differ."""
+    mp.spawn(_normaliser_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "g.pt")), nprocs=2, join=True)
+    across, per_rank = torch.load(tmp_path / "g.pt")
+    global_mean = float((RANK_W * RANK_C).sum() / RANK_W.sum())  # d/dtheta of Σ_all w·theta·c / Σ_all w
+    mean_of_means = float(sum((RANK_W[r] * RANK_C[r]).sum() / RANK_W[r].sum() for r in range(2)) / 2)
+    assert float(across) == pytest.approx(global_mean, rel=1e-6)
+    assert float(per_rank) == pytest.approx(mean_of_means, rel=1e-6)
+    assert abs(global_mean - mean_of_means) > 0.1

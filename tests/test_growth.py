@@ -1,6 +1,8 @@
 """Growth operators on tiny models: layer maps, function preservation where promised, GQA shapes,
 LiGO at initialisation equal to Gstack, the G_random ramp, and that every grown model trains."""
 
+import math
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ from app.errors import SproutError
 from app.model import Llama, LlamaConfig
 from plugins.growth.common import layer_map, width_maps
 from plugins.growth.direct import DirectWidth, Gstack
-from plugins.growth.learn import LearnedGrowth, LigoModel
+from plugins.growth.learn import BLOCK, LearnedGrowth, LigoModel, values_to_outputs
 from plugins.growth.random import RandomDepth, RandomWidth
 from plugins.growth.zero import ZeroDepth, ZeroWidth
 
@@ -87,6 +89,21 @@ def test_gstack_copies_whole_blocks(order, layers):
     assert grown.config.n_layer == 6 and isinstance(grown, Llama)
 
 
+def test_official_defaults_of_zero_depth_and_the_msg_ramp():
+    """prts ``G_zero_depthwise.py`` interleaves (layer i repeats i // (L_t / L_s)), zeroing each
+    repeat's wo and w2; ``msg.py``'s ``grow_step`` is 5000."""
+    source = trained_like(SOURCE)
+    grown = ZeroDepth().grow(source, DEEP)  # 2 -> 4 layers: [0, 0, 1, 1]
+    for i, (j, is_copy) in enumerate([(0, False), (0, True), (1, False), (1, True)]):
+        for name, value in grown.layers[i].state_dict().items():
+            zeroed = is_copy and name in ("attention.wo.weight", "feed_forward.w2.weight")
+            assert torch.equal(value, torch.zeros_like(value) if zeroed else source.layers[j].state_dict()[name]), (
+                i,
+                name,
+            )
+    assert RandomDepth().ramp_steps == RandomWidth().ramp_steps == 5000
+
+
 # -- function preservation -----------------------------------------------------------------
 
 
@@ -94,7 +111,7 @@ def test_gstack_copies_whole_blocks(order, layers):
     "operator, target",
     [
         (ZeroDepth(), DEEP),
-        (ZeroDepth("interleave"), DEEP),
+        (ZeroDepth("stack"), DEEP),
         (RandomDepth(ramp_steps=10), DEEP),
         (DirectWidth(), WIDE),
         (DirectWidth(), WIDE_GROUPS),
@@ -310,21 +327,84 @@ def test_learn_at_initialisation_is_gstack():
         assert torch.allclose(ligo.materialize()(idx), stacked, atol=1e-5, rtol=0)
 
 
-def test_learn_grows_depth_and_width_and_materialises_what_it_computes():
+@pytest.mark.parametrize(
+    "variant, names",
+    [("official", {"residual", "query", "key", "value", "ffn"}), ("heads", {"residual", "q_heads", "kv_heads", "ffn"})],
+)
+def test_learn_grows_depth_and_width_and_materialises_what_it_computes(variant, names):
     source, idx = trained_like(SOURCE), tokens()
-    op = LearnedGrowth(learn_steps=3)
+    op = LearnedGrowth(learn_steps=3, variant=variant)
     target = WIDE_GROUPS.replace(n_layer=3)
     ligo = op.grow(source, target)
     assert isinstance(ligo, LigoModel)
-    assert {n for n, p in ligo.named_parameters() if p.requires_grad} == {"residual", "q_heads", "kv_heads", "ffn"} | {
-        f"depth.{k}" for k in ligo.depth
-    }
+    assert {n for n, p in ligo.named_parameters() if p.requires_grad} == names | {f"depth.{k}" for k in ligo.depth}
     with torch.no_grad():
         plain = ligo.materialize()
         assert plain.config == target
         assert torch.allclose(plain(idx), ligo(idx), atol=1e-5, rtol=0)
         assert op.on_train_step(ligo, 2) is None
         assert isinstance(op.on_train_step(ligo, 3), Llama)
+
+
+def test_learn_default_is_the_official_ligo_parametrisation():
+    """prts ``ligo.py``: one B_Q, B_K, B_V, B_ffn for all layers over single dimensions,
+    wo's input expanded by B_V, new rows N(0, 1/target); checked with random (trained-like)
+    maps against the official formulas written out here, on full multi-head attention as there."""
+    mha = SOURCE.replace(n_kv_head=SOURCE.n_head)
+    target = mha.replace(n_embd=128, n_head=8, n_kv_head=8, intermediate_size=352, n_layer=3)
+    torch.manual_seed(0)
+    source = trained_like(mha)
+    ligo = LearnedGrowth().grow(source, target)
+    for name, n_source, n_target in [
+        ("residual", 64, 128),
+        ("query", 64, 128),
+        ("key", 64, 128),
+        ("value", 64, 128),
+        ("ffn", mha.intermediate_size, 352),
+    ]:
+        matrix = getattr(ligo, name)
+        assert matrix.shape == (n_target, n_source)  # one per axis, no layer dimension: shared
+        assert torch.equal(matrix[:n_source], torch.eye(n_source))
+        assert (
+            abs(float(matrix[n_source:].detach().std()) * math.sqrt(n_target) - 1) < 0.06
+        )  # sqrt(1/target), not 1/sqrt(source)
+    with torch.no_grad():
+        for p in ligo.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # every map away from its initialisation, K and V apart
+        grown = ligo.materialize().state_dict()
+    E, Q, K, V, F = ligo.residual, ligo.query, ligo.key, ligo.value, ligo.ffn
+    src = source.state_dict()
+    for t in range(target.n_layer):
+
+        def mix(name, f, t=t):
+            return sum(ligo.depth[name][t, j] * f(src[f"layers.{j}.{BLOCK[name]}"]) for j in range(2))
+
+        expected = {
+            "wq": mix("wq", lambda w: Q @ w @ E.T),
+            "wk": mix("wk", lambda w: K @ w @ E.T),
+            "wv": mix("wv", lambda w: V @ w @ E.T),
+            "wo": mix("wo", lambda w: E @ w @ V.T),
+            "w1": mix("w1", lambda w: F @ w @ E.T),
+            "w3": mix("w3", lambda w: F @ w @ E.T),
+            "w2": mix("w2", lambda w: E @ w @ F.T),
+            "attention_norm": mix("attention_norm", lambda w: w @ E.T),
+        }
+        for name, value in expected.items():
+            assert torch.allclose(grown[f"layers.{t}.{BLOCK[name]}"], value, atol=1e-5), name
+
+
+def test_learn_output_map_of_grouped_attention_reduces_to_the_value_map():
+    """With one query head per KV head the output projection's map is B_V itself; with groups,
+    the source's heads keep their own output columns at initialisation."""
+    mha = SOURCE.replace(n_kv_head=SOURCE.n_head)
+    value = torch.randn(8 * mha.head_dim, 4 * mha.head_dim)
+    wide = mha.replace(n_embd=128, n_head=8, n_kv_head=8)
+    assert torch.equal(values_to_outputs(value, mha, wide), value)
+    ligo = LearnedGrowth().grow(trained_like(SOURCE), WIDE_GROUPS)
+    rows = width_maps(SOURCE, WIDE_GROUPS, copy=False).q
+    outputs = values_to_outputs(ligo.value, SOURCE, WIDE_GROUPS)
+    kept = rows >= 0
+    assert torch.equal(outputs[kept], torch.eye(SOURCE.n_embd)[rows[kept]])
 
 
 # -- a grown model trains ----------------------------------------------------------------------
@@ -407,6 +487,29 @@ def test_paper_recipes_grow_the_paper_shapes_at_the_guideline_time(name, small, 
         recipe["model"]["schedule"]["warmup_steps"],
     ) == (1e-3, 1e-4, 3000)
     assert (section["stage2_lr"], section["stage2_min_lr"], section["stage2_warmup_steps"]) == (3e-4, 3e-5, 3000)
+
+
+def test_stage_two_decays_over_its_own_horizon():
+    """growth.stage2_max_steps: the grown model's cosine ends that many steps after growth (the
+    official g_stack.sh's own max_step), not at the end of the run."""
+    from app.growth.plan import GrowthPlan
+    from app.schedule import Schedule, WarmupCosine
+
+    plan = GrowthPlan(Gstack(), target_overrides={"n_layer": 4}, at_step=6, stage2_max_steps=10)
+    first = WarmupCosine(warmup_steps=2, min_lr=1e-4)
+    shape = plan.stage2_schedule(first, 6)
+    assert shape == WarmupCosine(warmup_steps=2, min_lr=1e-4, max_steps=16)
+    schedule = Schedule(first)
+    schedule.add(6, True, shape)
+    run_steps, lr = 1000, 1e-3
+    assert schedule.factor(16, lr, run_steps) == pytest.approx(0.1)  # at the floor 10 steps after growth
+    assert schedule.factor(12, lr, run_steps) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through its cosine
+    for options, message in [
+        ({"stage2_max_steps": 0}, "stage2_max_steps must be a number of steps >= 1"),
+        ({"stage2_max_steps": 10, "restart_schedule": False}, "restart_schedule is false"),
+    ]:
+        with pytest.raises(SproutError, match=message):
+            GrowthPlan(Gstack(), target_overrides={"n_layer": 4}, at_step=6, **options)
 
 
 def test_unknown_variants_name_the_option():

@@ -20,7 +20,7 @@ from app.errors import SproutError
 from app.lightning_cli import SproutCLI
 from app.model import Llama, LlamaConfig
 from app.module import SproutModule
-from app.protocols import TokenSelector
+from app.protocols import DomainStats, TokenSelector
 from app.schedule import WarmupCosine
 from plugins.mixtures.bimix import BiMixMixture
 from plugins.mixtures.doremi import DoReMi
@@ -213,7 +213,7 @@ def test_printed_mixtures_are_recipes_the_cli_accepts(tiny_data, tmp_path):
     fixed, law = snippet.split("\n# or ")  # two alternatives, each a recipe fragment
     law = "# or " + law
     doremi = DoReMi()
-    doremi.weights(3, {"code": None, "text": None}, {"code": 0.4, "text": 0.1})
+    doremi.weights(3, {d: DomainStats(d, 100, vocab_size=256) for d in ("code", "text")}, {"code": 0.4, "text": 0.1})
     averaged = doremi.report().split("\n", 1)[1]
     for text, cls, weights in (
         (fixed, Fixed, {"code": 0.25, "text": 0.75}),

@@ -189,6 +189,27 @@ def test_init_scales_residual_projections():
     assert torch.all(model.norm.weight == 1)
 
 
+def test_tinyllama_init_follows_lit_gpt():
+    """TinyLlama's ``lit_gpt/model.py`` ``_init_weights``: sqrt(2 / (5 d)) for the embedding and
+    every linear layer, 1 / sqrt(d) / n_layer for the residual projections; init_std unused."""
+    config = LlamaConfig.from_name("small", vocab_size=512, init="tinyllama", init_std=0.5)
+    torch.manual_seed(0)
+    model = Llama(config)
+    d, layers = config.n_embd, config.n_layer
+    std, residual = math.sqrt(2 / (5 * d)), 1 / math.sqrt(d) / layers
+    block = model.layers[0]
+    for weight in (
+        model.tok_embeddings.weight,
+        model.output.weight,
+        block.attention.wq.weight,
+        block.feed_forward.w3.weight,
+    ):
+        assert weight.std().item() == pytest.approx(std, rel=0.05)
+    for weight in (block.attention.wo.weight, block.feed_forward.w2.weight):
+        assert weight.std().item() == pytest.approx(residual, rel=0.05)
+    assert torch.all(model.norm.weight == 1)
+
+
 def test_meta_build_then_materialise_equals_direct_build():
     config = LlamaConfig(**GQA, tie_embeddings=True)
     with torch.device("meta"):
@@ -264,6 +285,7 @@ def test_unknown_config_name_lists_names():
         (dict(vocab_size=-1), "vocab_size"),
         (dict(norm_eps=0.0), "norm_eps"),
         (dict(attention="flashy"), "attention"),
+        (dict(init="gpt"), "model.init"),
     ],
 )
 def test_config_validation_names_the_field(changes, field):

@@ -18,7 +18,7 @@ fresh process, for 20 steps on one fixed batch of random tokens:
   ``F.cross_entropy``, when transformers is installed.
 
 The table has tokens/s (median of the last ``steps - warmup`` steps), model-FLOPs MFU
-(``app.model.flops_per_token`` against the GPU's datasheet bf16 peak, ``app.flops.GPU_PEAKS``,
+(``app.model.flops_per_token`` against the GPU's datasheet bf16 peak, ``app.peaks.GPU_PEAKS``,
 or ``--peak_tflops``), peak GPU memory (``torch.cuda.max_memory_allocated``), and the loss
 check: the loss of the 20 steps must fall (the last three steps' mean below the first three's
 by ``MIN_LOSS_DROP``), else the row says FAIL and the command exits 1. Target: at least 50% MFU
@@ -250,7 +250,7 @@ def gpu_check(
     if dry_run:
         name, peak = "CPU (dry run)", None
     else:
-        from app.flops import gpu_peak
+        from app.peaks import gpu_peak
 
         name = torch.cuda.get_device_name(0)
         peak = peak_tflops * 1e12 if peak_tflops else gpu_peak(torch.device("cuda"), torch.bfloat16)
@@ -262,7 +262,7 @@ def gpu_check(
         what = "the FlashAttention-2 rows" if need == "flash" else "the transformers row"
         print(f"{pip} is not importable here: skipping {what} (pip install {pip} to run them)")
     if peak is None and not dry_run:
-        print(f"{name} is not in app.flops.GPU_PEAKS: MFU is left out; pass --peak_tflops with its dense bf16 peak")
+        print(f"{name} is not in app.peaks.GPU_PEAKS: MFU is left out; pass --peak_tflops with its dense bf16 peak")
 
     unknown = sorted(set(rows or []) - {r[0] for r in ROWS})
     if unknown:

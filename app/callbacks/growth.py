@@ -74,6 +74,9 @@ class Growth(L.Callback):
         stage2_min_lr: the grown model's cosine floor (default: ``model.schedule.min_lr``; official: 3e-5).
         stage2_warmup_steps: the grown model's warm-up (default: ``model.schedule.warmup_steps``;
             official: 3000); needs ``restart_schedule``.
+        stage2_max_steps: the grown model's cosine horizon in steps from growth (default: the
+            run's steps left; the official ``g_stack.sh`` decays over its own ``max_step`` of
+            300000); needs ``restart_schedule``.
     """
 
     def __init__(
@@ -90,6 +93,7 @@ class Growth(L.Callback):
         stage2_lr: float | None = None,
         stage2_min_lr: float | None = None,
         stage2_warmup_steps: int | None = None,
+        stage2_max_steps: int | None = None,
     ) -> None:
         self.plan = GrowthPlan(
             operator,
@@ -104,6 +108,7 @@ class Growth(L.Callback):
             stage2_lr,
             stage2_min_lr,
             stage2_warmup_steps,
+            stage2_max_steps,
         )
         self.operator = operator
         self.grown_at: int | None = None  # global step of the growth
@@ -232,7 +237,9 @@ class Growth(L.Callback):
         small = self._source_model if plan.source is not None else full_model(pl_module.model)
         target = plan.target_config(small.config)
         grown = seeded_grow(self.operator, small, target, self.seed * 1_000_003 + step)
-        pl_module.lr_schedule.add(step, plan.restart_schedule, plan.stage2_schedule(pl_module.schedule), plan.stage2_lr)
+        pl_module.lr_schedule.add(
+            step, plan.restart_schedule, plan.stage2_schedule(pl_module.schedule, step), plan.stage2_lr
+        )
         swap_model(trainer, pl_module, grown, target)
         if pl_module.model is not grown:  # a sharded copy: the operator's masks go on the copy
             self.operator.restore(pl_module.model)

@@ -63,7 +63,7 @@ def load_weights_into(model: torch.nn.Module, config: LlamaConfig, path: str | o
     """Copy the weights stored at ``path`` into ``model`` (shaped ``config``, possibly sharded):
     ``model.init_from``, continued pre-training. Another shape is a recipe error."""
     source, _ = load_model(path)
-    ignore = {"attention", "init_std", "block_size"}  # no effect on the weights' meaning
+    ignore = {"attention", "init_std", "init", "block_size"}  # no effect on the weights' meaning
     differ = {
         k: (v, getattr(config, k))
         for k, v in source.config.to_dict().items()

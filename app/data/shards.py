@@ -98,5 +98,9 @@ def domain_stats(name: str, meta: dict[str, Any]) -> DomainStats:
         entropy["shannon"] = entropy.pop("unigram")
     train = meta["splits"]["train"]
     return DomainStats(
-        name=name, tokens=int(train["tokens"]), documents=int(train.get("documents", 0)), entropy=entropy
+        name=name,
+        tokens=int(train["tokens"]),
+        documents=int(train.get("documents", 0)),
+        entropy=entropy,
+        vocab_size=int(meta.get("tokenizer", {}).get("vocab_size", 0)),
     )

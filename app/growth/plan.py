@@ -15,7 +15,7 @@ from app.model import CONFIGS, SHAPE_FIELDS, LlamaConfig, param_count
 from app.protocols import GrowthOperator
 from app.schedule import WarmupCosine
 
-_STAGE2 = ("stage2_lr", "stage2_min_lr", "stage2_warmup_steps")
+_STAGE2 = ("stage2_lr", "stage2_min_lr", "stage2_warmup_steps", "stage2_max_steps")
 
 
 @dataclass
@@ -34,6 +34,7 @@ class GrowthPlan:
     stage2_lr: float | None = None
     stage2_min_lr: float | None = None
     stage2_warmup_steps: int | None = None
+    stage2_max_steps: int | None = None
 
     def __post_init__(self) -> None:
         self.target_overrides = dict(self.target_overrides or {})
@@ -76,11 +77,17 @@ class GrowthPlan:
                 f"growth.target_arch / growth.target_overrides give an invalid grown model: {err}"
             ) from None
 
-    def stage2_schedule(self, schedule: WarmupCosine) -> WarmupCosine | None:
-        """``schedule`` with the grown model's floor and warm-up, if the recipe sets them."""
+    def stage2_schedule(self, schedule: WarmupCosine, step: int) -> WarmupCosine | None:
+        """``schedule`` with the grown model's floor, warm-up and horizon (its cosine ends
+        ``stage2_max_steps`` after growth at ``step``), if the recipe sets them."""
+        end = None if self.stage2_max_steps is None else step + self.stage2_max_steps
         changes = {
             k: v
-            for k, v in (("min_lr", self.stage2_min_lr), ("warmup_steps", self.stage2_warmup_steps))
+            for k, v in (
+                ("min_lr", self.stage2_min_lr),
+                ("warmup_steps", self.stage2_warmup_steps),
+                ("max_steps", end),
+            )
             if v is not None
         }
         return dataclasses.replace(schedule, **changes) if changes else None
@@ -108,19 +115,21 @@ class GrowthPlan:
 
     def _check_stage2(self) -> None:
         for name, value in self.stage2_options.items():
-            whole = name == "stage2_warmup_steps"
+            whole = name in ("stage2_warmup_steps", "stage2_max_steps")
+            least = 1 if name == "stage2_max_steps" else 0
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int if whole else (int, float))
-                or not (value >= 0 if whole else 0 < value < float("inf"))
+                or not (value >= least if whole else 0 < value < float("inf"))
             ):
                 raise SproutError(
-                    f"growth.{name} must be {'a non-negative number of steps' if whole else 'a positive learning rate'}, got {value!r}; fix it in the recipe's growth section."
+                    f"growth.{name} must be {f'a number of steps >= {least}' if whole else 'a positive learning rate'}, got {value!r}; fix it in the recipe's growth section."
                 )
-        if self.stage2_warmup_steps is not None and not self.restart_schedule:
-            raise SproutError(
-                "growth.stage2_warmup_steps is a warm-up of a restarted schedule, but growth.restart_schedule is false; remove one of the two."
-            )
+        for name in ("stage2_warmup_steps", "stage2_max_steps"):
+            if getattr(self, name) is not None and not self.restart_schedule:
+                raise SproutError(
+                    f"growth.{name} shapes a restarted schedule, but growth.restart_schedule is false; remove one of the two."
+                )
 
     def _check_when_and_what(self) -> None:
         if self.source is not None:

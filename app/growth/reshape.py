@@ -40,7 +40,9 @@ def stored_config(config: LlamaConfig, checkpoint: dict[str, Any], path: Any) ->
     saved = (checkpoint.get("sprout") or {}).get("model_config")
     if saved is None:
         return None
-    stored = LlamaConfig.from_dict({**saved, "attention": config.attention, "init_std": config.init_std})
+    stored = LlamaConfig.from_dict(
+        {**saved, "attention": config.attention, "init_std": config.init_std, "init": config.init}
+    )
     if stored != config and not grown_in(checkpoint):
         differ = ", ".join(
             f"{k} {v} (recipe: {getattr(config, k)})" for k, v in stored.to_dict().items() if v != getattr(config, k)

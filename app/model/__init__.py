@@ -11,11 +11,13 @@ from app.model.config import (
     forward_flops_per_token,
     param_count,
 )
+from app.model.init import INIT_SCHEMES, init_stds
 from app.model.llama import Llama, RMSNorm, TransformerBlock
 
 __all__ = [
     "CONFIGS",
     "DEPTH_FIELDS",
+    "INIT_SCHEMES",
     "SHAPE_FIELDS",
     "WIDTH_FIELDS",
     "Llama",
@@ -25,5 +27,6 @@ __all__ = [
     "build_model",
     "flops_per_token",
     "forward_flops_per_token",
+    "init_stds",
     "param_count",
 ]

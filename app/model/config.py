@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from app.errors import SproutError
+from app.model.init import INIT_SCHEMES
 
 ATTENTION_BACKENDS = ("auto", "flash", "sdpa", "eager")
 # The fields that make a model's size, which growth changes; the others (vocabulary, context,
@@ -40,6 +41,7 @@ class LlamaConfig:
     tie_embeddings: bool = False
     attention: str = "auto"
     init_std: float = 0.02
+    init: str = "llama"  # how fresh weights are drawn (``app.model.init``)
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_embd", "n_head", "n_kv_head", "intermediate_size", "vocab_size", "block_size"):
@@ -72,6 +74,10 @@ class LlamaConfig:
         if self.attention not in ATTENTION_BACKENDS:
             raise SproutError(
                 f"Model config field `attention`={self.attention!r} is not one of {', '.join(ATTENTION_BACKENDS)}; fix it in the recipe."
+            )
+        if self.init not in INIT_SCHEMES:
+            raise SproutError(
+                f"Model initialisation `init`={self.init!r} is not one of {', '.join(INIT_SCHEMES)}; fix model.init in the recipe."
             )
 
     @property

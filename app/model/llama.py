@@ -14,8 +14,6 @@ and call ``reset_rope()``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +21,7 @@ from torch import nn
 from app.errors import SproutError
 from app.model.attention import causal_attention, check_backend
 from app.model.config import LlamaConfig
+from app.model.init import init_stds
 
 
 def rope_tables(config: LlamaConfig, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,21 +138,21 @@ class Llama(nn.Module):
         self.rope_cos, self.rope_sin = rope_tables(self.config, self.tok_embeddings.weight.device)
 
     def init_weights(self) -> None:
-        """Normal(0, init_std) for every matrix, with the residual projections ``wo`` and ``w2``
-        scaled by 1/sqrt(2 * n_layer) (GPT-2) so the residual stream's variance does not grow with
-        depth; norms to one. Ties the head to the embedding again when the config asks for it,
-        because ``to_empty()`` on a meta model unties shared parameters."""
+        """Normal draws with the config's scheme's stds (``app.model.init``): one for the
+        embedding, head and block input matrices, a smaller one for the residual projections
+        ``wo`` and ``w2``; norms to one. Ties the head to the embedding again when the config asks
+        for it, because ``to_empty()`` on a meta model unties shared parameters."""
         config = self.config
         self.reset_rope()
         if config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
-        residual_std = config.init_std / math.sqrt(2 * config.n_layer)
-        nn.init.normal_(self.tok_embeddings.weight, mean=0.0, std=config.init_std)
+        std, residual_std = init_stds(config.init, config.n_embd, config.n_layer, config.init_std)
+        nn.init.normal_(self.tok_embeddings.weight, mean=0.0, std=std)
         for layer in self.layers:
-            layer.init_weights(config.init_std, residual_std)
+            layer.init_weights(std, residual_std)
         self.norm.reset_parameters()
         if not config.tie_embeddings:
-            nn.init.normal_(self.output.weight, mean=0.0, std=config.init_std)
+            nn.init.normal_(self.output.weight, mean=0.0, std=std)
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """Final normed hidden states [B, T, n_embd], for losses that apply the head in chunks."""

@@ -1,12 +1,22 @@
 """G_learn (LiGO, Wang et al. 2023): the grown model's weights as a learned linear map of the small one's.
 
-Width: every matrix becomes ``A_out W A_in^T`` with expansion matrices per axis (one shared
-for the residual stream, one per source layer for query heads, KV heads and FFN units),
-initialised as [I; N(0, 1/D)]: the identity on the units the source had, random rows for
-new ones. Head expansions act on whole heads (each head's rows move together), so RoPE's
-rotation pairs stay intact. Depth: target layer t's tensor is a learned mix sum_j D[t, j] *
-(expanded source layer j), one mixing matrix per block tensor, initialised as stacked
-identities in Gstack's order, so at initialisation with unchanged width G_learn *is* Gstack.
+Width: every matrix becomes ``B_out W B_in^T`` with an expansion matrix per axis, initialised
+as [I; N(0, s^2)]: the identity on the units the source had, random rows for new ones.
+``variant: official`` (default) is the parametrisation of the official ``prts_lit/scaling/ligo.py``:
+one matrix per axis shared by all layers (B_embd for the residual stream, B_Q, B_K, B_V and
+B_ffn), mixing single dimensions (not whole heads), separate maps for keys and values, the
+output projection's input side expanded by B_V (an attention output is a mix of values),
+and random rows with s = sqrt(1 / target units). The official code has full multi-head
+attention only; with grouped-query attention a query head's output rows take B_V's rows of its
+KV group, from the source query head at the same place in its group (position mod the
+source's group size), which is B_V itself when every group has one head. ``variant: heads``
+(Sprout's earlier form) has one map per source layer for query heads, KV heads and FFN units,
+moves whole heads (so RoPE's rotation pairs stay intact), expands keys and values and the
+output projection's input by the head maps, and draws new rows with s = sqrt(1 / source units).
+
+Depth: target layer t's tensor is a learned mix sum_j D[t, j] * (expanded source layer j),
+one mixing matrix per block tensor, initialised as stacked identities in Gstack's order, so at
+initialisation with unchanged width G_learn *is* Gstack (both variants).
 
 The small model is frozen; only the expansion and mixing matrices train, for ``learn_steps``
 optimizer steps on the training data (their FLOPs count like any other step). Then the map
@@ -28,6 +38,8 @@ from app.model.llama import rope_tables
 from app.protocols import GrowthOperator
 from plugins.growth.common import check_shapes, layer_map, width_maps
 
+VARIANTS = ("official", "heads")
+
 # Block tensors, each with its own depth-mixing matrix.
 BLOCK = {
     "attention_norm": "attention_norm.weight",
@@ -42,12 +54,37 @@ BLOCK = {
 }
 
 
-def expansion(units: torch.Tensor, n_source: int) -> torch.Tensor:
-    """[I; N(0, 1/n)]: a one-hot row for each unit kept from the source, random rows for new ones."""
-    rows = torch.randn(len(units), n_source) / math.sqrt(n_source)
+def expansion(units: torch.Tensor, n_source: int, scale: float) -> torch.Tensor:
+    """[I; N(0, scale^2)]: a one-hot row for each unit kept from the source, random rows for new ones."""
+    rows = torch.randn(len(units), n_source) * scale
     kept = units >= 0
     rows[kept] = torch.nn.functional.one_hot(units[kept], n_source).float()
     return rows
+
+
+def official(units: torch.Tensor, n_source: int) -> torch.Tensor:
+    """prts ``LiGOModel.init(..., 'width')``: new rows drawn with std sqrt(1 / target units)."""
+    return expansion(units, n_source, math.sqrt(1 / len(units)))
+
+
+def per_head(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Head maps [..., t, s] spelled out over each head's dimensions: [..., t * hd, s * hd]."""
+    eye = torch.eye(head_dim, dtype=heads.dtype, device=heads.device)
+    spelled = torch.einsum("...ts,de->...tdse", heads, eye)
+    *lead, t, hd, s, _ = spelled.shape
+    return spelled.reshape(*lead, t * hd, s * hd)
+
+
+def values_to_outputs(value: torch.Tensor, source: LlamaConfig, target: LlamaConfig) -> torch.Tensor:
+    """B_V [t_kv * hd, s_kv * hd] as the map of attention outputs [t_h * hd, s_h * hd]: a query
+    head's output rows are its KV group's rows of B_V, from the source query head at the same
+    place in its group (position mod the source's group size)."""
+    hd = source.head_dim
+    r_s, r_t = source.n_head // source.n_kv_head, target.n_head // target.n_kv_head
+    heads_t, heads_s = torch.arange(target.n_head), torch.arange(source.n_head)
+    blocks = value.view(target.n_kv_head, hd, source.n_kv_head, hd)[heads_t // r_t][:, :, heads_s // r_s]
+    same_place = ((heads_t % r_t % r_s)[:, None] == (heads_s % r_s)[None, :]).to(value)
+    return (blocks * same_place[:, None, :, None]).reshape(target.n_head * hd, source.n_head * hd)
 
 
 class _Trunk(nn.Module):
@@ -71,10 +108,10 @@ class _Head:
 class LigoModel(nn.Module):
     """The grown Llama computed from a frozen small Llama and trainable growth matrices."""
 
-    def __init__(self, source: Llama, target: LlamaConfig, mapping: list[int]) -> None:
+    def __init__(self, source: Llama, target: LlamaConfig, mapping: list[int], variant: str = "official") -> None:
         super().__init__()
         s = source.config
-        self.config = target
+        self.config, self.variant = target, variant
         self.source = source.requires_grad_(False)
         like = next(source.parameters())
         maps = width_maps(s, target, copy=False)
@@ -82,11 +119,18 @@ class LigoModel(nn.Module):
         def param(t: torch.Tensor) -> nn.Parameter:
             return nn.Parameter(t.to(device=like.device, dtype=like.dtype))
 
-        per_layer = lambda units, n: expansion(units, n).expand(s.n_layer, -1, -1).clone()  # noqa: E731
-        self.residual = param(expansion(maps.residual, s.n_embd))
-        self.q_heads = param(per_layer(maps.q_heads, s.n_head))
-        self.kv_heads = param(per_layer(maps.kv_heads, s.n_kv_head))
-        self.ffn = param(per_layer(maps.ffn, s.intermediate_size))
+        if variant == "official":
+            self.residual = param(official(maps.residual, s.n_embd))
+            self.query = param(official(maps.q, s.n_head * s.head_dim))
+            self.key = param(official(maps.kv, s.n_kv_head * s.head_dim))
+            self.value = param(official(maps.kv, s.n_kv_head * s.head_dim))
+            self.ffn = param(official(maps.ffn, s.intermediate_size))
+        else:
+            per_layer = lambda units, n: expansion(units, n, 1 / math.sqrt(n)).expand(s.n_layer, -1, -1).clone()  # noqa: E731
+            self.residual = param(expansion(maps.residual, s.n_embd, 1 / math.sqrt(s.n_embd)))
+            self.q_heads = param(per_layer(maps.q_heads, s.n_head))
+            self.kv_heads = param(per_layer(maps.kv_heads, s.n_kv_head))
+            self.ffn = param(per_layer(maps.ffn, s.intermediate_size))
         stacked = torch.zeros(target.n_layer, s.n_layer)
         stacked[torch.arange(target.n_layer), torch.tensor(mapping)] = 1.0
         self.depth = nn.ParameterDict({name: param(stacked.clone()) for name in BLOCK})
@@ -97,31 +141,42 @@ class LigoModel(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
+    def width(self) -> dict[str, torch.Tensor]:
+        """Each axis's expansion over single units, one per source layer ([L, target, source]):
+        the rows of wq, wk, wv, the input of wo, and the FFN units."""
+        s, L = self.source.config, self.source.config.n_layer
+        if self.variant == "official":
+            shared = {
+                "q": self.query,
+                "k": self.key,
+                "v": self.value,
+                "o": values_to_outputs(self.value, s, self.config),
+                "ffn": self.ffn,
+            }
+            return {k: v.expand(L, -1, -1) for k, v in shared.items()}
+        q, kv = per_head(self.q_heads, s.head_dim), per_head(self.kv_heads, s.head_dim)
+        return {"q": q, "k": kv, "v": kv, "o": q, "ffn": self.ffn}
+
     def weights(self) -> dict[str, torch.Tensor]:
         """The grown model's state dict as functions of the growth matrices."""
-        s, t = self.source.config, self.config
+        s = self.source.config
         src = self.source.state_dict(keep_vars=True)  # plain names even when blocks are wrapped
-        L, hd, A = s.n_layer, s.head_dim, self.residual
+        A, B = self.residual, self.width()
 
-        def stack(path: str) -> torch.Tensor:
-            return torch.stack([src[f"layers.{j}.{path}"] for j in range(L)])
+        def stack(name: str) -> torch.Tensor:
+            return torch.stack([src[f"layers.{j}.{BLOCK[name]}"] for j in range(s.n_layer)])
 
         wide = {
-            "attention_norm": torch.einsum("mn,ln->lm", A, stack(BLOCK["attention_norm"])),
-            "ffn_norm": torch.einsum("mn,ln->lm", A, stack(BLOCK["ffn_norm"])),
-            "wq": torch.einsum(
-                "lth,lhdn,mn->ltdm", self.q_heads, stack(BLOCK["wq"]).view(L, s.n_head, hd, s.n_embd), A
-            ).reshape(L, t.n_head * hd, t.n_embd),
-            "wo": torch.einsum(
-                "mn,lnhd,lth->lmtd", A, stack(BLOCK["wo"]).view(L, s.n_embd, s.n_head, hd), self.q_heads
-            ).reshape(L, t.n_embd, t.n_head * hd),
-            "w1": torch.einsum("lfg,lgn,mn->lfm", self.ffn, stack(BLOCK["w1"]), A),
-            "w3": torch.einsum("lfg,lgn,mn->lfm", self.ffn, stack(BLOCK["w3"]), A),
-            "w2": torch.einsum("mn,lng,lfg->lmf", A, stack(BLOCK["w2"]), self.ffn),
+            "attention_norm": torch.einsum("mn,ln->lm", A, stack("attention_norm")),
+            "ffn_norm": torch.einsum("mn,ln->lm", A, stack("ffn_norm")),
+            "wq": torch.einsum("lts,lsn,mn->ltm", B["q"], stack("wq"), A),
+            "wk": torch.einsum("lts,lsn,mn->ltm", B["k"], stack("wk"), A),
+            "wv": torch.einsum("lts,lsn,mn->ltm", B["v"], stack("wv"), A),
+            "wo": torch.einsum("mn,lns,lts->lmt", A, stack("wo"), B["o"]),
+            "w1": torch.einsum("lts,lsn,mn->ltm", B["ffn"], stack("w1"), A),
+            "w3": torch.einsum("lts,lsn,mn->ltm", B["ffn"], stack("w3"), A),
+            "w2": torch.einsum("mn,lns,lts->lmt", A, stack("w2"), B["ffn"]),
         }
-        for name in ("wk", "wv"):
-            w = stack(BLOCK[name]).view(L, s.n_kv_head, hd, s.n_embd)
-            wide[name] = torch.einsum("lth,lhdn,mn->ltdm", self.kv_heads, w, A).reshape(L, t.n_kv_head * hd, t.n_embd)
         out = {
             "tok_embeddings.weight": src["tok_embeddings.weight"] @ A.T,
             "norm.weight": A @ src["norm.weight"],
@@ -167,14 +222,23 @@ class LearnedGrowth(GrowthOperator):
         learn_steps: optimizer steps that train the growth matrices (LiGO uses 100).
         order: Gstack order the depth mixing starts from, ``stack`` or ``interleave``.
         layers: start from partial stacking of this contiguous run of source layers.
+        variant: width maps as in the official ``ligo.py`` (``official``) or Sprout's earlier
+            per-layer whole-head maps (``heads``); see the module docstring.
     """
 
-    def __init__(self, learn_steps: int = 100, order: str = "stack", layers: list[int] | None = None) -> None:
+    def __init__(
+        self, learn_steps: int = 100, order: str = "stack", layers: list[int] | None = None, variant: str = "official"
+    ) -> None:
         if learn_steps < 1:
             raise SproutError(
                 f"G_learn learn_steps must be >= 1, got {learn_steps}; fix growth.operator.init_args.learn_steps."
             )
+        if variant not in VARIANTS:
+            raise SproutError(
+                f"G_learn variant must be one of {', '.join(VARIANTS)}, got {variant!r}; fix growth.operator.init_args.variant."
+            )
         self.learn_steps = learn_steps
+        self.variant = variant
         self.order = order
         self.layers = layers
         self.step = 0
@@ -191,7 +255,7 @@ class LearnedGrowth(GrowthOperator):
     def grow(self, model: Llama, target: LlamaConfig) -> nn.Module:
         self.check(model.config, target)
         self.step = 0
-        self.model = LigoModel(model, target, self._mapping(model.config, target))
+        self.model = LigoModel(model, target, self._mapping(model.config, target), self.variant)
         return self.model
 
     def on_train_step(self, model: nn.Module, step: int) -> nn.Module | None:
@@ -214,7 +278,7 @@ class LearnedGrowth(GrowthOperator):
             {k[len(prefix) :]: v for k, v in self._saved["model"].items() if k.startswith(prefix)},
             source="G_learn checkpoint",
         )
-        self.model = LigoModel(source, model.config, self._mapping(source_config, model.config))
+        self.model = LigoModel(source, model.config, self._mapping(source_config, model.config), self.variant)
         self.model.load_state_dict(self._saved["model"])
         self._saved = None
         return self.model

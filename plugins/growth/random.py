@@ -18,7 +18,6 @@ and ``restore`` re-attaches when a run resumes mid-ramp.
 
 from __future__ import annotations
 
-import math
 from abc import abstractmethod
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 
 from app.errors import SproutError
-from app.model import WIDTH_FIELDS, Llama, LlamaConfig, RMSNorm
+from app.model import WIDTH_FIELDS, Llama, LlamaConfig, RMSNorm, init_stds
 from app.protocols import GrowthOperator
 from plugins.growth.common import DepthGrowth, check_shapes, copies, deepen, fresh_weights, layer_map, widen, width_maps
 
@@ -38,7 +37,7 @@ class MaskedGrowth(GrowthOperator):
 
     phases = 1  # ramps that open one after the other
 
-    def __init__(self, ramp_steps: int = 100, variant: str = "published") -> None:
+    def __init__(self, ramp_steps: int = 5000, variant: str = "published") -> None:
         if ramp_steps < 0:
             raise SproutError(
                 f"G_random ramp_steps must be >= 0, got {ramp_steps}; fix growth.operator.init_args.ramp_steps."
@@ -115,7 +114,8 @@ class RandomDepth(DepthGrowth, MaskedGrowth):
     ``joint``: the mask scales the block's attention and MLP outputs separately.
 
     Args:
-        ramp_steps: optimizer steps for the masks to open; 0 adds the new layers unmasked.
+        ramp_steps: optimizer steps for the masks to open (default 5000, the official
+            ``grow_step``); 0 adds the new layers unmasked.
         variant: ``published`` or ``joint``.
         order: where new layers go: ``stack`` (above the source stack, as MSG) or ``interleave``
             (each above the source layer it doubles).
@@ -123,7 +123,7 @@ class RandomDepth(DepthGrowth, MaskedGrowth):
     """
 
     def __init__(
-        self, ramp_steps: int = 100, variant: str = "published", order: str = "stack", layers: list[int] | None = None
+        self, ramp_steps: int = 5000, variant: str = "published", order: str = "stack", layers: list[int] | None = None
     ) -> None:
         DepthGrowth.__init__(self, order, layers)
         MaskedGrowth.__init__(self, ramp_steps, variant)
@@ -131,11 +131,11 @@ class RandomDepth(DepthGrowth, MaskedGrowth):
     def grow(self, model: Llama, target: LlamaConfig) -> nn.Module:
         mapping = self.plan(model, target)
         grown = deepen(model, target, mapping)
-        residual_std = target.init_std / math.sqrt(2 * target.n_layer)
+        stds = init_stds(target.init, target.n_embd, target.n_layer, target.init_std)
         with torch.no_grad():
             for layer, is_new in zip(grown.layers, copies(mapping)):
                 if is_new:
-                    layer.init_weights(target.init_std, residual_std)
+                    layer.init_weights(*stds)
         return self._start(model.config, grown)
 
     def attach(self, model: Llama) -> None:
@@ -172,7 +172,8 @@ class RandomWidth(MaskedGrowth):
     each dimension's square by its mask (new dimensions count m, the others 1).
 
     Args:
-        ramp_steps: optimizer steps for each mask to open; 0 adds the new units unmasked.
+        ramp_steps: optimizer steps for each mask to open (default 5000, the official
+            ``grow_step``); 0 adds the new units unmasked.
         variant: ``published`` or ``joint``.
     """
 

@@ -29,16 +29,21 @@ from plugins.growth.common import (
 
 
 class ZeroDepth(DepthGrowth, GrowthOperator):
-    """G_zero depthwise: layers repeated as in Gstack, with the copies' wo and w2 zeroed.
+    """G_zero depthwise: layers repeated, with the copies' wo and w2 zeroed.
 
     A copied block then adds nothing to the residual stream: the grown model computes exactly
     the small model's function, and the zeroed projections receive gradients at once.
 
     Args:
-        order: where the copies go, ``stack`` (on top of the source stack) or ``interleave``
-            (each right above its source layer).
+        order: where the copies go: ``interleave`` (default, the official
+            ``G_zero_depthwise.py``: target layer i repeats source layer i // (L_t / L_s), each
+            copy right above its source layer) or ``stack`` (Gstack's order, on top of the
+            source stack; Sprout's earlier default).
         layers: repeat only this contiguous run of source layers.
     """
+
+    def __init__(self, order: str = "interleave", layers: list[int] | None = None) -> None:
+        super().__init__(order, layers)
 
     def grow(self, model: Llama, target: LlamaConfig) -> nn.Module:
         mapping = self.plan(model, target)

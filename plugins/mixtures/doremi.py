@@ -6,10 +6,15 @@ max(L_model - L_ref, 0), averaged over the domain's tokens in the step's batch) 
     alpha <- softmax(log alpha + eta * lambda),   alpha <- (1 - smoothing) * alpha + smoothing / k
 
 By default (``mode: reweight``, the paper's Algorithm 1 and the official ``doremi/trainer.py``)
-the batches are drawn from a fixed distribution (uniform, or the reference mixture), and every
-token's loss is multiplied by its domain's current alpha: the model minimises
-sum_i alpha_i * (loss of domain i). ``mode: resample`` instead draws the batches by alpha and
-leaves the loss alone (an online-mixture variant, not the paper's proxy training).
+the batches are drawn from a fixed distribution s (uniform, or the reference mixture), and every
+token's loss is multiplied by its domain's alpha_i / s_i (renormalised over the domains, as the
+official code does), so that in expectation over the batches the model minimises
+sum_i alpha_i * (loss of domain i) whatever s is. ``mode: resample`` instead draws the batches
+by alpha and leaves the loss alone (an online-mixture variant, not the paper's proxy training).
+
+As in the official ``doremi/train.py``, alpha starts from the configured domain weights (``sampling``,
+or uniform) and every domain's excess loss starts at log(vocabulary size), the loss of a uniform
+guess, so a domain absent from the first updates is pushed up until it is seen.
 Either way the output is the time average of alpha over the updates, reported as a ``fixed``
 mixture for a longer run.
 """
@@ -29,8 +34,9 @@ MODES = ("reweight", "resample")
 class DoReMi(MixturePolicy):
     """Exponentiated-gradient domain weights driven by per-domain excess loss.
 
-    Starts from the uniform alpha. A domain missing from one update's feedback (it drew no
-    tokens since the last update) keeps its last excess loss, as in the official code.
+    Starts from ``sampling`` (or uniform). A domain missing from one update's feedback (it drew
+    no tokens since the last update) keeps its last excess loss, log(vocabulary size) before its
+    first, as in the official code.
 
     Args:
         mode: ``reweight`` (default, Algorithm 1): batches from ``sampling``, token losses
@@ -103,24 +109,43 @@ class DoReMi(MixturePolicy):
             )
         if not self.alpha:
             self._check_sampling(domains)
-            self.alpha = {d: 1.0 / len(domains) for d in domains}
+            self.alpha = self._sampling(domains)  # the configured weights (resample has none: uniform)
             self.alpha_sum = {d: 0.0 for d in domains}
         if set(self.alpha) != set(domains):
             raise SproutError(
                 f"The doremi mixture state covers domains {sorted(self.alpha)} but training uses {sorted(domains)}; resume with the same data.domains."
             )
+        for d, stats in domains.items():  # before a domain's first feedback (also in a checkpoint of older code)
+            self.excess.setdefault(d, math.log(self._vocab_size(stats)))
         if feedback is not None:
             self._update(step, domains, feedback)
-        if self.mode == "resample":
-            return dict(self.alpha)
+        return dict(self.alpha) if self.mode == "resample" else self._sampling(domains)
+
+    def _sampling(self, domains: Mapping[str, DomainStats]) -> dict[str, float]:
+        """The fixed distribution ``reweight`` draws batches from, normalised over ``domains``."""
         if self.sampling is None:
             return {d: 1.0 / len(domains) for d in domains}
-        total = sum(self.sampling.values())
+        total = sum(self.sampling[d] for d in domains)
         return {d: self.sampling[d] / total for d in domains}
 
+    @staticmethod
+    def _vocab_size(stats: DomainStats) -> int:
+        if stats.vocab_size < 1:
+            raise SproutError(
+                f"doremi starts every domain's excess loss at log(vocabulary size), but domain {stats.name}'s metadata gives no "
+                "vocabulary size (meta.json tokenizer.vocab_size); prepare the domain again with tools/prepare_data.py."
+            )
+        return stats.vocab_size
+
     def loss_weights(self) -> dict[str, float] | None:
-        """alpha, the factor on every token's loss by its domain (``reweight``); None under ``resample``."""
-        return dict(self.alpha) if self.mode == "reweight" and self.alpha else None
+        """The factor on every token's loss by its domain under ``reweight``: alpha_i / s_i,
+        renormalised (a domain never sampled, s_i = 0, gets 0); None under ``resample``."""
+        if self.mode != "reweight" or not self.alpha:
+            return None
+        s = self._sampling(self.alpha)
+        ratio = {d: a / s[d] if s[d] > 0 else 0.0 for d, a in self.alpha.items()}
+        total = sum(ratio.values())
+        return {d: r / total for d, r in ratio.items()}
 
     def _check_sampling(self, domains: Mapping[str, DomainStats]) -> None:
         if self.sampling is None:
@@ -149,7 +174,10 @@ class DoReMi(MixturePolicy):
                 f"doremi got non-finite excess losses {bad} at step {step}: the model or the reference produced NaN/inf losses. Lower the learning rate or check the reference model."
             )
         self.excess.update({d: float(v) for d, v in feedback.items()})
-        logits = {d: math.log(self.alpha[d]) + self.eta * self.excess.get(d, 0.0) for d in domains}
+        logits = {  # a domain sampled with weight 0 starts at alpha 0: log 0 = -inf until smoothing lifts it
+            d: (math.log(self.alpha[d]) if self.alpha[d] > 0 else -math.inf) + self.eta * self.excess[d]
+            for d in domains
+        }
         top = max(logits.values())
         exp = {d: math.exp(v - top) for d, v in logits.items()}
         total = sum(exp.values())

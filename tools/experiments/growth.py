@@ -215,8 +215,10 @@ def growth(
         log_every: steps between logged FLOP counts (``val_every`` must be a multiple).
         lr: peak AdamW learning rate of both stages (cosine decay to a tenth; restarted at growth).
         warmup_steps: linear warm-up of each stage.
-        ramp_steps: steps over which random_depth/random_width open their masks.
-        learn_steps: steps learn trains its growth map before it is applied.
+        ramp_steps: steps over which random_depth/random_width open their masks; set here because
+            the operators' default (the official grow_step, 5000) is longer than the whole run.
+        learn_steps: steps learn trains its growth map before it is applied (learn's default,
+            100, would be most of the grown stage).
         split_noise: direct_width's noise on the 1/c shares of copied inputs (0: the exact split).
     """
     shared = GrowthSettings(**settings)
