@@ -21,7 +21,6 @@ from app import registry
 from app.checkpoint.weights import load_weights_into
 from app.counter import KEY as COUNTER_KEY
 from app.counter import Counter
-from app.errors import SproutError
 from app.growth.reshape import stored_config
 from app.loss import IGNORE_INDEX, chunked_token_losses
 from app.mixing import MixtureFeedback
@@ -32,6 +31,7 @@ from app.parallel import Parallelism, compute_dtype, data_parallel_mesh, paralle
 from app.protocols import TokenSelector, TrainableModel
 from app.reference import Reference, online_reference
 from app.schedule import Schedule, WarmupCosine
+from app.setup_checks import check_data_fits
 from app.validation import DomainLosses
 
 
@@ -129,16 +129,8 @@ class SproutModule(L.LightningModule):
             )
         if stage == "fit" and self.reference is None:
             self._setup_reference(dm)
-        if dm is not None and dm.vocab_size > self.config.vocab_size:
-            raise SproutError(
-                f"The tokenizer {dm.tokenizer_path} has {dm.vocab_size} tokens but the model's embedding has "
-                f"vocab_size={self.config.vocab_size}. Set model.arch_overrides.vocab_size to at least {dm.vocab_size} "
-                f"(a multiple of 64 is fastest) or use the tokenizer the model was built for."
-            )
-        if dm is not None and dm.seq_len > self.config.block_size:
-            raise SproutError(
-                f"data.seq_len={dm.seq_len} is longer than the model's context block_size={self.config.block_size}. Lower data.seq_len or set model.arch_overrides.block_size."
-            )
+        if dm is not None:
+            check_data_fits(self.config, dm)
 
     def _setup_reference(self, dm: Any) -> None:
         """The online reference, if any (``app.reference.online_reference``), laid out like the model."""
