@@ -1,11 +1,6 @@
-"""The LightningModule: one training step over the components it owns and calls.
-
-The model is plain PyTorch (``app.model``); the step scores the tokens (``app.loss``), lets
-the selector and the mixture controller (``app.mixing``) weigh them, and forms the objective
-(``app.objective``). The optimizer and its clipping are ``app.optim``'s, the learning rate
-``app.schedule``'s segments, the tokens and FLOPs ``app.counter``'s; growth
-(``app.growth``) swaps the model and adds a schedule segment.
-"""
+"""The LightningModule: one training step over the components it owns and calls: the model
+(``app.model``), token losses (``app.loss``), selector and mixture controller (``app.mixing``),
+objective, optimizer (``app.optim``), schedule segments and the token/FLOP counter."""
 
 from __future__ import annotations
 
@@ -19,7 +14,6 @@ from torch import nn
 
 from app import registry
 from app.checkpoint.weights import load_weights_into
-from app.counter import KEY as COUNTER_KEY
 from app.counter import Counter
 from app.growth.reshape import stored_config
 from app.loss import IGNORE_INDEX, chunked_token_losses
@@ -226,7 +220,7 @@ class SproutModule(L.LightningModule):
             "tokenizer": getattr(dm, "tokenizer_identity", None),
             **self.lr_schedule.state_dict(),
         }
-        checkpoint[COUNTER_KEY] = self.counter.state_dict()
+        checkpoint[Counter.KEY] = self.counter.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the schedule's segment and the counts, and rebuild the model in the shape the
