@@ -13,19 +13,19 @@ exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from app.checkpoint.resume import callback_state
 from app.model import LlamaConfig, flops_per_token, forward_flops_per_token
 
-KEY = "counter"  # the checkpoint entry
 _MONITOR = "ThroughputMonitor"  # where checkpoints written before the counter existed kept the totals
 
 
 @dataclass
 class Counter:
+    KEY: ClassVar[str] = "counter"  # its entry in a checkpoint
     tokens: int = 0
     flops: float = 0.0
 
@@ -56,4 +56,4 @@ class Counter:
     @staticmethod
     def stored_in(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
         """The totals a checkpoint holds, or ``None`` (a ``save_model`` file, a run of other code)."""
-        return checkpoint.get(KEY) or callback_state(checkpoint, _MONITOR)
+        return checkpoint.get(Counter.KEY) or callback_state(checkpoint, _MONITOR)

@@ -1,11 +1,6 @@
-"""The LightningModule: one training step over the components it owns and calls.
-
-The model is plain PyTorch (``app.model``); the step scores the tokens (``app.loss``), lets
-the selector and the mixture controller (``app.mixing``) weigh them, and forms the objective
-(``app.objective``). The optimizer and its clipping are ``app.optim``'s, the learning rate
-``app.schedule``'s segments, the tokens and FLOPs ``app.counter``'s; growth
-(``app.growth``) swaps the model and adds a schedule segment.
-"""
+"""The LightningModule: one training step over the components it owns and calls: the model
+(``app.model``), token losses (``app.loss``), selector and mixture controller (``app.mixing``),
+objective, optimizer (``app.optim``), schedule segments and the token/FLOP counter."""
 
 from __future__ import annotations
 
@@ -19,9 +14,7 @@ from torch import nn
 
 from app import registry
 from app.checkpoint.weights import load_weights_into
-from app.counter import KEY as COUNTER_KEY
 from app.counter import Counter
-from app.errors import SproutError
 from app.growth.reshape import stored_config
 from app.loss import IGNORE_INDEX, chunked_token_losses
 from app.mixing import MixtureFeedback
@@ -32,6 +25,7 @@ from app.parallel import Parallelism, compute_dtype, data_parallel_mesh, paralle
 from app.protocols import TokenSelector, TrainableModel
 from app.reference import Reference, online_reference
 from app.schedule import Schedule, WarmupCosine
+from app.setup_checks import check_data_fits
 from app.validation import DomainLosses
 
 
@@ -136,16 +130,8 @@ class SproutModule(L.LightningModule):
             )
         if stage == "fit" and self.reference is None:
             self._setup_reference(dm)
-        if dm is not None and dm.vocab_size > self.config.vocab_size:
-            raise SproutError(
-                f"The tokenizer {dm.tokenizer_path} has {dm.vocab_size} tokens but the model's embedding has "
-                f"vocab_size={self.config.vocab_size}. Set model.arch_overrides.vocab_size to at least {dm.vocab_size} "
-                f"(a multiple of 64 is fastest) or use the tokenizer the model was built for."
-            )
-        if dm is not None and dm.seq_len > self.config.block_size:
-            raise SproutError(
-                f"data.seq_len={dm.seq_len} is longer than the model's context block_size={self.config.block_size}. Lower data.seq_len or set model.arch_overrides.block_size."
-            )
+        if dm is not None:
+            check_data_fits(self.config, dm)
 
     def _setup_reference(self, dm: Any) -> None:
         """The online reference, if any (``app.reference.online_reference``), laid out like the model."""
@@ -242,7 +228,7 @@ class SproutModule(L.LightningModule):
             "tokenizer": getattr(dm, "tokenizer_identity", None),
             **self.lr_schedule.state_dict(),
         }
-        checkpoint[COUNTER_KEY] = self.counter.state_dict()
+        checkpoint[Counter.KEY] = self.counter.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the schedule's segment and the counts, and rebuild the model in the shape the
