@@ -68,7 +68,7 @@ def test_growth_plan_is_checked_when_made_and_gives_the_grown_shape():
     source = LlamaConfig.from_name("micro")
     assert plan.target_config(source) == source.replace(n_layer=4)
     assert plan.stage2_options == {"stage2_lr": 3e-4, "stage2_min_lr": 3e-5}
-    assert plan.stage2_schedule(WarmupCosine(warmup_steps=7)) == WarmupCosine(warmup_steps=7, min_lr=3e-5)
+    assert plan.stage2_schedule(WarmupCosine(warmup_steps=7), 3) == WarmupCosine(warmup_steps=7, min_lr=3e-5)
 
 
 def test_counter_counts_model_and_reference_flops_and_reads_older_checkpoints():
