@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from app import registry
 from app.data.blocks import DomainBlocks, SequentialBlocks
+from app.data.cache import ChunkCache, ReadAhead
 from app.data.location import open_location
 from app.data.sampler import MixtureBatchSampler
 from app.data.scores import check_scores, describe, scores_folder
@@ -27,7 +28,7 @@ class SproutDataModule(L.LightningDataModule):
         data_dir: folder of prepared domains, as written by ``tools/prepare_data.py``, or their
             URL in object storage (``s3://bucket/prefix``, or any scheme litdata streams from):
             then ``meta.json``, the tokenizer and the indexes are fetched into ``cache_dir`` and
-            the shards are streamed through litdata's cache there.
+            the chunks are downloaded there as they are about to be read.
         tokenizer: the tokenizer file the shards must have been made with
             (default: the tokenizer.json or tokenizer.model that preparation put in ``data_dir``).
         domains: domains to train on (default: every prepared domain in ``data_dir``).
@@ -42,9 +43,15 @@ class SproutDataModule(L.LightningDataModule):
             ``ref_loss`` and Rho-1 needs no reference forward pass.
         cache_dir: where shards streamed from a ``data_dir`` URL are cached on this machine
             (default ``~/.cache/sprout/streams``); every node needs its own local one.
-        cache_size: most bytes of streamed shards kept in ``cache_dir`` (``200GB``, ``2TB``),
-            shared among the splits by their size; chunks read longest ago go first.
-            Default: litdata's (75% of the free disk).
+        cache_size: most bytes of streamed chunks kept in ``cache_dir`` (``200GB``, ``2TB``)
+            beyond those in use, shared among the ranks of a machine; chunks read longest ago go
+            first. It must hold ``window + prefetch`` chunks per domain. Default: 75% of the
+            disk free under ``cache_dir``.
+        window: training chunks of a domain whose blocks are shuffled together. Each epoch a
+            domain's chunks are read in a new random order, ``window`` at a time (see
+            ``app.data.order``); larger is closer to a full shuffle and needs more cache.
+        prefetch: chunks per domain downloaded ahead of the window being read (data in object
+            storage), so training does not wait for a chunk when the store keeps up.
     """
 
     def __init__(
@@ -63,6 +70,8 @@ class SproutDataModule(L.LightningDataModule):
         reference_scores: str | None = None,
         cache_dir: str | None = None,
         cache_size: str | int | None = None,
+        window: int = 8,
+        prefetch: int = 8,
     ) -> None:
         super().__init__()
         check_option(is_count(seq_len), "data.seq_len", seq_len, "a positive number of tokens per sequence")
@@ -88,6 +97,8 @@ class SproutDataModule(L.LightningDataModule):
             "a number of DataLoader worker processes >= 0 (0 reads in the main process)",
         )
         check_option(is_count(seed, 0) and seed < 2**32, "data.seed", seed, "an integer in [0, 2**32)")
+        check_option(is_count(window), "data.window", window, "a positive number of chunks shuffled together")
+        check_option(is_count(prefetch, 0), "data.prefetch", prefetch, "a number of chunks >= 0 downloaded ahead")
         self.location = open_location(data_dir, domains, cache_dir, cache_size)
         # for a URL: the local folder holding its small files (and the streamed chunks)
         self.data_dir = self.location.folder
@@ -100,6 +111,8 @@ class SproutDataModule(L.LightningDataModule):
         self.val_blocks = val_blocks
         self.num_workers = num_workers
         self.seed = seed
+        self.window = window
+        self.prefetch = prefetch
         self.preparation = prepare
         self.reference_scores = Path(reference_scores).expanduser() if reference_scores else None
         self.reference_scores_identity: dict[str, Any] | None = None  # the reference that made them
@@ -108,6 +121,7 @@ class SproutDataModule(L.LightningDataModule):
         self.sampler: MixtureBatchSampler | None = None
         self._consumed = 0  # training batches the loop has taken
         self._resume: dict[str, Any] | None = None
+        self._cache: ChunkCache | None = None  # remote data: the training chunks on this machine
 
     # -- preparation and checks ------------------------------------------------------
     def prepare_data(self) -> None:
@@ -170,9 +184,9 @@ class SproutDataModule(L.LightningDataModule):
                 )
             self.stats[name] = domain_stats(name, meta)
             self.location.check(name)
-        self._streams = self.location.streams(self.domains)
         self.train_blocks = self._train_blocks()
-        self.sizes = self.train_blocks.sizes()
+        self.chunks = self.train_blocks.chunks()
+        self.sizes = [c.total for c in self.chunks]
         world = self.trainer.world_size if self.trainer else 1
         empty = [d for d, n in zip(self.domains, self.sizes) if n < world]
         if empty:
@@ -199,9 +213,9 @@ class SproutDataModule(L.LightningDataModule):
         self.train_blocks = self._train_blocks([scores_folder(self.reference_scores, d, "train") for d in self.domains])
 
     def _train_blocks(self, score_dirs: list[Path] | None = None) -> DomainBlocks:
-        urls, budgets = zip(*(self._streams[d, "train"] for d in self.domains))
+        urls = [self.location.split_url(d, "train") for d in self.domains]
         split_dirs = [self.data_dir / d / "train" for d in self.domains]
-        return DomainBlocks(split_dirs, self.seq_len + 1, score_dirs, urls, budgets)
+        return DomainBlocks(split_dirs, self.seq_len + 1, score_dirs, urls)
 
     @property
     def vocab_size(self) -> int:
@@ -238,15 +252,26 @@ class SproutDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         self.sampler = MixtureBatchSampler(
-            self.sizes, self._policy_weights(0), self.batch_size, seed=self.seed, rank=rank, world_size=world
+            [c.blocks for c in self.chunks],
+            self._policy_weights(0),
+            self.batch_size,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            window=self.window,
         )
         if self._resume is not None:
             self.sampler.load_state(self._resume["sampler"])
             self._consumed = self._resume["consumed"]
             self._resume = None
+        if self._cache is not None:
+            self._cache.close()
+        ranks_here = self.trainer.num_devices if self.trainer else 1
+        lookahead = 2 * self.num_workers + 1  # batches the DataLoader draws before the oldest is read
+        self._cache = self.location.cache(self.chunks, ranks_here, lookahead, self.window, self.prefetch)
         return DataLoader(
             self.train_blocks,
-            batch_sampler=self.sampler,
+            batch_sampler=ReadAhead(self.sampler, self._cache, self.prefetch),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -262,7 +287,7 @@ class SproutDataModule(L.LightningDataModule):
                     self.val_blocks,
                     rank,
                     world,
-                    *self._streams[d, "val"],
+                    self.location.split_url(d, "val"),
                 ),
                 batch_size=self.val_batch_size,
                 num_workers=self.num_workers,

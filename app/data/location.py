@@ -7,17 +7,16 @@ whether ``data.data_dir`` is a URL.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from app.data.shards import INDEX_FILE, META_FILE, SPLITS, check_shards, prepared_domains
+from app.data.cache import ChunkCache
+from app.data.chunks import SplitChunks
+from app.data.shards import META_FILE, SPLITS, check_shards, prepared_domains
 from app.data.store.client import is_remote
-from app.data.store.mirror import cache_budgets, local_cache_root, mirror, mirror_folder
+from app.data.store.mirror import cache_bytes, local_cache_root, mirror, mirror_folder
 from app.errors import SproutError
 from app.protocols import Preparation
-
-Stream = tuple[str | None, int | None]  # a split's URL (None: read in place) and its share of data.cache_size
 
 
 class LocalData:
@@ -50,8 +49,11 @@ class LocalData:
         for split in SPLITS:
             check_shards(self.folder / domain / split)
 
-    def streams(self, domains: list[str]) -> dict[tuple[str, str], Stream]:
-        return {(d, s): (None, None) for s in SPLITS for d in domains}
+    def split_url(self, domain: str, split: str) -> None:
+        """None: the split is read in place."""
+
+    def cache(self, chunks: list[SplitChunks], ranks_here: int, lookahead: int, window: int, prefetch: int) -> None:
+        """None: nothing to download."""
 
 
 class RemoteData:
@@ -88,12 +90,28 @@ class RemoteData:
     def check(self, domain: str) -> None:
         """Nothing: the chunks were checked against their index when the mirror was fetched."""
 
-    def streams(self, domains: list[str]) -> dict[tuple[str, str], Stream]:
-        splits = [(d, s) for s in SPLITS for d in domains]
-        indexes = [json.loads((self.folder / d / s / INDEX_FILE).read_text()) for d, s in splits]
-        sizes = [sum(c["chunk_bytes"] for c in index["chunks"]) for index in indexes]
-        budgets = cache_budgets(self.cache_size, sizes)
-        return {(d, s): (f"{self.url}/{d}/{s}", b) for (d, s), b in zip(splits, budgets)}
+    def split_url(self, domain: str, split: str) -> str:
+        """Where the split's chunks are downloaded from (into ``folder/domain/split``)."""
+        return f"{self.url}/{domain}/{split}"
+
+    def cache(
+        self, chunks: list[SplitChunks], ranks_here: int, lookahead: int, window: int, prefetch: int
+    ) -> ChunkCache:
+        """This rank's cache of the training chunks (``chunks[d]``: domain ``d``'s split), its
+        share of ``data.cache_size`` among the ``ranks_here`` ranks of this machine; refused when
+        that share cannot hold each domain's window and the chunks fetched ahead of it."""
+        budget = cache_bytes(self.cache_size, self.cache_dir) // ranks_here
+        needed = sum(sum(sorted(c.bytes)[-(window + prefetch) :]) for c in chunks)  # the largest chunks each
+        if budget < needed:
+            per_rank = f" for each of the {ranks_here} ranks on this machine" if ranks_here > 1 else ""
+            raise SproutError(
+                f"data.cache_size={self.cache_size} gives {budget:,} bytes{per_rank}, but reading {len(chunks)} domain(s) of {self.url} "
+                f"needs {needed:,}: data.window={window} chunks shuffled together plus data.prefetch={prefetch} chunks downloaded ahead, "
+                f"per domain (the largest of them: {max(max(c.bytes) for c in chunks):,} bytes). Raise data.cache_size to at least "
+                f"{needed * ranks_here:,} bytes, or lower data.window or data.prefetch."
+            )
+        splits = [(self.split_url(c.split_dir.parent.name, c.split_dir.name), c) for c in chunks]
+        return ChunkCache(splits, budget, lookahead)
 
 
 def open_location(

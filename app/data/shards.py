@@ -18,12 +18,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.errors import SproutError
 from app.protocols import DomainStats
 
 SHARD_FORMAT = "sprout-shards/1"
 META_FILE = "meta.json"
 INDEX_FILE = "index.json"  # litdata's list of a split's chunks
+TOKEN_DTYPE = np.int32  # the tokens in a chunk, after its header
 UNIGRAM_FILE = "unigram.npy"
 PAIRS_FILE = "pairs.npz"  # kept so that a later append can merge the pair statistics exactly
 SPLITS = ("train", "val")

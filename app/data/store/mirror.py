@@ -117,14 +117,12 @@ def check_chunks(store: ObjectStore, split: str, index: Path, url: str) -> None:
             )
 
 
-def cache_budgets(total: str | int | None, split_bytes: list[int]) -> list[int | None]:
-    """``data.cache_size`` shared among the streamed splits in proportion to their size (each
-    litdata dataset keeps its own cache folder); None leaves litdata's default to each."""
-    if total is None:
-        return [None] * len(split_bytes)
-    limit = parse_size(total)
-    whole = sum(split_bytes) or 1
-    return [max(1, limit * n // whole) for n in split_bytes]
+def cache_bytes(cache_size: str | int | None, cache_dir: Path) -> int:
+    """``data.cache_size`` in bytes; by default 75% of the disk free under ``cache_dir`` now."""
+    if cache_size is not None:
+        return parse_size(cache_size)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(cache_dir).free * 3 // 4
 
 
 def parse_size(size: str | int) -> int:

@@ -1,0 +1,99 @@
+"""A split's chunk files and the blocks in them, read the same way from a local folder or a cache.
+
+litdata's ``TokensLoader`` lays a chunk out as a header (``chunk_size + 2`` uint32: the item
+count, then the item offsets) followed by int32 tokens; a block of ``block_size`` tokens never
+straddles two chunks, so chunk ``c`` holds ``dim // block_size`` blocks and a chunk's tail is
+never read. Blocks are numbered through the split, as offline scores number them.
+
+Reading a block is one ``pread`` of ``block_size`` tokens from its chunk's file: no reader state
+to share between processes or threads. For a split in object storage the file is in the local
+cache (``app.data.cache`` downloads training chunks ahead of use); a chunk that is not
+there is downloaded by the reader itself (validation, which reads few chunks in order).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+from app.data.shards import INDEX_FILE, TOKEN_DTYPE
+from app.data.store.client import ObjectStore, join
+from app.errors import SproutError
+
+
+class SplitChunks:
+    """The chunks a split's ``index.json`` lists: file names, bytes, and the blocks each holds."""
+
+    def __init__(self, split_dir: str | Path, block_size: int) -> None:
+        self.split_dir = Path(split_dir)
+        self.block_size = block_size
+        chunks = json.loads((self.split_dir / INDEX_FILE).read_text())["chunks"]
+        self.names = [c["filename"] for c in chunks]
+        self.bytes = [int(c["chunk_bytes"]) for c in chunks]
+        self.headers = [(int(c["chunk_size"]) + 2) * 4 for c in chunks]
+        self.blocks = [int(c["dim"]) // block_size for c in chunks]
+        self.starts = np.concatenate([[0], np.cumsum(self.blocks, dtype=np.int64)])
+
+    @property
+    def total(self) -> int:
+        return int(self.starts[-1])
+
+    def chunk_of(self, block: int) -> int:
+        return int(np.searchsorted(self.starts, block, side="right")) - 1
+
+    def path(self, chunk: int) -> Path:
+        return self.split_dir / self.names[chunk]
+
+
+class BlockReader:
+    """Blocks of one split by number; with ``url`` a missing chunk is downloaded into the split's
+    folder first, and at most ``keep`` chunks this reader downloaded stay there."""
+
+    def __init__(self, split_dir: str | Path, block_size: int, url: str | None = None, keep: int | None = None):
+        self.chunks = SplitChunks(split_dir, block_size)
+        self.url = url
+        self.keep = keep
+        self._fetched: OrderedDict[int, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return self.chunks.total
+
+    def __getitem__(self, block: int) -> np.ndarray:
+        c = self.chunks.chunk_of(block)
+        offset = self.chunks.headers[c] + (block - int(self.chunks.starts[c])) * self.chunks.block_size * 4
+        try:
+            return np.fromfile(self.chunks.path(c), dtype=TOKEN_DTYPE, count=self.chunks.block_size, offset=offset)
+        except FileNotFoundError:
+            if self.url is None:
+                raise
+        self._fetch(c)
+        return np.fromfile(self.chunks.path(c), dtype=TOKEN_DTYPE, count=self.chunks.block_size, offset=offset)
+
+    def _fetch(self, chunk: int) -> None:
+        download_chunk(self.url, self.chunks, chunk)
+        self._fetched[chunk] = None
+        while self.keep is not None and len(self._fetched) > self.keep:
+            old, _ = self._fetched.popitem(last=False)
+            self.chunks.path(old).unlink(missing_ok=True)
+
+
+@functools.cache
+def _store(url: str, pid: int) -> ObjectStore:
+    """One client per split and process (a client's connections must not cross a fork)."""
+    return ObjectStore(url)
+
+
+def download_chunk(url: str, chunks: SplitChunks, chunk: int) -> int:
+    """Download one chunk of the split at ``url`` into its folder (whole or not at all); its bytes."""
+    store = _store(url, os.getpid())
+    if not store.download(chunks.names[chunk], chunks.path(chunk)):
+        raise SproutError(
+            f"Shard {join(url, chunks.names[chunk])} is missing, though its split's index.json lists it: the data "
+            "was changed in the store during the run. Re-run tools/prepare_data.py with --overwrite for this domain."
+        )
+    return chunks.bytes[chunk]
