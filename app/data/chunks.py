@@ -25,6 +25,8 @@ from app.data.shards import INDEX_FILE, TOKEN_DTYPE
 from app.data.store.client import ObjectStore, join
 from app.errors import SproutError
 
+_ITEM = np.dtype(TOKEN_DTYPE).itemsize
+
 
 class SplitChunks:
     """The chunks a split's ``index.json`` lists: file names, bytes, and the blocks each holds."""
@@ -65,7 +67,7 @@ class BlockReader:
 
     def __getitem__(self, block: int) -> np.ndarray:
         c = self.chunks.chunk_of(block)
-        offset = self.chunks.headers[c] + (block - int(self.chunks.starts[c])) * self.chunks.block_size * 4
+        offset = self.chunks.headers[c] + (block - int(self.chunks.starts[c])) * self.chunks.block_size * _ITEM
         try:
             return np.fromfile(self.chunks.path(c), dtype=TOKEN_DTYPE, count=self.chunks.block_size, offset=offset)
         except FileNotFoundError:
