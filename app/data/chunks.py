@@ -85,14 +85,14 @@ class BlockReader:
 
 
 @functools.cache
-def _store(url: str, pid: int) -> ObjectStore:
-    """One client per split and process (a client's connections must not cross a fork)."""
+def _store(url: str, pid: int, endpoint: str | None) -> ObjectStore:
+    """One client per split, process (a client's connections must not cross a fork) and endpoint."""
     return ObjectStore(url)
 
 
 def download_chunk(url: str, chunks: SplitChunks, chunk: int) -> int:
     """Download one chunk of the split at ``url`` into its folder (whole or not at all); its bytes."""
-    store = _store(url, os.getpid())
+    store = _store(url, os.getpid(), os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
     if not store.download(chunks.names[chunk], chunks.path(chunk)):
         raise SproutError(
             f"Shard {join(url, chunks.names[chunk])} is missing, though its split's index.json lists it: the data "
