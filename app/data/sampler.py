@@ -3,7 +3,7 @@
 litdata's ``CombinedStreamingDataset`` fixes its weights at start and does not resume
 exactly with several workers, so Sprout samples in the main process instead: every
 batch is a list of ``(batch_no, domain, block)`` keys drawn here and read by the
-workers from the domains' ``StreamingDataset``s by index. Because the DataLoader asks
+workers from the chunk files by block number. Because the DataLoader asks
 for a new batch of keys exactly once per consumed batch, the draw sequence depends
 only on the seed, the rank and the weight changes, never on worker timing. Weight
 changes are queued to take effect at a given batch number for the same reason.
