@@ -108,3 +108,23 @@ def test_state_is_small_at_scale():
     take(s, 5)
     big = [a.nbytes for o in s.orders for a in (o.units, o.starts, *[x for lay in o._layouts.values() for x in lay])]
     assert max(big) < 8 * 205_000 * 2 and sum(big) < 20e6
+
+
+def test_windowed_order_resumes_exactly_at_any_batch_with_weights_changing():
+    """Many chunks, a window of 2, epochs ending mid-run: a resume from the snapshot of any
+    batch continues with the very batches of the uninterrupted run, weight changes included."""
+    chunks = [[6, 9, 4, 7, 8, 5, 6, 9], [3] * 12]
+
+    def sampler():
+        return MixtureBatchSampler(chunks, [0.7, 0.3], batch_size=5, seed=2, window=2)
+
+    whole = sampler()
+    whole.set_weights([0.2, 0.8], from_batch=13)
+    expected = take(whole, 40)  # 200 blocks: several epochs of both domains
+    for stop in (1, 7, 13, 22, 39):
+        first = sampler()
+        first.set_weights([0.2, 0.8], from_batch=13)
+        take(first, stop + 3)  # drawn ahead of consumption
+        resumed = sampler()
+        resumed.load_state(first.snapshot(stop))
+        assert take(resumed, 40 - stop) == expected[stop:]
