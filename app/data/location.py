@@ -104,8 +104,9 @@ class RemoteData:
         needed = sum(sum(sorted(c.bytes)[-(window + prefetch) :]) for c in chunks)  # the largest chunks each
         if budget < needed:
             per_rank = f" for each of the {ranks_here} ranks on this machine" if ranks_here > 1 else ""
+            size = self.cache_size if self.cache_size is not None else "null (75% of the disk free now)"
             raise SproutError(
-                f"data.cache_size={self.cache_size} gives {budget:,} bytes{per_rank}, but reading {len(chunks)} domain(s) of {self.url} "
+                f"data.cache_size={size} gives {budget:,} bytes{per_rank}, but reading {len(chunks)} domain(s) of {self.url} "
                 f"needs {needed:,}: data.window={window} chunks shuffled together plus data.prefetch={prefetch} chunks downloaded ahead, "
                 f"per domain (the largest of them: {max(max(c.bytes) for c in chunks):,} bytes). Raise data.cache_size to at least "
                 f"{needed * ranks_here:,} bytes, or lower data.window or data.prefetch."
