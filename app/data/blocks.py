@@ -6,7 +6,8 @@ DataLoader worker must not inherit an open reader from its parent. A split in ob
 (``url``) is read through litdata's cache: its local folder holds the split's ``index.json``
 (see ``app.data.remote.mirror``) and the chunks litdata downloads, at most ``cache_size`` bytes.
 
-Every block read is checked against the vocabulary its domain's ``meta.json`` records
+Every chunk is checked against its size and checksum before its first block is read
+(``app.data.checksums``), and every block read is checked against the vocabulary its domain's ``meta.json`` records
 (one min/max over the block in memory): a shard overwritten after preparation, which the
 size check of the data module cannot see, then fails with the file to fix instead of an
 index error deep inside the embedding.
@@ -26,6 +27,7 @@ from litdata import StreamingDataset, TokensLoader
 from litdata.streaming.resolver import Dir
 from torch.utils.data import Dataset
 
+from app.data.checksums import ChunkChecks
 from app.data.scores import open_scores
 from app.data.shards import INDEX_FILE, shard_vocab_size
 from app.errors import SproutError
@@ -149,6 +151,7 @@ class DomainBlocks(Dataset):
         self.cache_sizes = list(cache_sizes) if cache_sizes is not None else [None] * len(self.split_dirs)
         self.vocab_sizes = [shard_vocab_size(d) for d in self.split_dirs]
         self._datasets: list[StreamingDataset] | None = None
+        self._checks: list[ChunkChecks] | None = None
         self._scores: list[np.ndarray] | None = None
 
     def sizes(self) -> list[int]:
@@ -156,12 +159,15 @@ class DomainBlocks(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
         if self._datasets is None:
-            streams = zip(self.split_dirs, self.urls, self.cache_sizes)
-            self._datasets = [open_blocks(d, self.block_size, url, size) for d, url, size in streams]
+            self._datasets = [self._open(i) for i in range(len(self.split_dirs))]
+            self._checks = [ChunkChecks(d, self.block_size, url) for d, url in zip(self.split_dirs, self.urls)]
         batch_no, domain, block = key
-        tokens = checked_tokens(
-            self._datasets[domain][block], self.split_dirs[domain], self.block_size, block, self.vocab_sizes[domain]
-        )
+
+        def reopen() -> None:
+            self._datasets[domain] = self._open(domain)
+
+        item = self._checks[domain].read(block, lambda: self._datasets[domain][block], reopen)
+        tokens = checked_tokens(item, self.split_dirs[domain], self.block_size, block, self.vocab_sizes[domain])
         sample = {
             "input_ids": tokens[:-1],
             "targets": tokens[1:],
@@ -174,6 +180,9 @@ class DomainBlocks(Dataset):
                 self._scores = [open_scores(Path(d)) for d in self.score_dirs]
             sample["ref_loss"] = torch.from_numpy(self._scores[domain][block].astype(np.float32))
         return sample
+
+    def _open(self, domain: int) -> StreamingDataset:
+        return open_blocks(self.split_dirs[domain], self.block_size, self.urls[domain], self.cache_sizes[domain])
 
     def __len__(self) -> int:  # keys come from the sampler; this only satisfies the Dataset API
         return sum(self.sizes())
@@ -202,15 +211,21 @@ class SequentialBlocks(Dataset):
         total = count_blocks(split_dir, block_size)
         self.indices = list(range(total))[: limit if limit else total][rank::world_size]
         self._dataset: StreamingDataset | None = None
+        self._checks: ChunkChecks | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
+    def _reopen(self) -> None:
+        self._dataset = open_blocks(self.split_dir, self.block_size, self.url, self.cache_size)
+
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if self._dataset is None:
-            self._dataset = open_blocks(self.split_dir, self.block_size, self.url, self.cache_size)
+            self._reopen()
+            self._checks = ChunkChecks(self.split_dir, self.block_size, self.url)
         block = self.indices[i]
-        tokens = checked_tokens(self._dataset[block], self.split_dir, self.block_size, block, self.vocab_size)
+        item = self._checks.read(block, lambda: self._dataset[block], self._reopen)
+        tokens = checked_tokens(item, self.split_dir, self.block_size, block, self.vocab_size)
         return {
             "input_ids": tokens[:-1],
             "targets": tokens[1:],
