@@ -6,13 +6,16 @@ import json
 from pathlib import Path
 
 import pytest
-from test_remote_data import s3, s3_server, upload  # noqa: F401 (fixtures)
+import test_remote_data
+from test_remote_data import upload
 
 from app.data.checksums import CHECKSUM
 from app.data.datamodule import SproutDataModule
 from app.data.remote import ObjectStore
 from app.data.verify import verify
 from app.errors import SproutError
+
+s3_server, s3 = test_remote_data.s3_server, test_remote_data.s3  # the fixtures of a local S3 server and a fresh bucket
 
 
 def streamed(url: str, cache: Path) -> SproutDataModule:
@@ -39,12 +42,13 @@ def test_a_chunk_damaged_in_the_store_is_downloaded_again_then_refused_and_verif
     assert str(err.value).startswith(
         f"Shard {store.url_of(key)} of domain 'code' is damaged: it is of the right size, but its {CHECKSUM} checksum is "
     )
-    assert f"(downloaded twice). Re-run tools/prepare_data.py --out_dir {url} with --overwrite for domain 'code'" in str(
-        err.value
+    assert (
+        f"(downloaded twice). Re-run tools/prepare_data.py --out_dir {url} with --overwrite for domain 'code'"
+        in str(err.value)
     )
     with pytest.raises(SproutError, match=r"domain\(s\) 'code' hold damaged or missing chunks"):
         verify(url)
-    assert f"code: 1 of " in capsys.readouterr().out
+    assert "code: 1 of " in capsys.readouterr().out
 
 
 def test_a_chunk_damaged_in_the_local_cache_is_downloaded_again(tiny_data, s3, tmp_path):
