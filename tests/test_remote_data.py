@@ -18,7 +18,8 @@ import pytest
 from tiny_run import recipe, scalars, sprout
 
 from app.data.datamodule import SproutDataModule
-from app.data.remote import ObjectStore, publish_domain, publish_tokenizer
+from app.data.prepare.publish import publish_domain, publish_tokenizer
+from app.data.store.client import ObjectStore
 from tools.local_s3 import local_s3
 
 TESTS = Path(__file__).parent
@@ -232,7 +233,7 @@ def prepare_args(tiny_data: Path, out: str, stage: Path, *extra: str) -> list[st
 
 
 def test_prepare_in_parts_to_s3_resumes_an_interrupted_upload_and_merges(tiny_data, s3, tmp_path, monkeypatch, capsys):
-    from app.data.remote import remote_domains
+    from app.data.store.mirror import remote_domains
     from tools.prepare_data import main
 
     url = f"{s3}/tiny"

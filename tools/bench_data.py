@@ -217,7 +217,8 @@ def bench_remote(
     each timed from the data module's creation to its last batch."""
     import statistics
 
-    from app.data.remote import ObjectStore, publish_domain, publish_tokenizer
+    from app.data.prepare.publish import publish_domain, publish_tokenizer
+    from app.data.store.client import ObjectStore
     from tools.local_s3 import local_s3
 
     out = setup.workdir / "stream"

@@ -4,7 +4,7 @@ Blocks are ``seq_len + 1`` tokens so that inputs and shifted targets come from o
 The streaming datasets are opened lazily, inside whichever process reads, because a
 DataLoader worker must not inherit an open reader from its parent. A split in object storage
 (``url``) is read through litdata's cache: its local folder holds the split's ``index.json``
-(see ``app.data.remote.mirror``) and the chunks litdata downloads, at most ``cache_size`` bytes.
+(see ``app.data.store.mirror``) and the chunks litdata downloads, at most ``cache_size`` bytes.
 
 Every chunk is checked against its size and checksum before its first block is read
 (``app.data.checksums``), and every block read is checked against the vocabulary its domain's ``meta.json`` records
@@ -16,8 +16,6 @@ index error deep inside the embedding.
 from __future__ import annotations
 
 import json
-import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,62 +31,16 @@ from app.data.shards import INDEX_FILE, shard_vocab_size
 from app.errors import SproutError
 
 
-class _LockedTokensLoader(TokensLoader):
-    """litdata's ``TokensLoader`` with its chunk bookkeeping behind a lock.
-
-    For a remote split litdata's download thread maps each chunk it fetched (``pre_load_chunk``)
-    and unmaps evicted ones (``delete``) while the reading thread maps and unmaps chunks as it
-    goes; litdata 0.2.76 does both on the same dicts without a lock, and reading blocks in random
-    order across chunks, as Sprout does, meets the race within seconds (``KeyError`` in
-    ``close``). Here the download thread does not pre-map (the reader maps a chunk when it first
-    reads it), and every change to the dicts holds the lock; waiting for a download does not, so
-    the download thread is never blocked by a reader that waits for it.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._lock = threading.RLock()
-
-    def pre_load_chunk(self, chunk_index: int, chunk_filepath: str) -> None:
-        pass
-
-    def load_item_from_chunk(self, index: int, chunk_index: int, chunk_filepath: str, begin: int, filesize_bytes: int):
-        if chunk_filepath not in self._chunk_filepaths or not os.path.isfile(chunk_filepath):
-            self._wait_until_chunk_ready(int(chunk_index), chunk_filepath, filesize_bytes)
-        with self._lock:
-            return super().load_item_from_chunk(index, chunk_index, chunk_filepath, begin, filesize_bytes)
-
-    def close(self, *args, **kwargs):
-        with self._lock:
-            return super().close(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        with self._lock:
-            return super().delete(*args, **kwargs)
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
-
-
-_LockedTokensLoader.__name__ = "TokensLoader"  # litdata accepts the loader its index names, by class name
-
-
 def open_blocks(
     split_dir: str | Path, block_size: int, url: str | None = None, cache_size: int | None = None
 ) -> StreamingDataset:
     """The split's blocks; with ``url`` streamed from there and cached in ``split_dir``."""
     if url is None:
         return StreamingDataset(str(split_dir), item_loader=TokensLoader(block_size=block_size), shuffle=False)
-    loader = _LockedTokensLoader(block_size=block_size)
-    from app.data.remote import allow_plain_http_endpoints
+    from app.data.store.litdata_patch import LockedTokensLoader, allow_plain_http_endpoints
 
     allow_plain_http_endpoints()
+    loader = LockedTokensLoader(block_size=block_size)
     return StreamingDataset(
         Dir(path=str(split_dir), url=url), item_loader=loader, shuffle=False, max_cache_size=cache_size
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +11,10 @@ from torch.utils.data import DataLoader
 
 from app import registry
 from app.data.blocks import DomainBlocks, SequentialBlocks
-from app.data.remote import cache_budgets, is_remote, local_cache_root, mirror, mirror_folder
+from app.data.location import open_location
 from app.data.sampler import MixtureBatchSampler
 from app.data.scores import check_scores, describe, scores_folder
-from app.data.shards import INDEX_FILE, META_FILE, SPLITS, check_shards, domain_stats, prepared_domains, read_meta
+from app.data.shards import META_FILE, domain_stats, read_meta
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError, check_option, is_count
 from app.protocols import DomainStats, MixturePolicy, Preparation
@@ -89,11 +88,9 @@ class SproutDataModule(L.LightningDataModule):
             "a number of DataLoader worker processes >= 0 (0 reads in the main process)",
         )
         check_option(is_count(seed, 0) and seed < 2**32, "data.seed", seed, "an integer in [0, 2**32)")
-        self.data_url = data_dir.rstrip("/") if is_remote(data_dir) else None
-        self.cache_dir = local_cache_root(cache_dir)
-        self.cache_size = cache_size
+        self.location = open_location(data_dir, domains, cache_dir, cache_size)
         # for a URL: the local folder holding its small files (and the streamed chunks)
-        self.data_dir = mirror_folder(self.cache_dir, data_dir) if self.data_url else Path(data_dir).expanduser()
+        self.data_dir = self.location.folder
         self._tokenizer_arg = Path(tokenizer).expanduser() if tokenizer else None
         self.requested_domains = domains
         self.mixture = mixture if mixture is not None else registry.create("mixture", "natural")
@@ -111,61 +108,26 @@ class SproutDataModule(L.LightningDataModule):
         self.sampler: MixtureBatchSampler | None = None
         self._consumed = 0  # training batches the loop has taken
         self._resume: dict[str, Any] | None = None
-        self._remote_domains: list[str] | None = None  # prepared domains at data_url, once fetched
 
     # -- preparation and checks ------------------------------------------------------
     def prepare_data(self) -> None:
         """Runs once per node before ``setup``: builds a missing local ``data_dir``, or fetches the
         small files of a remote one (so the node's ranks never fetch them at the same time)."""
-        if self.data_url is not None:
-            if self.preparation is not None:
-                raise SproutError(
-                    f"data.prepare builds a local data_dir, but data.data_dir is {self.data_url}. "
-                    f"Prepare it with tools/prepare_data.py --out_dir {self.data_url}, or remove data.prepare."
-                )
-            _, self._remote_domains = mirror(self.data_url, self.cache_dir, self.requested_domains)
-        elif self.preparation is not None:
-            self.preparation.run(self.data_dir, self.tokenizer_path)
+        self.location.fetch(self.preparation, self.tokenizer_path)
 
     @property
     def data_location(self) -> str:
         """``data.data_dir`` as the user wrote it (the URL for remote data), for messages."""
-        return self.data_url or str(self.data_dir)
+        return self.location.where
 
     def _discover_domains(self) -> list[str]:
-        if self.data_url is not None:
-            return self._discover_remote_domains()
-        if not self.data_dir.is_dir():
-            raise SproutError(
-                f"data.data_dir {self.data_dir} does not exist. Prepare data with tools/prepare_data.py --out_dir {self.data_dir}, or fix the path in the recipe."
-            )
-        found = prepared_domains(self.data_dir)
-        if self.requested_domains is None:
-            if not found:
-                raise SproutError(
-                    f"No prepared domains (folders with {META_FILE}) in data.data_dir {self.data_dir}. Run tools/prepare_data.py first."
-                )
-            return found
-        missing = [d for d in self.requested_domains if d not in found]
-        if missing:
-            raise SproutError(
-                f"data.domains names {missing}, which are not prepared in {self.data_dir} (prepared: {found or 'none'}). Fix data.domains or prepare those domains."
-            )
-        return list(self.requested_domains)
-
-    def _discover_remote_domains(self) -> list[str]:
-        if self._remote_domains is None:
-            if self.trainer is None:  # used directly, not by a Trainer that ran prepare_data on this node
-                self.prepare_data()
-            else:
-                self._remote_domains = prepared_domains(self.data_dir)
-        found = self._remote_domains
+        found = self.location.found(fetched=self.trainer is not None)
         if self.requested_domains is None:
             return found
         missing = [d for d in self.requested_domains if d not in found]
         if missing:
             raise SproutError(
-                f"data.domains names {missing}, which are not prepared at {self.data_url} (no <domain>/{META_FILE} there; "
+                f"data.domains names {missing}, which are not prepared in {self.data_location} (no <domain>/{META_FILE} there; "
                 f"prepared: {found or 'none'}). Fix data.domains or prepare those domains."
             )
         return list(self.requested_domains)
@@ -207,10 +169,8 @@ class SproutDataModule(L.LightningDataModule):
                     f"Domain {name!r} in {self.data_location} has no validation sequence of {self.seq_len + 1} tokens. Re-prepare it with a larger --val_fraction, or lower data.seq_len."
                 )
             self.stats[name] = domain_stats(name, meta)
-            if self.data_url is None:  # remote chunks were checked against their index when fetched
-                for split in SPLITS:
-                    check_shards(self.data_dir / name / split)
-        self._plan_streams()
+            self.location.check(name)
+        self._streams = self.location.streams(self.domains)
         self.train_blocks = self._train_blocks()
         self.sizes = self.train_blocks.sizes()
         world = self.trainer.world_size if self.trainer else 1
@@ -237,17 +197,6 @@ class SproutDataModule(L.LightningDataModule):
                 )
         self.reference_scores_identity = first
         self.train_blocks = self._train_blocks([scores_folder(self.reference_scores, d, "train") for d in self.domains])
-
-    def _plan_streams(self) -> None:
-        """For remote data: each split's URL, and its share of ``cache_size`` by its bytes."""
-        splits = [(d, s) for s in SPLITS for d in self.domains]
-        if self.data_url is None:
-            self._streams = {key: (None, None) for key in splits}
-            return
-        indexes = [json.loads((self.data_dir / d / s / INDEX_FILE).read_text()) for d, s in splits]
-        sizes = [sum(c["chunk_bytes"] for c in index["chunks"]) for index in indexes]
-        budgets = cache_budgets(self.cache_size, sizes)
-        self._streams = {(d, s): (f"{self.data_url}/{d}/{s}", b) for (d, s), b in zip(splits, budgets)}
 
     def _train_blocks(self, score_dirs: list[Path] | None = None) -> DomainBlocks:
         urls, budgets = zip(*(self._streams[d, "train"] for d in self.domains))

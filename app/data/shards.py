@@ -27,6 +27,7 @@ INDEX_FILE = "index.json"  # litdata's list of a split's chunks
 UNIGRAM_FILE = "unigram.npy"
 PAIRS_FILE = "pairs.npz"  # kept so that a later append can merge the pair statistics exactly
 SPLITS = ("train", "val")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # the one preparation copied beside the domains
 
 
 def is_prepared(domain_dir: Path) -> bool:
