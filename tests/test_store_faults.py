@@ -11,7 +11,7 @@ from test_remote_data import upload
 
 from app.data.checksums import CHECKSUM
 from app.data.datamodule import SproutDataModule
-from app.data.remote import ObjectStore
+from app.data.store.client import ObjectStore
 from app.data.verify import verify
 from app.errors import SproutError
 

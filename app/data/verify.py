@@ -15,8 +15,9 @@ from pathlib import Path
 import xxhash
 
 from app.data.checksums import CHECKSUM, file_problem, problem
-from app.data.remote import ObjectStore, is_remote, remote_domains
 from app.data.shards import INDEX_FILE, SPLITS, prepared_domains
+from app.data.store.client import ObjectStore, is_remote
+from app.data.store.mirror import remote_domains
 from app.errors import SproutError
 
 _LISTED = 3  # damaged chunks named per domain
