@@ -16,8 +16,9 @@ index error deep inside the embedding.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from torch.utils.data import Dataset
 from app.data.checksums import ChunkChecks
 from app.data.scores import open_scores
 from app.data.shards import INDEX_FILE, shard_vocab_size
+from app.data.store.retry import DEFAULT_SECONDS, patiently, take_waited
 from app.errors import SproutError
 
 
@@ -37,13 +39,22 @@ def open_blocks(
     """The split's blocks; with ``url`` streamed from there and cached in ``split_dir``."""
     if url is None:
         return StreamingDataset(str(split_dir), item_loader=TokensLoader(block_size=block_size), shuffle=False)
-    from app.data.store.litdata_patch import LockedTokensLoader, allow_plain_http_endpoints
+    from app.data.store.litdata_patch import LockedTokensLoader, allow_plain_http_endpoints, quiet_passing_faults
 
     allow_plain_http_endpoints()
+    quiet_passing_faults()
     loader = LockedTokensLoader(block_size=block_size)
     return StreamingDataset(
         Dir(path=str(split_dir), url=url), item_loader=loader, shuffle=False, max_cache_size=cache_size
     )
+
+
+def _read(url: str | None, retry_seconds: float, read: Callable[[], Any], reopen: Callable[[], None]) -> Any:
+    """``read()`` a block; from a store, through its passing faults (``app.data.store.retry``),
+    with the reader reopened before each retry (its download thread ends at a failure)."""
+    if url is None:
+        return read()
+    return patiently(url, "reading", retry_seconds, read, reopen)
 
 
 def _chunk_blocks(split_dir: str | Path, block_size: int) -> list[tuple[str, int]]:
@@ -95,12 +106,14 @@ class DomainBlocks(Dataset):
         score_dirs: Sequence[str | Path] | None = None,
         urls: Sequence[str | None] | None = None,
         cache_sizes: Sequence[int | None] | None = None,
+        retry_seconds: float = DEFAULT_SECONDS,
     ) -> None:
         self.split_dirs = [str(d) for d in split_dirs]
         self.block_size = block_size
         self.score_dirs = [str(d) for d in score_dirs] if score_dirs is not None else None
         self.urls = list(urls) if urls is not None else [None] * len(self.split_dirs)
         self.cache_sizes = list(cache_sizes) if cache_sizes is not None else [None] * len(self.split_dirs)
+        self.retry_seconds = retry_seconds
         self.vocab_sizes = [shard_vocab_size(d) for d in self.split_dirs]
         self._datasets: list[StreamingDataset] | None = None
         self._checks: list[ChunkChecks] | None = None
@@ -118,7 +131,12 @@ class DomainBlocks(Dataset):
         def reopen() -> None:
             self._datasets[domain] = self._open(domain)
 
-        item = self._checks[domain].read(block, lambda: self._datasets[domain][block], reopen)
+        item = _read(
+            self.urls[domain],
+            self.retry_seconds,
+            lambda: self._checks[domain].read(block, lambda: self._datasets[domain][block], reopen),
+            reopen,
+        )
         tokens = checked_tokens(item, self.split_dirs[domain], self.block_size, block, self.vocab_sizes[domain])
         sample = {
             "input_ids": tokens[:-1],
@@ -126,6 +144,9 @@ class DomainBlocks(Dataset):
             "domain": torch.tensor(domain),
             "block": torch.tensor(block),
             "batch_no": torch.tensor(batch_no),
+            "store_wait": torch.tensor(
+                take_waited()
+            ),  # seconds this read waited for the store: logged by the data module
         }
         if self.score_dirs is not None:
             if self._scores is None:
@@ -153,8 +174,10 @@ class SequentialBlocks(Dataset):
         world_size: int = 1,
         url: str | None = None,
         cache_size: int | None = None,
+        retry_seconds: float = DEFAULT_SECONDS,
     ) -> None:
         self.split_dir = str(split_dir)
+        self.retry_seconds = retry_seconds
         self.url = url
         self.cache_size = cache_size
         self.block_size = block_size
@@ -176,7 +199,12 @@ class SequentialBlocks(Dataset):
             self._reopen()
             self._checks = ChunkChecks(self.split_dir, self.block_size, self.url)
         block = self.indices[i]
-        item = self._checks.read(block, lambda: self._dataset[block], self._reopen)
+        item = _read(
+            self.url,
+            self.retry_seconds,
+            lambda: self._checks.read(block, lambda: self._dataset[block], self._reopen),
+            self._reopen,
+        )
         tokens = checked_tokens(item, self.split_dir, self.block_size, block, self.vocab_size)
         return {
             "input_ids": tokens[:-1],

@@ -15,8 +15,9 @@ from app.data.location import open_location
 from app.data.sampler import MixtureBatchSampler
 from app.data.scores import check_scores, describe, scores_folder
 from app.data.shards import META_FILE, domain_stats, read_meta
+from app.data.store.retry import DEFAULT_SECONDS
 from app.data.tokenizer import Tokenizer
-from app.errors import SproutError, check_option, is_count
+from app.errors import SproutError, check_option, is_count, is_number
 from app.protocols import DomainStats, MixturePolicy, Preparation
 
 
@@ -45,6 +46,9 @@ class SproutDataModule(L.LightningDataModule):
         cache_size: most bytes of streamed shards kept in ``cache_dir`` (``200GB``, ``2TB``),
             shared among the splits by their size; chunks read longest ago go first.
             Default: litdata's (75% of the free disk).
+        store_retry_seconds: how long a read, download or listing of a ``data_dir`` URL that fails
+            for a passing reason (connection refused or reset, timeout, 5xx, throttling) is
+            retried before the run ends; the console says while it waits.
     """
 
     def __init__(
@@ -63,6 +67,7 @@ class SproutDataModule(L.LightningDataModule):
         reference_scores: str | None = None,
         cache_dir: str | None = None,
         cache_size: str | int | None = None,
+        store_retry_seconds: float = DEFAULT_SECONDS,
     ) -> None:
         super().__init__()
         check_option(is_count(seq_len), "data.seq_len", seq_len, "a positive number of tokens per sequence")
@@ -88,7 +93,14 @@ class SproutDataModule(L.LightningDataModule):
             "a number of DataLoader worker processes >= 0 (0 reads in the main process)",
         )
         check_option(is_count(seed, 0) and seed < 2**32, "data.seed", seed, "an integer in [0, 2**32)")
-        self.location = open_location(data_dir, domains, cache_dir, cache_size)
+        check_option(
+            is_number(store_retry_seconds),
+            "data.store_retry_seconds",
+            store_retry_seconds,
+            "a number of seconds >= 0 (0 fails at the first error)",
+        )
+        self.store_retry_seconds = store_retry_seconds
+        self.location = open_location(data_dir, domains, cache_dir, cache_size, store_retry_seconds)
         # for a URL: the local folder holding its small files (and the streamed chunks)
         self.data_dir = self.location.folder
         self._tokenizer_arg = Path(tokenizer).expanduser() if tokenizer else None
@@ -201,7 +213,7 @@ class SproutDataModule(L.LightningDataModule):
     def _train_blocks(self, score_dirs: list[Path] | None = None) -> DomainBlocks:
         urls, budgets = zip(*(self._streams[d, "train"] for d in self.domains))
         split_dirs = [self.data_dir / d / "train" for d in self.domains]
-        return DomainBlocks(split_dirs, self.seq_len + 1, score_dirs, urls, budgets)
+        return DomainBlocks(split_dirs, self.seq_len + 1, score_dirs, urls, budgets, self.store_retry_seconds)
 
     @property
     def vocab_size(self) -> int:
@@ -263,6 +275,7 @@ class SproutDataModule(L.LightningDataModule):
                     rank,
                     world,
                     *self._streams[d, "val"],
+                    self.store_retry_seconds,
                 ),
                 batch_size=self.val_batch_size,
                 num_workers=self.num_workers,
@@ -276,6 +289,9 @@ class SproutDataModule(L.LightningDataModule):
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training and "batch_no" in batch:
             self._consumed = int(batch["batch_no"][0]) + 1
+            waited = float(batch.pop("store_wait").sum())
+            if waited > 0 and self.trainer.logger is not None:
+                self.trainer.logger.log_metrics({"data/store_wait_seconds": waited}, step=self.trainer.global_step)
         return batch
 
     # -- checkpoint -----------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """Sprout's patches of litdata internals, kept here and checked against the litdata they were written for.
 
-litdata 0.2.76 has no public way to do two things Sprout needs when it streams from a store:
-reach an ``http://`` S3 endpoint (a local MinIO, moto, a proxy) with its obstore client, and
-read blocks in random order across chunks without a race in its ``TokensLoader``. Both reach
-into litdata's private names (``downloader._DOWNLOADERS``, ``S3Downloader._get_store``,
-``_OBSTORE_CLIENT_OPTIONS``, ``_obstore_credential_provider``, ``_cached_obstore_store``,
-``TokensLoader._chunk_filepaths`` and ``_wait_until_chunk_ready``, and the loader's class name,
-which litdata checks against its index). Private names change between releases without notice,
+litdata 0.2.76 has no public way to do three things Sprout needs when it streams from a store:
+reach an ``http://`` S3 endpoint (a local MinIO, moto, a proxy) with its obstore client, read
+blocks in random order across chunks without a race in its ``TokensLoader``, and keep quiet
+about a download failure that Sprout waits out. They reach into litdata's private names
+(``downloader._DOWNLOADERS``, ``S3Downloader._get_store``, ``_OBSTORE_CLIENT_OPTIONS``,
+``_obstore_credential_provider``, ``_cached_obstore_store``, ``TokensLoader._chunk_filepaths``
+and ``_wait_until_chunk_ready``, ``PrepareChunksThread._report_crash``, and the loader's class
+name, which litdata checks against its index). Private names change between releases without notice,
 so importing this module checks the installed version first and fails in words on any other.
 """
 
@@ -18,6 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from litdata import TokensLoader
 
+from app.data.store.retry import transient
 from app.errors import SproutError
 
 LITDATA_VERSION = "0.2.76"  # the release whose internals the patches below were written against
@@ -80,6 +82,27 @@ def allow_plain_http_endpoints() -> None:
             return downloader._cached_obstore_store(self, build)
 
     downloader.register_downloader("s3://", HttpS3Downloader, overwrite=True)
+
+
+def quiet_passing_faults() -> None:
+    """Keep litdata from printing a traceback when a chunk download fails for a passing reason.
+
+    litdata 0.2.76's download thread prints every failure's traceback (``PrepareChunksThread._report_crash``)
+    before the reader raises it; ``app.data.store.retry`` waits such a failure out with a line of
+    its own, or ends the run in one paragraph, so its traceback is noise. Others are printed as before.
+    """
+    from litdata.streaming import reader
+
+    report = reader.PrepareChunksThread._report_crash
+    if getattr(report, "sprout_quiet", False):
+        return
+
+    def report_lasting(self, exc: BaseException) -> None:
+        if not transient(exc):
+            report(self, exc)
+
+    report_lasting.sprout_quiet = True
+    reader.PrepareChunksThread._report_crash = report_lasting
 
 
 class LockedTokensLoader(TokensLoader):
