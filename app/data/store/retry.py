@@ -101,7 +101,8 @@ def describe(err: BaseException) -> str:
     """The failure in one short line: the innermost error's type and the first line of its message."""
     inner = list(_chain(err))[-1]
     first = (str(inner).strip().splitlines() or [""])[0]
-    return f"{type(inner).__name__}: {first[:200]}" if first else type(inner).__name__
+    first = first if len(first) <= 200 else first[:200] + "..."
+    return f"{type(inner).__name__}: {first}" if first else type(inner).__name__
 
 
 def then_resume() -> str:
