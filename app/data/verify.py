@@ -15,7 +15,7 @@ from pathlib import Path
 import xxhash
 
 from app.data.checksums import CHECKSUM, file_problem, problem
-from app.data.shards import INDEX_FILE, SPLITS, prepared_domains
+from app.data.shards import INDEX_FILE, META_FILE, SPLITS, prepared_domains
 from app.data.store.client import ObjectStore, is_remote
 from app.data.store.mirror import remote_domains
 from app.errors import SproutError
@@ -90,6 +90,8 @@ def _local(root: Path, domains: list[str] | None) -> Iterator[tuple[str, Checked
                 yield str(folder / chunk["filename"]), chunk, file_problem(folder / chunk["filename"], chunk)
 
     for domain in domains or prepared_domains(root):
+        if not (root / domain / META_FILE).is_file():
+            raise SproutError(_not_prepared(domain, str(root)))
         yield domain, chunks(domain)
 
 
@@ -107,4 +109,10 @@ def _remote(url: str, domains: list[str] | None) -> Iterator[tuple[str, Checked]
                 yield store.url_of(key), chunk, problem(size, chunk, lambda data=data: xxhash.xxh3_64_hexdigest(data))
 
     for domain in domains or remote_domains(store):
+        if store.read(f"{domain}/{META_FILE}") is None:
+            raise SproutError(_not_prepared(domain, url))
         yield domain, chunks(domain)
+
+
+def _not_prepared(domain: str, data: str) -> str:
+    return f"Domain {domain!r} is not prepared in {data} (no {domain}/{META_FILE} there). Check --domains, or prepare it with tools/prepare_data.py --out_dir {data}."
