@@ -68,11 +68,13 @@ def file_problem(path: Path, chunk: dict) -> str | None:
 
 
 class ChunkChecks:
-    """Each chunk of one split checked before this process first reads it, and again whenever
-    its file was replaced (a store's chunk evicted from the cache and downloaded again).
+    """Each chunk of one split checked when this process first uses it, and again whenever its
+    file was replaced (a store's chunk evicted from the cache and downloaded again).
 
-    A local chunk found bad is read a second time (a failing disk or network file system may
-    return other bytes), a streamed one is removed and downloaded again; bad twice, it is refused.
+    A local chunk is checked before it is read; one found bad is read a second time (a failing
+    disk or network file system may return other bytes). A streamed chunk is checked in the cache
+    before litdata reads it, or right after litdata downloaded it; one found bad is removed,
+    downloaded again and the block read again. Bad twice, it is refused.
     """
 
     def __init__(self, split_dir: str | Path, block_size: int, url: str | None = None) -> None:
