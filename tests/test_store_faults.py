@@ -60,6 +60,21 @@ def test_a_chunk_damaged_in_the_store_is_downloaded_again_then_refused_and_verif
     assert "code: 1 of " in capsys.readouterr().out
 
 
+def test_a_chunk_cut_off_in_the_store_is_named_before_training_and_by_verify(tiny_data, s3, tmp_path, capsys):
+    url = upload(tiny_data, f"{s3}/tiny")
+    store = ObjectStore(url)
+    first = json.loads((tiny_data / "code" / "val" / "index.json").read_text())["chunks"][0]
+    key = f"code/val/{first['filename']}"
+    store.write(key, store.read(key)[:100])
+    with pytest.raises(SproutError, match=f"Shard {store.url_of(key)} is 100 bytes, but its index.json says"):
+        streamed(url, tmp_path / "cache")
+    with pytest.raises(SproutError, match=r"domain\(s\) 'code' hold damaged or missing chunks"):
+        verify(url)
+    assert (
+        f"{store.url_of(key)} is 100 bytes, but its index.json says {first['chunk_bytes']:,}" in capsys.readouterr().out
+    )
+
+
 def test_a_chunk_damaged_in_the_local_cache_is_downloaded_again(tiny_data, s3, tmp_path):
     url = upload(tiny_data, f"{s3}/tiny")
     cache = tmp_path / "cache"
