@@ -162,7 +162,7 @@ def training_fails(tiny_data: Path, tmp_path: Path, url: str) -> str:
             tmp_path / "r.yaml",
             tiny_data,
             tmp_path / "runs",
-            data={"data_dir": url, "cache_dir": str(tmp_path / "cache")},
+            data={"data_dir": url, "cache_dir": str(tmp_path / "cache"), "store_retry_seconds": 0},
         )
     )
 
@@ -190,7 +190,10 @@ def test_bad_buckets_endpoints_and_credentials_are_named(tiny_data, s3, s3_serve
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
     message = training_fails(tiny_data, tmp_path, url)
     assert (
-        message.startswith(f"Cannot reach the object store for {url} (bucket check, endpoint http://127.0.0.1:9)")
+        message.startswith(
+            f"The object store at {url} did not answer for 0 s (bucket check, endpoint http://127.0.0.1:9: "
+        )
+        and "Connection refused" in message
         and "AWS_ENDPOINT_URL" in message
     )
 

@@ -2,10 +2,11 @@
 
 Blocks are ``seq_len + 1`` tokens so that inputs and shifted targets come from one read, read
 by ``app.data.chunks.BlockReader`` from a local folder or the cache of a split in object storage
-alike. Readers are opened lazily, inside whichever process reads, and hold no open file, so
-DataLoader workers start from nothing of their parent's.
+alike, which checks each chunk's size and checksum the first time it reads it. Readers are
+opened lazily, inside whichever process reads, and hold no open file, so DataLoader workers
+start from nothing of their parent's.
 
-Every block read is checked against the vocabulary its domain's ``meta.json`` records
+Every block read is also checked against the vocabulary its domain's ``meta.json`` records
 (one min/max over the block in memory): a shard overwritten after preparation, which the
 size check of the data module cannot see, then fails with the file to fix instead of an
 index error deep inside the embedding.
@@ -23,12 +24,20 @@ from torch.utils.data import Dataset
 from app.data.chunks import BlockReader, SplitChunks
 from app.data.scores import open_scores
 from app.data.shards import shard_vocab_size
+from app.data.store.retry import DEFAULT_SECONDS
 from app.errors import SproutError
 
 
-def open_blocks(split_dir: str | Path, block_size: int, url: str | None = None, keep: int | None = None) -> BlockReader:
-    """The split's blocks; with ``url`` a chunk not in ``split_dir`` is downloaded there first."""
-    return BlockReader(split_dir, block_size, url, keep)
+def open_blocks(
+    split_dir: str | Path,
+    block_size: int,
+    url: str | None = None,
+    keep: int | None = None,
+    retry_seconds: float = DEFAULT_SECONDS,
+) -> BlockReader:
+    """The split's blocks; with ``url`` a chunk not in ``split_dir`` is downloaded there first,
+    through the store's passing faults for up to ``retry_seconds``."""
+    return BlockReader(split_dir, block_size, url, keep, retry_seconds)
 
 
 def checked_tokens(tokens, split_dir: str | Path, block_size: int, block: int, vocab_size: int) -> torch.Tensor:
@@ -60,11 +69,13 @@ class DomainBlocks(Dataset):
         block_size: int,
         score_dirs: Sequence[str | Path] | None = None,
         urls: Sequence[str | None] | None = None,
+        retry_seconds: float = DEFAULT_SECONDS,
     ) -> None:
         self.split_dirs = [str(d) for d in split_dirs]
         self.block_size = block_size
         self.score_dirs = [str(d) for d in score_dirs] if score_dirs is not None else None
         self.urls = list(urls) if urls is not None else [None] * len(self.split_dirs)
+        self.retry_seconds = retry_seconds
         self.vocab_sizes = [shard_vocab_size(d) for d in self.split_dirs]
         self._readers: list[BlockReader] | None = None
         self._scores: list[np.ndarray] | None = None
@@ -74,7 +85,10 @@ class DomainBlocks(Dataset):
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
         if self._readers is None:
-            self._readers = [open_blocks(d, self.block_size, url) for d, url in zip(self.split_dirs, self.urls)]
+            self._readers = [
+                open_blocks(d, self.block_size, url, retry_seconds=self.retry_seconds)
+                for d, url in zip(self.split_dirs, self.urls)
+            ]
         batch_no, domain, block = key
         tokens = checked_tokens(
             self._readers[domain][block], self.split_dirs[domain], self.block_size, block, self.vocab_sizes[domain]
@@ -109,9 +123,11 @@ class SequentialBlocks(Dataset):
         rank: int = 0,
         world_size: int = 1,
         url: str | None = None,
+        retry_seconds: float = DEFAULT_SECONDS,
     ) -> None:
         self.split_dir = str(split_dir)
         self.url = url
+        self.retry_seconds = retry_seconds
         self.block_size = block_size
         self.domain = domain
         self.vocab_size = shard_vocab_size(split_dir)
@@ -124,7 +140,7 @@ class SequentialBlocks(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         if self._reader is None:
-            self._reader = open_blocks(self.split_dir, self.block_size, self.url, keep=1)
+            self._reader = open_blocks(self.split_dir, self.block_size, self.url, 1, self.retry_seconds)
         block = self.indices[i]
         tokens = checked_tokens(self._reader[block], self.split_dir, self.block_size, block, self.vocab_size)
         return {

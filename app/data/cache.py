@@ -7,7 +7,10 @@ is still queued in the DataLoader reads it. Each chunk is then downloaded once p
 domain, whatever the size of the corpus against the cache, and the cache holds at most
 ``data.cache_size`` bytes plus what is in use: the windows being read, the chunks fetched ahead
 and those of batches still queued. The workers read the files this process downloaded; they
-download a chunk themselves only if it is not there (validation reads, which are few).
+download a chunk themselves only if it is not there (validation reads, which are few). Each
+download is checked against its index and rides out the store's passing faults
+(``app.data.chunks.download_chunk``), so the time training waits for the store is spent, and
+logged, in this process.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from app.data.chunks import SplitChunks, download_chunk
 from app.data.sampler import MixtureBatchSampler
+from app.data.store.retry import DEFAULT_SECONDS
 
 Key = tuple[int, int]  # (domain, chunk)
 
@@ -29,9 +33,15 @@ class ChunkCache:
     """
 
     def __init__(
-        self, splits: Sequence[tuple[str, SplitChunks]], budget: int, lookahead: int, threads: int = 4
+        self,
+        splits: Sequence[tuple[str, SplitChunks]],
+        budget: int,
+        lookahead: int,
+        retry_seconds: float = DEFAULT_SECONDS,
+        threads: int = 4,
     ) -> None:
         self.splits = list(splits)
+        self.retry_seconds = retry_seconds
         self.budget = budget
         self.lookahead = lookahead
         self.downloads = 0
@@ -51,14 +61,14 @@ class ChunkCache:
         for key in ahead:
             if key not in self._pending and key not in self._last_use:
                 url, chunks = self.splits[key[0]]
-                self._pending[key] = self._pool.submit(download_chunk, url, chunks, key[1])
+                self._pending[key] = self._pool.submit(download_chunk, url, chunks, key[1], self.retry_seconds)
         for key in needed:
             if key in self._pending:
                 self._arrived(key, self._pending.pop(key).result())
             elif key not in self._last_use or not self.splits[key[0]][1].path(key[1]).is_file():
                 self._last_use.pop(key, None)
                 url, chunks = self.splits[key[0]]
-                self._arrived(key, download_chunk(url, chunks, key[1]))
+                self._arrived(key, download_chunk(url, chunks, key[1], self.retry_seconds))
             self._last_use[key] = batch_no
         for key in [k for k, f in self._pending.items() if f.done()]:
             self._arrived(key, self._pending.pop(key).result())

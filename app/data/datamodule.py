@@ -16,8 +16,9 @@ from app.data.location import open_location
 from app.data.sampler import MixtureBatchSampler
 from app.data.scores import check_scores, describe, scores_folder
 from app.data.shards import META_FILE, domain_stats, read_meta
+from app.data.store.retry import DEFAULT_SECONDS, take_waited
 from app.data.tokenizer import Tokenizer
-from app.errors import SproutError, check_option, is_count
+from app.errors import SproutError, check_option, is_count, is_number
 from app.protocols import DomainStats, MixturePolicy, Preparation
 
 
@@ -52,6 +53,9 @@ class SproutDataModule(L.LightningDataModule):
             ``app.data.order``); larger is closer to a full shuffle and needs more cache.
         prefetch: chunks per domain downloaded ahead of the window being read (data in object
             storage), so training does not wait for a chunk when the store keeps up.
+        store_retry_seconds: how long a download, read or listing of a ``data_dir`` URL that fails
+            for a passing reason (connection refused or reset, timeout, 5xx, throttling) is
+            retried before the run ends; the console says while it waits.
     """
 
     def __init__(
@@ -72,6 +76,7 @@ class SproutDataModule(L.LightningDataModule):
         cache_size: str | int | None = None,
         window: int = 8,
         prefetch: int = 8,
+        store_retry_seconds: float = DEFAULT_SECONDS,
     ) -> None:
         super().__init__()
         check_option(is_count(seq_len), "data.seq_len", seq_len, "a positive number of tokens per sequence")
@@ -99,7 +104,14 @@ class SproutDataModule(L.LightningDataModule):
         check_option(is_count(seed, 0) and seed < 2**32, "data.seed", seed, "an integer in [0, 2**32)")
         check_option(is_count(window), "data.window", window, "a positive number of chunks shuffled together")
         check_option(is_count(prefetch, 0), "data.prefetch", prefetch, "a number of chunks >= 0 downloaded ahead")
-        self.location = open_location(data_dir, domains, cache_dir, cache_size)
+        check_option(
+            is_number(store_retry_seconds),
+            "data.store_retry_seconds",
+            store_retry_seconds,
+            "a number of seconds >= 0 (0 fails at the first error)",
+        )
+        self.store_retry_seconds = store_retry_seconds
+        self.location = open_location(data_dir, domains, cache_dir, cache_size, store_retry_seconds)
         # for a URL: the local folder holding its small files (and the streamed chunks)
         self.data_dir = self.location.folder
         self._tokenizer_arg = Path(tokenizer).expanduser() if tokenizer else None
@@ -215,7 +227,7 @@ class SproutDataModule(L.LightningDataModule):
     def _train_blocks(self, score_dirs: list[Path] | None = None) -> DomainBlocks:
         urls = [self.location.split_url(d, "train") for d in self.domains]
         split_dirs = [self.data_dir / d / "train" for d in self.domains]
-        return DomainBlocks(split_dirs, self.seq_len + 1, score_dirs, urls)
+        return DomainBlocks(split_dirs, self.seq_len + 1, score_dirs, urls, self.store_retry_seconds)
 
     @property
     def vocab_size(self) -> int:
@@ -288,6 +300,7 @@ class SproutDataModule(L.LightningDataModule):
                     rank,
                     world,
                     self.location.split_url(d, "val"),
+                    self.store_retry_seconds,
                 ),
                 batch_size=self.val_batch_size,
                 num_workers=self.num_workers,
@@ -301,6 +314,9 @@ class SproutDataModule(L.LightningDataModule):
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training and "batch_no" in batch:
             self._consumed = int(batch["batch_no"][0]) + 1
+            waited = take_waited()  # by this process's downloads: the training chunks are fetched here
+            if waited > 0 and self.trainer.logger is not None:
+                self.trainer.logger.log_metrics({"data/store_wait_seconds": waited}, step=self.trainer.global_step)
         return batch
 
     # -- checkpoint -----------------------------------------------------------------------

@@ -15,6 +15,7 @@ from app.data.chunks import SplitChunks
 from app.data.shards import META_FILE, SPLITS, check_shards, prepared_domains
 from app.data.store.client import is_remote
 from app.data.store.mirror import cache_bytes, local_cache_root, mirror, mirror_folder
+from app.data.store.retry import DEFAULT_SECONDS
 from app.errors import SproutError
 from app.protocols import Preparation
 
@@ -60,9 +61,15 @@ class RemoteData:
     """Prepared domains at a URL: their small files mirrored into ``cache_dir``, the chunks streamed."""
 
     def __init__(
-        self, url: str, domains: list[str] | None, cache_dir: str | None, cache_size: str | int | None
+        self,
+        url: str,
+        domains: list[str] | None,
+        cache_dir: str | None,
+        cache_size: str | int | None,
+        retry_seconds: float = DEFAULT_SECONDS,
     ) -> None:
         self.url = self.where = url.rstrip("/")
+        self.retry_seconds = retry_seconds
         self.requested = domains
         self.cache_dir = local_cache_root(cache_dir)
         self.cache_size = cache_size
@@ -76,7 +83,7 @@ class RemoteData:
                 f"data.prepare builds a local data_dir, but data.data_dir is {self.url}. "
                 f"Prepare it with tools/prepare_data.py --out_dir {self.url}, or remove data.prepare."
             )
-        _, self._found = mirror(self.url, self.cache_dir, self.requested)
+        _, self._found = mirror(self.url, self.cache_dir, self.requested, self.retry_seconds)
 
     def found(self, fetched: bool) -> list[str]:
         """Domains at the URL; ``fetched`` when a Trainer already ran ``fetch`` on this node."""
@@ -112,13 +119,17 @@ class RemoteData:
                 f"{needed * ranks_here:,} bytes, or lower data.window or data.prefetch."
             )
         splits = [(self.split_url(c.split_dir.parent.name, c.split_dir.name), c) for c in chunks]
-        return ChunkCache(splits, budget, lookahead)
+        return ChunkCache(splits, budget, lookahead, self.retry_seconds)
 
 
 def open_location(
-    data_dir: str | os.PathLike, domains: list[str] | None, cache_dir: str | None, cache_size: str | int | None
+    data_dir: str | os.PathLike,
+    domains: list[str] | None,
+    cache_dir: str | None,
+    cache_size: str | int | None,
+    retry_seconds: float = DEFAULT_SECONDS,
 ) -> LocalData | RemoteData:
     """``data.data_dir`` as a local folder or a URL; ``domains`` as ``data.domains`` names them."""
     if is_remote(data_dir):
-        return RemoteData(str(data_dir), domains, cache_dir, cache_size)
+        return RemoteData(str(data_dir), domains, cache_dir, cache_size, retry_seconds)
     return LocalData(str(data_dir), domains)

@@ -6,9 +6,9 @@ any other scheme litdata streams from: ``gs://``, ``azure://``, ``r2://``, ``hf:
 S3 (and every S3-compatible store) goes through boto3, so credentials and the endpoint come from
 where every AWS tool looks (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
 ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws/{credentials,config}``, ``AWS_ENDPOINT_URL``
-or ``AWS_ENDPOINT_URL_S3``), with few retries and short connect timeouts: a wrong bucket,
-endpoint or key fails in seconds with one paragraph naming the URL, not after litdata's thousand
-retries. No message ever contains a credential. Other schemes are read through litdata's own
+or ``AWS_ENDPOINT_URL_S3``), with short connect timeouts: a wrong bucket or key fails in
+seconds with one paragraph naming the URL, while a store that does not answer (refused, reset,
+timed out, 5xx, throttled) is waited for up to ``retry_seconds`` (``app.data.store.retry``). No message ever contains a credential. Other schemes are read through litdata's own
 downloaders and cannot be listed or written: name ``data.domains`` for them.
 """
 
@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from app.data.store.retry import DEFAULT_SECONDS, patiently
 from app.errors import SproutError
 
+READ_TIMEOUT_SECONDS = 60  # a stalled store counts as failing (and is retried) after this long without a byte
 # litdata's downloaders (litdata.streaming.downloader._DOWNLOADERS), minus its "local:" alias
 STREAM_SCHEMES = ("s3", "gs", "azure", "r2", "hf")
 _CREDENTIAL_HELP = (
@@ -60,7 +62,7 @@ class RemoteObject:
 class ObjectStore:
     """A prefix in object storage, as a folder of files addressed by relative keys."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, retry_seconds: float = DEFAULT_SECONDS) -> None:
         parsed = urlparse(url)
         if parsed.scheme not in STREAM_SCHEMES or not parsed.netloc:
             raise SproutError(
@@ -70,6 +72,7 @@ class ObjectStore:
         self.scheme = parsed.scheme
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
+        self.retry_seconds = retry_seconds  # how long a transient failure is retried (app.data.store.retry)
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.url!r})"
@@ -96,7 +99,9 @@ class ObjectStore:
         import boto3
         from botocore.config import Config
 
-        config = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+        config = Config(
+            retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=READ_TIMEOUT_SECONDS
+        )
         try:
             return boto3.session.Session().client("s3", config=config)
         except Exception as err:  # e.g. half the credentials in the environment, a bad ~/.aws/config
@@ -112,7 +117,9 @@ class ObjectStore:
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            return patiently(
+                self.url, f"{what}, endpoint {self.endpoint}", self.retry_seconds, lambda: fn(*args, **kwargs)
+            )
         except Exception as err:
             raise self.explain(err, what) from None
 
@@ -166,8 +173,9 @@ class ObjectStore:
             full += "/"
         base = len(self.prefix) + 1 if self.prefix else 0
         kwargs = {"Bucket": self.bucket, "Prefix": full, **({"Delimiter": "/"} if delimiter else {})}
-        pages = self._s3.get_paginator("list_objects_v2").paginate(**kwargs)
+        paginator = self._s3.get_paginator("list_objects_v2")
         try:
+            pages = patiently(self.url, "listing", self.retry_seconds, lambda: list(paginator.paginate(**kwargs)))
             for page in pages:
                 if delimiter:
                     yield from (p["Prefix"][base:].rstrip("/") for p in page.get("CommonPrefixes", []))
@@ -185,7 +193,12 @@ class ObjectStore:
         from botocore.exceptions import ClientError
 
         try:
-            return self._s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            return patiently(
+                self.url_of(key),
+                "reading",
+                self.retry_seconds,
+                lambda: self._s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read(),
+            )
         except ClientError as err:
             if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 return None
@@ -206,10 +219,18 @@ class ObjectStore:
             else:
                 from litdata.streaming.downloader import get_downloader
 
+                downloader = get_downloader(self.url, str(local.parent), [])
                 try:
-                    get_downloader(self.url, str(local.parent), []).download_file(self.url_of(key), str(tmp))
+                    patiently(
+                        self.url_of(key),
+                        "downloading",
+                        self.retry_seconds,
+                        lambda: downloader.download_file(self.url_of(key), str(tmp)),
+                    )
                 except FileNotFoundError:
                     return False
+                except SproutError:  # the store did not come back within retry_seconds
+                    raise
                 except Exception as err:  # google/azure/hf clients raise their own types
                     if "not found" in str(err).lower() or "404" in str(err):
                         return False

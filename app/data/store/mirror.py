@@ -16,6 +16,7 @@ from pathlib import Path
 
 from app.data.shards import INDEX_FILE, META_FILE, SPLITS, TOKENIZER_FILES
 from app.data.store.client import ObjectStore
+from app.data.store.retry import DEFAULT_SECONDS
 from app.errors import SproutError
 
 
@@ -61,7 +62,9 @@ def remote_domains(store: ObjectStore) -> list[str]:
     )
 
 
-def mirror(url: str, cache_root: Path, domains: list[str] | None) -> tuple[Path, list[str]]:
+def mirror(
+    url: str, cache_root: Path, domains: list[str] | None, retry_seconds: float = DEFAULT_SECONDS
+) -> tuple[Path, list[str]]:
     """Bring the small files of the prepared data at ``url`` into a local folder laid out like a
     prepared ``data_dir`` (tokenizer, ``<domain>/meta.json``, ``<domain>/<split>/index.json``),
     where litdata then caches the chunks it streams. Returns the folder and the domains found
@@ -70,7 +73,7 @@ def mirror(url: str, cache_root: Path, domains: list[str] | None) -> tuple[Path,
     Also checks that every chunk an index lists is in the store with the size the index says,
     so a half-uploaded or damaged copy fails here instead of in a DataLoader worker.
     """
-    store = ObjectStore(url)
+    store = ObjectStore(url, retry_seconds)
     store.check()
     folder = mirror_folder(cache_root, url)
     if domains is None:
