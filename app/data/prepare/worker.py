@@ -145,8 +145,7 @@ def plan_tasks(
 
 
 class SplitWriter:
-    """Packs one task's token stream for one (domain, split) into chunks of ``chunk_tokens``,
-    each with its checksum in the index (``app.data.checksums``)."""
+    """Packs one task's token stream for one (domain, split) into checksummed chunks of ``chunk_tokens``."""
 
     def __init__(self, directory: Path, chunk_tokens: int) -> None:
         self.directory = directory
