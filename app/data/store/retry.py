@@ -129,11 +129,8 @@ def take_waited() -> float:
     return waited
 
 
-def patiently(
-    url: str, what: str, seconds: float, call: Callable[[], T], recover: Callable[[], None] | None = None
-) -> T:
-    """``call()``, retried through transient failures for up to ``seconds`` since the first;
-    ``recover`` runs before each retry (e.g. to reopen a reader whose download thread died)."""
+def patiently(url: str, what: str, seconds: float, call: Callable[[], T]) -> T:
+    """``call()``, retried through transient failures for up to ``seconds`` since the first."""
     start, pause = None, _FIRST_WAIT
     while True:
         try:
@@ -157,8 +154,6 @@ def patiently(
             )
             time.sleep(max(min(pause, seconds - (now - start)), 0.0))
             pause = min(2 * pause, _LONGEST_WAIT)
-            if recover is not None:
-                recover()
             continue
         if start is not None:
             with _waited_lock:
