@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from test_bad_input import fails
 from test_remote_data import upload
 from tiny_run import recipe, scalars, sprout
 
+from app.data import cache
 from app.data.checksums import CHECKSUM
 from app.data.datamodule import SproutDataModule
 from app.data.store import client, retry
@@ -179,3 +181,30 @@ def test_throttling_and_5xx_are_waited_for_but_a_missing_bucket_or_refused_key_f
     assert retry.patiently("s3://b/k", "reading", 60, throttled) == b"data"
     with pytest.raises(ClientError, match="AccessDenied"):  # not retried: the next answer would succeed
         retry.patiently("s3://b/k", "reading", 60, store(client_error("AccessDenied", 403), b"data"))
+
+
+def test_a_download_that_ends_the_run_cancels_the_queued_ones(monkeypatch, tmp_path):
+    """Else each download queued ahead would wait out the store (data.store_retry_seconds) in turn
+    before the process could end."""
+    started, release = [], threading.Event()
+
+    def download(url, chunks, chunk, retry_seconds):
+        started.append(chunk)
+        if chunk == 0:
+            raise SproutError("The object store at s3://b/p did not answer for 2 s")
+        release.wait()
+        return 1
+
+    class Split:  # ten chunks, none on disk yet
+        names, bytes = [f"c{i}" for i in range(10)], [1] * 10
+
+        def path(self, chunk):
+            return tmp_path / self.names[chunk]
+
+    monkeypatch.setattr(cache, "download_chunk", download)
+    chunks = cache.ChunkCache([("s3://b/p", Split())], budget=100, lookahead=1, retry_seconds=2, threads=1)
+    with pytest.raises(SproutError, match="did not answer"):
+        chunks.step(0, {(0, 0)}, [(0, c) for c in range(10)])
+    release.set()
+    chunks._pool.shutdown(wait=True)  # what the process waits for at its end (no cancelling here)
+    assert started[0] == 0 and len(started) <= 2  # at most the one the thread took before the others were cancelled

@@ -58,21 +58,25 @@ class ChunkCache:
     def step(self, batch_no: int, needed: set[Key], ahead: list[Key]) -> None:
         """Batch ``batch_no`` reads ``needed``; ``ahead`` will be read next. Start downloading
         ``ahead``, wait for ``needed``, and evict what no queued batch reads."""
-        for key in ahead:
-            if key not in self._pending and key not in self._last_use:
-                url, chunks = self.splits[key[0]]
-                self._pending[key] = self._pool.submit(download_chunk, url, chunks, key[1], self.retry_seconds)
-        for key in needed:
-            if key in self._pending:
+        try:
+            for key in ahead:
+                if key not in self._pending and key not in self._last_use:
+                    url, chunks = self.splits[key[0]]
+                    self._pending[key] = self._pool.submit(download_chunk, url, chunks, key[1], self.retry_seconds)
+            for key in needed:
+                if key in self._pending:
+                    self._arrived(key, self._pending.pop(key).result())
+                elif key not in self._last_use or not self.splits[key[0]][1].path(key[1]).is_file():
+                    self._last_use.pop(key, None)
+                    url, chunks = self.splits[key[0]]
+                    self._arrived(key, download_chunk(url, chunks, key[1], self.retry_seconds))
+                self._last_use[key] = batch_no
+            for key in [k for k, f in self._pending.items() if f.done()]:
                 self._arrived(key, self._pending.pop(key).result())
-            elif key not in self._last_use or not self.splits[key[0]][1].path(key[1]).is_file():
-                self._last_use.pop(key, None)
-                url, chunks = self.splits[key[0]]
-                self._arrived(key, download_chunk(url, chunks, key[1], self.retry_seconds))
-            self._last_use[key] = batch_no
-        for key in [k for k, f in self._pending.items() if f.done()]:
-            self._arrived(key, self._pending.pop(key).result())
-        self._evict(batch_no, needed | set(ahead))
+            self._evict(batch_no, needed | set(ahead))
+        except BaseException:  # the queued downloads would each wait out the store before this process could end
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            raise
 
     def _arrived(self, key: Key, size: int) -> None:
         self.downloads += 1
