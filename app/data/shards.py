@@ -61,7 +61,7 @@ def check_shards(split_dir: Path) -> None:
     """Every chunk listed in the split's litdata index is there with the size the index says.
 
     Cheap (one stat per chunk) and catches a half-copied or truncated data folder before
-    litdata would fail in a DataLoader worker with a timeout or an index error.
+    a DataLoader worker would fail reading it.
     """
     fix = f"Copy {split_dir.parent} again, or re-run tools/prepare_data.py for this domain with --overwrite."
     index = split_dir / INDEX_FILE

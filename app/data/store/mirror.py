@@ -67,7 +67,7 @@ def mirror(
 ) -> tuple[Path, list[str]]:
     """Bring the small files of the prepared data at ``url`` into a local folder laid out like a
     prepared ``data_dir`` (tokenizer, ``<domain>/meta.json``, ``<domain>/<split>/index.json``),
-    where litdata then caches the chunks it streams. Returns the folder and the domains found
+    where the chunks are then downloaded as training reads them. Returns the folder and the domains found
     (all prepared ones, or those of ``domains`` that are).
 
     Also checks that every chunk an index lists is in the store with the size the index says,
