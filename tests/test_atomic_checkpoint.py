@@ -5,6 +5,7 @@ import builtins
 import errno
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,7 +73,9 @@ class FullDisk(io.FileIO):
         return super().write(data)
 
 
-def test_disk_full_while_saving_is_a_clear_error_and_leaves_the_earlier_checkpoints(tiny_data, tmp_path, monkeypatch):
+def test_disk_full_while_saving_is_a_clear_error_and_resume_from_the_earlier_checkpoint_runs_on(
+    tiny_data, tmp_path, monkeypatch
+):
     saves = []
 
     def open_on_filling_disk(path, mode="r", *args, **kwargs):
@@ -86,17 +89,30 @@ def test_disk_full_while_saving_is_a_clear_error_and_leaves_the_earlier_checkpoi
     code, err = sprout("fit", "--config", str(config))
     folder = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints"
     assert code == 2
-    assert (
-        f"sprout: error: Could not write checkpoint {folder / 'step000004.ckpt'}: No space left on device. Nothing was written there, "
-        f"and the checkpoints already in {folder} are intact. Free space on that disk, set checkpoint.dirpath to a folder on a larger one, "
-        "or keep fewer checkpoints (checkpoint.save_top_k), then resume with --ckpt_path last."
-    ) in err
+    found = re.search(
+        rf"sprout: error: Could not write checkpoint {re.escape(str(folder / 'step000004.ckpt'))}: No space left on device "
+        rf"\(it needs about ([0-9.]+) MiB; {re.escape(str(folder))} has [0-9,.]+ [MG]iB free\)\. Nothing was written there, "
+        rf"and the checkpoints already in {re.escape(str(folder))} are intact\. Free space on that disk, set checkpoint\.dirpath "
+        r"to a folder on a larger one, or keep fewer checkpoints \(checkpoint\.save_top_k\), then resume with --ckpt_path last\.",
+        err,
+    )
+    assert found, err[-2000:]
+    size = (folder / "last.ckpt").stat().st_size / 2**20  # the one that failed would have been as large
+    assert abs(float(found[1]) - size) < 0.05 * size
     assert "Traceback" not in err
     assert sorted(p.name for p in folder.iterdir()) == [
         "last.ckpt",
         "step000002.ckpt",
     ]  # no partial file, hidden or not
     assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 2
+
+    monkeypatch.undo()  # space was freed
+    assert sprout("fit", "--config", str(config), "--ckpt_path", "last")[0] == 0
+    assert torch.load(folder / "last.ckpt", weights_only=True)["global_step"] == 8
+    whole = recipe(tmp_path / "whole.yaml", tiny_data, tmp_path / "whole", 8, checkpoint={"every_n_train_steps": 2})
+    assert sprout("fit", "--config", str(whole))[0] == 0
+    got, want = scalars(folder.parent), scalars(tmp_path / "whole" / "tiny" / "version_0")
+    assert sorted(got) == list(range(8)) and got == want  # the resumed steps are the uninterrupted run's
 
 
 def test_keeps_the_newest_checkpoints_and_the_best_by_validation_loss(tiny_data, tmp_path):

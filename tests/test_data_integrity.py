@@ -1,5 +1,7 @@
 """Data integrity: preparations that die leave no staging folder behind for long (and never
-take a running one's), and a shard overwritten after preparation fails with its file name."""
+take a running one's); a shard damaged after preparation is refused with its file name, by its
+checksum or, in shards prepared before checksums, by the token ids it holds; ``verify`` checks
+every chunk."""
 
 import json
 import os
@@ -12,10 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from app.data import checksums
 from app.data.blocks import DomainBlocks, SequentialBlocks
+from app.data.checksums import CHECKSUM
 from app.data.datamodule import SproutDataModule
 from app.data.prepare import Source, merge, prepare, worker
 from app.data.prepare.staging import staging_folder
+from app.data.verify import verify
 from app.errors import SproutError
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -205,6 +210,16 @@ def small_chunks(tiny_data, tmp_path) -> Path:
     return out
 
 
+@pytest.fixture
+def old_chunks(small_chunks) -> Path:
+    """``small_chunks`` as an earlier Sprout prepared them: no checksums in the indexes."""
+    for index in small_chunks.glob("*/*/index.json"):
+        data = json.loads(index.read_text())
+        data["chunks"] = [{k: v for k, v in c.items() if k != CHECKSUM} for c in data["chunks"]]
+        index.write_text(json.dumps(data))
+    return small_chunks
+
+
 def overwrite(chunk: Path, value: int, start: int = 0) -> None:
     """Fill the chunk from byte ``start`` on with int32 ``value``, keeping its size."""
     size = chunk.stat().st_size
@@ -215,7 +230,8 @@ def overwrite(chunk: Path, value: int, start: int = 0) -> None:
 
 
 @pytest.mark.parametrize("value", [2**31 - 1, 320, -7])
-def test_a_shard_overwritten_with_garbage_names_file_domain_value_and_vocabulary(small_chunks, value):
+def test_a_shard_overwritten_with_garbage_names_file_domain_value_and_vocabulary(old_chunks, value):
+    small_chunks = old_chunks
     split = small_chunks / "json" / "train"
     chunks = json.loads((split / "index.json").read_text())["chunks"]
     assert len(chunks) >= 3
@@ -237,7 +253,8 @@ def test_a_shard_overwritten_with_garbage_names_file_domain_value_and_vocabulary
     assert "tools/prepare_data.py" in message and "--overwrite" in message
 
 
-def test_garbage_in_a_validation_shard_or_through_the_data_module(small_chunks):
+def test_garbage_in_a_validation_shard_or_through_the_data_module(old_chunks):
+    small_chunks = old_chunks
     val = small_chunks / "email" / "val"
     first = json.loads((val / "index.json").read_text())["chunks"][0]
     overwrite(val / first["filename"], 10_000, start=(first["chunk_size"] + 2) * 4 + 40 * 4)  # from the 41st token on
@@ -253,3 +270,74 @@ def test_garbage_in_a_validation_shard_or_through_the_data_module(small_chunks):
     data.setup("fit")  # sizes match the index, so only reading can tell
     with pytest.raises(SproutError, match=r"chunk-\S+\.bin of domain 'json' holds token id 2147483647"):
         next(iter(data.train_dataloader()))
+
+
+# -- checksums -----------------------------------------------------------------------------
+
+
+def flip_a_bit(chunk: Path, token: int) -> None:
+    """Change one bit of token ``token`` (its lowest): the size stays, and so does a valid token id."""
+    data = bytearray(chunk.read_bytes())
+    header = (json.loads((chunk.parent / "index.json").read_text())["chunks"][0]["chunk_size"] + 2) * 4
+    data[header + 4 * token] ^= 1
+    chunk.write_bytes(bytes(data))
+
+
+def test_a_damaged_or_truncated_shard_is_refused_by_its_checksum_and_verify_names_it(small_chunks, capsys):
+    split = small_chunks / "json" / "train"
+    chunks = json.loads((split / "index.json").read_text())["chunks"]
+    assert len(chunks) >= 3 and all(len(c[CHECKSUM]) == 16 for c in chunks)  # recorded at preparation
+    assert verify(str(small_chunks)) == {"email": [], "json": []}
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["email", "json"]
+    assert all(line.endswith("match their checksums") for line in lines), lines
+
+    block, (flipped, cut) = 33, (split / c["filename"] for c in chunks[1:3])
+    per_chunk = [c["dim"] // block for c in chunks]
+    flip_a_bit(flipped, 100)
+    cut.write_bytes(cut.read_bytes()[: chunks[2]["chunk_bytes"] // 2])
+    blocks = DomainBlocks([small_chunks / "email" / "train", split], block)
+    assert blocks[(0, 1, per_chunk[0] - 1)]["input_ids"].max() < 320  # the chunk before is intact
+    with pytest.raises(SproutError) as err:
+        blocks[(0, 1, per_chunk[0])]
+    assert str(err.value).startswith(
+        f"Shard {flipped} of domain 'json' is damaged: it is of the right size, but its xxh3_64 checksum is "
+    )
+    assert "(read twice). Re-run tools/prepare_data.py for domain 'json' with --overwrite" in str(err.value)
+    assert f"python tools/verify_data.py {small_chunks} checks every shard" in str(err.value)
+    with pytest.raises(
+        SproutError, match=f"Shard {cut} of domain 'json' is damaged: it is [0-9,]+ bytes, but its index"
+    ):
+        blocks[(0, 1, per_chunk[0] + per_chunk[1])]
+
+    with pytest.raises(SproutError, match=r"domain\(s\) 'json' hold damaged or missing chunks"):
+        verify(str(small_chunks))
+    email, json_line = capsys.readouterr().out.splitlines()
+    assert email.endswith("match their checksums") and json_line.startswith("json: 2 of ")
+    assert f"{flipped} is of the right size, but its xxh3_64 checksum is" in json_line
+    assert (
+        f"{cut} is {chunks[2]['chunk_bytes'] // 2:,} bytes, but its index.json says {chunks[2]['chunk_bytes']:,}"
+        in json_line
+    )
+
+
+def test_a_chunk_read_wrong_once_is_read_again(small_chunks, monkeypatch):
+    """A flaky disk or network file system returns other bytes once: the second read is used."""
+    split = small_chunks / "json" / "train"
+    real, calls = checksums.digest, []
+    monkeypatch.setattr(
+        checksums, "digest", lambda path: (calls.append(path), "0" * 16 if len(calls) == 1 else real(path))[1]
+    )
+    assert DomainBlocks([split], 33)[(0, 0, 0)]["input_ids"].max() < 320
+    assert len(calls) == 2
+
+
+def test_shards_prepared_before_checksums_train_and_verify_says_they_have_none(old_chunks, capsys):
+    assert verify(str(old_chunks)) == {"email": [], "json": []}
+    for line in capsys.readouterr().out.splitlines():
+        assert line.endswith(
+            "of the sizes their index says, but no checksums (prepared before Sprout recorded them; re-prepare with --overwrite to add them)"
+        )
+    data = SproutDataModule(str(old_chunks), seq_len=32, batch_size=2)
+    data.setup("fit")
+    assert next(iter(data.train_dataloader()))["input_ids"].shape == (2, 32)

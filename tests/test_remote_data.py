@@ -17,7 +17,8 @@ import pytest
 from tiny_run import logged_steps, recipe, scalars, sprout
 
 from app.data.datamodule import SproutDataModule
-from app.data.remote import ObjectStore, publish_domain, publish_tokenizer
+from app.data.prepare.publish import publish_domain, publish_tokenizer
+from app.data.store.client import ObjectStore
 from tools.local_s3 import local_s3
 
 TESTS = Path(__file__).parent
@@ -157,7 +158,7 @@ def training_fails(tiny_data: Path, tmp_path: Path, url: str) -> str:
             tmp_path / "r.yaml",
             tiny_data,
             tmp_path / "runs",
-            data={"data_dir": url, "cache_dir": str(tmp_path / "cache")},
+            data={"data_dir": url, "cache_dir": str(tmp_path / "cache"), "store_retry_seconds": 0},
         )
     )
 
@@ -185,7 +186,10 @@ def test_bad_buckets_endpoints_and_credentials_are_named(tiny_data, s3, s3_serve
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
     message = training_fails(tiny_data, tmp_path, url)
     assert (
-        message.startswith(f"Cannot reach the object store for {url} (bucket check, endpoint http://127.0.0.1:9)")
+        message.startswith(
+            f"The object store at {url} did not answer for 0 s (bucket check, endpoint http://127.0.0.1:9: "
+        )
+        and "Connection refused" in message
         and "AWS_ENDPOINT_URL" in message
     )
 
@@ -228,7 +232,7 @@ def prepare_args(tiny_data: Path, out: str, stage: Path, *extra: str) -> list[st
 
 
 def test_prepare_in_parts_to_s3_resumes_an_interrupted_upload_and_merges(tiny_data, s3, tmp_path, monkeypatch, capsys):
-    from app.data.remote import remote_domains
+    from app.data.store.mirror import remote_domains
     from tools.prepare_data import main
 
     url = f"{s3}/tiny"

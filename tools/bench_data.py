@@ -21,6 +21,8 @@ the ``dev`` extra), with a cold cache (an empty ``data.cache_dir``: every chunk 
 first use) and a warm one (the same cache again). ``repeats`` rounds, mean and std. Targets:
 warm at least 10x and cold at least 2x the quick-start model's training rate.
 
+``chunks``, ``latency`` and ``sampler`` measure the chunk-aware order (``tools/bench_streaming.py``).
+
 Each benchmark is a function ``bench_<name>(setup) -> rows`` listed in ``BENCHMARKS``.
 """
 
@@ -47,6 +49,7 @@ from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.loss import token_losses
 from app.model import Llama, LlamaConfig
+from tools.bench_streaming import bench_chunks, bench_latency, bench_sampler
 from tools.cli import run_tool
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -217,7 +220,8 @@ def bench_remote(
     each timed from the data module's creation to its last batch."""
     import statistics
 
-    from app.data.remote import ObjectStore, publish_domain, publish_tokenizer
+    from app.data.prepare.publish import publish_domain, publish_tokenizer
+    from app.data.store.client import ObjectStore
     from tools.local_s3 import local_s3
 
     out = setup.workdir / "stream"
@@ -268,8 +272,18 @@ def bench_remote(
     return rows
 
 
-BENCHMARKS = {"prepare": bench_prepare, "stream": bench_stream, "remote": bench_remote}
+BENCHMARKS = {
+    "prepare": bench_prepare,
+    "stream": bench_stream,
+    "remote": bench_remote,
+    "chunks": bench_chunks,
+    "latency": lambda setup: bench_latency(setup, _train_tokens_per_s(setup.tokenizer.vocab_size, 256, 8)),
+    "sampler": bench_sampler,
+}
 HEADERS = {
+    "chunks": ("measurement", "chunks read", "downloads per chunk", "bytes sent per byte read"),
+    "latency": ("measurement", "tokens/s", "of training"),
+    "sampler": ("measurement", "first batch s", "peak MiB"),
     "prepare": ("measurement", "documents", "tokens", "wall s", "tokens/s", "of encode", "tokens/cpu-s", "of encode"),
     "stream": ("measurement", "batches", "tokens/s", "of training"),
     "remote": ("measurement", "batches", "tokens/s", "std", "of training"),
@@ -314,7 +328,7 @@ def bench_data(
     """Run data benchmarks and print one table each.
 
     Args:
-        benchmarks: which to run (default: all of ``prepare``, ``stream``, ``remote``).
+        benchmarks: which to run (default: all of ``BENCHMARKS``).
         corpus: ``shared`` (../shared/corpus books, Shakespeare, GSM8K + stdlib code),
             ``default`` (the embedded stdlib corpus) or ``auto`` (shared when present).
         tokenizer: tokenizer file to use (default: train a byte-level BPE on the corpus).

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,7 @@ class LocalS3:
     endpoint: str
     access_key_id: str
     secret_access_key: str
+    pid: int  # the server's process, for tests that stop or kill the store
 
     def env(self) -> dict[str, str]:
         """The standard AWS variables that point every client at this server, and nothing else."""
@@ -100,8 +102,10 @@ def local_s3(check_credentials: bool = False, timeout: float = 30.0) -> Iterator
         policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
         iam.put_user_policy(UserName="sprout", PolicyName="everything", PolicyDocument=json.dumps(policy))
         key = iam.create_access_key(UserName="sprout")["AccessKey"]
-        yield LocalS3(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+        yield LocalS3(endpoint, key["AccessKeyId"], key["SecretAccessKey"], server.pid)
     finally:
+        if server.poll() is None:
+            os.kill(server.pid, signal.SIGCONT)  # a test may have stopped it
         server.terminate()
         try:
             server.wait(timeout=10)

@@ -33,7 +33,7 @@ from jsonargparse import DefaultHelpFormatter
 
 from app.data.prepare import DEFAULT_CHUNK_TOKENS, Source, merge_parts, prepare
 from app.data.prepare import publish as remote
-from app.data.remote import is_remote
+from app.data.store.client import is_remote
 from app.errors import SproutError
 from tools.cli import run_tool
 

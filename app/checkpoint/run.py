@@ -4,7 +4,8 @@ A week-long run is killed at random moments, sometimes in the middle of a save, 
 fill up. ``AtomicCheckpointIO`` writes every checkpoint (periodic, last, preemption) through
 ``app.files.replacing``: a hidden temporary file in the same folder, flushed to disk, then
 renamed over the target, so a reader sees the old file or the complete new one, never half of one. A failed
-write (disk full) removes the temporary file and says what to do. ``SproutCheckpoint`` makes
+write (disk full) removes the temporary file and says what to do, with the checkpoint's size and the
+space left. ``SproutCheckpoint`` makes
 sure the final step of a run is in ``last.ckpt``. ``RETENTION`` is what the recipe's
 ``checkpoint:`` and ``best_checkpoint:`` sections keep unless they say otherwise.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,21 @@ def _os_error(err: BaseException | None) -> OSError | None:
     return err
 
 
+def _tensor_bytes(state: Any) -> int:
+    """The bytes of the tensors in a checkpoint: all but a few kB of the file ``torch.save`` writes."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(_tensor_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in state)
+    return 0
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``torch.save`` to a temporary file, fsync, rename; clear errors on failed saves and loads."""
 
@@ -72,11 +89,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             if cause is None:
                 raise
             if cause.errno in (errno.ENOSPC, errno.EDQUOT):
+                need = f" (it needs about {_size(_tensor_bytes(checkpoint))}; {path.parent} has {_size(shutil.disk_usage(path.parent).free)} free)"
                 fix = "Free space on that disk, set checkpoint.dirpath to a folder on a larger one, or keep fewer checkpoints (checkpoint.save_top_k)"
             else:
-                fix = "Make that folder writable or set checkpoint.dirpath to one that is"
+                need, fix = "", "Make that folder writable or set checkpoint.dirpath to one that is"
             raise SproutError(
-                f"Could not write checkpoint {path}: {cause.strerror or cause}. Nothing was written there, and the checkpoints already in "
+                f"Could not write checkpoint {path}: {cause.strerror or cause}{need}. Nothing was written there, and the checkpoints already in "
                 f"{path.parent} are intact. {fix}, then resume with --ckpt_path last."
             ) from None
         remove_stale_temporaries(path.parent)  # they can be as large as a checkpoint

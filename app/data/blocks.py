@@ -1,12 +1,12 @@
-"""Map-style access to prepared token shards, one ``StreamingDataset`` per domain.
+"""Training and validation samples from the blocks of prepared token shards.
 
-Blocks are ``seq_len + 1`` tokens so that inputs and shifted targets come from one read.
-The streaming datasets are opened lazily, inside whichever process reads, because a
-DataLoader worker must not inherit an open reader from its parent. A split in object storage
-(``url``) is read through litdata's cache: its local folder holds the split's ``index.json``
-(see ``app.data.remote.mirror``) and the chunks litdata downloads, at most ``cache_size`` bytes.
+Blocks are ``seq_len + 1`` tokens so that inputs and shifted targets come from one read, read
+by ``app.data.chunks.BlockReader`` from a local folder or the cache of a split in object storage
+alike, which checks each chunk's size and checksum the first time it reads it. Readers are
+opened lazily, inside whichever process reads, and hold no open file, so DataLoader workers
+start from nothing of their parent's.
 
-Every block read is checked against the vocabulary its domain's ``meta.json`` records
+Every block read is also checked against the vocabulary its domain's ``meta.json`` records
 (one min/max over the block in memory): a shard overwritten after preparation, which the
 size check of the data module cannot see, then fails with the file to fix instead of an
 index error deep inside the embedding.
@@ -14,102 +14,30 @@ index error deep inside the embedding.
 
 from __future__ import annotations
 
-import json
-import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from litdata import StreamingDataset, TokensLoader
-from litdata.streaming.resolver import Dir
 from torch.utils.data import Dataset
 
+from app.data.chunks import BlockReader, SplitChunks
 from app.data.scores import open_scores
-from app.data.shards import INDEX_FILE, shard_vocab_size
+from app.data.shards import shard_vocab_size
+from app.data.store.retry import DEFAULT_SECONDS
 from app.errors import SproutError
 
 
-class _LockedTokensLoader(TokensLoader):
-    """litdata's ``TokensLoader`` with its chunk bookkeeping behind a lock.
-
-    For a remote split litdata's download thread maps each chunk it fetched (``pre_load_chunk``)
-    and unmaps evicted ones (``delete``) while the reading thread maps and unmaps chunks as it
-    goes; litdata 0.2.76 does both on the same dicts without a lock, and reading blocks in random
-    order across chunks, as Sprout does, meets the race within seconds (``KeyError`` in
-    ``close``). Here the download thread does not pre-map (the reader maps a chunk when it first
-    reads it), and every change to the dicts holds the lock; waiting for a download does not, so
-    the download thread is never blocked by a reader that waits for it.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self._lock = threading.RLock()
-
-    def pre_load_chunk(self, chunk_index: int, chunk_filepath: str) -> None:
-        pass
-
-    def load_item_from_chunk(self, index: int, chunk_index: int, chunk_filepath: str, begin: int, filesize_bytes: int):
-        if chunk_filepath not in self._chunk_filepaths or not os.path.isfile(chunk_filepath):
-            self._wait_until_chunk_ready(int(chunk_index), chunk_filepath, filesize_bytes)
-        with self._lock:
-            return super().load_item_from_chunk(index, chunk_index, chunk_filepath, begin, filesize_bytes)
-
-    def close(self, *args, **kwargs):
-        with self._lock:
-            return super().close(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        with self._lock:
-            return super().delete(*args, **kwargs)
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state.pop("_lock", None)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
-
-
-_LockedTokensLoader.__name__ = "TokensLoader"  # litdata accepts the loader its index names, by class name
-
-
 def open_blocks(
-    split_dir: str | Path, block_size: int, url: str | None = None, cache_size: int | None = None
-) -> StreamingDataset:
-    """The split's blocks; with ``url`` streamed from there and cached in ``split_dir``."""
-    if url is None:
-        return StreamingDataset(str(split_dir), item_loader=TokensLoader(block_size=block_size), shuffle=False)
-    loader = _LockedTokensLoader(block_size=block_size)
-    from app.data.remote import allow_plain_http_endpoints
-
-    allow_plain_http_endpoints()
-    return StreamingDataset(
-        Dir(path=str(split_dir), url=url), item_loader=loader, shuffle=False, max_cache_size=cache_size
-    )
-
-
-def _chunk_blocks(split_dir: str | Path, block_size: int) -> list[tuple[str, int]]:
-    """(file name, blocks) per chunk as ``TokensLoader`` lays them out: each chunk holds
-    ``dim // block_size`` blocks (a block never straddles two chunks)."""
-    chunks = json.loads((Path(split_dir) / INDEX_FILE).read_text())["chunks"]
-    return [(chunk["filename"], chunk["dim"] // block_size) for chunk in chunks]
-
-
-def count_blocks(split_dir: str | Path, block_size: int) -> int:
-    """Blocks in a split. Not ``len(StreamingDataset)``: under DDP that is one rank's share,
-    while indexing stays global, so it would hide the other ranks' blocks."""
-    return sum(n for _, n in _chunk_blocks(split_dir, block_size))
-
-
-def chunk_file(split_dir: str | Path, block_size: int, block: int) -> Path:
-    """The chunk file that holds ``block``."""
-    chunks = _chunk_blocks(split_dir, block_size)
-    ends = np.cumsum([n for _, n in chunks])
-    return Path(split_dir) / chunks[int(np.searchsorted(ends, block, side="right"))][0]
+    split_dir: str | Path,
+    block_size: int,
+    url: str | None = None,
+    keep: int | None = None,
+    retry_seconds: float = DEFAULT_SECONDS,
+) -> BlockReader:
+    """The split's blocks; with ``url`` a chunk not in ``split_dir`` is downloaded there first,
+    through the store's passing faults for up to ``retry_seconds``."""
+    return BlockReader(split_dir, block_size, url, keep, retry_seconds)
 
 
 def checked_tokens(tokens, split_dir: str | Path, block_size: int, block: int, vocab_size: int) -> torch.Tensor:
@@ -117,9 +45,10 @@ def checked_tokens(tokens, split_dir: str | Path, block_size: int, block: int, v
     tokens = torch.as_tensor(tokens).long()
     low, high = (int(v) for v in torch.aminmax(tokens))
     if low < 0 or high >= vocab_size:
+        chunks = SplitChunks(split_dir, block_size)
         domain_dir = Path(split_dir).parent
         raise SproutError(
-            f"Shard {chunk_file(split_dir, block_size, block)} of domain {domain_dir.name!r} holds token id {low if low < 0 else high} "
+            f"Shard {chunks.path(chunks.chunk_of(block))} of domain {domain_dir.name!r} holds token id {low if low < 0 else high} "
             f"(in sequence {block} of {split_dir}), but the domain's tokenizer has {vocab_size} ids (0..{vocab_size - 1}): the file was "
             f"overwritten or damaged after preparation. Re-run tools/prepare_data.py for domain {domain_dir.name!r} with --overwrite, "
             f"or copy {domain_dir} again from an intact copy."
@@ -140,27 +69,29 @@ class DomainBlocks(Dataset):
         block_size: int,
         score_dirs: Sequence[str | Path] | None = None,
         urls: Sequence[str | None] | None = None,
-        cache_sizes: Sequence[int | None] | None = None,
+        retry_seconds: float = DEFAULT_SECONDS,
     ) -> None:
         self.split_dirs = [str(d) for d in split_dirs]
         self.block_size = block_size
         self.score_dirs = [str(d) for d in score_dirs] if score_dirs is not None else None
         self.urls = list(urls) if urls is not None else [None] * len(self.split_dirs)
-        self.cache_sizes = list(cache_sizes) if cache_sizes is not None else [None] * len(self.split_dirs)
+        self.retry_seconds = retry_seconds
         self.vocab_sizes = [shard_vocab_size(d) for d in self.split_dirs]
-        self._datasets: list[StreamingDataset] | None = None
+        self._readers: list[BlockReader] | None = None
         self._scores: list[np.ndarray] | None = None
 
-    def sizes(self) -> list[int]:
-        return [count_blocks(d, self.block_size) for d in self.split_dirs]
+    def chunks(self) -> list[SplitChunks]:
+        return [SplitChunks(d, self.block_size) for d in self.split_dirs]
 
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
-        if self._datasets is None:
-            streams = zip(self.split_dirs, self.urls, self.cache_sizes)
-            self._datasets = [open_blocks(d, self.block_size, url, size) for d, url, size in streams]
+        if self._readers is None:
+            self._readers = [
+                open_blocks(d, self.block_size, url, retry_seconds=self.retry_seconds)
+                for d, url in zip(self.split_dirs, self.urls)
+            ]
         batch_no, domain, block = key
         tokens = checked_tokens(
-            self._datasets[domain][block], self.split_dirs[domain], self.block_size, block, self.vocab_sizes[domain]
+            self._readers[domain][block], self.split_dirs[domain], self.block_size, block, self.vocab_sizes[domain]
         )
         sample = {
             "input_ids": tokens[:-1],
@@ -176,11 +107,12 @@ class DomainBlocks(Dataset):
         return sample
 
     def __len__(self) -> int:  # keys come from the sampler; this only satisfies the Dataset API
-        return sum(self.sizes())
+        return sum(c.total for c in self.chunks())
 
 
 class SequentialBlocks(Dataset):
-    """One domain's validation blocks in order, strided by rank so ranks share the work."""
+    """One domain's validation blocks in order, strided by rank so ranks share the work; from
+    object storage each reading process keeps only the chunk it is reading."""
 
     def __init__(
         self,
@@ -191,26 +123,26 @@ class SequentialBlocks(Dataset):
         rank: int = 0,
         world_size: int = 1,
         url: str | None = None,
-        cache_size: int | None = None,
+        retry_seconds: float = DEFAULT_SECONDS,
     ) -> None:
         self.split_dir = str(split_dir)
         self.url = url
-        self.cache_size = cache_size
+        self.retry_seconds = retry_seconds
         self.block_size = block_size
         self.domain = domain
         self.vocab_size = shard_vocab_size(split_dir)
-        total = count_blocks(split_dir, block_size)
+        total = SplitChunks(split_dir, block_size).total
         self.indices = list(range(total))[: limit if limit else total][rank::world_size]
-        self._dataset: StreamingDataset | None = None
+        self._reader: BlockReader | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        if self._dataset is None:
-            self._dataset = open_blocks(self.split_dir, self.block_size, self.url, self.cache_size)
+        if self._reader is None:
+            self._reader = open_blocks(self.split_dir, self.block_size, self.url, 1, self.retry_seconds)
         block = self.indices[i]
-        tokens = checked_tokens(self._dataset[block], self.split_dir, self.block_size, block, self.vocab_size)
+        tokens = checked_tokens(self._reader[block], self.split_dir, self.block_size, block, self.vocab_size)
         return {
             "input_ids": tokens[:-1],
             "targets": tokens[1:],

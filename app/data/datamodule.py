@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +11,14 @@ from torch.utils.data import DataLoader
 
 from app import registry
 from app.data.blocks import DomainBlocks, SequentialBlocks
-from app.data.remote import cache_budgets, is_remote, local_cache_root, mirror, mirror_folder
+from app.data.cache import ChunkCache, ReadAhead
+from app.data.location import open_location
 from app.data.sampler import MixtureBatchSampler
 from app.data.scores import check_scores, describe, scores_folder
-from app.data.shards import INDEX_FILE, META_FILE, SPLITS, check_shards, domain_stats, prepared_domains, read_meta
+from app.data.shards import META_FILE, domain_stats, read_meta
+from app.data.store.retry import DEFAULT_SECONDS, take_waited
 from app.data.tokenizer import Tokenizer
-from app.errors import SproutError, check_option, is_count
+from app.errors import SproutError, check_option, is_count, is_number
 from app.protocols import DomainStats, MixturePolicy, Preparation
 
 
@@ -28,7 +29,7 @@ class SproutDataModule(L.LightningDataModule):
         data_dir: folder of prepared domains, as written by ``tools/prepare_data.py``, or their
             URL in object storage (``s3://bucket/prefix``, or any scheme litdata streams from):
             then ``meta.json``, the tokenizer and the indexes are fetched into ``cache_dir`` and
-            the shards are streamed through litdata's cache there.
+            the chunks are downloaded there as they are about to be read.
         tokenizer: the tokenizer file the shards must have been made with
             (default: the tokenizer.json or tokenizer.model that preparation put in ``data_dir``).
         domains: domains to train on (default: every prepared domain in ``data_dir``).
@@ -43,9 +44,18 @@ class SproutDataModule(L.LightningDataModule):
             ``ref_loss`` and Rho-1 needs no reference forward pass.
         cache_dir: where shards streamed from a ``data_dir`` URL are cached on this machine
             (default ``~/.cache/sprout/streams``); every node needs its own local one.
-        cache_size: most bytes of streamed shards kept in ``cache_dir`` (``200GB``, ``2TB``),
-            shared among the splits by their size; chunks read longest ago go first.
-            Default: litdata's (75% of the free disk).
+        cache_size: most bytes of streamed chunks kept in ``cache_dir`` (``200GB``, ``2TB``)
+            beyond those in use, shared among the ranks of a machine; chunks read longest ago go
+            first. It must hold ``window + prefetch`` chunks per domain. Default: 75% of the
+            disk free under ``cache_dir``.
+        window: training chunks of a domain whose blocks are shuffled together. Each epoch a
+            domain's chunks are read in a new random order, ``window`` at a time (see
+            ``app.data.order``); larger is closer to a full shuffle and needs more cache.
+        prefetch: chunks per domain downloaded ahead of the window being read (data in object
+            storage), so training does not wait for a chunk when the store keeps up.
+        store_retry_seconds: how long a download, read or listing of a ``data_dir`` URL that fails
+            for a passing reason (connection refused or reset, timeout, 5xx, throttling) is
+            retried before the run ends; the console says while it waits.
     """
 
     def __init__(
@@ -64,6 +74,9 @@ class SproutDataModule(L.LightningDataModule):
         reference_scores: str | None = None,
         cache_dir: str | None = None,
         cache_size: str | int | None = None,
+        window: int = 8,
+        prefetch: int = 8,
+        store_retry_seconds: float = DEFAULT_SECONDS,
     ) -> None:
         super().__init__()
         check_option(is_count(seq_len), "data.seq_len", seq_len, "a positive number of tokens per sequence")
@@ -89,11 +102,18 @@ class SproutDataModule(L.LightningDataModule):
             "a number of DataLoader worker processes >= 0 (0 reads in the main process)",
         )
         check_option(is_count(seed, 0) and seed < 2**32, "data.seed", seed, "an integer in [0, 2**32)")
-        self.data_url = data_dir.rstrip("/") if is_remote(data_dir) else None
-        self.cache_dir = local_cache_root(cache_dir)
-        self.cache_size = cache_size
+        check_option(is_count(window), "data.window", window, "a positive number of chunks shuffled together")
+        check_option(is_count(prefetch, 0), "data.prefetch", prefetch, "a number of chunks >= 0 downloaded ahead")
+        check_option(
+            is_number(store_retry_seconds),
+            "data.store_retry_seconds",
+            store_retry_seconds,
+            "a number of seconds >= 0 (0 fails at the first error)",
+        )
+        self.store_retry_seconds = store_retry_seconds
+        self.location = open_location(data_dir, domains, cache_dir, cache_size, store_retry_seconds)
         # for a URL: the local folder holding its small files (and the streamed chunks)
-        self.data_dir = mirror_folder(self.cache_dir, data_dir) if self.data_url else Path(data_dir).expanduser()
+        self.data_dir = self.location.folder
         self._tokenizer_arg = Path(tokenizer).expanduser() if tokenizer else None
         self.requested_domains = domains
         self.mixture = mixture if mixture is not None else registry.create("mixture", "natural")
@@ -103,6 +123,8 @@ class SproutDataModule(L.LightningDataModule):
         self.val_blocks = val_blocks
         self.num_workers = num_workers
         self.seed = seed
+        self.window = window
+        self.prefetch = prefetch
         self.preparation = prepare
         self.reference_scores = Path(reference_scores).expanduser() if reference_scores else None
         self.reference_scores_identity: dict[str, Any] | None = None  # the reference that made them
@@ -111,61 +133,27 @@ class SproutDataModule(L.LightningDataModule):
         self.sampler: MixtureBatchSampler | None = None
         self._consumed = 0  # training batches the loop has taken
         self._resume: dict[str, Any] | None = None
-        self._remote_domains: list[str] | None = None  # prepared domains at data_url, once fetched
+        self._cache: ChunkCache | None = None  # remote data: the training chunks on this machine
 
     # -- preparation and checks ------------------------------------------------------
     def prepare_data(self) -> None:
         """Runs once per node before ``setup``: builds a missing local ``data_dir``, or fetches the
         small files of a remote one (so the node's ranks never fetch them at the same time)."""
-        if self.data_url is not None:
-            if self.preparation is not None:
-                raise SproutError(
-                    f"data.prepare builds a local data_dir, but data.data_dir is {self.data_url}. "
-                    f"Prepare it with tools/prepare_data.py --out_dir {self.data_url}, or remove data.prepare."
-                )
-            _, self._remote_domains = mirror(self.data_url, self.cache_dir, self.requested_domains)
-        elif self.preparation is not None:
-            self.preparation.run(self.data_dir, self.tokenizer_path)
+        self.location.fetch(self.preparation, self.tokenizer_path)
 
     @property
     def data_location(self) -> str:
         """``data.data_dir`` as the user wrote it (the URL for remote data), for messages."""
-        return self.data_url or str(self.data_dir)
+        return self.location.where
 
     def _discover_domains(self) -> list[str]:
-        if self.data_url is not None:
-            return self._discover_remote_domains()
-        if not self.data_dir.is_dir():
-            raise SproutError(
-                f"data.data_dir {self.data_dir} does not exist. Prepare data with tools/prepare_data.py --out_dir {self.data_dir}, or fix the path in the recipe."
-            )
-        found = prepared_domains(self.data_dir)
-        if self.requested_domains is None:
-            if not found:
-                raise SproutError(
-                    f"No prepared domains (folders with {META_FILE}) in data.data_dir {self.data_dir}. Run tools/prepare_data.py first."
-                )
-            return found
-        missing = [d for d in self.requested_domains if d not in found]
-        if missing:
-            raise SproutError(
-                f"data.domains names {missing}, which are not prepared in {self.data_dir} (prepared: {found or 'none'}). Fix data.domains or prepare those domains."
-            )
-        return list(self.requested_domains)
-
-    def _discover_remote_domains(self) -> list[str]:
-        if self._remote_domains is None:
-            if self.trainer is None:  # used directly, not by a Trainer that ran prepare_data on this node
-                self.prepare_data()
-            else:
-                self._remote_domains = prepared_domains(self.data_dir)
-        found = self._remote_domains
+        found = self.location.found(fetched=self.trainer is not None)
         if self.requested_domains is None:
             return found
         missing = [d for d in self.requested_domains if d not in found]
         if missing:
             raise SproutError(
-                f"data.domains names {missing}, which are not prepared at {self.data_url} (no <domain>/{META_FILE} there; "
+                f"data.domains names {missing}, which are not prepared in {self.data_location} (no <domain>/{META_FILE} there; "
                 f"prepared: {found or 'none'}). Fix data.domains or prepare those domains."
             )
         return list(self.requested_domains)
@@ -207,12 +195,10 @@ class SproutDataModule(L.LightningDataModule):
                     f"Domain {name!r} in {self.data_location} has no validation sequence of {self.seq_len + 1} tokens. Re-prepare it with a larger --val_fraction, or lower data.seq_len."
                 )
             self.stats[name] = domain_stats(name, meta)
-            if self.data_url is None:  # remote chunks were checked against their index when fetched
-                for split in SPLITS:
-                    check_shards(self.data_dir / name / split)
-        self._plan_streams()
+            self.location.check(name)
         self.train_blocks = self._train_blocks()
-        self.sizes = self.train_blocks.sizes()
+        self.chunks = self.train_blocks.chunks()
+        self.sizes = [c.total for c in self.chunks]
         world = self.trainer.world_size if self.trainer else 1
         empty = [d for d, n in zip(self.domains, self.sizes) if n < world]
         if empty:
@@ -238,21 +224,10 @@ class SproutDataModule(L.LightningDataModule):
         self.reference_scores_identity = first
         self.train_blocks = self._train_blocks([scores_folder(self.reference_scores, d, "train") for d in self.domains])
 
-    def _plan_streams(self) -> None:
-        """For remote data: each split's URL, and its share of ``cache_size`` by its bytes."""
-        splits = [(d, s) for s in SPLITS for d in self.domains]
-        if self.data_url is None:
-            self._streams = {key: (None, None) for key in splits}
-            return
-        indexes = [json.loads((self.data_dir / d / s / INDEX_FILE).read_text()) for d, s in splits]
-        sizes = [sum(c["chunk_bytes"] for c in index["chunks"]) for index in indexes]
-        budgets = cache_budgets(self.cache_size, sizes)
-        self._streams = {(d, s): (f"{self.data_url}/{d}/{s}", b) for (d, s), b in zip(splits, budgets)}
-
     def _train_blocks(self, score_dirs: list[Path] | None = None) -> DomainBlocks:
-        urls, budgets = zip(*(self._streams[d, "train"] for d in self.domains))
+        urls = [self.location.split_url(d, "train") for d in self.domains]
         split_dirs = [self.data_dir / d / "train" for d in self.domains]
-        return DomainBlocks(split_dirs, self.seq_len + 1, score_dirs, urls, budgets)
+        return DomainBlocks(split_dirs, self.seq_len + 1, score_dirs, urls, self.store_retry_seconds)
 
     @property
     def vocab_size(self) -> int:
@@ -289,15 +264,26 @@ class SproutDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         self.sampler = MixtureBatchSampler(
-            self.sizes, self._policy_weights(0), self.batch_size, seed=self.seed, rank=rank, world_size=world
+            [c.blocks for c in self.chunks],
+            self._policy_weights(0),
+            self.batch_size,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            window=self.window,
         )
         if self._resume is not None:
             self.sampler.load_state(self._resume["sampler"])
             self._consumed = self._resume["consumed"]
             self._resume = None
+        if self._cache is not None:
+            self._cache.close()
+        ranks_here = self.trainer.num_devices if self.trainer else 1
+        lookahead = 2 * self.num_workers + 1  # batches the DataLoader draws before the oldest is read
+        self._cache = self.location.cache(self.chunks, ranks_here, lookahead, self.window, self.prefetch)
         return DataLoader(
             self.train_blocks,
-            batch_sampler=self.sampler,
+            batch_sampler=ReadAhead(self.sampler, self._cache, self.prefetch),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -313,7 +299,8 @@ class SproutDataModule(L.LightningDataModule):
                     self.val_blocks,
                     rank,
                     world,
-                    *self._streams[d, "val"],
+                    self.location.split_url(d, "val"),
+                    self.store_retry_seconds,
                 ),
                 batch_size=self.val_batch_size,
                 num_workers=self.num_workers,
@@ -327,6 +314,9 @@ class SproutDataModule(L.LightningDataModule):
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.trainer is not None and self.trainer.training and "batch_no" in batch:
             self._consumed = int(batch["batch_no"][0]) + 1
+            waited = take_waited()  # by this process's downloads: the training chunks are fetched here
+            if waited > 0 and self.trainer.logger is not None:
+                self.trainer.logger.log_metrics({"data/store_wait_seconds": waited}, step=self.trainer.global_step)
         return batch
 
     # -- checkpoint -----------------------------------------------------------------------

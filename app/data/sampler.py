@@ -3,10 +3,14 @@
 litdata's ``CombinedStreamingDataset`` fixes its weights at start and does not resume
 exactly with several workers, so Sprout samples in the main process instead: every
 batch is a list of ``(batch_no, domain, block)`` keys drawn here and read by the
-workers from the domains' ``StreamingDataset``s by index. Because the DataLoader asks
+workers from the chunk files by block number. Because the DataLoader asks
 for a new batch of keys exactly once per consumed batch, the draw sequence depends
 only on the seed, the rank and the weight changes, never on worker timing. Weight
 changes are queued to take effect at a given batch number for the same reason.
+
+Within a domain, blocks come in the chunk-aware order of ``app.data.order``. The state is a few
+numbers per domain, so with the weights fixed the blocks a run reads are a pure function of
+seed, weights, chunk sizes, rank and batch number: ``itertools.islice(sampler, steps)``.
 """
 
 from __future__ import annotations
@@ -18,28 +22,31 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
+from app.data.order import ChunkOrder
+
 
 class MixtureBatchSampler(Sampler[list[tuple[int, int, int]]]):
     """Infinite batches of ``(batch_no, domain, block)`` keys, domains drawn by weight.
 
-    Each domain is walked through a seeded permutation of its blocks, a new one every
-    epoch of that domain; rank ``r`` of ``world`` takes positions ``r, r+world, ...`` so
-    ranks never read the same block. ``snapshot(b)`` is the state just before batch ``b``
-    was drawn; the data module keeps the one for the next batch to be consumed.
+    ``chunks[d]`` lists how many blocks each chunk of domain ``d`` holds. Each domain is read in
+    its ``ChunkOrder`` (chunks dealt to ranks, so ranks never read the same block in an epoch;
+    the blocks of ``window`` chunks shuffled together), a new order every epoch of that domain.
+    ``snapshot(b)`` is the state just before batch ``b`` was drawn; the data module keeps the one
+    for the next batch to be consumed.
     """
 
     def __init__(
         self,
-        sizes: Sequence[int],
+        chunks: Sequence[Sequence[int]],
         weights: Sequence[float],
         batch_size: int,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        window: int = 8,
     ) -> None:
-        if any(s < world_size for s in sizes):
-            raise ValueError(f"every domain needs at least {world_size} blocks, got sizes {list(sizes)}")
-        self.sizes = list(sizes)
+        self.orders = [ChunkOrder(c, seed, d, rank, world_size, window) for d, c in enumerate(chunks)]
+        self.sizes = [int(o.starts[-1]) for o in self.orders]
         self.batch_size = batch_size
         self.seed = seed
         self.rank = rank
@@ -48,12 +55,11 @@ class MixtureBatchSampler(Sampler[list[tuple[int, int, int]]]):
             "batch_no": 0,
             "weights": [float(w) for w in weights],
             "pending": [],  # [(from_batch, weights)], applied in order
-            "epoch": [0] * len(sizes),
-            "position": [0] * len(sizes),  # per-rank position within the current epoch
+            "epoch": [0] * len(chunks),
+            "position": [0] * len(chunks),  # blocks this rank has read in the current epoch
             "rng": torch.Generator().manual_seed(seed * 1000003 + rank).get_state(),
         }
         self._snapshots: dict[int, dict[str, Any]] = {}
-        self._perms: dict[tuple[int, int], torch.Tensor] = {}
 
     def set_weights(self, weights: Sequence[float], from_batch: int) -> None:
         """Use ``weights`` for batches numbered ``from_batch`` and later.
@@ -69,22 +75,21 @@ class MixtureBatchSampler(Sampler[list[tuple[int, int, int]]]):
     def weights(self) -> list[float]:
         return list(self.state["weights"])
 
-    def _permutation(self, domain: int, epoch: int) -> torch.Tensor:
-        key = (domain, epoch)
-        if key not in self._perms:
-            g = torch.Generator().manual_seed(self.seed * 7919 + domain * 104729 + epoch)
-            self._perms = {k: v for k, v in self._perms.items() if k[0] != domain}
-            self._perms[key] = torch.randperm(self.sizes[domain], generator=g)
-        return self._perms[key]
-
     def _next_block(self, domain: int) -> int:
-        per_rank = self.sizes[domain] // self.world_size
-        if self.state["position"][domain] >= per_rank:
-            self.state["epoch"][domain] += 1
+        order, epoch = self.orders[domain], self.state["epoch"]
+        if self.state["position"][domain] >= order.epoch_blocks(epoch[domain]):
+            epoch[domain] += 1
             self.state["position"][domain] = 0
-        pos = self.state["position"][domain] * self.world_size + self.rank
         self.state["position"][domain] += 1
-        return int(self._permutation(domain, self.state["epoch"][domain])[pos])
+        return order.block(epoch[domain], self.state["position"][domain] - 1)
+
+    def chunks_ahead(self, domain: int, ahead: int) -> list[int]:
+        """The chunks of ``domain`` this rank reads from now on: its current window's, then ``ahead`` more."""
+        order, position = self.orders[domain], self.state["position"][domain]
+        epoch = self.state["epoch"][domain]
+        if position >= order.epoch_blocks(epoch):
+            epoch, position = epoch + 1, 0
+        return order.chunks_ahead(epoch, position, ahead)
 
     def _draw_batch(self) -> list[tuple[int, int, int]]:
         state = self.state

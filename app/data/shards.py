@@ -18,15 +18,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from app.errors import SproutError
 from app.protocols import DomainStats
 
 SHARD_FORMAT = "sprout-shards/1"
 META_FILE = "meta.json"
 INDEX_FILE = "index.json"  # litdata's list of a split's chunks
+TOKEN_DTYPE = np.int32  # the tokens in a chunk, after its header
 UNIGRAM_FILE = "unigram.npy"
 PAIRS_FILE = "pairs.npz"  # kept so that a later append can merge the pair statistics exactly
 SPLITS = ("train", "val")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # the one preparation copied beside the domains
 
 
 def is_prepared(domain_dir: Path) -> bool:
@@ -57,7 +61,7 @@ def check_shards(split_dir: Path) -> None:
     """Every chunk listed in the split's litdata index is there with the size the index says.
 
     Cheap (one stat per chunk) and catches a half-copied or truncated data folder before
-    litdata would fail in a DataLoader worker with a timeout or an index error.
+    a DataLoader worker would fail reading it.
     """
     fix = f"Copy {split_dir.parent} again, or re-run tools/prepare_data.py for this domain with --overwrite."
     index = split_dir / INDEX_FILE

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from app.data.corpus import build_default_corpus, corpus_texts
-from app.data.prepare import Source, prepare
+from app.data.prepare import DEFAULT_CHUNK_TOKENS, Source, prepare
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.files import write_json
@@ -126,9 +126,16 @@ def load_or_train_tokenizer(path: Path, vocab_size: int, domains: list[Iterable[
 
 
 def prepare_corpus(
-    corpus: Path, data_dir: Path, vocab_size: int, code_bytes: int, max_doc_chars: int, tokenizer_chars: int
+    corpus: Path,
+    data_dir: Path,
+    vocab_size: int,
+    code_bytes: int,
+    max_doc_chars: int,
+    tokenizer_chars: int,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> None:
-    """Shards for books, shakespeare, math and code under ``data_dir`` (reused when present)."""
+    """Shards for books, shakespeare, math and code under ``data_dir`` (reused when present), in
+    chunks of ``chunk_tokens``."""
     books, shakespeare, math = (
         corpus / "books",
         corpus / "shakespeare" / "tinyshakespeare.txt",
@@ -149,7 +156,7 @@ def prepare_corpus(
         Source([str(math)], format="jsonl", domain="math", text_fields=["question", "answer"]),
         Source([str(p) for p in code], format="jsonl", domain="code"),
     ]
-    prepare(sources, tok, data_dir, val_fraction=0.02, progress=False)
+    prepare(sources, tok, data_dir, val_fraction=0.02, chunk_tokens=chunk_tokens, progress=False)
 
 
 def logger(run_dir: Path) -> dict:

@@ -15,21 +15,16 @@ this machine prepares (split the work with ``--num_parts`` to spread it).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from app.data.prepare.parts import merge_parts, record_path, stats_path
-from app.data.remote import (
-    TOKENIZER_FILES,
-    ObjectStore,
-    check_chunks,
-    mirror_folder,
-    publish_domain,
-    publish_tokenizer,
-    upload_complete,
-)
-from app.data.shards import INDEX_FILE, META_FILE, SPLITS
+from app.data.shards import INDEX_FILE, META_FILE, SPLITS, TOKENIZER_FILES
+from app.data.store.client import ObjectStore
+from app.data.store.mirror import check_chunks, mirror_folder
 from app.errors import SproutError
 
 
@@ -44,6 +39,70 @@ def open_store(url: str) -> ObjectStore:
         raise SproutError(f"--out_dir {url}: preparation uploads to s3:// URLs (and S3-compatible stores) only.")
     store.check()
     return store
+
+
+def upload_complete(
+    store: ObjectStore,
+    local_root: Path,
+    keys: list[str],
+    marker: str,
+    owned: list[str],
+    verify: Callable[[], None] | None = None,
+) -> bool:
+    """Upload the files ``keys`` (paths relative to ``local_root`` and to the store), then
+    ``marker`` last: readers take what a marker covers as complete only once the marker is
+    there. Returns False when the store already holds this very marker (nothing to do).
+
+    An interrupted upload is resumed: ``<marker>.uploading`` names the build being uploaded (the
+    sha256 of its marker), and a re-run of the same build skips the objects already there with
+    their size (an object is stored whole or not at all). For another build, the objects of the
+    earlier one under the ``owned`` key prefixes are deleted first, and everything is uploaded.
+    ``verify`` runs before the marker is written (and may refuse to write it by raising).
+    """
+    content = (local_root / marker).read_bytes()
+    if store.read(marker) == content:
+        return False
+    build, pending = hashlib.sha256(content).hexdigest().encode(), f"{marker}.uploading"
+    store.delete([marker])  # from here on readers see the folder as incomplete
+    present = {o.key: o.size for prefix in owned for o in store.list(prefix) if o.key != pending}
+    if store.read(pending) != build:
+        wanted = set(keys)
+        store.delete([k for k in present if k not in wanted])
+        present = {}
+        store.write(pending, build)
+    for key in keys:
+        local = local_root / key
+        if present.get(key) != local.stat().st_size:
+            store.upload(local, key)
+    if verify is not None:
+        verify()
+    store.upload(local_root / marker, marker)
+    store.delete([pending])
+    return True
+
+
+def publish_tokenizer(store: ObjectStore, local: Path, overwrite: bool) -> None:
+    """Put the data's tokenizer file at the top of the prefix, where training looks for it."""
+    theirs = store.read(local.name)
+    if theirs == local.read_bytes():
+        return
+    if theirs is not None and not overwrite:
+        raise SproutError(
+            f"{store.url_of(local.name)} is another tokenizer than {local}. Choose another --out_dir, or pass --overwrite to replace it (and rebuild the domains)."
+        )
+    store.upload(local, local.name)
+
+
+def publish_domain(store: ObjectStore, local_root: Path, domain: str) -> bool:
+    """Upload one prepared domain (``local_root/<domain>``), its ``meta.json`` last, so training
+    sees it only once it is complete. False when the store already had it as it is."""
+    folder = local_root / domain
+    keys = sorted(
+        str(p.relative_to(local_root))
+        for p in folder.rglob("*")
+        if p.is_file() and p.name != META_FILE and not p.name.startswith(".")
+    )
+    return upload_complete(store, local_root, keys, f"{domain}/{META_FILE}", owned=[f"{domain}/"])
 
 
 def publish(store: ObjectStore, stage: Path, metas: dict[str, dict], overwrite: bool) -> None:

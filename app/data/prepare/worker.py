@@ -25,6 +25,7 @@ import numpy as np
 from litdata.streaming.item_loader import TokensLoader
 from litdata.streaming.writer import BinaryWriter
 
+from app.data.checksums import add_checksums
 from app.data.prepare.ledger import file_record
 from app.data.prepare.sources import SourceFile, split_tasks
 from app.data.prepare.staging import held_locks
@@ -144,9 +145,10 @@ def plan_tasks(
 
 
 class SplitWriter:
-    """Packs one task's token stream for one (domain, split) into chunks of ``chunk_tokens``."""
+    """Packs one task's token stream for one (domain, split) into checksummed chunks of ``chunk_tokens``."""
 
     def __init__(self, directory: Path, chunk_tokens: int) -> None:
+        self.directory = directory
         self.writer = BinaryWriter(str(directory), chunk_size=chunk_tokens, item_loader=TokensLoader())
         self.chunk_tokens = chunk_tokens
         self.pending: list[np.ndarray] = []
@@ -172,6 +174,7 @@ class SplitWriter:
         if self.n_pending:
             self.write_chunk(np.concatenate(self.pending))
         self.writer.done()
+        add_checksums(self.directory)
 
 
 # -- the per-task work (runs in worker processes) ------------------------------------------
