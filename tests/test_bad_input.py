@@ -342,7 +342,7 @@ def test_tokenizer_json_that_is_not_json(data, tmp_path):
 
 
 def tool_fails(main, args: list[str], capsys, tool: str) -> str:
-    """Run a tool's ``main``; it must exit 2 with one ``<tool>: error:`` paragraph and no traceback."""
+    """Run a command; it must exit 2 with one ``<tool>: error:`` paragraph and no traceback."""
     with pytest.raises(SystemExit) as exit_:
         main(args)
     err = capsys.readouterr().err
@@ -353,13 +353,14 @@ def tool_fails(main, args: list[str], capsys, tool: str) -> str:
 
 
 def test_json_line_whose_text_is_null(tiny_data, tmp_path, capsys):
-    from tools.prepare_data import main
+    from app.cli import main
 
     (tmp_path / "in.jsonl").write_text('{"text": "fine"}\n{"text": null, "id": 2}\n')
     out = tmp_path / "out"
     message = tool_fails(
         main,
         [
+            "prepare",
             "--tokenizer",
             str(tiny_data / "tokenizer.json"),
             "--out_dir",
@@ -374,7 +375,7 @@ def test_json_line_whose_text_is_null(tiny_data, tmp_path, capsys):
             "false",
         ],
         capsys,
-        "prepare_data",
+        "sprout prepare",
     )
     assert message.startswith(
         f"Bad input record at {tmp_path / 'in.jsonl'}, line 2: field 'text' is null, not a string. Fix or remove it, or re-run with --skip_bad_records true"

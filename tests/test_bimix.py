@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from app.bimix import BiMixLaw, fit_law, optimal_mixture, read_fit
+from app.commands.fit_bimix import fit_bimix
 from app.errors import SproutError
 from app.protocols import DomainStats
 from app.registry import resolve
 from plugins.mixtures.bimix import BiMixMixture
-from tools.fit_bimix import main as fit_bimix
 
 TRUE = {
     "code": BiMixLaw(A=1.0, B=4.0, C=1.6, alpha=0.12, beta=0.45),

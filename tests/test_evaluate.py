@@ -19,7 +19,6 @@ from app.errors import SproutError
 from app.evaluation.tasks import LOCAL_DIR, local_task_configs
 from app.hf import save_hf
 from app.model import Llama, LlamaConfig
-from tools.evaluate import main as evaluate_main
 
 
 @pytest.fixture(autouse=True)
@@ -56,17 +55,15 @@ def trained_checkpoint(tmp_path: Path, texts: list[str], steps: int) -> Path:
 
 
 def run_tool(*args: str, capsys) -> tuple[int, str]:
-    try:
-        evaluate_main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err
+    """``sprout eval ARGS``: (exit status, stderr)."""
+    code, err = sprout("eval", *args)
+    capsys.readouterr()
+    return code, err
 
 
 def one_paragraph(code: int, err: str) -> str:
     assert code == 2 and "Traceback" not in err, err[-2000:]
-    lines = [line for line in err.splitlines() if line.startswith("evaluate: error: ")]
+    lines = [line for line in err.splitlines() if line.startswith("sprout eval: error: ")]
     assert len(lines) == 1, err[-2000:]
     return lines[0]
 

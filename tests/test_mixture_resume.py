@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from app.bimix import BiMixLaw, write_fit
 from app.callbacks import MixtureFeedback
 from app.checkpoint.weights import save_model
+from app.commands.fit_bimix import recipe_snippet
 from app.data.datamodule import SproutDataModule
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
@@ -26,7 +27,6 @@ from plugins.mixtures.bimix import BiMixMixture
 from plugins.mixtures.doremi import DoReMi
 from plugins.mixtures.entropy import EntropyMixture
 from plugins.mixtures.static import Fixed
-from tools.fit_bimix import recipe_snippet
 
 SEQ = 32
 STEPS, RESUME_AT, UPDATE_EVERY = 12, 5, 3  # resume between two updates: half a feedback window is in the checkpoint

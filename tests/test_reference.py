@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from app.checkpoint.weights import save_model
+from app.commands.score import score_reference
 from app.data.blocks import DomainBlocks, open_blocks
 from app.data.datamodule import SproutDataModule
 from app.data.prepare import Source, prepare
@@ -20,7 +21,6 @@ from app.errors import SproutError
 from app.model import Llama, LlamaConfig
 from app.reference import Reference
 from plugins.selectors.rho1 import Rho1
-from tools.score_reference import score_reference
 
 SEQ_LEN = 16
 VOCAB = 320

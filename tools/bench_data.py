@@ -37,6 +37,7 @@ from typing import Literal
 
 import torch
 
+from app.commands import run_function
 from app.data.corpus import build_default_corpus
 from app.data.datamodule import SproutDataModule
 from app.data.prepare import Source, prepare
@@ -47,7 +48,6 @@ from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.loss import token_losses
 from app.model import Llama, LlamaConfig
-from tools.cli import run_tool
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
@@ -353,7 +353,7 @@ def bench_data(
 
 
 def main(args: list[str] | None = None) -> None:
-    run_tool(bench_data, args, as_positional=False)
+    run_function(bench_data, args, as_positional=False)
 
 
 if __name__ == "__main__":

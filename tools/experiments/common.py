@@ -25,7 +25,7 @@ from app.data.prepare import Source, prepare
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.files import write_json
-from tools import fit_bimix
+from app.tensorboard_logs import read_scalars
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = str(ROOT.parent / "shared" / "corpus")
@@ -159,8 +159,8 @@ def recipe(
 
 
 def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
-    """Every scalar a run logged, ``tag -> {step: value}`` (see ``fit_bimix.read_scalars``)."""
-    return fit_bimix.read_scalars(run_dir / "logs")
+    """Every scalar a run logged, ``tag -> {step: value}`` (see ``app.tensorboard_logs``)."""
+    return read_scalars(run_dir / "logs")
 
 
 def tagged(scalars: dict[str, dict[int, float]], prefix: str) -> dict[str, dict[int, float]]:

@@ -30,9 +30,9 @@ import math
 import time
 from pathlib import Path
 
+from app.commands import run_function
 from app.errors import SproutError
 from app.model import LlamaConfig, flops_per_token
-from tools.cli import run_tool
 from tools.experiments import common
 
 DEPTH = ("gstack", "zero_depth", "random_depth", "learn")
@@ -271,4 +271,4 @@ def growth(
 
 
 if __name__ == "__main__":
-    run_tool(growth, as_positional=False)
+    run_function(growth, as_positional=False)

@@ -35,13 +35,13 @@ from pathlib import Path
 
 import yaml
 
+from app.commands import run_function
+from app.commands.score import score_reference
 from app.data.corpus import build_default_corpus, corpus_texts
 from app.data.prepare import Source, prepare
 from app.errors import SproutError
 from app.model import LlamaConfig, forward_flops_per_token
-from tools.cli import run_tool
 from tools.experiments import common
-from tools.score_reference import score_reference
 
 SELECTORS = ("all", "rho1", "loss_topk", "random")
 
@@ -373,7 +373,7 @@ def selection(
 
 
 def main(args: list[str] | None = None) -> None:
-    run_tool(selection, args, as_positional=False)
+    run_function(selection, args, as_positional=False)
 
 
 if __name__ == "__main__":
