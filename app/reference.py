@@ -1,7 +1,7 @@
 """Reference-model losses for Rho-1, scored online by a frozen model.
 
 Online, ``Reference`` runs one extra no-grad forward per step. Offline, the losses come
-from score files made once by ``tools/score_reference.py`` (``app.data.scores``). Both
+from score files made once by ``sprout score`` (``app.data.scores``). Both
 routes round the losses through float16, so they select the same tokens.
 """
 

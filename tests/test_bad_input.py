@@ -257,7 +257,7 @@ def test_missing_shard_folder(data, tmp_path):
     message = fails(recipe(tmp_path / "r.yaml", data, tmp_path / "runs"))
     assert message == (
         f"Shard folder {data / 'code' / 'train'} is missing, though {data / 'code' / 'meta.json'} is there. "
-        f"Copy {data / 'code'} again, or re-run tools/prepare_data.py for this domain with --overwrite."
+        f"Copy {data / 'code'} again, or re-run sprout prepare for this domain with --overwrite."
     )
 
 
@@ -269,7 +269,7 @@ def test_truncated_shard(data, tmp_path):
     index = data / "text" / "train" / "index.json"
     assert message == (
         f"Shard {chunk} is {size // 2:,} bytes, but {index} says {size:,} bytes: it is truncated or corrupt. "
-        f"Copy {data / 'text'} again, or re-run tools/prepare_data.py for this domain with --overwrite."
+        f"Copy {data / 'text'} again, or re-run sprout prepare for this domain with --overwrite."
     )
 
 
@@ -288,9 +288,7 @@ def test_corrupt_shard_index(data, tmp_path):
     index.write_text(index.read_text()[:40])
     message = fails(recipe(tmp_path / "r.yaml", data, tmp_path / "runs"))
     assert message.startswith(f"{index} is corrupt (JSONDecodeError: ")
-    assert message.endswith(
-        f"Copy {data / 'code'} again, or re-run tools/prepare_data.py for this domain with --overwrite."
-    )
+    assert message.endswith(f"Copy {data / 'code'} again, or re-run sprout prepare for this domain with --overwrite.")
 
 
 def test_shards_from_another_tokenizer(tiny_data, tmp_path):

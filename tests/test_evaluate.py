@@ -1,4 +1,4 @@
-"""Downstream evaluation through lm-evaluation-harness, offline: ``tools/evaluate.py`` on a
+"""Downstream evaluation through lm-evaluation-harness, offline: ``sprout eval`` on a
 checkpoint, the ``eval:`` callback during a run, and their bad input.
 
 Tiny models on one thread (on a loaded 2-core machine two threads wait on each other at every

@@ -46,7 +46,7 @@ def refusal(path: str | os.PathLike, detail: str) -> SproutError:
     return SproutError(
         f"{path} holds objects a checkpoint should not ({detail}): loading it could run code that it carries, so Sprout refused it "
         "and nothing in it ran. Sprout's checkpoints hold only tensors and plain data. Use a checkpoint written by `sprout fit` or "
-        "tools/import_hf.py; if you made this file yourself and trust it, re-save its tensors and plain data, e.g. "
+        "sprout import; if you made this file yourself and trust it, re-save its tensors and plain data, e.g. "
         "torch.save(torch.load(path, weights_only=False)['state_dict'], new_path)."
     )
 

@@ -3,7 +3,7 @@
 The harness asks three questions of a model (``lm_eval.api.model.LM``): the log-likelihood of a
 continuation after a context, the rolling log-likelihood of a whole text, and a greedy generation
 until a stop string. Answering them from the model in memory means no export to disk, and the
-same code serves ``tools/evaluate.py`` and the evaluation callback during training.
+same code serves ``sprout eval`` and the evaluation callback during training.
 
 Tokenisation follows the harness's Hugging Face model (``HFLM``): a context's trailing spaces
 move to the continuation, the continuation's tokens are those of ``context + continuation``

@@ -213,7 +213,7 @@ def read_records(out_root: Path, num_parts: int, where: str) -> list[dict]:
         listed = ", ".join(map(str, missing[:20])) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
         raise SproutError(
             f"Cannot merge {where}: part(s) {listed} of --num_parts {num_parts} are not finished (a part is finished once "
-            f"its record .parts/of-{num_parts:04d}/part-NNNN.json is written, last). Run tools/prepare_data.py with "
+            f"its record .parts/of-{num_parts:04d}/part-NNNN.json is written, last). Run sprout prepare with "
             f"--num_parts {num_parts} --part N for each of them (a failed or killed part is re-run the same way), then --merge again."
         )
     records = [json.loads(record_path(out_root, num_parts, i).read_text()) for i in range(num_parts)]
