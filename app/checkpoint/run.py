@@ -24,6 +24,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from app.checkpoint.safe_load import check_distributed, load_file
+from app.compat.lightning import last_saved_step, save_last_checkpoint
 from app.errors import SproutError
 from app.files import remove_stale_temporaries, replacing
 
@@ -126,8 +127,8 @@ class SproutCheckpoint(ModelCheckpoint):
     """
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.save_last and self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last and last_saved_step(self) != trainer.global_step:
+            save_last_checkpoint(self, trainer)
         else:
             super().on_train_end(trainer, pl_module)
 

@@ -25,15 +25,15 @@ from typing import Any
 
 import torch
 
+from app.compat.torch import DISTRIBUTED_CHECKPOINT_CLASSES
 from app.errors import SproutError
 
 # (module, name) pairs a distributed checkpoint's .metadata may name: torch's metadata classes,
 # tensor shapes, dtypes and layouts, and the path of the folder it was written to.
 DISTRIBUTED_MODULES = ("torch.distributed.checkpoint.metadata",)
 DISTRIBUTED_METADATA = {
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    *DISTRIBUTED_CHECKPOINT_CLASSES,
     ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),
     ("collections", "OrderedDict"),
     ("pathlib", "PosixPath"),
     ("pathlib", "WindowsPath"),

@@ -21,6 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from app.compat.torch import cpu_flash_attention
 from app.errors import SproutError
 
 try:  # flash-attn is an optional GPU dependency (``pip install sprout[gpu]``)
@@ -99,7 +100,7 @@ class _CPUAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v):
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, True)
+        out, lse = cpu_flash_attention(q, k, v, 0.0, True)
         ctx.save_for_backward(q, k, v, out, lse)
         return out
 

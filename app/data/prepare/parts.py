@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.compat.litdata import split_index
 from app.data.prepare.merge import (
     cut_document,
     fallback_validation,
@@ -284,10 +285,7 @@ def merge_parts(
             flat = [c for task_chunks in chunks[split] for c in task_chunks]
             if flat:
                 (domain_dir / split).mkdir(parents=True, exist_ok=True)
-                write_json(
-                    domain_dir / split / INDEX_FILE,
-                    {"chunks": flat, "config": _config(records, split), "updated_at": str(time.time())},
-                )
+                write_json(domain_dir / split / INDEX_FILE, split_index(flat, _config(records, split)))
         metas[name] = write_statistics_and_meta(
             domain_dir, name, records[0]["tokenizer_identity"], total, file_records, settings
         )
