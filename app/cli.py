@@ -67,7 +67,8 @@ def main(args: list[str] | None = None) -> None:
     if argv[0] in commands.COMMANDS:
         commands.run(argv[0], argv[1:])
         return
-    from app.lightning_cli import run  # Lightning and torch: seconds to import, so only for the training commands
+    with commands.user_errors("sprout"):  # a dependency of the wrong version says so in words (app.compat)
+        from app.lightning_cli import run  # Lightning and torch: seconds to import, so only for the training commands
 
     run(args)
 

@@ -13,13 +13,10 @@ import contextlib
 import importlib
 import inspect
 import sys
-from argparse import RawDescriptionHelpFormatter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from jsonargparse import DefaultHelpFormatter, auto_cli
 
 from app.errors import SproutError
 
@@ -45,22 +42,27 @@ COMMANDS = {
 }  # fmt: skip
 
 
-class _HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
-    """Keeps the example commands of a module's docstring as written."""
-
-
 def run(name: str, args: list[str] | None = None) -> Any:
     """``sprout NAME ARGS``: the command's function as a CLI, its module docstring (the examples) as the description."""
+    # imported here: `sprout --help` and `sprout plugins` need none of this
+    from argparse import RawDescriptionHelpFormatter
+
+    from jsonargparse import DefaultHelpFormatter
+
+    class HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
+        """Keeps the example commands of a module's docstring as written."""
+
     command = COMMANDS[name]
     module_name, _, function_name = command.target.partition(":")
-    module = importlib.import_module(module_name)
+    with user_errors(f"sprout {name}"):  # a dependency of the wrong version says so in words
+        module = importlib.import_module(module_name)
     return run_function(
         getattr(module, function_name),
         args,
         prog=f"sprout {name}",
         as_positional=command.positional,
         description=module.__doc__,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
 
 
@@ -76,6 +78,8 @@ def user_errors(prog: str) -> Iterator[None]:
 
 def run_function(function: Callable, args: list[str] | None = None, prog: str | None = None, **cli_kwargs: Any) -> Any:
     """``auto_cli(function)`` under ``user_errors``; ``prog`` defaults to the function's file name."""
+    from jsonargparse import auto_cli
+
     prog = prog or Path(inspect.getfile(function)).stem
     with user_errors(prog):
         return auto_cli(function, args=args, prog=prog, **cli_kwargs)
