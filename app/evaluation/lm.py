@@ -42,9 +42,14 @@ class SproutLM(LM):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self._device = torch.device(device)
+        self.torch_device = torch.device(device)
         self.max_length = model.config.block_size
         self.max_gen_toks = max_gen_toks
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (lm-eval's ``LM.device``, answered without its private ``_device``)."""
+        return self.torch_device
 
     @property
     def eot_token_id(self) -> int:
