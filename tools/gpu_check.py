@@ -250,7 +250,7 @@ def gpu_check(
     if dry_run:
         name, peak = "CPU (dry run)", None
     else:
-        from app.flops import gpu_peak
+        from app.peaks import gpu_peak
 
         name = torch.cuda.get_device_name(0)
         peak = peak_tflops * 1e12 if peak_tflops else gpu_peak(torch.device("cuda"), torch.bfloat16)

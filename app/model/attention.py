@@ -21,7 +21,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from app.compat.torch import cpu_flash_attention
 from app.errors import SproutError
 
 try:  # flash-attn is an optional GPU dependency (``pip install sprout[gpu]``)
@@ -100,6 +99,8 @@ class _CPUAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v):
+        from app.compat.torch import cpu_flash_attention  # here: on a GPU any torch will do (tools/gpu_check.py)
+
         out, lse = cpu_flash_attention(q, k, v, 0.0, True)
         ctx.save_for_backward(q, k, v, out, lse)
         return out
