@@ -62,7 +62,10 @@ class SproutCLI(LightningCLI):
             check_checkpoint(last)
 
     def instantiate_trainer(self, **kwargs):
-        plugins = slurm_without_auto_requeue(self.config_init[self.subcommand]["trainer"].get("plugins"))
+        config = (
+            self.config_init if self.subcommand is None else self.config_init[self.subcommand]
+        )  # run=False: no subcommand
+        plugins = slurm_without_auto_requeue(config["trainer"].get("plugins"))
         trainer = super().instantiate_trainer(**kwargs, plugins=plugins)
         for i, callback in enumerate(trainer.callbacks):
             if type(callback) in (

@@ -205,7 +205,7 @@ def test_doremi_without_a_reference_is_a_clear_error(tiny_data):
 
 
 def test_printed_mixtures_are_recipes_the_cli_accepts(tiny_data, tmp_path):
-    """What fit_bimix.py and doremi print for the user to paste must parse and build."""
+    """What sprout fit-bimix and doremi print for the user to paste must parse and build."""
     write_fit(
         tmp_path / "fit.json", {"code": BiMixLaw(3.0, 0.6, 0.4, 0.2, 0.3), "text": BiMixLaw(4.0, 0.5, 0.5, 0.1, 0.4)}
     )

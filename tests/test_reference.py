@@ -110,7 +110,7 @@ def test_refuses_scores_of_other_data_lengths_and_references(world, tmp_path):
     assert datamodule(world, world["scores"]).reference_scores_identity["sha256"]
     with pytest.raises(SproutError, match=r"seq_len=16.*data.seq_len=12"):
         datamodule(world, world["scores"], seq_len=12)
-    with pytest.raises(SproutError, match=r"No reference scores for domain 'code'.*score_reference.py"):
+    with pytest.raises(SproutError, match=r"No reference scores for domain 'code'.*sprout score"):
         datamodule(world, tmp_path / "nothing")
     other_tok = tmp_path / "other_tok"
     shutil.copytree(world["scores"], other_tok)

@@ -103,7 +103,7 @@ def bench_selection(
             data_dir (``data``), reference (``reference/checkpoints/last.ckpt``) and scores (``scores``).
         data_dir: prepared data.
         reference: the reference checkpoint (online scoring).
-        scores: offline scores of that reference (tools/score_reference.py).
+        scores: offline scores of that reference (sprout score).
         domains: domains to train on (default books, code, math: the experiment's).
         arch: model shape (the reference's, for online scoring).
         vocab_size: the model's vocabulary (the tokenizer's).

@@ -20,7 +20,7 @@ Steps, each reused when the command is repeated (so an interrupted experiment co
 1. ``data``: tokenizer and shards for books, code (stdlib), math and math_ref;
 2. ``base``: pre-training on books + code;
 3. ``reference``: ``recipes/rho1-reference-math.yaml`` from the base on math_ref;
-4. ``scores``: ``tools/score_reference.py`` over books, code and math;
+4. ``scores``: ``sprout score`` over books, code and math;
 5. one ``recipes/rho1-continued.yaml`` run per selector, offline reference scores for all of
    them (so every run logs the excess loss of what it keeps).
 Every run is an ordinary ``sprout fit`` of a recipe written to its folder.
@@ -358,7 +358,7 @@ def selection(
     text = table(per_seed)
     costs = (
         "One-off FLOPs are Rho-1's alone: its reference's training and one reference forward over every training token of"
-        " books, code and math (what tools/score_reference.py scores); the other selectors read the same scores only to log"
+        " books, code and math (what sprout score scores); the other selectors read the same scores only to log"
         " the excess loss of what they keep."
     )
     (work / "selection.md").write_text(
