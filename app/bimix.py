@@ -7,7 +7,7 @@ A domain given share ``r`` of the training tokens has, after ``s`` steps, valida
 Only the products ``A*B`` and ``A*C`` are determined by data (scaling A up and B, C down gives
 the same curve), so the fit works on those two, ``alpha`` and ``beta``, and reports A, B, C in
 the gauge ``B + C = 1`` (A is then the loss at r = 1, s = 1). The ``bimix`` mixture policy and
-``tools/fit_bimix.py`` share these functions.
+``sprout fit-bimix`` share these functions.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class BiMixLaw:
         if not isinstance(values, Mapping) or set(values) != set(COEFFICIENTS):
             got = sorted(values) if isinstance(values, Mapping) else type(values).__name__
             raise SproutError(
-                f"{where} must map exactly {', '.join(COEFFICIENTS)} to numbers, got {got}. Copy the block printed by tools/fit_bimix.py or pass its --out file as fit_file."
+                f"{where} must map exactly {', '.join(COEFFICIENTS)} to numbers, got {got}. Copy the block printed by sprout fit-bimix or pass its --out file as fit_file."
             )
         law = {}
         for key in COEFFICIENTS:
@@ -57,7 +57,7 @@ class BiMixLaw:
             law[key] = float(value)
         if law["A"] <= 0 or law["B"] < 0 or law["C"] < 0 or law["alpha"] < 0 or law["beta"] < 0:
             raise SproutError(
-                f"{where} has {law}: the law needs A > 0 and B, C, alpha, beta >= 0. Re-run tools/fit_bimix.py, which keeps them in range."
+                f"{where} has {law}: the law needs A > 0 and B, C, alpha, beta >= 0. Re-run sprout fit-bimix, which keeps them in range."
             )
         return cls(**law)
 
@@ -199,11 +199,11 @@ def _read_fit_file(path: Path) -> dict:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise SproutError(
-            f"BiMix fit_file {path} does not exist. Write it with `python tools/fit_bimix.py RUN_DIR ... --out {path}`."
+            f"BiMix fit_file {path} does not exist. Write it with `sprout fit-bimix RUN_DIR ... --out {path}`."
         ) from None
     except (OSError, json.JSONDecodeError) as err:
         raise SproutError(
-            f"BiMix fit_file {path} is not readable JSON ({err}). Re-create it with tools/fit_bimix.py --out {path}."
+            f"BiMix fit_file {path} is not readable JSON ({err}). Re-create it with sprout fit-bimix --out {path}."
         ) from None
     return data
 
@@ -222,13 +222,13 @@ def fitted_shares(path: str | Path) -> dict[str, tuple[float, float]]:
 
 
 def read_fit(path: str | Path) -> dict[str, BiMixLaw]:
-    """Laws from a JSON file written by ``tools/fit_bimix.py``."""
+    """Laws from a JSON file written by ``sprout fit-bimix``."""
     path = Path(path)
     data = _read_fit_file(path)
     domains = data.get("domains") if isinstance(data, dict) else None
     if not isinstance(domains, dict) or not domains:
         raise SproutError(
-            f"BiMix fit_file {path} has no 'domains' mapping of per-domain coefficients. Re-create it with tools/fit_bimix.py --out {path}."
+            f"BiMix fit_file {path} has no 'domains' mapping of per-domain coefficients. Re-create it with sprout fit-bimix --out {path}."
         )
     return {name: BiMixLaw.from_mapping(values, f"{path}: domains.{name}") for name, values in domains.items()}
 

@@ -1,16 +1,40 @@
 """``sprout``: the command.
 
 ``sprout fit|validate|test --config recipes/X.yaml`` runs a recipe (``app.lightning_cli``);
-``sprout plugins`` lists every registered plugin. The listing reads the installed packages'
-metadata and sources (``app.plugin_index``) and imports neither Lightning nor torch, which take
-seconds to import, so it answers at once; only the training commands import them.
+``sprout prepare``, ``sprout export``, ... run one function each (``app.commands``);
+``sprout plugins`` lists every registered plugin. ``sprout --help`` and the plugin listing read
+tables and the installed packages' metadata and sources (``app.plugin_index``) and import neither
+Lightning nor torch, which take seconds to import, so they answer at once; a command imports
+what it needs when it runs.
 """
 
 from __future__ import annotations
 
 import sys
 
-from app import plugin_index
+from app import commands, plugin_index
+
+TRAINING = {
+    "fit": "train a recipe's model on its data (Lightning's Trainer; resumes a run)",
+    "validate": "validation loss of a recipe's model on its validation data",
+    "test": "test loss of a recipe's model on its test data",
+}
+PLUGINS = "list the registered plugins (selectors, mixtures, growth operators); --check loads each"
+
+
+def usage() -> str:
+    """``sprout --help``: every command with its purpose."""
+    rows = [*TRAINING.items(), *((name, c.purpose) for name, c in commands.COMMANDS.items()), ("plugins", PLUGINS)]
+    width = max(len(name) for name, _ in rows)
+    lines = [
+        "usage: sprout COMMAND [--config FILE] [--print_config] [options]",
+        "",
+        "Every command takes --config FILE (YAML of its options) and --print_config; `sprout COMMAND --help` lists its options.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {purpose}" for name, purpose in rows]
+    return "\n".join(lines)
 
 
 def print_plugins(check: bool = False) -> None:
@@ -34,10 +58,17 @@ def print_plugins(check: bool = False) -> None:
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] in ([], ["-h"], ["--help"]):
+        print(usage())
+        return
     if argv[:1] == ["plugins"]:
         print_plugins(check="--check" in argv[1:])
         return
-    from app.lightning_cli import run  # Lightning and torch: seconds to import, so only for the training commands
+    if argv[0] in commands.COMMANDS:
+        commands.run(argv[0], argv[1:])
+        return
+    with commands.user_errors("sprout"):  # a dependency of the wrong version says so in words (app.compat)
+        from app.lightning_cli import run  # Lightning and torch: seconds to import, so only for the training commands
 
     run(args)
 

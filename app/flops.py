@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-import torch
-from torch.utils import flop_counter
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
-# FlopCounterMode knows the CUDA flash-attention kernels but not the CPU one, which takes the
-# same leading arguments: count it with the same formulas.
-_aten = torch.ops.aten
-flop_counter.flop_registry.setdefault(
-    _aten._scaled_dot_product_flash_attention_for_cpu,
-    flop_counter.flop_registry[_aten._scaled_dot_product_flash_attention],
-)
-flop_counter.flop_registry.setdefault(
-    _aten._scaled_dot_product_flash_attention_for_cpu_backward,
-    flop_counter.flop_registry[_aten._scaled_dot_product_flash_attention_backward],
-)
+from app.compat.torch import cpu_flash_attention, cpu_flash_attention_backward
+
+
+def _bmm(batch: int, m: int, k: int, n: int) -> int:
+    return 2 * batch * m * k * n  # a multiply and an add per term, as FlopCounterMode counts matmuls
+
+
+# FlopCounterMode counts the CUDA flash-attention kernels but not the CPU one, which takes the
+# same leading arguments (query, key, value [B, H, T, D]; key and value may have fewer heads).
+# The formulas are torch's for those kernels: two matmuls forward; backward recomputes the
+# scores and takes four more.
+@register_flop_formula(cpu_flash_attention)
+def _attention_forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    b, h, s_q, d_q = query_shape
+    s_k, d_v = key_shape[2], value_shape[3]
+    return _bmm(b * h, s_q, d_q, s_k) + _bmm(b * h, s_q, s_k, d_v)
+
+
+@register_flop_formula(cpu_flash_attention_backward)
+def _attention_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    b, h, s_q, d_q = query_shape
+    s_k, d_v = key_shape[2], value_shape[3]
+    scores = _bmm(b * h, s_q, d_q, s_k)
+    return scores + _bmm(b * h, s_q, d_v, s_k) + _bmm(b * h, s_k, s_q, d_v) + _bmm(b * h, s_q, s_k, d_q) + scores
 
 
 def flop_counter_mode() -> FlopCounterMode:

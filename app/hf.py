@@ -3,7 +3,7 @@
 The two models compute the same function with the same tensors: Sprout's RoPE uses HF's
 rotate-half convention, so the mapping is a rename (no q/k permutation) and a tied head is
 simply left out of the safetensors file, as HF does. This module is used by
-``tools/export_hf.py``, ``tools/import_hf.py`` and ``app.checkpoint.weights.load_model``.
+``sprout export``, ``sprout import`` and ``app.checkpoint.weights.load_model``.
 """
 
 from __future__ import annotations

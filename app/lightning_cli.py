@@ -12,6 +12,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from jsonargparse import ArgumentError
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
@@ -21,7 +22,7 @@ from app.callbacks import ThroughputMonitor
 from app.callbacks.downstream_eval import DownstreamEval
 from app.callbacks.growth import Growth
 from app.callbacks.nan_guard import NaNGuard
-from app.callbacks.preemption import Preemption
+from app.callbacks.preemption import Preemption, slurm_without_auto_requeue
 from app.callbacks.progress import StepProgressBar
 from app.callbacks.rng import TrainingRNG
 from app.checkpoint.resume import checkpoint_to_resume, continue_last_run
@@ -29,7 +30,7 @@ from app.checkpoint.run import RETENTION, AtomicCheckpointIO, SproutCheckpoint, 
 from app.data.datamodule import SproutDataModule
 from app.errors import SproutError
 from app.module import SproutModule
-from app.recipe_errors import ParseFailure, RecipeParser, explain, sprout_error_in
+from app.recipe_errors import explain, sprout_error_in
 
 plugin_names.install()  # registered short names wherever a class path goes (recipes, command line)
 
@@ -50,8 +51,8 @@ class SproutCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         try:
             super().parse_arguments(parser, args)
-        except ParseFailure as failure:
-            raise SproutError(explain(failure, sys.argv[1:] if args is None else list(args))) from None
+        except ArgumentError as failure:  # exit_on_error=False: the parser's final error, not usage text
+            raise SproutError(explain(failure, parser, sys.argv[1:] if args is None else list(args))) from None
         path = self.config.get(f"{self.config.get('subcommand')}.ckpt_path")
         if path and path not in ("last", "best", "hpc"):
             check_checkpoint(path)  # before Lightning or the growth callback read it
@@ -61,7 +62,11 @@ class SproutCLI(LightningCLI):
             check_checkpoint(last)
 
     def instantiate_trainer(self, **kwargs):
-        trainer = super().instantiate_trainer(**kwargs)
+        config = (
+            self.config_init if self.subcommand is None else self.config_init[self.subcommand]
+        )  # run=False: no subcommand
+        plugins = slurm_without_auto_requeue(config["trainer"].get("plugins"))
+        trainer = super().instantiate_trainer(**kwargs, plugins=plugins)
         for i, callback in enumerate(trainer.callbacks):
             if type(callback) in (
                 TQDMProgressBar,
@@ -129,7 +134,7 @@ def run(args: list[str] | None = None) -> None:
             SproutModule,
             SproutDataModule,
             args=args,
-            parser_class=RecipeParser,
+            parser_kwargs={"exit_on_error": False},
             trainer_defaults={
                 **TRAINER_DEFAULTS,
                 "callbacks": [

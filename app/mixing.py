@@ -101,7 +101,7 @@ class MixtureFeedback(L.Callback):
         if policy.needs_reference:
             if ref_loss is None:
                 raise SproutError(
-                    f"The mixture policy {type(policy).__name__} needs reference losses: set model.reference to a reference checkpoint (scored online) or data.reference_scores to offline scores from tools/score_reference.py."
+                    f"The mixture policy {type(policy).__name__} needs reference losses: set model.reference to a reference checkpoint (scored online) or data.reference_scores to offline scores from sprout score."
                 )
             loss = (loss - ref_loss.double()).clamp_min(0)
         valid = (batch["targets"] != IGNORE_INDEX) & loss.isfinite()  # a step the NaN guard skips adds nothing

@@ -11,11 +11,13 @@ same path without a mesh, so checkpointing and compile apply there too.
 from __future__ import annotations
 
 import inspect
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from app.errors import SproutError
 
@@ -50,6 +52,18 @@ class Parallelism:
             )
 
 
+def _checkpointed_forward(block: nn.Module, *args, **kwargs):
+    return checkpoint(type(block).forward, block, *args, use_reentrant=False, preserve_rng_state=False, **kwargs)
+
+
+def recompute_in_backward(block: nn.Module) -> None:
+    """Activation checkpointing of ``block``: its forward keeps only its inputs, and backward runs
+    it again (``torch.utils.checkpoint``, non-reentrant; the blocks draw no random numbers). The
+    module itself stays, so parameter names and checkpoints are those of the plain model; a bound
+    method, so a deep copy of the model checkpoints its own blocks."""
+    block.forward = types.MethodType(_checkpointed_forward, block)
+
+
 def parallelize(model: nn.Module, plan: Parallelism, mesh=None, param_dtype: torch.dtype | None = None) -> nn.Module:
     """Checkpoint and compile each block of ``model.layers``; with a ``mesh``, shard with FSDP2.
 
@@ -62,9 +76,7 @@ def parallelize(model: nn.Module, plan: Parallelism, mesh=None, param_dtype: tor
     """
     for index, block in enumerate(model.layers):
         if plan.activation_checkpointing:
-            from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
-
-            block = checkpoint_wrapper(block, preserve_rng_state=False)
+            recompute_in_backward(block)
         if plan.compile:
             block.compile()  # not fullgraph: under a dispatch mode (the FLOP counter's step) it runs eagerly
         model.layers[index] = block

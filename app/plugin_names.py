@@ -6,7 +6,8 @@ jsonargparse turns a value without a dot into a class path in exactly one place,
 and for defaults. It knows the type the option expects, so it tells which plugin kind a
 name belongs to: a name registered under two kinds is not ambiguous here. On its own it only
 matches the class names of subclasses already imported (``Rho1``), and it has no public hook;
-``install`` wraps it so that a registered name of the expected kind comes first and an unknown
+``install`` wraps it (through ``app.compat.jsonargparse``, checked against the jsonargparse
+versions it was written for) so that a registered name of the expected kind comes first and an unknown
 name fails with the registered ones listed. Rewriting the YAML or ``argv`` instead would need
 to know each option's type from the outside and would miss the paths the parser takes inside
 (help, defaults, values nested in a ``--model '{...}'`` string).
@@ -16,9 +17,8 @@ from __future__ import annotations
 
 import functools
 
-from jsonargparse import _typehints
-
 from app import registry
+from app.compat.jsonargparse import wrap_class_path_resolution
 from app.protocols import KINDS
 
 
@@ -47,12 +47,9 @@ def resolver(jsonargparse_resolve):
             registry.resolve(kind, name)  # raises: unknown name, with the registered ones listed
         return path
 
-    resolve_class_path_by_name.sprout_short_names = True
     return resolve_class_path_by_name
 
 
 def install() -> None:
     """Make jsonargparse resolve registered short names (idempotent)."""
-    current = _typehints.resolve_class_path_by_name
-    if not getattr(current, "sprout_short_names", False):
-        _typehints.resolve_class_path_by_name = resolver(current)
+    wrap_class_path_resolution(resolver)

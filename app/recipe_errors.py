@@ -1,8 +1,9 @@
 """Recipe mistakes caught by the argument parser, said in one paragraph: which file, which key, what to do.
 
 jsonargparse reports a typo in a recipe as a page of usage text followed by a nested, typed
-message that names neither the recipe file nor the fix. ``RecipeParser`` stops it at its
-final error and ``explain`` rewrites it: the YAML problem with its line and column, the
+message that names neither the recipe file nor the fix. The CLI's parser is made with
+``exit_on_error=False``, so it raises its final error (``ArgumentError``) instead of printing,
+and ``explain`` rewrites it: the YAML problem with its line and column, the
 unknown key with the closest known one, the unknown plugin with the registered ones (from
 the registry), the wrong value with the expected type, or the plugin's own ``SproutError``.
 """
@@ -17,35 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from lightning.pytorch.cli import LightningArgumentParser
+from jsonargparse import ArgumentError, ArgumentParser
 
 from app import registry
 from app.errors import SproutError
 from app.protocols import KINDS
 
 HELP = "`sprout fit --help` lists every option with its type"
-
-
-class ParseFailure(Exception):
-    """The parser's final error, before it would print usage and exit; see ``explain``."""
-
-    def __init__(self, message: str, cause: BaseException | None, parser: Any) -> None:
-        super().__init__(message)
-        self.cause = cause
-        self.parser = parser
-
-
-class RecipeParser(LightningArgumentParser):
-    """Raises ``ParseFailure`` where jsonargparse would print usage and exit.
-
-    Parsers that jsonargparse makes internally (``exit_on_error=False``) keep raising its
-    own errors, which it catches while trying the alternatives of a type.
-    """
-
-    def error(self, message: str, ex: Exception | None = None):
-        if not self.exit_on_error:
-            return super().error(message, ex)
-        raise ParseFailure(message, ex, getattr(ex, "subcommand_parser", None) or self)
 
 
 WORKER_TRACEBACK = re.compile(
@@ -159,11 +138,21 @@ def _init_args(class_path: str) -> list[str]:
     return [p.name for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
-def explain(failure: ParseFailure, args: list[str]) -> str:
+def _option_keys(parser: ArgumentParser, cause: BaseException | None) -> list[str]:
+    """The options of the parser that failed: a subcommand's (jsonargparse marks its error with
+    that parser), else the one given."""
+    parser = getattr(cause, "subcommand_parser", None) or parser
+    try:
+        return list(parser.get_defaults().keys())
+    except (ArgumentError, TypeError, KeyError, ValueError):
+        return []
+
+
+def explain(failure: ArgumentError, parser: ArgumentParser, args: list[str]) -> str:
     """One paragraph: what is wrong, where (file or command line, key), and how to fix it."""
     files = _config_files(args)
     message = str(failure)
-    sprout = sprout_error_in(failure.cause)
+    sprout = sprout_error_in(failure.__cause__)
     if "Problems parsing config" in message:
         problem = _yaml_problem(files)
         if problem:
@@ -180,8 +169,7 @@ def explain(failure: ParseFailure, args: list[str]) -> str:
     )
     if unknown:
         key = unknown.group(1)
-        known = [a.dest for a in getattr(failure.parser, "_actions", []) if isinstance(a.dest, str)]
-        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(key, _option_keys(parser, failure.__cause__), n=1, cutoff=0.6)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return f"Unknown option '{key}' in {_where(key, args)}{hint}. Fix or remove it; {HELP}."
 

@@ -1,7 +1,7 @@
 """Reference-model losses for Rho-1, scored online by a frozen model.
 
 Online, ``Reference`` runs one extra no-grad forward per step. Offline, the losses come
-from score files made once by ``tools/score_reference.py`` (``app.data.scores``). Both
+from score files made once by ``sprout score`` (``app.data.scores``). Both
 routes round the losses through float16, so they select the same tokens.
 """
 
@@ -106,6 +106,6 @@ def online_reference(path: str | None, vocab_size: int, dm: Any, selector: Token
         who = f"selector {type(selector).__name__}" if selector.needs_reference else f"mixture {type(mixture).__name__}"
         raise SproutError(
             f"The {who} needs reference losses: set model.reference to a reference model checkpoint "
-            "(scored online every step) or data.reference_scores to a folder written by tools/score_reference.py (offline, no extra cost)."
+            "(scored online every step) or data.reference_scores to a folder written by sprout score (offline, no extra cost)."
         )
     return None

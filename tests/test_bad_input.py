@@ -247,7 +247,7 @@ def test_mixture_weights_not_matching_the_domains(tiny_data, tmp_path):
 def test_missing_data_folder(tmp_path):
     message = fails(recipe(tmp_path / "r.yaml", tmp_path / "nodata", tmp_path / "runs"))
     assert message == (
-        f"data.data_dir {tmp_path / 'nodata'} does not exist. Prepare data with tools/prepare_data.py --out_dir {tmp_path / 'nodata'}, "
+        f"data.data_dir {tmp_path / 'nodata'} does not exist. Prepare data with sprout prepare --out_dir {tmp_path / 'nodata'}, "
         "or fix the path in the recipe."
     )
 
@@ -257,7 +257,7 @@ def test_missing_shard_folder(data, tmp_path):
     message = fails(recipe(tmp_path / "r.yaml", data, tmp_path / "runs"))
     assert message == (
         f"Shard folder {data / 'code' / 'train'} is missing, though {data / 'code' / 'meta.json'} is there. "
-        f"Copy {data / 'code'} again, or re-run tools/prepare_data.py for this domain with --overwrite."
+        f"Copy {data / 'code'} again, or re-run sprout prepare for this domain with --overwrite."
     )
 
 
@@ -269,7 +269,7 @@ def test_truncated_shard(data, tmp_path):
     index = data / "text" / "train" / "index.json"
     assert message == (
         f"Shard {chunk} is {size // 2:,} bytes, but {index} says {size:,} bytes: it is truncated or corrupt. "
-        f"Copy {data / 'text'} again, or re-run tools/prepare_data.py for this domain with --overwrite."
+        f"Copy {data / 'text'} again, or re-run sprout prepare for this domain with --overwrite."
     )
 
 
@@ -291,9 +291,7 @@ def test_corrupt_shard_index(data, tmp_path):
     index.write_text(index.read_text()[:40])
     message = fails(recipe(tmp_path / "r.yaml", data, tmp_path / "runs"))
     assert message.startswith(f"{index} is corrupt (JSONDecodeError: ")
-    assert message.endswith(
-        f"Copy {data / 'code'} again, or re-run tools/prepare_data.py for this domain with --overwrite."
-    )
+    assert message.endswith(f"Copy {data / 'code'} again, or re-run sprout prepare for this domain with --overwrite.")
 
 
 def test_shards_from_another_tokenizer(tiny_data, tmp_path):
@@ -345,7 +343,7 @@ def test_tokenizer_json_that_is_not_json(data, tmp_path):
 
 
 def tool_fails(main, args: list[str], capsys, tool: str) -> str:
-    """Run a tool's ``main``; it must exit 2 with one ``<tool>: error:`` paragraph and no traceback."""
+    """Run a command; it must exit 2 with one ``<tool>: error:`` paragraph and no traceback."""
     with pytest.raises(SystemExit) as exit_:
         main(args)
     err = capsys.readouterr().err
@@ -356,13 +354,14 @@ def tool_fails(main, args: list[str], capsys, tool: str) -> str:
 
 
 def test_json_line_whose_text_is_null(tiny_data, tmp_path, capsys):
-    from tools.prepare_data import main
+    from app.cli import main
 
     (tmp_path / "in.jsonl").write_text('{"text": "fine"}\n{"text": null, "id": 2}\n')
     out = tmp_path / "out"
     message = tool_fails(
         main,
         [
+            "prepare",
             "--tokenizer",
             str(tiny_data / "tokenizer.json"),
             "--out_dir",
@@ -377,7 +376,7 @@ def test_json_line_whose_text_is_null(tiny_data, tmp_path, capsys):
             "false",
         ],
         capsys,
-        "prepare_data",
+        "sprout prepare",
     )
     assert message.startswith(
         f"Bad input record at {tmp_path / 'in.jsonl'}, line 2: field 'text' is null, not a string. Fix or remove it, or re-run with --skip_bad_records true"

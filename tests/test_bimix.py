@@ -3,13 +3,14 @@ import json
 
 import numpy as np
 import pytest
+from tiny_run import sprout
 
 from app.bimix import BiMixLaw, fit_law, optimal_mixture, read_fit
+from app.commands.fit_bimix import fit_bimix
 from app.errors import SproutError
 from app.protocols import DomainStats
 from app.registry import resolve
 from plugins.mixtures.bimix import BiMixMixture
-from tools.fit_bimix import main as fit_bimix
 
 TRUE = {
     "code": BiMixLaw(A=1.0, B=4.0, C=1.6, alpha=0.12, beta=0.45),
@@ -44,8 +45,10 @@ def test_fit_recovers_law_from_noisy_runs(tmp_path, capsys):
     shares = [0.15, 0.35, 0.55, 0.75, 0.9]
     runs = [write_run(tmp_path / f"run{i}", {"code": c, "text": 1 - c}, seed=i) for i, c in enumerate(shares)]
     out = tmp_path / "fit.json"
-    mixture = fit_bimix(runs, target_steps=5000, out=str(out))
+    code, err = sprout("fit-bimix", "--run_dirs", json.dumps(runs), "--target_steps", "5000", "--out", str(out))
+    assert code == 0, err
     fit = json.loads(out.read_text())
+    mixture = fit["mixture"]
     for domain, true in TRUE.items():
         got = fit["domains"][domain]
         # A, B, C are known only up to A*B and A*C; alpha and beta are identifiable.

@@ -250,7 +250,7 @@ def test_a_shard_overwritten_with_garbage_names_file_domain_value_and_vocabulary
         and f"token id {value}" in message
         and "320 ids" in message
     )
-    assert "tools/prepare_data.py" in message and "--overwrite" in message
+    assert "sprout prepare" in message and "--overwrite" in message
 
 
 def test_garbage_in_a_validation_shard_or_through_the_data_module(old_chunks):
@@ -303,8 +303,8 @@ def test_a_damaged_or_truncated_shard_is_refused_by_its_checksum_and_verify_name
     assert str(err.value).startswith(
         f"Shard {flipped} of domain 'json' is damaged: it is of the right size, but its xxh3_64 checksum is "
     )
-    assert "(read twice). Re-run tools/prepare_data.py for domain 'json' with --overwrite" in str(err.value)
-    assert f"python tools/verify_data.py {small_chunks} checks every shard" in str(err.value)
+    assert "(read twice). Re-run sprout prepare for domain 'json' with --overwrite" in str(err.value)
+    assert f"sprout verify {small_chunks} checks every shard" in str(err.value)
     with pytest.raises(
         SproutError, match=f"Shard {cut} of domain 'json' is damaged: it is [0-9,]+ bytes, but its index"
     ):

@@ -1,4 +1,4 @@
-"""Downstream evaluation through lm-evaluation-harness, offline: ``tools/evaluate.py`` on a
+"""Downstream evaluation through lm-evaluation-harness, offline: ``sprout eval`` on a
 checkpoint, the ``eval:`` callback during a run, and their bad input.
 
 Tiny models on one thread (on a loaded 2-core machine two threads wait on each other at every
@@ -19,7 +19,6 @@ from app.errors import SproutError
 from app.evaluation.tasks import LOCAL_DIR, local_task_configs
 from app.hf import save_hf
 from app.model import Llama, LlamaConfig
-from tools.evaluate import main as evaluate_main
 
 
 @pytest.fixture(autouse=True)
@@ -56,17 +55,15 @@ def trained_checkpoint(tmp_path: Path, texts: list[str], steps: int) -> Path:
 
 
 def run_tool(*args: str, capsys) -> tuple[int, str]:
-    try:
-        evaluate_main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code
-    return code, capsys.readouterr().err
+    """``sprout eval ARGS``: (exit status, stderr)."""
+    code, err = sprout("eval", *args)
+    capsys.readouterr()
+    return code, err
 
 
 def one_paragraph(code: int, err: str) -> str:
     assert code == 2 and "Traceback" not in err, err[-2000:]
-    lines = [line for line in err.splitlines() if line.startswith("evaluate: error: ")]
+    lines = [line for line in err.splitlines() if line.startswith("sprout eval: error: ")]
     assert len(lines) == 1, err[-2000:]
     return lines[0]
 

@@ -459,8 +459,8 @@ def test_paper_recipes_grow_the_paper_shapes_at_the_guideline_time(name, small, 
     import yaml
 
     from app.callbacks.growth import Growth
+    from app.commands.plan_growth import growth_tokens
     from app.model import param_count
-    from tools.growth_plan import growth_tokens
 
     recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / f"gstack-{name}.yaml").read_text())
     source = LlamaConfig.from_name(recipe["model"]["arch"])

@@ -1,14 +1,11 @@
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
+from app.commands.plan_growth import format_count, growth_tokens, parse_count, plan_growth
 from app.errors import SproutError
-from tools.growth_plan import format_count, growth_tokens, main, parse_count
-
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "growth_plan.py"
 
 
 # Du et al. 2024, growth-timing table: target size, training tokens -> d to the printed precision.
@@ -17,7 +14,7 @@ TOOL = Path(__file__).resolve().parents[1] / "tools" / "growth_plan.py"
     [("7B", "2T", "11.11B"), ("13B", "2T", "15.84B"), ("70B", "2T", "42.48B"), ("8B", "15T", "6.58B")],
 )
 def test_reproduces_paper_table(params, tokens, expected, capsys):
-    d = main(tokens=tokens, params=params)
+    d = plan_growth(tokens=tokens, params=params)
     assert format_count(d) == expected
     assert f"d = {expected} tokens" in capsys.readouterr().out
 
@@ -38,7 +35,7 @@ def test_bad_count_names_the_option(text):
 
 def test_small_shape_and_written_stanza(tmp_path, capsys):
     out = tmp_path / "plan" / "growth.yaml"
-    d = main(tokens="2T", params="7B", config="llama-7b-32l", write_recipe=str(out))
+    d = plan_growth(tokens="2T", params="7B", arch="llama-7b-32l", write_recipe=str(out))
     printed = capsys.readouterr().out
     assert "small shape llama-7b-8l: 8 layers x 4096 wide" in printed
     assert yaml.safe_load(out.read_text()) == {
@@ -47,21 +44,21 @@ def test_small_shape_and_written_stanza(tmp_path, capsys):
     }
 
 
-def test_params_counted_from_config_when_not_given(capsys):
+def test_params_counted_from_arch_when_not_given(capsys):
     from app.model.config import LlamaConfig, param_count
 
-    d = main(tokens="2T", config="llama-7b-32l")
+    d = plan_growth(tokens="2T", arch="llama-7b-32l")
     assert d == pytest.approx(growth_tokens(param_count(LlamaConfig.from_name("llama-7b-32l")), 2e12))
 
 
 def test_factor_must_divide_target_layers():
     with pytest.raises(SproutError, match="22 layers.*factor 4"):
-        main(tokens="2T", params="1.1B", config="tiny-llama-1.1b")
+        plan_growth(tokens="2T", params="1.1B", arch="tiny-llama-1.1b")
 
 
 def test_cli_prints_error_without_traceback():
     result = subprocess.run(
-        [sys.executable, str(TOOL), "--params", "7Q", "--tokens", "2T"], capture_output=True, text=True
+        [sys.executable, "-m", "app", "plan-growth", "--params", "7Q", "--tokens", "2T"], capture_output=True, text=True
     )
     assert result.returncode == 2
     assert "error: --params '7Q' is not a positive count" in result.stderr

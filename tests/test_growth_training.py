@@ -351,9 +351,9 @@ def test_fsdp2_grows_mid_run_and_resumes_in_the_grown_shape(tiny_data, tmp_path)
 
 
 def test_growth_plan_writes_sections_the_cli_accepts(tmp_path, capsys):
-    from tools.growth_plan import main as plan
+    from app.commands.plan_growth import plan_growth
 
-    plan(tokens="50M", config="tiny", write_recipe=str(tmp_path / "plan.yaml"))
+    plan_growth(tokens="50M", arch="tiny", write_recipe=str(tmp_path / "plan.yaml"))
     capsys.readouterr()
     with pytest.raises(SystemExit) as done:
         main(

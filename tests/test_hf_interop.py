@@ -67,7 +67,7 @@ def test_export_in_bfloat16_writes_bfloat16(tmp_path):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_export_import_round_trip_is_exact(tmp_path, variant):
-    from tools.import_hf import import_hf
+    from app.commands.import_hf import import_hf
 
     model = random_model(**VARIANTS[variant])
     save_hf(model, tmp_path / "hf")
@@ -136,7 +136,7 @@ def test_export_cli_from_lightning_checkpoint_with_tokenizer(tmp_path):
     tokenizer = Tokenizer.train_bpe(texts, 300, tmp_path / "tok" / "tokenizer.json")
     out = tmp_path / "hf"
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "export_hf.py"), str(path), str(out), "--tokenizer", str(tokenizer.path)],
+        [sys.executable, "-m", "app", "export", str(path), str(out), "--tokenizer", str(tokenizer.path)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -152,7 +152,7 @@ def test_export_cli_from_lightning_checkpoint_with_tokenizer(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(hf_logits(out, idx), trained.eval()(idx), atol=1e-4, rtol=1e-4)
     again = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "export_hf.py"), str(path), str(out)],
+        [sys.executable, "-m", "app", "export", str(path), str(out)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -329,7 +329,7 @@ def test_unsupported_hf_variants_are_refused(tmp_path, change, field):
 
 def test_import_cli_reports_errors_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "import_hf.py"), str(tmp_path), str(tmp_path / "x.ckpt")],
+        [sys.executable, "-m", "app", "import", str(tmp_path), str(tmp_path / "x.ckpt")],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from app.bimix import BiMixLaw, write_fit
 from app.callbacks import MixtureFeedback
 from app.checkpoint.weights import save_model
+from app.commands.fit_bimix import recipe_snippet
 from app.data.datamodule import SproutDataModule
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
@@ -26,7 +27,6 @@ from plugins.mixtures.bimix import BiMixMixture
 from plugins.mixtures.doremi import DoReMi
 from plugins.mixtures.entropy import EntropyMixture
 from plugins.mixtures.static import Fixed
-from tools.fit_bimix import recipe_snippet
 
 SEQ = 32
 STEPS, RESUME_AT, UPDATE_EVERY = 12, 5, 3  # resume between two updates: half a feedback window is in the checkpoint
@@ -205,7 +205,7 @@ def test_doremi_without_a_reference_is_a_clear_error(tiny_data):
 
 
 def test_printed_mixtures_are_recipes_the_cli_accepts(tiny_data, tmp_path):
-    """What fit_bimix.py and doremi print for the user to paste must parse and build."""
+    """What sprout fit-bimix and doremi print for the user to paste must parse and build."""
     write_fit(
         tmp_path / "fit.json", {"code": BiMixLaw(3.0, 0.6, 0.4, 0.2, 0.3), "text": BiMixLaw(4.0, 0.5, 0.5, 0.1, 0.4)}
     )

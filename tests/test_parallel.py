@@ -238,7 +238,7 @@ def test_fsdp2_run_checkpoints_resumes_and_consolidates(tmp_path, tiny_data):
     assert sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # one shard per rank
     first = _metrics(tmp_path, 0)
     assert sorted(first) == [0, 1, 2, 3] and float(first[3]["train/loss"]) < float(first[0]["train/loss"])
-    from tools.evaluate import evaluate
+    from app.commands.evaluate import evaluate
 
     during = _metrics(tmp_path, 0, "eval/stdlib_mc/acc")
     assert sorted(during) == [4]  # logged at step 4 by rank 0 only; the same score from the sharded checkpoint:
@@ -252,7 +252,7 @@ def test_fsdp2_run_checkpoints_resumes_and_consolidates(tmp_path, tiny_data):
     assert float(resumed[4]["perf/tokens_seen"]) == 5 * 2 * 2 * 32
 
     out = tmp_path / "model.ckpt"
-    from tools.consolidate_checkpoint import consolidate
+    from app.commands.consolidate import consolidate
 
     consolidate(last, out)
     single, meta = load_model(out)

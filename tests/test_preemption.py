@@ -94,6 +94,8 @@ def test_slurm_time_limit_warning_requeues_the_job(sig, works, tiny_data, tmp_pa
         "SLURM_JOB_NAME": "train.sh",
         "SLURM_ARRAY_JOB_ID": "4240",
         "SLURM_ARRAY_TASK_ID": "2",
+        # one task started by srun: Lightning chooses its SLURMEnvironment (auto-requeue off, ours instead)
+        **{"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"},
     }
     code, err = interrupt(config, sig, 2, tmp_path, PATH=f"{fake.parent}{os.pathsep}{os.environ['PATH']}", **slurm)
     assert code == 128 + sig.value, err[-3000:]
@@ -107,3 +109,21 @@ def test_slurm_time_limit_warning_requeues_the_job(sig, works, tiny_data, tmp_pa
             "Requeueing SLURM job 4240_2 failed (Job is not requeueable); requeue it with `scontrol requeue 4240_2`"
             in err
         )
+
+
+def test_lightning_requeue_handler_is_off_under_slurm(monkeypatch):
+    """Under srun the Trainer gets SLURMEnvironment(auto_requeue=False), so Lightning installs no
+    SIGUSR1 handler of its own; elsewhere, or with an environment the recipe chose, nothing changes."""
+    from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
+
+    from app.callbacks.preemption import slurm_without_auto_requeue
+
+    for name in [n for n in os.environ if n.startswith(("SLURM_", "TORCHELASTIC_"))]:
+        monkeypatch.delenv(name)
+    assert slurm_without_auto_requeue(None) is None
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train.sh")
+    (env,) = slurm_without_auto_requeue(None)
+    assert isinstance(env, SLURMEnvironment) and not env.auto_requeue
+    chosen = [LightningEnvironment()]
+    assert slurm_without_auto_requeue(chosen) is chosen

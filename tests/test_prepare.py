@@ -360,10 +360,11 @@ def test_starcoder_languages_can_merge_into_one_domain(tmp_path, corpus, tok):
 
 
 def test_cli_prepares_and_reports_errors(tmp_path, corpus, tok, capsys):
-    from tools.prepare_data import main
+    from app.cli import main
 
     main(
         [
+            "prepare",
             "--tokenizer",
             str(tok.path),
             "--out_dir",
@@ -395,10 +396,20 @@ sources:
     format: slimpajama
     include: [c4]
 """)
-    main(["--config", str(config)])
+    main(["prepare", "--config", str(config)])
     assert sorted(p.parent.name for p in (tmp_path / "out").glob("*/meta.json")) == ["books", "c4", "math"]
     with pytest.raises(SystemExit) as exit_:
-        main(["--tokenizer", str(tok.path), "--out_dir", str(tmp_path / "out"), "--text", str(corpus["books"])])
+        main(
+            [
+                "prepare",
+                "--tokenizer",
+                str(tok.path),
+                "--out_dir",
+                str(tmp_path / "out"),
+                "--text",
+                str(corpus["books"]),
+            ]
+        )
     assert exit_.value.code == 2 and "--domain" in capsys.readouterr().err
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from app.checkpoint.weights import save_model
+from app.commands.score import score_reference
 from app.data.blocks import DomainBlocks, open_blocks
 from app.data.datamodule import SproutDataModule
 from app.data.prepare import Source, prepare
@@ -20,7 +21,6 @@ from app.errors import SproutError
 from app.model import Llama, LlamaConfig
 from app.reference import Reference
 from plugins.selectors.rho1 import Rho1
-from tools.score_reference import score_reference
 
 SEQ_LEN = 16
 VOCAB = 320
@@ -110,7 +110,7 @@ def test_refuses_scores_of_other_data_lengths_and_references(world, tmp_path):
     assert datamodule(world, world["scores"]).reference_scores_identity["sha256"]
     with pytest.raises(SproutError, match=r"seq_len=16.*data.seq_len=12"):
         datamodule(world, world["scores"], seq_len=12)
-    with pytest.raises(SproutError, match=r"No reference scores for domain 'code'.*score_reference.py"):
+    with pytest.raises(SproutError, match=r"No reference scores for domain 'code'.*sprout score"):
         datamodule(world, tmp_path / "nothing")
     other_tok = tmp_path / "other_tok"
     shutil.copytree(world["scores"], other_tok)

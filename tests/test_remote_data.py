@@ -72,7 +72,7 @@ def test_offline_reference_scores_serve_remote_data(tiny_data, s3, tmp_path):
     """Scores made on the local folder fit the same shards in S3 (their index is the same file)."""
     from tiny_run import save_reference
 
-    from tools.score_reference import score_reference
+    from app.commands.score import score_reference
 
     url = upload(tiny_data, f"{s3}/tiny")
     ref = save_reference(tiny_data, tmp_path / "ref.ckpt")
@@ -204,7 +204,7 @@ def test_bad_buckets_endpoints_and_credentials_are_named(tiny_data, s3, s3_serve
 
 
 def prepare_args(tiny_data: Path, out: str, stage: Path, *extra: str) -> list[str]:
-    """tools/prepare_data.py arguments that rebuild ``tiny_data`` (the same sources and options)."""
+    """``sprout prepare`` arguments that rebuild ``tiny_data`` (the same sources and options)."""
     raw = tiny_data.parent / "raw"
     config = stage.parent / f"{stage.name}.yaml"
     sources = [
@@ -213,6 +213,7 @@ def prepare_args(tiny_data: Path, out: str, stage: Path, *extra: str) -> list[st
     ]
     config.write_text(json.dumps({"sources": sources}))
     return [
+        "prepare",
         "--config",
         str(config),
         "--tokenizer",
@@ -232,8 +233,8 @@ def prepare_args(tiny_data: Path, out: str, stage: Path, *extra: str) -> list[st
 
 
 def test_prepare_in_parts_to_s3_resumes_an_interrupted_upload_and_merges(tiny_data, s3, tmp_path, monkeypatch, capsys):
+    from app.cli import main
     from app.data.store.mirror import remote_domains
-    from tools.prepare_data import main
 
     url = f"{s3}/tiny"
     store = ObjectStore(url)

@@ -120,16 +120,14 @@ def test_model_init_from_reference_and_growth_source(where, evil_ckpt, marker, t
 
 
 def test_tools(evil_ckpt, evil_distributed, marker, tiny_data, tmp_path, capsys):
-    from tools.consolidate_checkpoint import main as consolidate
-    from tools.export_hf import main as export
-    from tools.score_reference import main as score
+    from app.cli import main
 
-    for main, args, path in [
-        (export, [str(evil_ckpt), str(tmp_path / "hf")], evil_ckpt),
-        (consolidate, [str(evil_distributed), str(tmp_path / "one.ckpt")], evil_distributed / ".metadata"),
+    for args, path in [
+        (["export", str(evil_ckpt), str(tmp_path / "hf")], evil_ckpt),
+        (["consolidate", str(evil_distributed), str(tmp_path / "one.ckpt")], evil_distributed / ".metadata"),
         (
-            score,
             [
+                "score",
                 "--reference",
                 str(evil_ckpt),
                 "--data_dir",

@@ -52,9 +52,8 @@ def test_a_chunk_damaged_in_the_store_is_downloaded_again_then_refused_and_verif
     assert str(err.value).startswith(
         f"Shard {store.url_of(key)} of domain 'code' is damaged: it is of the right size, but its {CHECKSUM} checksum is "
     )
-    assert (
-        f"(downloaded twice). Re-run tools/prepare_data.py --out_dir {url} with --overwrite for domain 'code'"
-        in str(err.value)
+    assert f"(downloaded twice). Re-run sprout prepare --out_dir {url} with --overwrite for domain 'code'" in str(
+        err.value
     )
     with pytest.raises(SproutError, match=r"domain\(s\) 'code' hold damaged or missing chunks"):
         verify(url)

@@ -8,9 +8,9 @@ import torch
 from conftest import TINY_VOCAB
 
 from app.checkpoint.weights import save_model
+from app.commands.dynamics import CLASSES, classify, token_dynamics
 from app.errors import SproutError
 from app.model import Llama, LlamaConfig
-from tools.token_dynamics import CLASSES, classify, token_dynamics
 
 
 def test_classes_on_hand_made_curves():

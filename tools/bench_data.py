@@ -39,6 +39,7 @@ from typing import Literal
 
 import torch
 
+from app.commands import run_function
 from app.data.corpus import build_default_corpus
 from app.data.datamodule import SproutDataModule
 from app.data.prepare import Source, prepare
@@ -50,7 +51,6 @@ from app.errors import SproutError
 from app.loss import token_losses
 from app.model import Llama, LlamaConfig
 from tools.bench_streaming import bench_chunks, bench_latency, bench_sampler
-from tools.cli import run_tool
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
@@ -367,7 +367,7 @@ def bench_data(
 
 
 def main(args: list[str] | None = None) -> None:
-    run_tool(bench_data, args, as_positional=False)
+    run_function(bench_data, args, as_positional=False)
 
 
 if __name__ == "__main__":

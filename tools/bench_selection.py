@@ -21,10 +21,10 @@ import lightning as L
 import torch
 
 from app import registry
+from app.commands import run_function
 from app.data.datamodule import SproutDataModule
 from app.errors import SproutError
 from app.module import SproutModule
-from tools.cli import run_tool
 
 CONFIGS = ("all", "rho1-offline", "rho1-online")
 
@@ -103,7 +103,7 @@ def bench_selection(
             data_dir (``data``), reference (``reference/checkpoints/last.ckpt``) and scores (``scores``).
         data_dir: prepared data.
         reference: the reference checkpoint (online scoring).
-        scores: offline scores of that reference (tools/score_reference.py).
+        scores: offline scores of that reference (sprout score).
         domains: domains to train on (default books, code, math: the experiment's).
         arch: model shape (the reference's, for online scoring).
         vocab_size: the model's vocabulary (the tokenizer's).
@@ -155,7 +155,7 @@ def bench_selection(
 
 
 def main(args: list[str] | None = None) -> None:
-    run_tool(bench_selection, args, as_positional=False)
+    run_function(bench_selection, args, as_positional=False)
 
 
 if __name__ == "__main__":

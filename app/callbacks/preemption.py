@@ -5,7 +5,9 @@ Schedulers warn before they kill: SLURM sends SIGUSR1 some time before the end o
 most clouds send SIGTERM. Lightning already catches SIGTERM: it sets
 ``trainer.received_sigterm`` and stops at the next step boundary, which is reused here.
 Lightning's own SIGUSR1 handler (SLURM auto-requeue) is not: it saves from inside the
-signal handler, in the middle of a step, so the checkpoint mixes two steps' state.
+signal handler, in the middle of a step, so the checkpoint mixes two steps' state. In a SLURM
+job ``slurm_without_auto_requeue`` gives the Trainer ``SLURMEnvironment(auto_requeue=False)``,
+so Lightning installs no SIGUSR1 handler at all and this callback's is the only one.
 
 The checkpoint is written at the end of the training step during which the signal came, as
 ``last.ckpt`` in the run's checkpoint folder, so ``--ckpt_path last`` continues from it. The
@@ -32,6 +34,7 @@ import sys
 from typing import Any
 
 import lightning as L
+from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment, TorchElasticEnvironment
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -52,8 +55,8 @@ class Preemption(Checkpoint):
         self.received = signal.Signals(signum)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # SIGTERM stays Lightning's (its handler also stops DDP launchers); SIGUSR1 is ours, set
-        # before Lightning registers its handlers, so SLURM auto-requeue leaves it alone.
+        # SIGTERM stays Lightning's (its handler also stops DDP launchers); SIGUSR1 is ours
+        # (Lightning's auto-requeue is off: slurm_without_auto_requeue).
         self._previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._handle)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -120,6 +123,18 @@ class Preemption(Checkpoint):
             then = _requeue(job) if job else "Resume with the same command and --ckpt_path last."
             print(f"sprout: received {sig.name} during {during}; {what}. {then}", file=sys.stderr, flush=True)
         return 128 + sig.value
+
+
+def slurm_without_auto_requeue(plugins: Any) -> list | None:
+    """The Trainer's ``plugins`` plus ``SLURMEnvironment(auto_requeue=False)`` where Lightning would
+    choose SLURM's environment itself (under ``srun``, not TorchElastic, no environment given):
+    ``Preemption`` saves at a step boundary and requeues, which Lightning's handler would do mid-step."""
+    given = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if any(isinstance(p, ClusterEnvironment) for p in given) or TorchElasticEnvironment.detect():
+        return plugins
+    if not SLURMEnvironment.detect():
+        return plugins
+    return [*given, SLURMEnvironment(auto_requeue=False)]
 
 
 def slurm_batch_job() -> str | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from tqdm import tqdm
 
 # progress-bar metrics shown under a short name, in this order; others keep their own name
 SHORT_NAMES = {"train/loss": "loss", "val/loss": "val", "perf/tokens_per_s": "tok/s"}
@@ -37,8 +37,8 @@ class StepProgressBar(TQDMProgressBar):
 
     BAR = "step {n_fmt}/{total_fmt} |{bar:20}| {desc} [{elapsed}<{remaining}]"  # the metrics go in desc: tqdm prefixes a postfix with ", "
 
-    def init_train_tqdm(self) -> Tqdm:
-        return Tqdm(
+    def init_train_tqdm(self) -> tqdm:
+        return tqdm(
             desc="",
             position=2 * self.process_position,
             disable=self.is_disabled,
@@ -62,7 +62,8 @@ class StepProgressBar(TQDMProgressBar):
     ) -> None:
         bar = self.train_progress_bar
         step = trainer.global_step
-        if bar.disable or step == bar.n or not self._should_update(step, bar.total or 0):
+        due = self.refresh_rate > 0 and (step % self.refresh_rate == 0 or step == bar.total)
+        if bar.disable or step == bar.n or not due:
             return
         bar.n = step
         bar.set_description_str(describe(trainer.progress_bar_metrics), refresh=False)

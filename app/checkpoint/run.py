@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from app.checkpoint.safe_load import check_distributed, load_file
 from app.checkpoint.step_logs import log_step_before_saving
+from app.compat.lightning import last_saved_step, save_last_checkpoint
 from app.errors import SproutError
 from app.files import remove_stale_temporaries, replacing
 
@@ -151,8 +152,8 @@ class SproutCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if self.save_last and self._last_global_step_saved != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.save_last and last_saved_step(self) != trainer.global_step:
+            save_last_checkpoint(self, trainer)
         else:
             super().on_train_end(trainer, pl_module)
 

@@ -25,15 +25,15 @@ from typing import Any
 
 import torch
 
+from app.compat.torch import DISTRIBUTED_CHECKPOINT_CLASSES
 from app.errors import SproutError
 
 # (module, name) pairs a distributed checkpoint's .metadata may name: torch's metadata classes,
 # tensor shapes, dtypes and layouts, and the path of the folder it was written to.
 DISTRIBUTED_MODULES = ("torch.distributed.checkpoint.metadata",)
 DISTRIBUTED_METADATA = {
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    *DISTRIBUTED_CHECKPOINT_CLASSES,
     ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),
     ("collections", "OrderedDict"),
     ("pathlib", "PosixPath"),
     ("pathlib", "WindowsPath"),
@@ -46,7 +46,7 @@ def refusal(path: str | os.PathLike, detail: str) -> SproutError:
     return SproutError(
         f"{path} holds objects a checkpoint should not ({detail}): loading it could run code that it carries, so Sprout refused it "
         "and nothing in it ran. Sprout's checkpoints hold only tensors and plain data. Use a checkpoint written by `sprout fit` or "
-        "tools/import_hf.py; if you made this file yourself and trust it, re-save its tensors and plain data, e.g. "
+        "sprout import; if you made this file yourself and trust it, re-save its tensors and plain data, e.g. "
         "torch.save(torch.load(path, weights_only=False)['state_dict'], new_path)."
     )
 

@@ -24,7 +24,7 @@ from app.model import Llama, LlamaConfig, build_model
 from app.model.attention import flash_available
 
 FORMATS = (
-    "a Lightning .ckpt file written by `sprout fit` (or by tools/import_hf.py), "
+    "a Lightning .ckpt file written by `sprout fit` (or by sprout import), "
     "a Lightning distributed-checkpoint folder (.metadata, *.distcp and meta.pt), "
     "or a Hugging Face LlamaForCausalLM folder (config.json + safetensors)"
 )
@@ -153,7 +153,7 @@ def _stored_config(meta: dict | None, path: Path) -> LlamaConfig:
     if not isinstance(meta, dict) or "model_config" not in meta:
         raise SproutError(
             f"Checkpoint {path} has no `sprout.model_config` entry, so its model shape is unknown; it was not written by "
-            "`sprout fit` or tools/import_hf.py. Re-export it with one of those, or pass a Hugging Face folder."
+            "`sprout fit` or sprout import. Re-export it with one of those, or pass a Hugging Face folder."
         )
     return LlamaConfig.from_dict(meta["model_config"])
 

@@ -50,7 +50,7 @@ def checked_tokens(tokens, split_dir: str | Path, block_size: int, block: int, v
         raise SproutError(
             f"Shard {chunks.path(chunks.chunk_of(block))} of domain {domain_dir.name!r} holds token id {low if low < 0 else high} "
             f"(in sequence {block} of {split_dir}), but the domain's tokenizer has {vocab_size} ids (0..{vocab_size - 1}): the file was "
-            f"overwritten or damaged after preparation. Re-run tools/prepare_data.py for domain {domain_dir.name!r} with --overwrite, "
+            f"overwritten or damaged after preparation. Re-run sprout prepare for domain {domain_dir.name!r} with --overwrite, "
             f"or copy {domain_dir} again from an intact copy."
         )
     return tokens

@@ -71,11 +71,11 @@ def damaged(path: Path, what: str, url: str | None, how: str) -> SproutError:
     domain = split_dir.parent.name
     if url:
         where, root = url, url.rsplit("/", 3)[0]
-        fix = f"Re-run tools/prepare_data.py --out_dir {root} with --overwrite for domain {domain!r}"
+        fix = f"Re-run sprout prepare --out_dir {root} with --overwrite for domain {domain!r}"
     else:
         where, root = str(path), str(split_dir.parent.parent)
-        fix = f"Re-run tools/prepare_data.py for domain {domain!r} with --overwrite, or copy {split_dir.parent} again from an intact copy"
+        fix = f"Re-run sprout prepare for domain {domain!r} with --overwrite, or copy {split_dir.parent} again from an intact copy"
     return SproutError(
         f"Shard {where} of domain {domain!r} is damaged: it is {what} ({how}). "
-        f"{fix}; python tools/verify_data.py {root} checks every shard."
+        f"{fix}; sprout verify {root} checks every shard."
     )

@@ -144,7 +144,7 @@ def download_chunk(
         if not store.download(chunks.names[chunk], path):
             raise SproutError(
                 f"Shard {join(url, chunks.names[chunk])} is missing, though its split's index.json lists it: the data "
-                "was changed in the store during the run. Re-run tools/prepare_data.py with --overwrite for this domain."
+                "was changed in the store during the run. Re-run sprout prepare with --overwrite for this domain."
             )
         if (what := file_problem(path, entry)) is None:
             return chunks.bytes[chunk]

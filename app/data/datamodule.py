@@ -26,7 +26,7 @@ class SproutDataModule(L.LightningDataModule):
     """Streams prepared domains (``<data_dir>/<domain>/{train,val}``) mixed by a policy.
 
     Args:
-        data_dir: folder of prepared domains, as written by ``tools/prepare_data.py``, or their
+        data_dir: folder of prepared domains, as written by ``sprout prepare``, or their
             URL in object storage (``s3://bucket/prefix``, or any scheme litdata streams from):
             then ``meta.json``, the tokenizer and the indexes are fetched into ``cache_dir`` and
             the chunks are downloaded there as they are about to be read.
@@ -40,7 +40,7 @@ class SproutDataModule(L.LightningDataModule):
         prepare: builds ``data_dir`` on first use when it is missing (e.g. the quick start's
             embedded corpus); a prepared ``data_dir`` is reused.
         reference_scores: folder of offline reference losses written by
-            ``tools/score_reference.py`` for these domains; training samples then carry
+            ``sprout score`` for these domains; training samples then carry
             ``ref_loss`` and Rho-1 needs no reference forward pass.
         cache_dir: where shards streamed from a ``data_dir`` URL are cached on this machine
             (default ``~/.cache/sprout/streams``); every node needs its own local one.
@@ -160,7 +160,7 @@ class SproutDataModule(L.LightningDataModule):
 
     @property
     def tokenizer_path(self) -> Path:
-        """``data.tokenizer``, else the one ``tools/prepare_data.py`` copied into ``data_dir``."""
+        """``data.tokenizer``, else the one ``sprout prepare`` copied into ``data_dir``."""
         if self._tokenizer_arg is not None:
             return self._tokenizer_arg
         spm = self.data_dir / "tokenizer.model"

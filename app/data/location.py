@@ -37,12 +37,12 @@ class LocalData:
         """The prepared domains."""
         if not self.folder.is_dir():
             raise SproutError(
-                f"data.data_dir {self.folder} does not exist. Prepare data with tools/prepare_data.py --out_dir {self.folder}, or fix the path in the recipe."
+                f"data.data_dir {self.folder} does not exist. Prepare data with sprout prepare --out_dir {self.folder}, or fix the path in the recipe."
             )
         found = prepared_domains(self.folder)
         if not found and self.requested is None:
             raise SproutError(
-                f"No prepared domains (folders with {META_FILE}) in data.data_dir {self.folder}. Run tools/prepare_data.py first."
+                f"No prepared domains (folders with {META_FILE}) in data.data_dir {self.folder}. Run sprout prepare first."
             )
         return found
 
@@ -81,7 +81,7 @@ class RemoteData:
         if preparation is not None:
             raise SproutError(
                 f"data.prepare builds a local data_dir, but data.data_dir is {self.url}. "
-                f"Prepare it with tools/prepare_data.py --out_dir {self.url}, or remove data.prepare."
+                f"Prepare it with sprout prepare --out_dir {self.url}, or remove data.prepare."
             )
         _, self._found = mirror(self.url, self.cache_dir, self.requested, self.retry_seconds)
 

@@ -1,6 +1,6 @@
 """Reference-model losses scored offline, stored beside the data they score.
 
-``tools/score_reference.py`` scores every training block once and writes, per domain and
+``sprout score`` scores every training block once and writes, per domain and
 split, ``<scores_dir>/<domain>/<split>/scores.npy``: float16 ``[n_blocks, seq_len]`` whose row
 ``i`` holds the reference's loss on the targets of block ``i`` exactly as
 ``app.data.blocks.open_blocks(split_dir, seq_len + 1)[i]`` serves it. Rows are keyed by block
@@ -84,11 +84,11 @@ def read_scores_meta(folder: Path) -> dict[str, Any] | None:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise SproutError(
-            f"{path} is not valid JSON ({err}); re-score this split with tools/score_reference.py --overwrite."
+            f"{path} is not valid JSON ({err}); re-score this split with sprout score --overwrite."
         ) from None
     if meta.get("format") != FORMAT:
         raise SproutError(
-            f"{path} is not a Sprout reference-score file (format {meta.get('format')!r}, expected {FORMAT!r}); re-score with tools/score_reference.py."
+            f"{path} is not a Sprout reference-score file (format {meta.get('format')!r}, expected {FORMAT!r}); re-score with sprout score."
         )
     return meta
 
@@ -109,7 +109,7 @@ def check_scores(
     """The metadata of a domain split's finished scores, after checking they belong to this data."""
     split_dir = Path(split_dir)
     folder = scores_folder(scores_dir, domain, split_dir.name)
-    how = f"python tools/score_reference.py --reference <reference checkpoint> --data_dir {split_dir.parent.parent} --domains [{domain}] --seq_len {block_size - 1} --out_dir {scores_dir}"
+    how = f"sprout score --reference <reference checkpoint> --data_dir {split_dir.parent.parent} --domains [{domain}] --seq_len {block_size - 1} --out_dir {scores_dir}"
     meta = read_scores_meta(folder)
     if meta is None:
         raise SproutError(
@@ -146,5 +146,5 @@ def open_scores(folder: Path, mode: str = "r") -> np.ndarray:
     except ValueError as error:
         raise SproutError(
             f"{path} is not a reference-score file: it holds Python objects or is damaged ({error}), and Sprout does not "
-            "unpickle score files. Re-score with tools/score_reference.py --overwrite."
+            "unpickle score files. Re-score with sprout score --overwrite."
         ) from None

@@ -49,11 +49,11 @@ def read_meta(domain_dir: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise SproutError(
-            f"{path} is missing: {domain_dir} is not a prepared domain (or its preparation did not finish). Run tools/prepare_data.py for it."
+            f"{path} is missing: {domain_dir} is not a prepared domain (or its preparation did not finish). Run sprout prepare for it."
         ) from None
     except json.JSONDecodeError as err:
         raise SproutError(
-            f"{path} is not valid JSON ({err}); re-run tools/prepare_data.py with --overwrite for this domain."
+            f"{path} is not valid JSON ({err}); re-run sprout prepare with --overwrite for this domain."
         ) from None
 
 
@@ -63,7 +63,7 @@ def check_shards(split_dir: Path) -> None:
     Cheap (one stat per chunk) and catches a half-copied or truncated data folder before
     a DataLoader worker would fail reading it.
     """
-    fix = f"Copy {split_dir.parent} again, or re-run tools/prepare_data.py for this domain with --overwrite."
+    fix = f"Copy {split_dir.parent} again, or re-run sprout prepare for this domain with --overwrite."
     index = split_dir / INDEX_FILE
     if not split_dir.is_dir():
         raise SproutError(f"Shard folder {split_dir} is missing, though {split_dir.parent / META_FILE} is there. {fix}")
@@ -90,7 +90,7 @@ def shard_vocab_size(split_dir: str | Path) -> int:
         return int(json.loads(meta.read_text())["tokenizer"]["vocab_size"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SproutError(
-            f"{meta} cannot be read ({type(err).__name__}: {err}), so the shards in {split_dir} cannot be checked. Re-run tools/prepare_data.py for this domain with --overwrite."
+            f"{meta} cannot be read ({type(err).__name__}: {err}), so the shards in {split_dir} cannot be checked. Re-run sprout prepare for this domain with --overwrite."
         ) from None
 
 

@@ -46,14 +46,12 @@ def verify(data: str, domains: list[str] | None = None) -> dict[str, list[str]]:
         damaged[domain] = found
         print(f"{domain}: {_summary(count, total, unchecked, found)}", flush=True)
     if not damaged:
-        raise SproutError(
-            f"No prepared domains in {data}: prepare data there with tools/prepare_data.py --out_dir {data}."
-        )
+        raise SproutError(f"No prepared domains in {data}: prepare data there with sprout prepare --out_dir {data}.")
     bad = [d for d, found in damaged.items() if found]
     if bad:
         raise SproutError(
             f"{data}: domain(s) {', '.join(map(repr, bad))} hold damaged or missing chunks (listed above). "
-            f"Re-run tools/prepare_data.py --out_dir {data} with --overwrite for them, or copy them again from an intact copy."
+            f"Re-run sprout prepare --out_dir {data} with --overwrite for them, or copy them again from an intact copy."
         )
     return damaged
 
@@ -79,7 +77,7 @@ Checked = Iterator[tuple[str, dict, str | None]]  # per chunk: where, its index 
 def _local(root: Path, domains: list[str] | None) -> Iterator[tuple[str, Checked]]:
     if not root.is_dir():
         raise SproutError(
-            f"{root} does not exist. Give a prepared data folder (tools/prepare_data.py --out_dir) or its s3:// URL."
+            f"{root} does not exist. Give a prepared data folder (sprout prepare --out_dir) or its s3:// URL."
         )
 
     def chunks(domain: str) -> Checked:
@@ -115,4 +113,4 @@ def _remote(url: str, domains: list[str] | None) -> Iterator[tuple[str, Checked]
 
 
 def _not_prepared(domain: str, data: str) -> str:
-    return f"Domain {domain!r} is not prepared in {data} (no {domain}/{META_FILE} there). Check --domains, or prepare it with tools/prepare_data.py --out_dir {data}."
+    return f"Domain {domain!r} is not prepared in {data} (no {domain}/{META_FILE} there). Check --domains, or prepare it with sprout prepare --out_dir {data}."

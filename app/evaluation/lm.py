@@ -3,7 +3,7 @@
 The harness asks three questions of a model (``lm_eval.api.model.LM``): the log-likelihood of a
 continuation after a context, the rolling log-likelihood of a whole text, and a greedy generation
 until a stop string. Answering them from the model in memory means no export to disk, and the
-same code serves ``tools/evaluate.py`` and the evaluation callback during training.
+same code serves ``sprout eval`` and the evaluation callback during training.
 
 Tokenisation follows the harness's Hugging Face model (``HFLM``): a context's trailing spaces
 move to the continuation, the continuation's tokens are those of ``context + continuation``
@@ -42,9 +42,14 @@ class SproutLM(LM):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self._device = torch.device(device)
+        self.torch_device = torch.device(device)
         self.max_length = model.config.block_size
         self.max_gen_toks = max_gen_toks
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (lm-eval's ``LM.device``, answered without its private ``_device``)."""
+        return self.torch_device
 
     @property
     def eot_token_id(self) -> int:

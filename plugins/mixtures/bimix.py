@@ -14,7 +14,7 @@ from app.protocols import DomainStats, MixturePolicy
 class BiMixMixture(MixturePolicy):
     """Weights r* = argmin sum_i (A_i / r_i^alpha_i)(B_i / S^beta_i + C_i), sum r_i = 1, r_min <= r_i <= r_max.
 
-    The coefficients come from ``tools/fit_bimix.py`` run on a few short proxy runs: either
+    The coefficients come from ``sprout fit-bimix`` run on a few short proxy runs: either
     its ``--out`` JSON (``fit_file``) or the per-domain block it prints (``coefficients``).
     ``target_steps`` is S, the length of the run being planned, in the same step unit as the
     proxy runs' logs.
@@ -30,7 +30,7 @@ class BiMixMixture(MixturePolicy):
     ):
         if (coefficients is None) == (fit_file is None):
             raise SproutError(
-                "The bimix mixture needs exactly one of init_args.coefficients (the block printed by tools/fit_bimix.py) or init_args.fit_file (its --out JSON); got "
+                "The bimix mixture needs exactly one of init_args.coefficients (the block printed by sprout fit-bimix) or init_args.fit_file (its --out JSON); got "
                 + ("both." if fit_file else "neither.")
             )
         if isinstance(target_steps, bool) or not isinstance(target_steps, int) or target_steps <= 0:
@@ -76,7 +76,7 @@ class BiMixMixture(MixturePolicy):
             raise SproutError(
                 f"The bimix law ({self.source}) was fitted for other domains than the training data: it covers {sorted(self.laws)} "
                 f"but training uses {sorted(domains)}; missing from the law: {missing or 'none'}, extra in the law: {extra or 'none'}. "
-                "Fit the law on proxy runs over the same domains (tools/fit_bimix.py), or change data.domains to match."
+                "Fit the law on proxy runs over the same domains (sprout fit-bimix), or change data.domains to match."
             )
         if not self._announced:
             lines = "\n".join(

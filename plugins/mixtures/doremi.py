@@ -133,7 +133,7 @@ class DoReMi(MixturePolicy):
         if stats.vocab_size < 1:
             raise SproutError(
                 f"doremi starts every domain's excess loss at log(vocabulary size), but domain {stats.name}'s metadata gives no "
-                "vocabulary size (meta.json tokenizer.vocab_size); prepare the domain again with tools/prepare_data.py."
+                "vocabulary size (meta.json tokenizer.vocab_size); prepare the domain again with sprout prepare."
             )
         return stats.vocab_size
 

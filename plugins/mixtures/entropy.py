@@ -19,7 +19,7 @@ class EntropyMixture(MixturePolicy):
 
     Higher entropy means a more diverse domain, which the paper finds worth more tokens;
     conditional entropy H(X_t+1 | X_t) worked best there and is the default. The entropies
-    come from each domain's ``meta.json`` (written by ``tools/prepare_data.py``), so the
+    come from each domain's ``meta.json`` (written by ``sprout prepare``), so the
     weights need no training run.
     """
 
@@ -45,7 +45,7 @@ class EntropyMixture(MixturePolicy):
                 have = ", ".join(sorted(stats.entropy)) or "none"
                 raise SproutError(
                     f"Domain {name!r} has no {self.measure} entropy in its meta.json stats (entropies present: {have}); "
-                    "its shards were prepared without token statistics. Re-run tools/prepare_data.py for this domain with --overwrite, "
+                    "its shards were prepared without token statistics. Re-run sprout prepare for this domain with --overwrite, "
                     "or choose another mixture policy."
                 )
             entropy[name] = float(value)

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.commands import run_function
 from app.errors import SproutError
 from app.model import LlamaConfig, flops_per_token, forward_flops_per_token
-from tools.cli import run_tool
 from tools.experiments import common
 
 METHODS = ("growth", "selection", "mixture")
@@ -340,7 +340,7 @@ def compose(
 
 
 def main(args: list[str] | None = None) -> None:
-    run_tool(compose, args, as_positional=False)
+    run_function(compose, args, as_positional=False)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.commands import run_function
 from app.errors import SproutError
 from app.model import LlamaConfig, flops_per_token
-from tools.cli import run_tool
 from tools.experiments import common
 
 DEPTH = ("gstack", "zero_depth", "random_depth", "learn")
@@ -261,4 +261,4 @@ def growth(
 
 
 if __name__ == "__main__":
-    run_tool(growth, as_positional=False)
+    run_function(growth, as_positional=False)

@@ -2,7 +2,7 @@
 
 Four domains (books, Shakespeare, GSM8K math, and the Python standard library as code) are
 prepared with ``app/data/prepare.py``. Short proxy runs train with the ``uniform``,
-``natural`` and ``entropy`` mixtures and two ``SPREAD`` mixtures; ``tools/fit_bimix.py`` fits
+``natural`` and ``entropy`` mixtures and two ``SPREAD`` mixtures; ``sprout fit-bimix`` fits
 the BiMix law on their validation curves and solves it for the final run length. DoReMi
 (Algorithm 1) trains a proxy of the same size and length on uniformly drawn batches with the
 loss weighted by its domain weights, against the ``uniform`` proxy as its reference model; its
@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
+from app.commands import run_function
+from app.commands.fit_bimix import fit_bimix
 from app.errors import SproutError
-from tools import fit_bimix
-from tools.cli import run_tool
 from tools.experiments import common
 
 STATIC = ("uniform", "natural", "entropy")
@@ -176,7 +176,7 @@ def run_seed(work: Path, data_dir: Path, args: dict) -> dict[str, dict]:
     }
 
     print(f"seed {args['seed']}: BiMix fit on the proxy runs, target {steps} steps")
-    fit_bimix.main([str(d / "logs") for d in proxies.values()], target_steps=steps, out=str(fit_file), r_min=r_min)
+    fit_bimix([str(d / "logs") for d in proxies.values()], target_steps=steps, out=str(fit_file), r_min=r_min)
 
     print(f"seed {args['seed']}: DoReMi proxy ({proxy_steps} steps, uniform batches, reference: the uniform proxy)")
     doremi_proxy = work / "proxy" / "doremi"
@@ -275,7 +275,7 @@ def mixtures(
 
 
 def main(args: list[str] | None = None) -> None:
-    run_tool(mixtures, args, as_positional=False)
+    run_function(mixtures, args, as_positional=False)
 
 
 if __name__ == "__main__":

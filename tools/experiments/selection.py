@@ -20,7 +20,7 @@ Steps, each reused when the command is repeated (so an interrupted experiment co
 1. ``data``: tokenizer and shards for books, code (stdlib), math and math_ref;
 2. ``base``: pre-training on books + code;
 3. ``reference``: ``recipes/rho1-reference-math.yaml`` from the base on math_ref;
-4. ``scores``: ``tools/score_reference.py`` over books, code and math;
+4. ``scores``: ``sprout score`` over books, code and math;
 5. one ``recipes/rho1-continued.yaml`` run per selector, offline reference scores for all of
    them (so every run logs the excess loss of what it keeps).
 Every run is an ordinary ``sprout fit`` of a recipe written to its folder.
@@ -37,13 +37,13 @@ from typing import Any
 
 import yaml
 
+from app.commands import run_function
+from app.commands.score import score_reference
 from app.data.corpus import build_default_corpus, corpus_texts
 from app.data.prepare import Source, prepare
 from app.errors import SproutError
 from app.model import LlamaConfig, forward_flops_per_token
-from tools.cli import run_tool
 from tools.experiments import common
-from tools.score_reference import score_reference
 
 SELECTORS = ("all", "rho1", "loss_topk", "random")
 
@@ -359,7 +359,7 @@ def selection(
     text = table(per_seed)
     costs = (
         "One-off FLOPs are Rho-1's alone: its reference's training and one reference forward over every training token of"
-        " books, code and math (what tools/score_reference.py scores); the other selectors read the same scores only to log"
+        " books, code and math (what sprout score scores); the other selectors read the same scores only to log"
         " the excess loss of what they keep."
     )
     (work / "selection.md").write_text(
@@ -374,7 +374,7 @@ def selection(
 
 
 def main(args: list[str] | None = None) -> None:
-    run_tool(selection, args, as_positional=False)
+    run_function(selection, args, as_positional=False)
 
 
 if __name__ == "__main__":

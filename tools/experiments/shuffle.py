@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tools.cli import run_tool
+from app.commands import run_function
 from tools.experiments import common
 
 FULL = 1 << 30  # a window wider than any domain: the whole epoch shuffled together
@@ -99,7 +99,7 @@ def shuffle(
 
 
 def main(args: list[str] | None = None) -> None:
-    run_tool(shuffle, args, as_positional=False)
+    run_function(shuffle, args, as_positional=False)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from app.compat.litdata import read_chunk_tokens, split_index
 from app.data.prepare.worker import MAX_EXAMPLES, Part, SplitWriter
 from app.data.shards import INDEX_FILE, META_FILE, PAIRS_FILE, SHARD_FORMAT, SPLITS, UNIGRAM_FILE
 from app.data.stats import entropies
@@ -90,7 +90,7 @@ def merge_split(parts_dir: Path, out_dir: Path, before: dict | None = None) -> N
                 os.replace(task_dir / chunk["filename"], out_dir / name)
                 chunks.append({**chunk, "filename": name})
     if chunks:
-        write_json(out_dir / INDEX_FILE, {"chunks": chunks, "config": config, "updated_at": str(time.time())})
+        write_json(out_dir / INDEX_FILE, split_index(chunks, config))
 
 
 def read_task_chunks(task_dir: Path) -> tuple[list[dict], dict | None]:
@@ -103,11 +103,6 @@ def read_task_chunks(task_dir: Path) -> tuple[list[dict], dict | None]:
     return chunks, config
 
 
-def chunk_tokens_in(path: Path, chunk: dict) -> np.ndarray:
-    """The tokens of one chunk file (a ``TokensLoader`` chunk: a small header, then int32 tokens)."""
-    return np.fromfile(path, dtype=np.int32, offset=(chunk["chunk_size"] + 2) * 4)
-
-
 def cut_document(
     chunks: list[dict], folder: Path, start: int, length: int, chunk_tokens: int, prefix: str
 ) -> tuple[list[dict], list[str], np.ndarray]:
@@ -118,7 +113,7 @@ def cut_document(
     ends = np.cumsum(dims)
     first = int(np.searchsorted(ends, start, side="right"))
     last = int(np.searchsorted(ends, start + length - 1, side="right"))
-    tokens = np.concatenate([chunk_tokens_in(folder / c["filename"], c) for c in chunks[first : last + 1]])
+    tokens = np.concatenate([read_chunk_tokens(folder / c["filename"], c) for c in chunks[first : last + 1]])
     offset = start - int(ends[first] - dims[first])
     taken = tokens[offset : offset + length].copy()
     rest = np.concatenate([tokens[:offset], tokens[offset + length :]])

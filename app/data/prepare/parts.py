@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.compat.litdata import split_index
 from app.data.prepare.merge import (
     cut_document,
     fallback_validation,
@@ -213,7 +214,7 @@ def read_records(out_root: Path, num_parts: int, where: str) -> list[dict]:
         listed = ", ".join(map(str, missing[:20])) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
         raise SproutError(
             f"Cannot merge {where}: part(s) {listed} of --num_parts {num_parts} are not finished (a part is finished once "
-            f"its record .parts/of-{num_parts:04d}/part-NNNN.json is written, last). Run tools/prepare_data.py with "
+            f"its record .parts/of-{num_parts:04d}/part-NNNN.json is written, last). Run sprout prepare with "
             f"--num_parts {num_parts} --part N for each of them (a failed or killed part is re-run the same way), then --merge again."
         )
     records = [json.loads(record_path(out_root, num_parts, i).read_text()) for i in range(num_parts)]
@@ -284,10 +285,7 @@ def merge_parts(
             flat = [c for task_chunks in chunks[split] for c in task_chunks]
             if flat:
                 (domain_dir / split).mkdir(parents=True, exist_ok=True)
-                write_json(
-                    domain_dir / split / INDEX_FILE,
-                    {"chunks": flat, "config": _config(records, split), "updated_at": str(time.time())},
-                )
+                write_json(domain_dir / split / INDEX_FILE, split_index(flat, _config(records, split)))
         metas[name] = write_statistics_and_meta(
             domain_dir, name, records[0]["tokenizer_identity"], total, file_records, settings
         )

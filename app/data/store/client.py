@@ -1,6 +1,6 @@
 """An object-store prefix as a folder of files: the few calls Sprout makes, and errors a user can act on.
 
-``data.data_dir`` and ``tools/prepare_data.py --out_dir`` take a URL (``s3://bucket/prefix`` or
+``data.data_dir`` and ``sprout prepare --out_dir`` take a URL (``s3://bucket/prefix`` or
 any other scheme litdata streams from: ``gs://``, ``azure://``, ``r2://``, ``hf://``).
 
 S3 (and every S3-compatible store) goes through boto3, so credentials and the endpoint come from

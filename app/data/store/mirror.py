@@ -85,7 +85,7 @@ def mirror(
         if not found:
             raise SproutError(
                 f"No prepared domains at data.data_dir {url} (no <domain>/{META_FILE} under it; a domain gets its {META_FILE} only once its upload has finished). "
-                f"Prepare data with tools/prepare_data.py --out_dir {url}, wait for a running preparation to finish, or fix the URL."
+                f"Prepare data with sprout prepare --out_dir {url}, wait for a running preparation to finish, or fix the URL."
             )
         for stale in folder.glob(f"*/{META_FILE}"):  # domains removed from the store since the last fetch
             if stale.parent.name not in found:
@@ -99,7 +99,7 @@ def mirror(
         for split in SPLITS:
             if not _refresh(store, f"{domain}/{split}/{INDEX_FILE}", folder / domain / split / INDEX_FILE):
                 raise SproutError(
-                    f"{store.url_of(f'{domain}/{split}/{INDEX_FILE}')} is missing, though {store.url_of(f'{domain}/{META_FILE}')} is there. Re-run tools/prepare_data.py --out_dir {url} with --overwrite for domain {domain!r}."
+                    f"{store.url_of(f'{domain}/{split}/{INDEX_FILE}')} is missing, though {store.url_of(f'{domain}/{META_FILE}')} is there. Re-run sprout prepare --out_dir {url} with --overwrite for domain {domain!r}."
                 )
             if store.writable:
                 check_chunks(store, f"{domain}/{split}", folder / domain / split / INDEX_FILE, url)
@@ -116,7 +116,7 @@ def check_chunks(store: ObjectStore, split: str, index: Path, url: str) -> None:
             where = store.url_of(f"{split}/{chunk['filename']}")
             raise SproutError(
                 f"Shard {where} is {found}, but its index.json says {chunk['chunk_bytes']:,} bytes: the upload is "
-                f"incomplete or the object was changed. Re-run tools/prepare_data.py --out_dir {url} with --overwrite for this domain."
+                f"incomplete or the object was changed. Re-run sprout prepare --out_dir {url} with --overwrite for this domain."
             )
 
 

@@ -4,7 +4,7 @@ Single-file (``model.safetensors``) and sharded (``model.safetensors.index.json`
 read; the result loads with ``app.checkpoint.weights.load_model`` and can seed growth or serve as a
 Rho-1 reference model:
 
-    python tools/import_hf.py /models/TinyLlama-1.1B out/tinyllama.ckpt
+    sprout import /models/TinyLlama-1.1B out/tinyllama.ckpt
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from app.checkpoint.weights import load_model, save_model
-from tools.cli import run_tool
 
 
 def import_hf(hf_dir: Path, out: Path) -> Path:
@@ -29,11 +28,3 @@ def import_hf(hf_dir: Path, out: Path) -> Path:
         f"wrote {path}: {c.n_layer} layers, width {c.n_embd}, {c.n_head} heads / {c.n_kv_head} KV groups, vocab {c.vocab_size}"
     )
     return path
-
-
-def main(args: list[str] | None = None) -> None:
-    run_tool(import_hf, args)
-
-
-if __name__ == "__main__":
-    main()

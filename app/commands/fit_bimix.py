@@ -2,11 +2,11 @@
 
 Each proxy run trains with a different static mixture and logs, per validation, the loss of
 every domain (``val/loss/<domain>``) and the weights it trained with
-(``mixture/weight/<domain>``). This tool reads those TensorBoard scalars, fits
+(``mixture/weight/<domain>``). This command reads those TensorBoard scalars, fits
 L_i(r_i, s) = (A_i / r_i^alpha_i)(B_i / s^beta_i + C_i) per domain, checks the fit on a run
 it did not see, and solves the law for the best mixture at ``--target_steps``:
 
-    python tools/fit_bimix.py runs/uniform runs/natural runs/entropy --target_steps 20000 --out bimix_fit.json
+    sprout fit-bimix --run_dirs '[runs/uniform, runs/natural, runs/entropy]' --target_steps 20000 --out bimix_fit.json
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from jsonargparse import ArgumentParser
 
 from app.bimix import (
     BiMixLaw,
@@ -29,7 +28,6 @@ from app.bimix import (
 )
 from app.errors import SproutError
 from app.tensorboard_logs import read_scalars
-from tools.cli import user_errors
 
 MIN_STEPS = 3
 
@@ -231,7 +229,7 @@ def recipe_snippet(mixture: dict[str, float], fit_file: str, target_steps: int, 
     )
 
 
-def main(
+def fit_bimix(
     run_dirs: list[str],
     target_steps: int,
     out: str = "bimix_fit.json",
@@ -243,7 +241,24 @@ def main(
     weight_prefix: str = "mixture/weight/",
     step_tag: str | None = None,
 ) -> dict[str, float]:
-    """Fit, evaluate, write ``out`` and the plot, print the recommended mixture; return it."""
+    """Fit the law per domain, score it on a held-out run, write OUT and a plot, print the mixture
+    that minimises the summed predicted loss at TARGET_STEPS as a recipe snippet; return it.
+
+    Args:
+        run_dirs: TensorBoard log dir of each proxy run (searched recursively for event files), one
+            static mixture per run: ``'[runs/a, runs/b, runs/c]'``.
+        target_steps: step count S of the run to plan, in the proxy runs' step unit.
+        out: where to write the fitted coefficients, goodness of fit and mixture (JSON, usable as
+            the bimix policy's fit_file).
+        plot_file: PNG of fitted vs observed curves per domain (default: OUT with .png).
+        holdout: run dir to leave out of a first fit and score the law on (R2, mean relative
+            error): 'last', one of the run dirs, or 'none'. The written fit uses every run.
+        r_min: lower bound on every domain's weight.
+        r_max: upper bound on every domain's weight.
+        loss_prefix: scalar tag prefix of per-domain validation losses.
+        weight_prefix: scalar tag prefix of the per-domain mixture weights a run trained with.
+        step_tag: scalar whose value is the step (e.g. trainer/global_step); default: the event's own step.
+    """
     runs = [read_run(d, loss_prefix, weight_prefix, step_tag) for d in run_dirs]
     check_runs(runs)
     held_out, held_out_laws, held_out_fit = None, None, None
@@ -312,64 +327,3 @@ def main(
     print(f"\nwrote {out} and {plot_path}\n")
     print(recipe_snippet(mixture, out, target_steps, r_min, r_max))
     return mixture
-
-
-def parser() -> ArgumentParser:
-    p = ArgumentParser(
-        prog="fit_bimix.py",
-        description="Fit the BiMix law L_i(r_i, s) = (A_i / r_i^alpha_i)(B_i / s^beta_i + C_i) per domain to proxy runs' "
-        "TensorBoard logs (val/loss/<domain>, mixture/weight/<domain>), score it on a held-out run, plot it, and print "
-        "the mixture that minimises the summed loss at --target_steps as a recipe snippet.",
-    )
-    p.add_argument(
-        "run_dirs",
-        nargs="+",
-        help="TensorBoard log dir of each proxy run (searched recursively for event files); one static mixture per run.",
-    )
-    p.add_argument(
-        "--target_steps",
-        type=int,
-        required=True,
-        help="Step count S of the run to plan, in the proxy runs' step unit; the mixture minimises the summed predicted loss at S.",
-    )
-    p.add_argument(
-        "--out",
-        type=str,
-        default="bimix_fit.json",
-        help="Where to write the fitted coefficients, goodness of fit and mixture (JSON, usable as the bimix policy's fit_file).",
-    )
-    p.add_argument(
-        "--plot_file",
-        type=str | None,
-        default=None,
-        help="PNG of fitted vs observed curves per domain (default: --out with .png).",
-    )
-    p.add_argument(
-        "--holdout",
-        type=str,
-        default="last",
-        help="Run dir to leave out of a first fit and score the law on (R2, mean relative error): 'last', one of the run dirs, or 'none'. The written fit uses every run.",
-    )
-    p.add_argument("--r_min", type=float, default=0.0, help="Lower bound on every domain's weight.")
-    p.add_argument("--r_max", type=float, default=1.0, help="Upper bound on every domain's weight.")
-    p.add_argument(
-        "--loss_prefix", type=str, default="val/loss/", help="Scalar tag prefix of per-domain validation losses."
-    )
-    p.add_argument(
-        "--weight_prefix",
-        type=str,
-        default="mixture/weight/",
-        help="Scalar tag prefix of the per-domain mixture weights a run trained with.",
-    )
-    p.add_argument(
-        "--step_tag",
-        type=str | None,
-        default=None,
-        help="Scalar whose value is the step (e.g. trainer/global_step); default: the event's own step.",
-    )
-    return p
-
-
-if __name__ == "__main__":
-    with user_errors("fit_bimix"):
-        main(**parser().parse_args().as_dict())

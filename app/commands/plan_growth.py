@@ -5,7 +5,7 @@ the number of tokens d to train the small model before stacking it by g = 4 as
 
     log10(d) = 0.88 * log10(N) + 163.27 / log10(C) - 5.74
 
-    python tools/growth_plan.py --params 7B --tokens 2T --config llama-7b-32l --write_recipe growth.yaml
+    sprout plan-growth --params 7B --tokens 2T --arch llama-7b-32l --write_recipe growth.yaml
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ import math
 import re
 from pathlib import Path
 
-from jsonargparse import ArgumentParser
-
 from app.errors import SproutError
-from tools.cli import user_errors
 
 GROWTH_FACTOR = 4  # the paper's recommended g
 SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
@@ -52,7 +49,7 @@ def small_config(name: str, factor: int):
     if target.n_layer % factor:
         divisors = [g for g in range(2, target.n_layer + 1) if target.n_layer % g == 0]
         raise SproutError(
-            f"--config {name} has {target.n_layer} layers, which growth factor {factor} does not divide, so stacking cannot reach it. "
+            f"--arch {name} has {target.n_layer} layers, which growth factor {factor} does not divide, so stacking cannot reach it. "
             f"Use --factor from {divisors} or a target with a multiple of {factor} layers (e.g. llama-1.1b-24l instead of tiny-llama-1.1b)."
         )
     small = target.replace(n_layer=target.n_layer // factor)
@@ -75,17 +72,27 @@ def growth_stanza(at_tokens: float, factor: int, target: str | None, model: str 
     return "\n".join(lines) + "\n"
 
 
-def main(
+def plan_growth(
     tokens: str,
     params: str | None = None,
-    config: str | None = None,
+    arch: str | None = None,
     factor: int = GROWTH_FACTOR,
     write_recipe: str | None = None,
 ) -> float:
-    """Print the plan and optionally write the growth stanza; return d."""
+    """Print the tokens d to train a small model (1/g of the layers, same width) before stacking it
+    g times into the target, and the recipe stanza that does it; return d.
+
+    Args:
+        tokens: tokens D the target model trains on: 2T, 15T, 3e12 ...
+        params: target model parameters N: 7e9, 7B, 1.1B ... (default: counted from --arch).
+        arch: target shape name from app.model.config.CONFIGS (e.g. llama-7b-32l); prints the small
+            model's shape and writes its model: section.
+        factor: growth factor g (layers of target / layers of small model).
+        write_recipe: write the stanza as YAML to this path.
+    """
     if factor < 2:
         raise SproutError(f"--factor must be at least 2, got {factor}.")
-    shapes = small_config(config, factor) if config else None
+    shapes = small_config(arch, factor) if arch else None
     if params is not None:
         n = parse_count(params, "--params")
     elif shapes is not None:
@@ -93,7 +100,7 @@ def main(
 
         n = float(param_count(shapes[0]))
     else:
-        raise SproutError("Give the target size with --params (e.g. 7B) or a model shape with --config NAME.")
+        raise SproutError("Give the target size with --params (e.g. 7B) or a model shape with --arch NAME.")
     d_total = parse_count(tokens, "--tokens")
     d = growth_tokens(n, d_total)
 
@@ -112,60 +119,27 @@ def main(
     if shapes is not None:
         target, small, small_name = shapes
         print(
-            f"target shape {config}: {target.n_layer} layers x {target.n_embd} wide, {target.n_head} heads, {target.n_kv_head} KV heads"
+            f"target shape {arch}: {target.n_layer} layers x {target.n_embd} wide, {target.n_head} heads, {target.n_kv_head} KV heads"
         )
         print(
-            f"small shape {small_name or '(' + config + ' with n_layer=' + str(small.n_layer) + ')'}: {small.n_layer} layers x {small.n_embd} wide (same width)"
+            f"small shape {small_name or '(' + arch + ' with n_layer=' + str(small.n_layer) + ')'}: {small.n_layer} layers x {small.n_embd} wide (same width)"
         )
     model = None
     if shapes is not None:
         model = (
             f"{{arch: {shapes[2]}}}"
             if shapes[2]
-            else f"{{arch: {config}, arch_overrides: {{n_layer: {shapes[1].n_layer}}}}}"
+            else f"{{arch: {arch}, arch_overrides: {{n_layer: {shapes[1].n_layer}}}}}"
         )
-    stanza = growth_stanza(d, factor, config, model)
+    stanza = growth_stanza(d, factor, arch, model)
     print("\n" + stanza, end="")
     if write_recipe:
         Path(write_recipe).parent.mkdir(parents=True, exist_ok=True)
         header = (
-            f"# tools/growth_plan.py --params {format_count(n)} --tokens {format_count(d_total)}"
-            + (f" --config {config}" if config else "")
+            f"# sprout plan-growth --params {format_count(n)} --tokens {format_count(d_total)}"
+            + (f" --arch {arch}" if arch else "")
             + "\n"
         )
         Path(write_recipe).write_text(header + stanza)
         print(f"wrote {write_recipe}")
     return d
-
-
-def parser() -> ArgumentParser:
-    p = ArgumentParser(
-        prog="growth_plan.py",
-        description="Growth timing from Du et al. 2024: log10(d) = 0.88 log10(N) + 163.27 / log10(6ND) - 5.74 gives the tokens d "
-        "to train a small model (1/g of the layers, same width) before stacking it g = 4 times into the target.",
-    )
-    p.add_argument(
-        "--params",
-        type=str | None,
-        default=None,
-        help="Target model parameters N: 7e9, 7B, 1.1B ... (default: counted from --config).",
-    )
-    p.add_argument("--tokens", type=str, required=True, help="Tokens D the target model trains on: 2T, 15T, 3e12 ...")
-    p.add_argument(
-        "--config",
-        type=str | None,
-        default=None,
-        help="Target shape name from app.model.config.CONFIGS (e.g. llama-7b-32l); prints the small model's shape.",
-    )
-    p.add_argument(
-        "--factor", type=int, default=GROWTH_FACTOR, help="Growth factor g (layers of target / layers of small model)."
-    )
-    p.add_argument(
-        "--write_recipe", type=str | None, default=None, help="Write the growth stanza as YAML to this path."
-    )
-    return p
-
-
-if __name__ == "__main__":
-    with user_errors("growth_plan"):
-        main(**parser().parse_args().as_dict())

@@ -1,6 +1,6 @@
 """Score prepared shards with a reference model once, so Rho-1 training pays nothing per step.
 
-    python tools/score_reference.py --reference runs/ref/last.ckpt --data_dir data/corpus \\
+    sprout score --reference runs/ref/last.ckpt --data_dir data/corpus \\
         --seq_len 256 --out_dir data/corpus-scores --batch_size 32
     # then, in the rho1 recipe:   data: {reference_scores: data/corpus-scores}
 
@@ -38,7 +38,6 @@ from app.data.scores import (
 from app.data.shards import META_FILE, prepared_domains, read_meta
 from app.errors import SproutError
 from app.reference import Reference
-from tools.cli import run_tool
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
 # Fields that must agree for an unfinished run to be continued rather than restarted.
@@ -145,7 +144,7 @@ def score_reference(
 
     Args:
         reference: the reference model: a Sprout .ckpt or a Hugging Face Llama folder.
-        data_dir: prepared data (``<data_dir>/<domain>/{train,val}``, as tools/prepare_data.py writes).
+        data_dir: prepared data (``<data_dir>/<domain>/{train,val}``, as `sprout prepare` writes).
         out_dir: where the scores go; the training recipe's ``data.reference_scores``.
         seq_len: the training recipe's ``data.seq_len`` (blocks are seq_len + 1 tokens).
         domains: domains to score (default: every prepared domain in data_dir).
@@ -169,7 +168,7 @@ def score_reference(
         )
     data_root = Path(data_dir).expanduser()
     if not data_root.is_dir():
-        raise SproutError(f"--data_dir {data_root} does not exist; pass the folder tools/prepare_data.py wrote.")
+        raise SproutError(f"--data_dir {data_root} does not exist; pass the folder `sprout prepare` wrote.")
     domains = domains or prepared_domains(data_root)
     if not domains:
         raise SproutError(f"No prepared domains (folders with {META_FILE}) in --data_dir {data_root}.")
@@ -228,11 +227,3 @@ def score_reference(
         f"Reference scores are in {out_dir}; set data.reference_scores: {out_dir} (and data.seq_len: {seq_len}) in the rho1 recipe."
     )
     return report
-
-
-def main(args: list[str] | None = None) -> None:
-    run_tool(score_reference, args, as_positional=False)
-
-
-if __name__ == "__main__":
-    main()

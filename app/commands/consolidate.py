@@ -6,7 +6,7 @@ file is easier to copy, share and keep. This reads the model's tensors (not the 
 state) in one process, no GPUs or process group needed, and writes a Sprout checkpoint that
 ``app.checkpoint.weights.load_model`` reads:
 
-    python tools/consolidate_checkpoint.py runs/sprout/version_0/checkpoints/last.ckpt out/model.ckpt
+    sprout consolidate runs/sprout/version_0/checkpoints/last.ckpt out/model.ckpt
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Literal
 from app.checkpoint.weights import load_model, save_model
 from app.errors import SproutError
 from app.hf import DTYPES
-from tools.cli import run_tool
 
 
 def consolidate(
@@ -48,11 +47,3 @@ def consolidate(
     size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     print(f"wrote {output}: {sum(p.numel() for p in model.parameters()):,} parameters, {size / 2**20:.1f} MiB")
     return output
-
-
-def main(args: list[str] | None = None) -> None:
-    run_tool(consolidate, args)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """How each token's loss moves during training, classified as in Rho-1 (Lin et al. 2024, fig. 2).
 
-    python tools/token_dynamics.py --checkpoints '[runs/x/step000100.ckpt, runs/x/step000200.ckpt, runs/x/last.ckpt]' \\
+    sprout dynamics --checkpoints '[runs/x/step000100.ckpt, runs/x/step000200.ckpt, runs/x/last.ckpt]' \\
         --data_dir data/corpus --domain books --seq_len 256 --out_dir dynamics/books
 
 Every checkpoint scores the same validation tokens; a least-squares line through each token's
@@ -25,7 +25,6 @@ from app.data.blocks import SequentialBlocks
 from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.reference import reference_losses
-from tools.cli import run_tool
 
 CLASSES = ("H→H", "L→H", "H→L", "L→L")
 PAPER_SHARES = {"H→H": 0.11, "L→H": 0.12, "H→L": 0.26, "L→L": 0.51}  # Rho-1, fig. 2 (TinyLlama-1B on 15B tokens)
@@ -184,11 +183,3 @@ def token_dynamics(
         print(f"  {name:6} {result['shares'][name]:7.1%} {PAPER_SHARES[name]:7.0%}")
     print(f"Wrote {out / 'shares.json'}, {out / 'curves.png'} and {out / 'passage.txt'}.")
     return result
-
-
-def main(args: list[str] | None = None) -> None:
-    run_tool(token_dynamics, args, as_positional=False)
-
-
-if __name__ == "__main__":
-    main()

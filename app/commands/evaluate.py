@@ -1,14 +1,14 @@
 """Score a checkpoint on lm-evaluation-harness tasks, in this process, without exporting it.
 
-    python tools/evaluate.py runs/quickstart/version_0/checkpoints/last.ckpt --tasks stdlib_mc,gsm8k_local --limit 100
+    sprout eval runs/quickstart/version_0/checkpoints/last.ckpt --tasks stdlib_mc,gsm8k_local --limit 100
 
 CHECKPOINT is a Sprout ``.ckpt``, a sharded (distributed) checkpoint folder or a Hugging Face
 Llama folder. The scores go to ``results.json``; when the checkpoint belongs to a run
 (``<run>/checkpoints/<file>`` beside TensorBoard logs) they are also logged there as
 ``eval/<task>/<metric>`` at the checkpoint's global step, next to its loss curves.
 
-A tool rather than ``sprout eval``: LightningCLI's subcommands are Trainer methods on a recipe's
-model and data module, and evaluation needs neither a Trainer nor a recipe, only a checkpoint.
+Not a LightningCLI subcommand: those are Trainer methods on a recipe's model and data module,
+and evaluation needs neither a Trainer nor a recipe, only a checkpoint.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from app.data.tokenizer import Tokenizer
 from app.errors import SproutError
 from app.evaluation import evaluate as run_evaluation
 from app.evaluation import require_harness, scores, write_results
-from tools.cli import run_tool
 
 
 def evaluate(
@@ -39,7 +38,7 @@ def evaluate(
     """Evaluate CHECKPOINT on lm-evaluation-harness tasks and write results.json.
 
     Args:
-        checkpoint: a .ckpt written by `sprout fit` (or tools/import_hf.py), a distributed checkpoint
+        checkpoint: a .ckpt written by `sprout fit` (or `sprout import`), a distributed checkpoint
             folder, or a Hugging Face LlamaForCausalLM folder.
         tasks: comma-separated task names: Sprout's offline tasks (stdlib_mc, gsm8k_local) or any task,
             group or tag of lm-evaluation-harness (hellaswag, arc_easy, gsm8k, ...; these download their data).
@@ -125,11 +124,3 @@ def run_of(checkpoint: Path) -> Path | None:
     if folder.name == "checkpoints" and any(folder.parent.glob("events.out.tfevents.*")):
         return folder.parent
     return None
-
-
-def main(args: list[str] | None = None) -> None:
-    run_tool(evaluate, args)
-
-
-if __name__ == "__main__":
-    main()

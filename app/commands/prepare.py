@@ -1,24 +1,24 @@
 """Turn raw corpora into Sprout's per-domain token shards (litdata, one folder per domain).
 
     # SlimPajama without its GitHub part, as TinyLlama trained (one domain per RedPajama set)
-    python tools/prepare_data.py --tokenizer tokenizer.model --out_dir data/tinyllama \\
+    sprout prepare --tokenizer tokenizer.model --out_dir data/tinyllama \\
         --slimpajama /data/SlimPajama-627B/train --drop_github true
     # Starcoderdata, some languages, merged into one "code" domain (default: a domain per language)
-    python tools/prepare_data.py --tokenizer tokenizer.model --out_dir data/tinyllama \\
+    sprout prepare --tokenizer tokenizer.model --out_dir data/tinyllama \\
         --starcoder /data/starcoderdata --languages '[python, java]' --starcoder_domain code
     # plain text files or JSON lines, the domain named by you (one domain per run)
-    python tools/prepare_data.py --tokenizer tok.json --out_dir data/demo \\
+    sprout prepare --tokenizer tok.json --out_dir data/demo \\
         --text ../shared/corpus/books --domain books --max_doc_chars 50000
-    python tools/prepare_data.py --tokenizer tok.json --out_dir data/demo \\
+    sprout prepare --tokenizer tok.json --out_dir data/demo \\
         --jsonl ../shared/corpus/math/gsm8k_train.jsonl --domain math --text_fields '[question, answer]'
     # several inputs: --text a.txt --text+ b.txt, or --text '[a.txt, b.txt]'
     # any number of sources from a YAML file (keys as below, "sources:" a list of Source fields)
-    python tools/prepare_data.py --config prepare.yaml
+    sprout prepare --config prepare.yaml
     # straight to object storage: staged locally, each domain uploaded once finished (meta.json last)
-    python tools/prepare_data.py --config prepare.yaml --out_dir s3://my-bucket/tinyllama
+    sprout prepare --config prepare.yaml --out_dir s3://my-bucket/tinyllama
     # split over 32 machines (docs/scaling.md: SLURM array, ssh), then merge once all parts are done
-    python tools/prepare_data.py --config prepare.yaml --num_parts 32 --part $SLURM_ARRAY_TASK_ID
-    python tools/prepare_data.py --config prepare.yaml --num_parts 32 --merge true
+    sprout prepare --config prepare.yaml --num_parts 32 --part $SLURM_ARRAY_TASK_ID
+    sprout prepare --config prepare.yaml --num_parts 32 --merge true
 
 Re-running prepares only files added since (their documents are appended to the domains) and
 refuses a prepared file that changed or is missing; --overwrite rebuilds the domains from the files given.
@@ -26,16 +26,12 @@ refuses a prepared file that changed or is missing; --overwrite rebuilds the dom
 
 from __future__ import annotations
 
-from argparse import RawDescriptionHelpFormatter
 from pathlib import Path
-
-from jsonargparse import DefaultHelpFormatter
 
 from app.data.prepare import DEFAULT_CHUNK_TOKENS, Source, merge_parts, prepare
 from app.data.prepare import publish as remote
 from app.data.store.client import is_remote
 from app.errors import SproutError
-from tools.cli import run_tool
 
 
 def prepare_data(
@@ -171,15 +167,3 @@ def prepare_data(
 
 def _as_list(value: list[str] | str | None) -> list[str] | None:
     return [value] if isinstance(value, str) else value
-
-
-class _HelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
-    """Keeps the example commands in the description as written."""
-
-
-def main(args: list[str] | None = None) -> None:
-    run_tool(prepare_data, args, as_positional=False, description=__doc__, formatter_class=_HelpFormatter)
-
-
-if __name__ == "__main__":
-    main()

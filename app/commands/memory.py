@@ -1,8 +1,8 @@
 """Expected per-GPU training memory of a model shape, with and without activation checkpointing.
 
-    python tools/estimate_memory.py                                   # TinyLlama 1.1B, 4 x 2048, 8 GPUs
-    python tools/estimate_memory.py --recipe recipes/tinyllama-1.1b.yaml
-    python tools/estimate_memory.py --arch llama-2-7b --micro_batch 1 --shards 64
+    sprout memory                                          # TinyLlama 1.1B, 4 x 2048, 8 GPUs
+    sprout memory --recipe recipes/tinyllama-1.1b.yaml
+    sprout memory --arch llama-2-7b --micro_batch 1 --shards 64
 
 What is counted and what is not: see ``app/memory.py``.
 """
@@ -17,7 +17,6 @@ from app.errors import SproutError
 from app.memory import estimate_memory
 from app.model import LlamaConfig, param_count
 from app.parallel import compute_dtype
-from tools.cli import run_tool
 
 
 def estimate(
@@ -75,11 +74,3 @@ def _from_recipe(path: Path):
         shards if sharded else 1,
         str(trainer.get("precision", "32-true")),
     )
-
-
-def main(args: list[str] | None = None) -> None:
-    run_tool(estimate, args)
-
-
-if __name__ == "__main__":
-    main()

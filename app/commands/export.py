@@ -3,7 +3,7 @@
 The folder loads with ``transformers.AutoModelForCausalLM.from_pretrained(OUT_DIR)`` and is the
 route to lm-evaluation-harness:
 
-    python tools/export_hf.py runs/last.ckpt out/hf --tokenizer data/tokenizer.json
+    sprout export runs/last.ckpt out/hf --tokenizer data/tokenizer.json
     lm_eval --model hf --model_args pretrained=out/hf,dtype=float32 --tasks hellaswag,arc_easy
 """
 
@@ -16,7 +16,6 @@ from typing import Literal
 from app.checkpoint.weights import load_model
 from app.errors import SproutError
 from app.hf import DTYPES, save_hf
-from tools.cli import run_tool
 
 # What a previous export may have left in OUT_DIR; --overwrite removes only these.
 HF_FILES = (
@@ -40,7 +39,7 @@ def export(
     """Export CHECKPOINT to OUT_DIR as config.json, model.safetensors and tokenizer files.
 
     Args:
-        checkpoint: a .ckpt written by `sprout fit` (or tools/import_hf.py), or a distributed checkpoint folder.
+        checkpoint: a .ckpt written by `sprout fit` (or `sprout import`), or a distributed checkpoint folder.
         out_dir: the folder to write; it must be empty or absent unless --overwrite is given.
         tokenizer: the tokenizer.json or SentencePiece .model the model was trained with (default: the
             file the checkpoint records, if it still exists). Without one only the weights are written.
@@ -69,11 +68,3 @@ def export(
             file=sys.stderr,
         )
     return files
-
-
-def main(args: list[str] | None = None) -> None:
-    run_tool(export, args)
-
-
-if __name__ == "__main__":
-    main()
