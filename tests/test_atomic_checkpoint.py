@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from tiny_run import recipe, scalars, sprout
 
-import app.checkpoint.run
+from app.checkpoint import run as checkpoint_run
 from app.checkpoint.run import AtomicCheckpointIO
 
 # A process that saves one checkpoint, then starts a second and is stuck half way through writing it.
@@ -84,7 +84,7 @@ def test_disk_full_while_saving_is_a_clear_error_and_resume_from_the_earlier_che
             return builtins.open(path, mode, *args, **kwargs)
         return FullDisk(path, "wb")
 
-    monkeypatch.setattr(app.checkpoint.run, "open", open_on_filling_disk, raising=False)
+    monkeypatch.setattr(checkpoint_run, "open", open_on_filling_disk, raising=False)
     config = recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", 8, checkpoint={"every_n_train_steps": 2})
     code, err = sprout("fit", "--config", str(config))
     folder = tmp_path / "runs" / "tiny" / "version_0" / "checkpoints"
