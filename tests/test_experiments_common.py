@@ -56,7 +56,7 @@ def test_command_quotes_lists_for_the_shell():
     args = {"work_dir": "runs/x", "corpus": "c", "steps": 200, "depth_operators": ["gstack", "learn"]}
     assert (
         common.command("growth", args)
-        == "python tools/experiments/growth.py --steps 200 --depth_operators '[gstack, learn]'"
+        == "python -m tools.experiments.growth --steps 200 --depth_operators '[gstack, learn]'"
     )
 
 

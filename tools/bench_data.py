@@ -1,7 +1,7 @@
 """Data pipeline benchmarks on this machine, printed as tables.
 
-    python tools/bench_data.py                      # ../shared/corpus + stdlib code if present, else the embedded corpus
-    python tools/bench_data.py --corpus default --tokenizer data/tokenizer.json
+    python -m tools.bench_data                      # ../shared/corpus + stdlib code if present, else the embedded corpus
+    python -m tools.bench_data --corpus default --tokenizer data/tokenizer.json
 
 ``prepare``: tokens/s of ``app.data.prepare.prepare`` (read, tokenize, split, write litdata
 shards, count statistics, all cores) against the tokenizer's own ``encode_batch`` on the same

@@ -16,9 +16,9 @@ blocks, each in a fresh process, in alternating rounds:
 
 The ratio fit / bare is the share of the bare step's speed that a real run keeps.
 
-    python tools/bench_fit.py                                    # bf16, all cores, 3 rounds
-    python tools/bench_fit.py --precision 32-true --threads 1      # ratio from tokens per CPU-second
-    python tools/bench_fit.py --fit_args '[--trainer.gradient_clip_val=null]'   # what clipping costs
+    python -m tools.bench_fit                                    # bf16, all cores, 3 rounds
+    python -m tools.bench_fit --precision 32-true --threads 1      # ratio from tokens per CPU-second
+    python -m tools.bench_fit --fit_args '[--trainer.gradient_clip_val=null]'   # what clipping costs
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ On a GPU the datasheet peak is the convention (``app/flops.py``); a CPU has no s
 square matmuls of several sizes, repeated, the best time of each kept. Put the result in a
 recipe as ``monitor.peak_flops`` to log MFU without measuring at every start:
 
-    python tools/bench_peak.py                       # fp32 and bf16 on this CPU
-    python tools/bench_peak.py --dtypes [bfloat16] --seconds 2
+    python -m tools.bench_peak                       # fp32 and bf16 on this CPU
+    python -m tools.bench_peak --dtypes [bfloat16] --seconds 2
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """What token selection costs per training step: ``rho1`` with offline scores, and with online
 scoring, against ``all`` on the same model, data and batch.
 
-    python tools/bench_selection.py --work_dir runs/selection      # after tools/experiments/selection.py
+    python -m tools.bench_selection --work_dir runs/selection      # after tools/experiments/selection.py
 
 Offline, the reference losses arrive with the tokens (a memory-mapped float16 read) and the
 selection is one sort of the micro-batch's losses: the target is at most 5% slower than

@@ -26,8 +26,8 @@ matmul peak of the dtype at the same thread count (``tools/bench_peak.py``). Mem
 process's peak resident memory during the timed steps above its resident memory before the
 model was built.
 
-    python tools/bench_train.py                                     # the reference shape, all cores
-    python tools/bench_train.py --shapes [bench-6l-384,bench-12l-768] --rounds 5 --threads 2
+    python -m tools.bench_train                                     # the reference shape, all cores
+    python -m tools.bench_train --shapes [bench-6l-384,bench-12l-768] --rounds 5 --threads 2
 """
 
 from __future__ import annotations

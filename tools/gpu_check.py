@@ -1,7 +1,7 @@
 """One command for a CUDA machine: Sprout's bf16 training step at the 1.1B shape, and its peers.
 
-    PYTHONPATH=. python tools/gpu_check.py                 # on a machine with a CUDA GPU
-    PYTHONPATH=. python tools/gpu_check.py --dry_run       # on CPU, a tiny shape: checks the tool itself
+    python -m tools.gpu_check                 # on a machine with a CUDA GPU
+    python -m tools.gpu_check --dry_run       # on CPU, a tiny shape: checks the tool itself
 
 It runs from the source tree with whatever PyTorch the machine has (the pin need not be
 installed: only ``torch`` and Sprout's ``app.model``/``app.loss``/``app.parallel`` are imported),

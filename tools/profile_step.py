@@ -6,8 +6,8 @@ fused kernels by name), the matmuls' share of the step and the FLOP/s they reach
 CPU's dense matmul peak (``tools/bench_peak.py``): a step whose matmuls already run near the peak
 can only get faster by doing fewer of them, one far below it by running them better.
 
-    python tools/profile_step.py                                         # sprout, bf16, reference shape, 1 thread
-    python tools/profile_step.py --candidate litgpt-compiled --litgpt_python .venv-litgpt/bin/python
+    python -m tools.profile_step                                         # sprout, bf16, reference shape, 1 thread
+    python -m tools.profile_step --candidate litgpt-compiled --litgpt_python .venv-litgpt/bin/python
 """
 
 from __future__ import annotations

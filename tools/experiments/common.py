@@ -374,7 +374,7 @@ def command(script: str, args: dict) -> str:
         for k, v in args.items()
         if k not in ("work_dir", "corpus") and v is not None
     )
-    return f"python tools/experiments/{script}.py " + " ".join(flags)
+    return f"python -m tools.experiments.{script} " + " ".join(flags)
 
 
 @contextlib.contextmanager

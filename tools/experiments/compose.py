@@ -23,7 +23,7 @@ which each seed first reaches the loss of the baseline's run with the same seed 
 a speed-up (budget / those FLOPs - 1), without and with the one-off costs. ``compose.png`` plots mean validation loss against FLOPs, a band of ± 1 std across
 seeds per arm.
 
-    python tools/experiments/compose.py --work_dir runs/compose
+    python -m tools.experiments.compose --work_dir runs/compose
 
 Every run is an ordinary ``sprout fit`` of a recipe written to its folder. A run counts as finished
 only once its ``result.json`` exists, written last and atomically after the run ended; the same

@@ -17,7 +17,7 @@ scratch run), and every cell is the mean ± std over them; a loss less than 2 st
 scratch's is called level. The PNG plots validation loss against training FLOPs
 (``perf/flops_seen``, measured by the throughput monitor), one thin line per seed.
 
-    python tools/experiments/growth.py --work_dir runs/growth
+    python -m tools.experiments.growth --work_dir runs/growth
 
 Every run is an ordinary ``sprout fit`` of a recipe written to its folder; finished runs are
 reused when the command is repeated, so an interrupted experiment continues.

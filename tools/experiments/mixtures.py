@@ -16,7 +16,7 @@ less compute than uniform it needs to reach uniform's final loss, without and wi
 costs (BiMix's five proxy runs; DoReMi's reference, the uniform proxy, and its own proxy, whose
 FLOPs include the reference's forward); the PNG the curves.
 
-    python tools/experiments/mixtures.py --work_dir runs/mixtures
+    python -m tools.experiments.mixtures --work_dir runs/mixtures
 
 Every run is an ordinary ``sprout fit`` of a recipe written to its folder; finished runs
 are reused when the command is repeated, so an interrupted experiment continues.

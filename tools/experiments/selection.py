@@ -10,7 +10,7 @@ each selector's saving: how much less compute than ``all`` it needs to reach ``a
 loss, without and with its one-off costs (Rho-1's: training the reference and scoring every
 training token once with it; the base model is every run's starting point and counted for none).
 
-    python tools/experiments/selection.py --work_dir runs/selection
+    python -m tools.experiments.selection --work_dir runs/selection
 
 Steps 2-5 are repeated for ``--seeds`` seeds (each seed its own base, reference, scores and
 runs, under ``seed<N>/``); every cell of the table is the mean ± std over seeds, and the final

@@ -10,7 +10,7 @@ order of earlier versions), ``--seeds`` seeds each. The table holds the final me
 loss, mean ± std over seeds, and whether each window is level with the full order (less than
 2 std apart, ``common.compare``).
 
-    python tools/experiments/shuffle.py --work_dir runs/shuffle
+    python -m tools.experiments.shuffle --work_dir runs/shuffle
 
 Every run is an ordinary ``sprout fit``; finished runs are reused when the command is repeated.
 """
