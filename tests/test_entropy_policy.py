@@ -50,7 +50,7 @@ def test_report_and_metrics_show_entropies_and_weights(capsys):
 
 def test_missing_entropy_tells_to_reprepare():
     domains = stats(a={"conditional": 1.0}, b={"shannon": 2.0})
-    with pytest.raises(SproutError, match=r"'b' has no conditional entropy.*prepare_data\.py"):
+    with pytest.raises(SproutError, match=r"'b' has no conditional entropy.*sprout prepare"):
         EntropyMixture().weights(0, domains)
 
 
