@@ -1,3 +1,3 @@
-from app.cli import main
+from sprout.cli import main
 
 main()

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
-from app.errors import SproutError
+from sprout.errors import SproutError
 
 COEFFICIENTS = ("A", "B", "C", "alpha", "beta")
 

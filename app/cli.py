@@ -1,9 +1,9 @@
 """``sprout``: the command.
 
-``sprout fit|validate|test --config recipes/X.yaml`` runs a recipe (``app.lightning_cli``);
-``sprout prepare``, ``sprout export``, ... run one function each (``app.commands``);
+``sprout fit|validate|test --config recipes/X.yaml`` runs a recipe (``sprout.lightning_cli``);
+``sprout prepare``, ``sprout export``, ... run one function each (``sprout.commands``);
 ``sprout plugins`` lists every registered plugin. ``sprout --help`` and the plugin listing read
-tables and the installed packages' metadata and sources (``app.plugin_index``) and import neither
+tables and the installed packages' metadata and sources (``sprout.plugin_index``) and import neither
 Lightning nor torch, which take seconds to import, so they answer at once; a command imports
 what it needs when it runs.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from app import commands, plugin_index
+from sprout import commands, plugin_index
 
 TRAINING = {
     "fit": "train a recipe's model on its data (Lightning's Trainer; resumes a run)",
@@ -42,7 +42,7 @@ def print_plugins(check: bool = False) -> None:
     (torch included) and shows which fail, and why."""
     failed = {}
     if check:
-        from app import registry  # imports every plugin, hence torch: only when asked to
+        from sprout import registry  # imports every plugin, hence torch: only when asked to
 
         failed = {(p.kind, p.name): p.error for p in registry.plugins() if p.error}
     rows = []
@@ -67,8 +67,10 @@ def main(args: list[str] | None = None) -> None:
     if argv[0] in commands.COMMANDS:
         commands.run(argv[0], argv[1:])
         return
-    with commands.user_errors("sprout"):  # a dependency of the wrong version says so in words (app.compat)
-        from app.lightning_cli import run  # Lightning and torch: seconds to import, so only for the training commands
+    with commands.user_errors("sprout"):  # a dependency of the wrong version says so in words (sprout.compat)
+        from sprout.lightning_cli import (
+            run,  # Lightning and torch: seconds to import, so only for the training commands
+        )
 
     run(args)
 

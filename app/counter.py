@@ -2,9 +2,9 @@
 
 The module counts each training batch as it runs it, with the shape it runs (so the count
 follows growth); the monitor logs the totals, growth waits for ``growth.at_tokens`` on them
-and the experiments compare runs at equal FLOPs. Model FLOPs are ``app.model.flops_per_token``
+and the experiments compare runs at equal FLOPs. Model FLOPs are ``sprout.model.flops_per_token``
 of the trained shape plus, for a batch an online reference model scores, its forward
-(``app.model.forward_flops_per_token``): the run pays for it, so compute-matched comparisons
+(``sprout.model.forward_flops_per_token``): the run pays for it, so compute-matched comparisons
 count it. The totals are run state, in a checkpoint's ``counter`` entry (not in ``sprout``,
 the model's metadata, which ``save_model`` files carry on), so a resumed run continues them
 exactly.
@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from app.checkpoint.resume import callback_state
-from app.model import LlamaConfig, flops_per_token, forward_flops_per_token
+from sprout.checkpoint.resume import callback_state
+from sprout.model import LlamaConfig, flops_per_token, forward_flops_per_token
 
 _MONITOR = "ThroughputMonitor"  # where checkpoints written before the counter existed kept the totals
 

@@ -1,10 +1,10 @@
-"""FLOP counting for HFU (``app.callbacks.monitor``): the CPU attention kernels ``FlopCounterMode`` does not know."""
+"""FLOP counting for HFU (``sprout.callbacks.monitor``): the CPU attention kernels ``FlopCounterMode`` does not know."""
 
 from __future__ import annotations
 
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
-from app.compat.torch import cpu_flash_attention, cpu_flash_attention_backward
+from sprout.compat.torch import cpu_flash_attention, cpu_flash_attention_backward
 
 
 def _bmm(batch: int, m: int, k: int, n: int) -> int:

@@ -3,7 +3,7 @@
 The two models compute the same function with the same tensors: Sprout's RoPE uses HF's
 rotate-half convention, so the mapping is a rename (no q/k permutation) and a tied head is
 simply left out of the safetensors file, as HF does. This module is used by
-``sprout export``, ``sprout import`` and ``app.checkpoint.weights.load_model``.
+``sprout export``, ``sprout import`` and ``sprout.checkpoint.weights.load_model``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
-from app.model import Llama, LlamaConfig
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
+from sprout.model import Llama, LlamaConfig
 
 # Sprout name inside ``layers.N.`` -> HF name inside ``model.layers.N.``
 LAYER_NAMES = {

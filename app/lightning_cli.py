@@ -1,6 +1,6 @@
 """``sprout fit|validate|test``: the LightningCLI face of the application.
 
-``sprout fit|validate|test --config recipes/X.yaml`` runs a recipe (``app.cli`` sends those
+``sprout fit|validate|test --config recipes/X.yaml`` runs a recipe (``sprout.cli`` sends those
 commands here). Recipes may name plugins by their registered short name (``class_path: rho1``);
 the recipe loader expands it before jsonargparse checks types.
 """
@@ -17,20 +17,20 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI
 
-from app import plugin_names
-from app.callbacks import ThroughputMonitor
-from app.callbacks.downstream_eval import DownstreamEval
-from app.callbacks.growth import Growth
-from app.callbacks.nan_guard import NaNGuard
-from app.callbacks.preemption import Preemption, slurm_without_auto_requeue
-from app.callbacks.progress import StepProgressBar
-from app.callbacks.rng import TrainingRNG
-from app.checkpoint.resume import checkpoint_to_resume, continue_last_run
-from app.checkpoint.run import RETENTION, AtomicCheckpointIO, SproutCheckpoint, check_checkpoint
-from app.data.datamodule import SproutDataModule
-from app.errors import SproutError
-from app.module import SproutModule
-from app.recipe_errors import explain, sprout_error_in
+from sprout import plugin_names
+from sprout.callbacks import ThroughputMonitor
+from sprout.callbacks.downstream_eval import DownstreamEval
+from sprout.callbacks.growth import Growth
+from sprout.callbacks.nan_guard import NaNGuard
+from sprout.callbacks.preemption import Preemption, slurm_without_auto_requeue
+from sprout.callbacks.progress import StepProgressBar
+from sprout.callbacks.rng import TrainingRNG
+from sprout.checkpoint.resume import checkpoint_to_resume, continue_last_run
+from sprout.checkpoint.run import RETENTION, AtomicCheckpointIO, SproutCheckpoint, check_checkpoint
+from sprout.data.datamodule import SproutDataModule
+from sprout.errors import SproutError
+from sprout.module import SproutModule
+from sprout.recipe_errors import explain, sprout_error_in
 
 plugin_names.install()  # registered short names wherever a class path goes (recipes, command line)
 

@@ -12,7 +12,7 @@ The estimate adds what a training step keeps alive at its peak (the start of bac
   (4 x intermediate_size). With activation checkpointing only each block's input is kept,
   plus one block's full activations while it is recomputed;
 - the chunked loss's d loss / d logits and d loss / d hidden, in the compute dtype, where it keeps
-  them from forward (``app.loss.keeps_grad_logits``: small batches and vocabularies);
+  them from forward (``sprout.loss.keeps_grad_logits``: small batches and vocabularies);
 - the largest transient: one block's backward temporaries or the chunked loss's fp32 slice of logits.
 
 Gradients are counted in full because gradient accumulation keeps them between micro-batches.
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from app.loss import DEFAULT_CHUNK, keeps_grad_logits
-from app.model import LlamaConfig, param_count
+from sprout.loss import DEFAULT_CHUNK, keeps_grad_logits
+from sprout.model import LlamaConfig, param_count
 
 FP32 = 4
 
@@ -74,7 +74,7 @@ def estimate_memory(
         shards: ranks FSDP shards over (1: no sharding, DDP or one device).
         compute_bytes: bytes of the compute dtype (2 for bf16, 4 for fp32).
         activation_checkpointing: recompute blocks in backward.
-        loss_chunk: tokens per slice of the chunked loss (default ``app.loss.DEFAULT_CHUNK``).
+        loss_chunk: tokens per slice of the chunked loss (default ``sprout.loss.DEFAULT_CHUNK``).
     """
     c = config
     tokens = micro_batch * seq_len

@@ -26,8 +26,8 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from app.errors import SproutError
-from app.loss import IGNORE_INDEX
+from sprout.errors import SproutError
+from sprout.loss import IGNORE_INDEX
 
 
 class MixtureFeedback(L.Callback):

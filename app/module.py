@@ -1,6 +1,6 @@
 """The LightningModule: one training step over the components it owns and calls: the model
-(``app.model``), token losses (``app.loss``), selector and mixture controller (``app.mixing``),
-objective, optimizer (``app.optim``), schedule segments and the token/FLOP counter."""
+(``sprout.model``), token losses (``sprout.loss``), selector and mixture controller (``sprout.mixing``),
+objective, optimizer (``sprout.optim``), schedule segments and the token/FLOP counter."""
 
 from __future__ import annotations
 
@@ -12,28 +12,28 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
-from app import registry
-from app.checkpoint.weights import load_weights_into
-from app.counter import Counter
-from app.growth.reshape import stored_config
-from app.loss import IGNORE_INDEX, chunked_token_losses
-from app.mixing import MixtureFeedback
-from app.model import Llama, LlamaConfig
-from app.objective import kept_share, objective, token_weights
-from app.optim import build_optimizer, clip_gradients, clips_unscaled, probe_optimizer
-from app.parallel import Parallelism, compute_dtype, data_parallel_mesh, parallelize, total_norm
-from app.protocols import TokenSelector, TrainableModel
-from app.reference import Reference, online_reference
-from app.schedule import Schedule, WarmupCosine
-from app.setup_checks import check_data_fits
-from app.validation import DomainLosses
+from sprout import registry
+from sprout.checkpoint.weights import load_weights_into
+from sprout.counter import Counter
+from sprout.growth.reshape import stored_config
+from sprout.loss import IGNORE_INDEX, chunked_token_losses
+from sprout.mixing import MixtureFeedback
+from sprout.model import Llama, LlamaConfig
+from sprout.objective import kept_share, objective, token_weights
+from sprout.optim import build_optimizer, clip_gradients, clips_unscaled, probe_optimizer
+from sprout.parallel import Parallelism, compute_dtype, data_parallel_mesh, parallelize, total_norm
+from sprout.protocols import TokenSelector, TrainableModel
+from sprout.reference import Reference, online_reference
+from sprout.schedule import Schedule, WarmupCosine
+from sprout.setup_checks import check_data_fits
+from sprout.validation import DomainLosses
 
 
 class SproutModule(L.LightningModule):
     """Causal-LM pre-training of a Llama.
 
     Args:
-        arch: a named configuration from ``app.model.CONFIGS`` (``micro``, ``tiny-llama-1.1b``, ...).
+        arch: a named configuration from ``sprout.model.CONFIGS`` (``micro``, ``tiny-llama-1.1b``, ...).
         arch_overrides: fields of ``LlamaConfig`` to change, e.g. ``{vocab_size: 4096}``.
         selector: a ``selector`` plugin (default ``all``: every token counts).
         optimizer: the optimizer class and its arguments; weight decay applies to matrices only
@@ -44,12 +44,12 @@ class SproutModule(L.LightningModule):
             no-grad forward) unless ``data.reference_scores`` holds offline scores, which must
             then have been made by this same reference.
         parallel: activation checkpointing, compiled blocks and, under ``ModelParallelStrategy``,
-            FSDP2 sharding (``full`` or ``hybrid``); see ``app.parallel.Parallelism``.
+            FSDP2 sharding (``full`` or ``hybrid``); see ``sprout.parallel.Parallelism``.
         init_from: start from this checkpoint's weights instead of a random initialisation
             (continued pre-training; a Sprout ``.ckpt`` or a Hugging Face Llama folder of the
             same shape). Only the weights: optimizer and schedule start afresh.
         init: how fresh weights are drawn, ``llama`` (N(0, init_std)) or ``tinyllama``
-            (TinyLlama's lit_gpt); see ``app.model.init``.
+            (TinyLlama's lit_gpt); see ``sprout.model.init``.
         decay_norms_and_biases: weight decay on every parameter, as TinyLlama (default: matrices only).
     """
 
@@ -134,7 +134,7 @@ class SproutModule(L.LightningModule):
             check_data_fits(self.config, dm)
 
     def _setup_reference(self, dm: Any) -> None:
-        """The online reference, if any (``app.reference.online_reference``), laid out like the model."""
+        """The online reference, if any (``sprout.reference.online_reference``), laid out like the model."""
         self.reference = online_reference(self.reference_path, self.config.vocab_size, dm, self.selector)
         if self.reference is not None and isinstance(strategy := self.trainer.strategy, ModelParallelStrategy):
             self.reference.shard(
@@ -233,7 +233,7 @@ class SproutModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the schedule's segment and the counts, and rebuild the model in the shape the
         checkpoint holds (a grown one) before Lightning loads the weights (this runs before the
-        optimizer is set up, except under ``ModelParallelStrategy``: see ``app.growth.reshape``)."""
+        optimizer is set up, except under ``ModelParallelStrategy``: see ``sprout.growth.reshape``)."""
         self.lr_schedule.load_state_dict(checkpoint.get("sprout") or {})
         if (counted := Counter.stored_in(checkpoint)) is not None:
             self.counter.load_state_dict(counted)

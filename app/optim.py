@@ -4,7 +4,7 @@ Weight decay applies to matrices only (embeddings, projections); norms' gains an
 are exempt, as in LitGPT and most Llama code. ``decay_all`` decays every parameter, as
 TinyLlama's ``pretrain/tinyllama.py`` does (``AdamW(model.parameters(), weight_decay=...)``). The recipe names the optimizer class and its
 arguments (``model.optimizer``); Sprout adds ``fused=True`` where torch has a fused kernel
-and the recipe left it unset (``app.parallel.fused_optimizer_kwargs``).
+and the recipe left it unset (``sprout.parallel.fused_optimizer_kwargs``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import GradClipAlgorithmType
 from torch import nn
 
-from app.errors import SproutError
-from app.parallel import fused_optimizer_kwargs
+from sprout.errors import SproutError
+from sprout.parallel import fused_optimizer_kwargs
 
 # torch's words for an optimizer argument it rejects, and the argument's name
 _OPTIMIZER_ARGS = (

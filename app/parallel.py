@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from app.errors import SproutError
+from sprout.errors import SproutError
 
 SHARDING = ("full", "hybrid")
 

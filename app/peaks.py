@@ -1,4 +1,4 @@
-"""Peak FLOP/s of a device, the denominator of MFU and HFU (``app.callbacks.monitor``)."""
+"""Peak FLOP/s of a device, the denominator of MFU and HFU (``sprout.callbacks.monitor``)."""
 
 from __future__ import annotations
 

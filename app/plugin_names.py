@@ -6,7 +6,7 @@ jsonargparse turns a value without a dot into a class path in exactly one place,
 and for defaults. It knows the type the option expects, so it tells which plugin kind a
 name belongs to: a name registered under two kinds is not ambiguous here. On its own it only
 matches the class names of subclasses already imported (``Rho1``), and it has no public hook;
-``install`` wraps it (through ``app.compat.jsonargparse``, checked against the jsonargparse
+``install`` wraps it (through ``sprout.compat.jsonargparse``, checked against the jsonargparse
 versions it was written for) so that a registered name of the expected kind comes first and an unknown
 name fails with the registered ones listed. Rewriting the YAML or ``argv`` instead would need
 to know each option's type from the outside and would miss the paths the parser takes inside
@@ -16,10 +16,28 @@ to know each option's type from the outside and would miss the paths the parser 
 from __future__ import annotations
 
 import functools
+import warnings
 
-from app import registry
-from app.compat.jsonargparse import wrap_class_path_resolution
-from app.protocols import KINDS
+from sprout import registry
+from sprout.compat.jsonargparse import wrap_class_path_resolution
+from sprout.protocols import KINDS
+
+# Module paths from before Sprout's modules were installed as one ``sprout`` package (issue 26).
+RENAMED = (("app.", "sprout."), ("plugins.", "sprout.plugins."))
+
+
+def current_path(name: str) -> str:
+    """``name`` with a module path from before the rename replaced by today's, said in a warning."""
+    for old, new in RENAMED:
+        if name.startswith(old):
+            path = new + name[len(old) :]
+            warnings.warn(
+                f"class_path {name} is now {path}: write that in the recipe (Sprout's modules are the package `sprout`).",
+                FutureWarning,
+                stacklevel=2,
+            )
+            return path
+    return name
 
 
 def plugin_kind(base: type | tuple) -> str | None:
@@ -36,6 +54,7 @@ def resolver(jsonargparse_resolve):
 
     @functools.wraps(jsonargparse_resolve)
     def resolve_class_path_by_name(base, name: str) -> str:
+        name = current_path(name)
         kind = plugin_kind(base)
         if kind is None or "." in name:
             return jsonargparse_resolve(base, name)

@@ -5,7 +5,7 @@ A plugin is a small subclass of ``GrowthOperator``, ``TokenSelector`` or ``Mixtu
 They are abstract base classes rather than ``typing.Protocol`` so that recipes can
 select them with jsonargparse's ``class_path``/``init_args`` and so that the module's
 type hints (``selector: TokenSelector``) validate a recipe before anything runs.
-``TrainableModel`` is a ``typing.Protocol``: ``app.model.Llama`` has that shape, and a growth
+``TrainableModel`` is a ``typing.Protocol``: ``sprout.model.Llama`` has that shape, and a growth
 operator's stand-in (G_learn's ``LigoModel``) only needs to have it too.
 """
 
@@ -26,11 +26,11 @@ class OutputHead(Protocol):
 
 
 class TrainableModel(Protocol):
-    """What the training step (``app.module``), the reference scorer and growth need of a model.
+    """What the training step (``sprout.module``), the reference scorer and growth need of a model.
 
     The module computes the loss from ``hidden_states`` and ``output.weight`` in chunks (the
     batch's logits never exist at once), reads the shape from ``config`` (an
-    ``app.model.LlamaConfig``), and calls the model for logits.
+    ``sprout.model.LlamaConfig``), and calls the model for logits.
     """
 
     config: Any
@@ -63,7 +63,7 @@ class GrowthOperator(ABC):
 
     @abstractmethod
     def grow(self, model: nn.Module, target: Any) -> nn.Module:
-        """Return a model shaped by ``target`` (an ``app.model.LlamaConfig``); a ``TrainableModel``."""
+        """Return a model shaped by ``target`` (an ``sprout.model.LlamaConfig``); a ``TrainableModel``."""
 
     def check(self, source: Any, target: Any) -> None:
         """Raise ``SproutError`` if ``grow`` cannot turn a ``source``-shaped model into ``target``
@@ -163,7 +163,7 @@ class MixturePolicy(ABC):
 
     def loss_weights(self) -> dict[str, float] | None:
         """``{domain: factor}`` on every token's loss, or ``None`` (the loss is left alone).
-        Policies are updated before the step's loss is formed (``app.mixing``), so these factors
+        Policies are updated before the step's loss is formed (``sprout.mixing``), so these factors
         weigh the step whose feedback updated them."""
         return None
 

@@ -20,9 +20,9 @@ from typing import Any
 import yaml
 from jsonargparse import ArgumentError, ArgumentParser
 
-from app import registry
-from app.errors import SproutError
-from app.protocols import KINDS
+from sprout import registry
+from sprout.errors import SproutError
+from sprout.protocols import KINDS
 
 HELP = "`sprout fit --help` lists every option with its type"
 

@@ -1,7 +1,7 @@
 """Reference-model losses for Rho-1, scored online by a frozen model.
 
 Online, ``Reference`` runs one extra no-grad forward per step. Offline, the losses come
-from score files made once by ``sprout score`` (``app.data.scores``). Both
+from score files made once by ``sprout score`` (``sprout.data.scores``). Both
 routes round the losses through float16, so they select the same tokens.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 
-from app.checkpoint.weights import load_model
-from app.data.scores import describe, path_sha256
-from app.errors import SproutError
-from app.loss import chunked_token_losses
-from app.protocols import TokenSelector, TrainableModel
+from sprout.checkpoint.weights import load_model
+from sprout.data.scores import describe, path_sha256
+from sprout.errors import SproutError
+from sprout.loss import chunked_token_losses
+from sprout.protocols import TokenSelector, TrainableModel
 
 
 @torch.no_grad()
@@ -67,9 +67,9 @@ class Reference:
         self.sharded = False
 
     def shard(self, mesh, device: torch.device, param_dtype: torch.dtype | None) -> None:
-        """Shard with FSDP2 over ``mesh`` as ``app.parallel.parallelize`` shards the trained
+        """Shard with FSDP2 over ``mesh`` as ``sprout.parallel.parallelize`` shards the trained
         model: per block, gathered in ``param_dtype`` for each forward and freed after it."""
-        from app.parallel import Parallelism, parallelize
+        from sprout.parallel import Parallelism, parallelize
 
         parallelize(self.model.to(device), Parallelism(), mesh, param_dtype)
         self.sharded = True

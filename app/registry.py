@@ -1,7 +1,7 @@
 """The plugin registry: every growth operator, token selector and mixture policy.
 
 Plugins are found only through the ``sprout.plugins`` entry-point group, named
-``<kind>.<name>`` (``selector.rho1 = "plugins.selectors.rho1:Rho1"``). Sprout's own
+``<kind>.<name>`` (``selector.rho1 = "sprout.plugins.selectors.rho1:Rho1"``). Sprout's own
 ``plugins/`` package registers itself there exactly as a third-party package would, so
 the registry never imports it directly.
 """
@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from app.errors import SproutError
-from app.plugin_index import ENTRY_POINT_GROUP
-from app.protocols import KINDS
+from sprout.errors import SproutError
+from sprout.plugin_index import ENTRY_POINT_GROUP
+from sprout.protocols import KINDS
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def resolve(kind: str, name: str) -> type:
             ) from None
         if not (isinstance(cls, type) and issubclass(cls, KINDS[kind])):
             raise SproutError(
-                f"{name!r} is not a {kind} plugin: it must subclass app.protocols.{KINDS[kind].__name__}."
+                f"{name!r} is not a {kind} plugin: it must subclass sprout.protocols.{KINDS[kind].__name__}."
             )
         return cls
     for p in plugins():

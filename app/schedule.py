@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from app.errors import SproutError, check_option, is_count, is_number, warn
+from sprout.errors import SproutError, check_option, is_count, is_number, warn
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.errors import SproutError
-from app.model import LlamaConfig
+from sprout.errors import SproutError
+from sprout.model import LlamaConfig
 
 
 def check_data_fits(config: LlamaConfig, dm: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.errors import SproutError
+from sprout.errors import SproutError
 
 
 def read_scalars(run_dir: Path) -> dict[str, dict[int, float]]:

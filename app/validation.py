@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from app.loss import IGNORE_INDEX
+from sprout.loss import IGNORE_INDEX
 
 
 class DomainLosses:

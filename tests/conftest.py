@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from app.data.corpus import build_default_corpus, train_default_tokenizer
-from app.data.prepare import Source, prepare
+from sprout.data.corpus import build_default_corpus, train_default_tokenizer
+from sprout.data.prepare import Source, prepare
 
 TINY_VOCAB = 320
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 from tiny_run import recipe, scalars, sprout
 
-from app.checkpoint import run as checkpoint_run
-from app.checkpoint.run import AtomicCheckpointIO
+from sprout.checkpoint import run as checkpoint_run
+from sprout.checkpoint.run import AtomicCheckpointIO
 
 # A process that saves one checkpoint, then starts a second and is stuck half way through writing it.
 KILLED_MID_SAVE = """
 import sys, time, torch
-from app.checkpoint.run import AtomicCheckpointIO
+from sprout.checkpoint.run import AtomicCheckpointIO
 io = AtomicCheckpointIO()
 io.save_checkpoint({"step": 1, "weights": torch.ones(1000)}, sys.argv[1])
 real_save = torch.save

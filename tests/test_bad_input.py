@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from tiny_run import SEQ, VOCAB, recipe, save_reference, sprout
 
-from app import registry
-from app.data.prepare import Source, prepare
-from app.data.tokenizer import Tokenizer
+from sprout import registry
+from sprout.data.prepare import Source, prepare
+from sprout.data.tokenizer import Tokenizer
 
 
 def fails(config: Path, *args: str) -> str:
@@ -58,7 +58,7 @@ def test_unknown_key_suggests_the_closest(tiny_data, tmp_path):
     mixture = {"class_path": "fixed", "init_args": {"wieghts": {"code": 1, "text": 1}}}
     message = fails(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", data={"mixture": mixture}))
     assert message == (
-        f"Unknown init_args key 'wieghts' for plugins.mixtures.static.Fixed at data.mixture in the recipe {tmp_path / 'r.yaml'} "
+        f"Unknown init_args key 'wieghts' for sprout.plugins.mixtures.static.Fixed at data.mixture in the recipe {tmp_path / 'r.yaml'} "
         "(did you mean 'weights'?). It takes: weights."
     )
 
@@ -354,7 +354,7 @@ def tool_fails(main, args: list[str], capsys, tool: str) -> str:
 
 
 def test_json_line_whose_text_is_null(tiny_data, tmp_path, capsys):
-    from app.cli import main
+    from sprout.cli import main
 
     (tmp_path / "in.jsonl").write_text('{"text": "fine"}\n{"text": null, "id": 2}\n')
     out = tmp_path / "out"
@@ -445,8 +445,8 @@ def compose_recipe(tmp_path: Path, data_dir: Path, reference: Path, mixture: dic
 
 
 def test_compose_reference_with_another_vocabulary(tiny_data, tmp_path):
-    from app.checkpoint.weights import save_model
-    from app.model import Llama, LlamaConfig
+    from sprout.checkpoint.weights import save_model
+    from sprout.model import Llama, LlamaConfig
 
     other = save_model(
         Llama(LlamaConfig.from_name("micro", vocab_size=512, block_size=SEQ)),
@@ -460,8 +460,8 @@ def test_compose_reference_with_another_vocabulary(tiny_data, tmp_path):
 
 
 def test_compose_reference_with_another_tokenizer(tiny_data, tmp_path):
-    from app.checkpoint.weights import save_model
-    from app.model import Llama, LlamaConfig
+    from sprout.checkpoint.weights import save_model
+    from sprout.model import Llama, LlamaConfig
 
     foreign = {"path": "/elsewhere/tokenizer.json", "sha256": "f" * 64, "vocab_size": VOCAB}
     other = save_model(
@@ -478,7 +478,7 @@ def test_compose_reference_with_another_tokenizer(tiny_data, tmp_path):
 
 
 def test_compose_bimix_fit_for_other_domains(tiny_data, tmp_path):
-    from app.bimix import BiMixLaw, write_fit
+    from sprout.bimix import BiMixLaw, write_fit
 
     law = BiMixLaw(A=1.0, B=0.5, C=0.5, alpha=0.2, beta=0.3)
     fit = tmp_path / "fit.json"

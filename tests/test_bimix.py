@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 from tiny_run import sprout
 
-from app.bimix import BiMixLaw, fit_law, optimal_mixture, read_fit
-from app.commands.fit_bimix import fit_bimix
-from app.errors import SproutError
-from app.protocols import DomainStats
-from app.registry import resolve
-from plugins.mixtures.bimix import BiMixMixture
+from sprout.bimix import BiMixLaw, fit_law, optimal_mixture, read_fit
+from sprout.commands.fit_bimix import fit_bimix
+from sprout.errors import SproutError
+from sprout.plugins.mixtures.bimix import BiMixMixture
+from sprout.protocols import DomainStats
+from sprout.registry import resolve
 
 TRUE = {
     "code": BiMixLaw(A=1.0, B=4.0, C=1.6, alpha=0.12, beta=0.45),
@@ -133,7 +133,7 @@ def domains(*names):
 
 
 def test_policy_from_coefficients_and_from_fit_file(tmp_path):
-    from app.bimix import write_fit
+    from sprout.bimix import write_fit
 
     inline = BiMixMixture(target_steps=1000, coefficients=coefficients(LAWS3), r_min=0.05)
     weights = inline.weights(0, domains("a", "b", "c"))

@@ -11,12 +11,12 @@ import yaml
 from conftest import TINY_VOCAB
 from tiny_run import sprout
 
-from app.checkpoint.weights import load_model, save_model
-from app.cli import TRAINING
-from app.commands import COMMANDS
-from app.data.tokenizer import Tokenizer
-from app.hf import save_hf
-from app.model import Llama, LlamaConfig
+from sprout.checkpoint.weights import load_model, save_model
+from sprout.cli import TRAINING
+from sprout.commands import COMMANDS
+from sprout.data.tokenizer import Tokenizer
+from sprout.hf import save_hf
+from sprout.model import Llama, LlamaConfig
 
 
 def test_help_lists_every_command_without_importing_torch_or_jsonargparse():
@@ -24,7 +24,7 @@ def test_help_lists_every_command_without_importing_torch_or_jsonargparse():
         [
             sys.executable,
             "-c",
-            "import sys; from app.cli import main; main(['--help']); "
+            "import sys; from sprout.cli import main; main(['--help']); "
             "assert not {'torch', 'lightning', 'jsonargparse'} & set(sys.modules), 'sprout --help imported too much'",
         ],
         capture_output=True,

@@ -1,17 +1,17 @@
-"""app.compat: a dependency outside the range a patch was written for stops the run in words."""
+"""sprout.compat: a dependency outside the range a patch was written for stops the run in words."""
 
 from importlib.metadata import version
 
 import pytest
 
-from app.compat import require
-from app.compat.litdata import LITDATA_TESTED, require_litdata
-from app.errors import SproutError
+from sprout.compat import require
+from sprout.compat.litdata import LITDATA_TESTED, require_litdata
+from sprout.errors import SproutError
 
 
 def test_installed_versions_are_in_the_ranges_the_patches_were_written_for():
     for module in ("torch", "lightning", "jsonargparse", "litdata"):
-        __import__(f"app.compat.{module}")  # each checks its range when imported
+        __import__(f"sprout.compat.{module}")  # each checks its range when imported
     assert require_litdata("a test") == version("litdata") and LITDATA_TESTED[0] == version("litdata")
 
 

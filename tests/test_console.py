@@ -10,14 +10,14 @@ from pathlib import Path
 
 from tiny_run import recipe, sprout
 
-from app.callbacks.progress import describe
+from sprout.callbacks.progress import describe
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, env=env, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "sprout", *args], capture_output=True, text=True, env=env, cwd=ROOT)
 
 
 def test_the_bar_counts_steps_to_max_steps_with_loss_tokens_per_s_and_time_left(tiny_data, tmp_path):
@@ -39,7 +39,7 @@ def test_describe_names_the_metrics_shortly():
 
 def test_plugins_are_listed_without_importing_lightning_or_torch():
     code = (
-        "import sys, time; t = time.perf_counter(); from app.cli import main; main(['plugins']); "
+        "import sys, time; t = time.perf_counter(); from sprout.cli import main; main(['plugins']); "
         "print('imported:', sorted(m for m in ('torch', 'lightning', 'jsonargparse') if m in sys.modules), f'{time.perf_counter() - t:.3f}')"
     )
     start = time.perf_counter()

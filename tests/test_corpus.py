@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from app.data.corpus import (
+from sprout.data.corpus import (
     MANIFEST,
     build_default_corpus,
     corpus_texts,
@@ -12,7 +12,7 @@ from app.data.corpus import (
     stdlib_root,
     train_default_tokenizer,
 )
-from app.data.prepare import Source, prepare
+from sprout.data.prepare import Source, prepare
 
 SMALL = 300_000  # bytes per domain: enough to be real, quick to build
 
@@ -111,7 +111,7 @@ def test_default_tokenizer_and_preparation(small_corpus, tmp_path):
 
 
 def test_contiguous_runs_leave_no_shard_empty():
-    from app.data.prepare.sources import contiguous_runs
+    from sprout.data.prepare.sources import contiguous_runs
 
     assert contiguous_runs([1, 1, 100, 1, 1, 1], 4) == [0, 0, 0, 1, 2, 3]  # after the big one no shard is skipped
     assert contiguous_runs([5, 5, 5, 5], 2) == [0, 0, 1, 1]

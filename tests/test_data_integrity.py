@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.data import checksums
-from app.data.blocks import DomainBlocks, SequentialBlocks
-from app.data.checksums import CHECKSUM
-from app.data.datamodule import SproutDataModule
-from app.data.prepare import Source, merge, prepare, worker
-from app.data.prepare.staging import staging_folder
-from app.data.verify import verify
-from app.errors import SproutError
+from sprout.data import checksums
+from sprout.data.blocks import DomainBlocks, SequentialBlocks
+from sprout.data.checksums import CHECKSUM
+from sprout.data.datamodule import SproutDataModule
+from sprout.data.prepare import Source, merge, prepare, worker
+from sprout.data.prepare.staging import staging_folder
+from sprout.data.verify import verify
+from sprout.errors import SproutError
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 DOMAINS = {"email": sorted((STDLIB / "email").glob("*.py"))[:8], "json": sorted((STDLIB / "json").glob("*.py"))}
@@ -34,7 +34,7 @@ OPTIONS = {"val_fraction": 0.2, "num_workers": 1, "chunk_tokens": 4096, "progres
 CHILD = """
 import json, os, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
-from app.data.prepare import Source, prepare, worker
+from sprout.data.prepare import Source, prepare, worker
 paths, domains, tokenizer, out, options = json.loads(sys.argv[1])
 real = worker.SplitWriter.write_chunk
 def write_chunk(self, tokens):
@@ -106,7 +106,7 @@ def test_a_killed_preparation_leaves_staging_that_the_next_one_removes(tiny_data
 # alive without writing (as workers busy with large files would), until the test kills them.
 ORPHANS = """
 import json, os, signal, sys, time
-from app.data.prepare import Source, prepare, worker
+from sprout.data.prepare import Source, prepare, worker
 paths, domains, tokenizer, out, options = json.loads(sys.argv[1])
 main = os.getpid()
 def run_task(task, tok, report):

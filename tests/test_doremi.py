@@ -6,12 +6,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
-from app import registry
-from app.errors import SproutError
-from app.objective import objective
-from app.protocols import DomainStats
-from plugins.mixtures.doremi import DoReMi
-from plugins.mixtures.static import Fixed
+from sprout import registry
+from sprout.errors import SproutError
+from sprout.objective import objective
+from sprout.plugins.mixtures.doremi import DoReMi
+from sprout.plugins.mixtures.static import Fixed
+from sprout.protocols import DomainStats
 
 VOCAB = 1024
 DOMAINS = {d: DomainStats(name=d, tokens=1000, vocab_size=VOCAB) for d in ("books", "code", "math")}

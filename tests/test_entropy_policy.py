@@ -2,10 +2,10 @@ import math
 
 import pytest
 
-from app.errors import SproutError
-from app.protocols import DomainStats
-from app.registry import resolve
-from plugins.mixtures.entropy import EntropyMixture
+from sprout.errors import SproutError
+from sprout.plugins.mixtures.entropy import EntropyMixture
+from sprout.protocols import DomainStats
+from sprout.registry import resolve
 
 
 def stats(**entropies):

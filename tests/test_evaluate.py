@@ -13,12 +13,12 @@ import pytest
 import torch
 from tiny_run import recipe, scalars, sprout
 
-from app.checkpoint.weights import load_model, save_model
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
-from app.evaluation.tasks import LOCAL_DIR, local_task_configs
-from app.hf import save_hf
-from app.model import Llama, LlamaConfig
+from sprout.checkpoint.weights import load_model, save_model
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
+from sprout.evaluation.tasks import LOCAL_DIR, local_task_configs
+from sprout.hf import save_hf
+from sprout.model import Llama, LlamaConfig
 
 
 @pytest.fixture(autouse=True)
@@ -138,7 +138,7 @@ def test_eval_callback_logs_during_training_and_the_tool_matches_it(tiny_data, t
 def test_gsm8k_task_reads_the_shared_corpus_else_its_fixture(monkeypatch, tmp_path):
     project = tmp_path / "project"
     shutil.copytree(LOCAL_DIR, project / "app" / "evaluation" / "local_tasks")
-    monkeypatch.setattr("app.evaluation.tasks.PROJECT_ROOT", project)
+    monkeypatch.setattr("sprout.evaluation.tasks.PROJECT_ROOT", project)
 
     def data():
         return Path(local_task_configs()["gsm8k_local"]["dataset_kwargs"]["data_files"]["test"])

@@ -2,7 +2,7 @@ import importlib
 
 import pytest
 
-from app.errors import SproutError
+from sprout.errors import SproutError
 from tools.experiments import common
 
 

@@ -6,14 +6,14 @@ import torch
 from lightning.pytorch.loggers import Logger
 from torch.utils.flop_counter import FlopCounterMode
 
-import app.callbacks.monitor as monitor
-import app.flops  # noqa: F401  (registers the CPU attention formulas)
-from app.callbacks import ThroughputMonitor
-from app.callbacks.growth import Growth
-from app.model import Llama, LlamaConfig, flops_per_token
-from app.module import SproutModule
-from app.parallel import Parallelism, parallelize
-from plugins.growth.direct import Gstack
+import sprout.callbacks.monitor as monitor
+import sprout.flops  # noqa: F401  (registers the CPU attention formulas)
+from sprout.callbacks import ThroughputMonitor
+from sprout.callbacks.growth import Growth
+from sprout.model import Llama, LlamaConfig, flops_per_token
+from sprout.module import SproutModule
+from sprout.parallel import Parallelism, parallelize
+from sprout.plugins.growth.direct import Gstack
 
 VOCAB, SEQ, BATCH = 256, 32, 2
 PEAK = 1e9
@@ -134,9 +134,9 @@ def test_flops_seen_counts_an_online_reference_forward(monkeypatch, tmp_path, of
     """Rho-1 against a model.reference pays one forward of the reference per batch: 2 FLOPs per
     reference weight per token (plus its attention) join perf/flops_seen. Batches that carry
     offline scores (``ref_loss``) run no reference and add nothing."""
-    from app.checkpoint.weights import save_model
-    from app.model import forward_flops_per_token
-    from plugins.selectors.rho1 import Rho1
+    from sprout.checkpoint.weights import save_model
+    from sprout.model import forward_flops_per_token
+    from sprout.plugins.selectors.rho1 import Rho1
 
     ref_config = LlamaConfig.from_name("micro", vocab_size=VOCAB, block_size=SEQ, n_layer=1)
     path = save_model(Llama(ref_config), tmp_path / "reference.ckpt")

@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
-from app import registry
-from app.errors import SproutError
-from app.model import Llama, LlamaConfig
-from plugins.growth.common import layer_map, width_maps
-from plugins.growth.direct import DirectWidth, Gstack
-from plugins.growth.learn import BLOCK, LearnedGrowth, LigoModel, values_to_outputs
-from plugins.growth.random import RandomDepth, RandomWidth
-from plugins.growth.zero import ZeroDepth, ZeroWidth
+from sprout import registry
+from sprout.errors import SproutError
+from sprout.model import Llama, LlamaConfig
+from sprout.plugins.growth.common import layer_map, width_maps
+from sprout.plugins.growth.direct import DirectWidth, Gstack
+from sprout.plugins.growth.learn import BLOCK, LearnedGrowth, LigoModel, values_to_outputs
+from sprout.plugins.growth.random import RandomDepth, RandomWidth
+from sprout.plugins.growth.zero import ZeroDepth, ZeroWidth
 
 VOCAB, SEQ = 96, 16
 SOURCE = LlamaConfig.from_name("micro", vocab_size=VOCAB, block_size=SEQ)  # 2 layers, 64 wide, 4 heads, 2 KV heads
@@ -458,9 +458,9 @@ def test_paper_recipes_grow_the_paper_shapes_at_the_guideline_time(name, small, 
 
     import yaml
 
-    from app.callbacks.growth import Growth
-    from app.commands.plan_growth import growth_tokens
-    from app.model import param_count
+    from sprout.callbacks.growth import Growth
+    from sprout.commands.plan_growth import growth_tokens
+    from sprout.model import param_count
 
     recipe = yaml.safe_load((Path(__file__).resolve().parents[1] / "recipes" / f"gstack-{name}.yaml").read_text())
     source = LlamaConfig.from_name(recipe["model"]["arch"])
@@ -492,8 +492,8 @@ def test_paper_recipes_grow_the_paper_shapes_at_the_guideline_time(name, small, 
 def test_stage_two_decays_over_its_own_horizon():
     """growth.stage2_max_steps: the grown model's cosine ends that many steps after growth (the
     official g_stack.sh's own max_step), not at the end of the run."""
-    from app.growth.plan import GrowthPlan
-    from app.schedule import Schedule, WarmupCosine
+    from sprout.growth.plan import GrowthPlan
+    from sprout.schedule import Schedule, WarmupCosine
 
     plan = GrowthPlan(Gstack(), target_overrides={"n_layer": 4}, at_step=6, stage2_max_steps=10)
     first = WarmupCosine(warmup_steps=2, min_lr=1e-4)

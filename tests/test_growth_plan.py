@@ -4,8 +4,8 @@ import sys
 import pytest
 import yaml
 
-from app.commands.plan_growth import format_count, growth_tokens, parse_count, plan_growth
-from app.errors import SproutError
+from sprout.commands.plan_growth import format_count, growth_tokens, parse_count, plan_growth
+from sprout.errors import SproutError
 
 
 # Du et al. 2024, growth-timing table: target size, training tokens -> d to the printed precision.
@@ -45,7 +45,7 @@ def test_small_shape_and_written_stanza(tmp_path, capsys):
 
 
 def test_params_counted_from_arch_when_not_given(capsys):
-    from app.model.config import LlamaConfig, param_count
+    from sprout.model.config import LlamaConfig, param_count
 
     d = plan_growth(tokens="2T", arch="llama-7b-32l")
     assert d == pytest.approx(growth_tokens(param_count(LlamaConfig.from_name("llama-7b-32l")), 2e12))
@@ -58,7 +58,9 @@ def test_factor_must_divide_target_layers():
 
 def test_cli_prints_error_without_traceback():
     result = subprocess.run(
-        [sys.executable, "-m", "app", "plan-growth", "--params", "7Q", "--tokens", "2T"], capture_output=True, text=True
+        [sys.executable, "-m", "sprout", "plan-growth", "--params", "7Q", "--tokens", "2T"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 2
     assert "error: --params '7Q' is not a positive count" in result.stderr

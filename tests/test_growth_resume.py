@@ -6,7 +6,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tiny_run import recipe, scalars, sprout
 
-from app.checkpoint.weights import load_model, save_model
+from sprout.checkpoint.weights import load_model, save_model
 
 STEPS, GROW_AT = 7, 4
 

@@ -15,19 +15,19 @@ import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from app.callbacks.growth import Growth
-from app.checkpoint.weights import load_model, save_model
-from app.cli import main
-from app.data.datamodule import SproutDataModule
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
-from app.model import Llama, LlamaConfig
-from app.module import SproutModule
-from app.schedule import WarmupCosine
-from plugins.growth.direct import DirectWidth, Gstack
-from plugins.growth.learn import LearnedGrowth, LigoModel
-from plugins.growth.random import RandomWidth
-from plugins.mixtures.static import Uniform
+from sprout.callbacks.growth import Growth
+from sprout.checkpoint.weights import load_model, save_model
+from sprout.cli import main
+from sprout.data.datamodule import SproutDataModule
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
+from sprout.model import Llama, LlamaConfig
+from sprout.module import SproutModule
+from sprout.plugins.growth.direct import DirectWidth, Gstack
+from sprout.plugins.growth.learn import LearnedGrowth, LigoModel
+from sprout.plugins.growth.random import RandomWidth
+from sprout.plugins.mixtures.static import Uniform
+from sprout.schedule import WarmupCosine
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB, SEQ = 320, 32
@@ -331,7 +331,7 @@ def test_fsdp2_grows_mid_run_and_resumes_in_the_grown_shape(tiny_data, tmp_path)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     for max_steps, extra in ((4, []), (5, ["--ckpt_path", "last"])):
         run = subprocess.run(
-            [sys.executable, "-m", "app", "fit", "--config", str(recipe(max_steps)), *extra],
+            [sys.executable, "-m", "sprout", "fit", "--config", str(recipe(max_steps)), *extra],
             cwd=tmp_path,
             env=env,
             capture_output=True,
@@ -351,7 +351,7 @@ def test_fsdp2_grows_mid_run_and_resumes_in_the_grown_shape(tiny_data, tmp_path)
 
 
 def test_growth_plan_writes_sections_the_cli_accepts(tmp_path, capsys):
-    from app.commands.plan_growth import plan_growth
+    from sprout.commands.plan_growth import plan_growth
 
     plan_growth(tokens="50M", arch="tiny", write_recipe=str(tmp_path / "plan.yaml"))
     capsys.readouterr()
@@ -368,7 +368,7 @@ def test_growth_plan_writes_sections_the_cli_accepts(tmp_path, capsys):
         )
     assert done.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
-    assert config["growth"]["operator"]["class_path"] == "plugins.growth.direct.Gstack"
+    assert config["growth"]["operator"]["class_path"] == "sprout.plugins.growth.direct.Gstack"
     module = SproutModule(arch=config["model"]["arch"], arch_overrides=config["model"]["arch_overrides"])
     assert module.config.n_layer == 1
     assert Growth(target_arch=config["growth"]["target_arch"]).target_config(module.config).n_layer == 4

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from app.checkpoint.weights import load_model, save_model
-from app.errors import SproutError
-from app.hf import save_hf
-from app.model import Llama, LlamaConfig
+from sprout.checkpoint.weights import load_model, save_model
+from sprout.errors import SproutError
+from sprout.hf import save_hf
+from sprout.model import Llama, LlamaConfig
 
 transformers = pytest.importorskip("transformers")
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_export_in_bfloat16_writes_bfloat16(tmp_path):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_export_import_round_trip_is_exact(tmp_path, variant):
-    from app.commands.import_hf import import_hf
+    from sprout.commands.import_hf import import_hf
 
     model = random_model(**VARIANTS[variant])
     save_hf(model, tmp_path / "hf")
@@ -101,7 +101,7 @@ def fit_two_steps(tmp_path: Path) -> tuple[Path, Llama]:
     """A real Lightning checkpoint of the Sprout module, written by the Trainer."""
     import lightning as L
 
-    from app.module import SproutModule
+    from sprout.module import SproutModule
 
     module = SproutModule(arch="micro", arch_overrides={"vocab_size": 320, "block_size": 32})
     data = [{"input_ids": torch.randint(0, 320, (16,)), "targets": torch.randint(0, 320, (16,))} for _ in range(4)]
@@ -129,14 +129,14 @@ def test_load_model_reads_a_lightning_checkpoint(tmp_path):
 
 
 def test_export_cli_from_lightning_checkpoint_with_tokenizer(tmp_path):
-    from app.data.tokenizer import Tokenizer
+    from sprout.data.tokenizer import Tokenizer
 
     path, trained = fit_two_steps(tmp_path)
     texts = ["The quick brown fox jumps over the lazy dog. " * 3, "def main():\n    return 0\n"] * 20
     tokenizer = Tokenizer.train_bpe(texts, 300, tmp_path / "tok" / "tokenizer.json")
     out = tmp_path / "hf"
     result = subprocess.run(
-        [sys.executable, "-m", "app", "export", str(path), str(out), "--tokenizer", str(tokenizer.path)],
+        [sys.executable, "-m", "sprout", "export", str(path), str(out), "--tokenizer", str(tokenizer.path)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -152,7 +152,7 @@ def test_export_cli_from_lightning_checkpoint_with_tokenizer(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(hf_logits(out, idx), trained.eval()(idx), atol=1e-4, rtol=1e-4)
     again = subprocess.run(
-        [sys.executable, "-m", "app", "export", str(path), str(out)],
+        [sys.executable, "-m", "sprout", "export", str(path), str(out)],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -186,7 +186,7 @@ def test_export_sentencepiece_tokenizer(tmp_path):
 
 
 def test_export_refuses_a_tokenizer_other_than_the_checkpoints(tmp_path):
-    from app.data.tokenizer import Tokenizer
+    from sprout.data.tokenizer import Tokenizer
 
     recorded = Tokenizer.train_bpe(["alpha beta gamma"] * 10, 270, tmp_path / "a" / "tokenizer.json")
     other = Tokenizer.train_bpe(["delta epsilon zeta"] * 10, 270, tmp_path / "b" / "tokenizer.json")
@@ -225,7 +225,7 @@ def test_keys_of_a_compiled_model_load(tmp_path):
 
 
 def test_stored_flash_attention_loads_where_flash_is_missing(tmp_path):
-    from app.model.attention import flash_available
+    from sprout.model.attention import flash_available
 
     if flash_available():
         pytest.skip("flash-attn is installed here")
@@ -329,7 +329,7 @@ def test_unsupported_hf_variants_are_refused(tmp_path, change, field):
 
 def test_import_cli_reports_errors_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "app", "import", str(tmp_path), str(tmp_path / "x.ckpt")],
+        [sys.executable, "-m", "sprout", "import", str(tmp_path), str(tmp_path / "x.ckpt")],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from app.loss import IGNORE_INDEX, chunked_token_losses, token_losses
+from sprout.loss import IGNORE_INDEX, chunked_token_losses, token_losses
 
 
 def _problem(B=3, T=20, C=16, V=50, seed=0):
@@ -78,7 +78,7 @@ def test_recompute_saves_no_logits_sized_tensor(dtype):
 def test_default_keeps_grad_logits_only_under_the_budget(monkeypatch):
     """The default keeps [tokens, vocab] of d loss / d logits in the compute dtype while it fits
     ``KEEP_GRAD_LOGITS_MAX_BYTES``, recomputes above it, and keeps nothing without a gradient."""
-    import app.loss
+    import sprout.loss
 
     hidden, weight, targets, _ = _problem(B=2, T=64, C=8, V=4096)
 
@@ -93,7 +93,7 @@ def test_default_keeps_grad_logits_only_under_the_budget(monkeypatch):
         assert largest_saved() == 128 * 4096
     with torch.no_grad():
         assert largest_saved() == 0
-    monkeypatch.setattr(app.loss, "KEEP_GRAD_LOGITS_MAX_BYTES", 128 * 4096 * 4 - 1)
+    monkeypatch.setattr(sprout.loss, "KEEP_GRAD_LOGITS_MAX_BYTES", 128 * 4096 * 4 - 1)
     assert largest_saved() == weight.numel()
     with torch.autocast("cpu", torch.bfloat16):
         assert largest_saved() == 128 * 4096  # half the bytes in bf16: under the budget again

@@ -7,11 +7,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from app.commands.memory import estimate
-from app.loss import chunked_token_losses
-from app.memory import estimate_memory
-from app.model import Llama, LlamaConfig
-from app.parallel import Parallelism, parallelize
+from sprout.commands.memory import estimate
+from sprout.loss import chunked_token_losses
+from sprout.memory import estimate_memory
+from sprout.model import Llama, LlamaConfig
+from sprout.parallel import Parallelism, parallelize
 
 
 class PeakTensorMemory(TorchDispatchMode):

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from app.data.datamodule import SproutDataModule
-from app.errors import SproutError
-from app.lightning_cli import SproutCLI
-from app.module import SproutModule
-from app.protocols import DomainStats
-from plugins.mixtures.static import DomainGroup, Natural
+from sprout.data.datamodule import SproutDataModule
+from sprout.errors import SproutError
+from sprout.lightning_cli import SproutCLI
+from sprout.module import SproutModule
+from sprout.plugins.mixtures.static import DomainGroup, Natural
+from sprout.protocols import DomainStats
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # SlimPajama-627B's published token shares (%); GitHub's 5.2 is dropped. Code: any count.

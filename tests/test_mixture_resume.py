@@ -11,22 +11,22 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from app.bimix import BiMixLaw, write_fit
-from app.callbacks import MixtureFeedback
-from app.checkpoint.weights import save_model
-from app.commands.fit_bimix import recipe_snippet
-from app.data.datamodule import SproutDataModule
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
-from app.lightning_cli import SproutCLI
-from app.model import Llama, LlamaConfig
-from app.module import SproutModule
-from app.protocols import DomainStats, TokenSelector
-from app.schedule import WarmupCosine
-from plugins.mixtures.bimix import BiMixMixture
-from plugins.mixtures.doremi import DoReMi
-from plugins.mixtures.entropy import EntropyMixture
-from plugins.mixtures.static import Fixed
+from sprout.bimix import BiMixLaw, write_fit
+from sprout.callbacks import MixtureFeedback
+from sprout.checkpoint.weights import save_model
+from sprout.commands.fit_bimix import recipe_snippet
+from sprout.data.datamodule import SproutDataModule
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
+from sprout.lightning_cli import SproutCLI
+from sprout.model import Llama, LlamaConfig
+from sprout.module import SproutModule
+from sprout.plugins.mixtures.bimix import BiMixMixture
+from sprout.plugins.mixtures.doremi import DoReMi
+from sprout.plugins.mixtures.entropy import EntropyMixture
+from sprout.plugins.mixtures.static import Fixed
+from sprout.protocols import DomainStats, TokenSelector
+from sprout.schedule import WarmupCosine
 
 SEQ = 32
 STEPS, RESUME_AT, UPDATE_EVERY = 12, 5, 3  # resume between two updates: half a feedback window is in the checkpoint

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from app.errors import SproutError
-from app.model import CONFIGS, Llama, LlamaConfig, flops_per_token, param_count
-from app.model.attention import causal_attention, eager_attention, flash_available
-from app.model.llama import apply_rope, rope_tables
+from sprout.errors import SproutError
+from sprout.model import CONFIGS, Llama, LlamaConfig, flops_per_token, param_count
+from sprout.model.attention import causal_attention, eager_attention, flash_available
+from sprout.model.llama import apply_rope, rope_tables
 
 GQA = dict(n_layer=2, n_embd=64, n_head=4, n_kv_head=2, intermediate_size=176, vocab_size=256, block_size=64)
 
@@ -74,7 +74,7 @@ def _kernels_run(fn) -> set[str]:
 def test_compiled_cpu_attention_gradients_match_sdpa(monkeypatch, dtype, max_scores, written_out):
     """Compiled on CPU, attention's backward is written out (``_CPUAttention``) for bf16/fp16
     while the scores are small enough, else SDPA's fused kernel; the gradients are SDPA's."""
-    import app.model.attention as attention
+    import sprout.model.attention as attention
 
     if max_scores is not None:
         monkeypatch.setattr(attention, "CPU_MATH_BACKWARD_MAX_SCORES", max_scores)
@@ -169,7 +169,7 @@ def test_forward_flops_per_token_agrees_with_flop_counter():
     """A scoring-only forward (Rho-1's online reference) costs a third of a training step."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from app.model import forward_flops_per_token
+    from sprout.model import forward_flops_per_token
 
     config = LlamaConfig.from_name("micro", vocab_size=512, attention="eager")
     model = Llama(config)

@@ -18,11 +18,18 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 
-from app.checkpoint.weights import load_model, save_model
-from app.errors import SproutError
-from app.loss import chunked_token_losses
-from app.model import Llama, LlamaConfig
-from app.parallel import Parallelism, compute_dtype, data_parallel_mesh, fused_optimizer_kwargs, parallelize, total_norm
+from sprout.checkpoint.weights import load_model, save_model
+from sprout.errors import SproutError
+from sprout.loss import chunked_token_losses
+from sprout.model import Llama, LlamaConfig
+from sprout.parallel import (
+    Parallelism,
+    compute_dtype,
+    data_parallel_mesh,
+    fused_optimizer_kwargs,
+    parallelize,
+    total_norm,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = LlamaConfig.from_name("micro", vocab_size=96, block_size=32)
@@ -55,7 +62,7 @@ def _sharded_worker(rank, world, init_file, reference_file):
 
 def _check_sharded_reference(rank, reference_file, mesh):
     """A sharded Rho-1 reference keeps half the weights per rank and scores as the full copy."""
-    from app.reference import Reference
+    from sprout.reference import Reference
 
     full, sharded = Reference(reference_file, CONFIG.vocab_size), Reference(reference_file, CONFIG.vocab_size)
     sharded.shard(mesh, torch.device("cpu"), None)
@@ -120,7 +127,7 @@ def test_activation_checkpointing_keeps_names_and_gradients():
 
 def test_compiled_checkpointed_blocks_match_the_plain_model_in_bf16():
     """Compile + activation checkpointing in bf16 on CPU: the recomputed blocks take the
-    written-out attention backward (app.model.attention), and the gradients are the plain
+    written-out attention backward (sprout.model.attention), and the gradients are the plain
     model's within bf16 rounding."""
     torch.manual_seed(0)
     plain = Llama(CONFIG)
@@ -209,7 +216,7 @@ def _recipe(tmp_path, data_dir, strategy, max_steps, **parallel):
 def _fit(recipe, *extra):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     run = subprocess.run(
-        [sys.executable, "-m", "app", "fit", "--config", str(recipe), *extra],
+        [sys.executable, "-m", "sprout", "fit", "--config", str(recipe), *extra],
         cwd=recipe.parent,
         env=env,
         capture_output=True,
@@ -238,7 +245,7 @@ def test_fsdp2_run_checkpoints_resumes_and_consolidates(tmp_path, tiny_data):
     assert sorted(p.name for p in last.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # one shard per rank
     first = _metrics(tmp_path, 0)
     assert sorted(first) == [0, 1, 2, 3] and float(first[3]["train/loss"]) < float(first[0]["train/loss"])
-    from app.commands.evaluate import evaluate
+    from sprout.commands.evaluate import evaluate
 
     during = _metrics(tmp_path, 0, "eval/stdlib_mc/acc")
     assert sorted(during) == [4]  # logged at step 4 by rank 0 only; the same score from the sharded checkpoint:
@@ -252,7 +259,7 @@ def test_fsdp2_run_checkpoints_resumes_and_consolidates(tmp_path, tiny_data):
     assert float(resumed[4]["perf/tokens_seen"]) == 5 * 2 * 2 * 32
 
     out = tmp_path / "model.ckpt"
-    from app.commands.consolidate import consolidate
+    from sprout.commands.consolidate import consolidate
 
     consolidate(last, out)
     single, meta = load_model(out)
@@ -306,7 +313,7 @@ def test_bf16_mixed_clips_gradients_with_fused_adamw(tmp_path, tiny_data):
 
     from lightning.pytorch.plugins.precision import MixedPrecision
 
-    from app.module import SproutModule
+    from sprout.module import SproutModule
 
     module = SproutModule(arch="micro")
     module.configure_model()

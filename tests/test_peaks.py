@@ -4,7 +4,7 @@ TF32 or the true single-precision peak as ``torch.get_float32_matmul_precision()
 import pytest
 import torch
 
-from app.peaks import GPU_PEAKS, gpu_peak, peak_for_name
+from sprout.peaks import GPU_PEAKS, gpu_peak, peak_for_name
 
 T = 1e12
 # Names as torch.cuda.get_device_name reports them -> (fp32, tf32, bf16) dense TFLOP/s.

@@ -1,6 +1,6 @@
 """Plugin short names work wherever a class path does: in recipes and on the command line.
 
-``app.plugin_names`` puts the registry into jsonargparse's class-path resolution; these run the
+``sprout.plugin_names`` puts the registry into jsonargparse's class-path resolution; these run the
 real ``sprout fit --print_config`` and read back the class each form resolved to.
 """
 
@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.cli import main
+from sprout.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 GSTACK = str(ROOT / "recipes" / "gstack-tiny.yaml")  # a recipe with no selector section
 RHO1, ENTROPY, GSTACK_OP = (
-    "plugins.selectors.rho1.Rho1",
-    "plugins.mixtures.entropy.EntropyMixture",
-    "plugins.growth.direct.Gstack",
+    "sprout.plugins.selectors.rho1.Rho1",
+    "sprout.plugins.mixtures.entropy.EntropyMixture",
+    "sprout.plugins.growth.direct.Gstack",
 )
 
 
@@ -67,7 +67,7 @@ def test_recipe_short_names(capsys, tmp_path):
     config = resolved(capsys, "--config", str(extra))
     assert config["model"]["selector"]["class_path"] == RHO1 and config["model"]["selector"]["init_args"]["k"] == 70.0
     assert config["data"]["mixture"]["class_path"] == ENTROPY
-    assert config["growth"]["operator"]["class_path"] == "plugins.growth.zero.ZeroDepth"
+    assert config["growth"]["operator"]["class_path"] == "sprout.plugins.growth.zero.ZeroDepth"
 
 
 @pytest.mark.parametrize(
@@ -122,3 +122,32 @@ def test_help_for_a_short_name(capsys):
         main(["fit", "--model.selector.help", "rho1"])
     out = capsys.readouterr().out
     assert f"Help for --model.selector.help={RHO1}" in out and "--model.selector.k K" in out
+
+
+# (the old names are written in two pieces so that rename26.sh, run again, leaves them old)
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("plugins" + ".selectors.rho1.Rho1", "sprout.plugins.selectors.rho1.Rho1"),
+        ("app" + ".model.config.LlamaConfig", "sprout.model.config.LlamaConfig"),
+        ("sprout.model.config.LlamaConfig", "sprout.model.config.LlamaConfig"),
+    ],
+)
+def test_class_paths_from_before_the_rename_resolve_with_a_warning(old, new, recwarn):
+    from sprout.plugin_names import current_path
+
+    assert current_path(old) == new
+    said = [str(w.message) for w in recwarn if issubclass(w.category, FutureWarning)]
+    assert said == (
+        []
+        if old == new
+        else [f"class_path {old} is now {new}: write that in the recipe (Sprout's modules are the package `sprout`)."]
+    )
+
+
+def test_recipe_with_a_class_path_from_before_the_rename(capsys, tmp_path):
+    recipe = tmp_path / "old.yaml"
+    recipe.write_text("model:\n  selector:\n    class_path: " + "plugins" + ".selectors.rho1.Rho1\n")
+    with pytest.warns(FutureWarning, match="is now sprout.plugins.selectors.rho1.Rho1"):
+        config = resolved(capsys, "--config", str(recipe))
+    assert config["model"]["selector"]["class_path"] == RHO1

@@ -30,7 +30,7 @@ def interrupt(config: Path, sig: signal.Signals, at: int, cwd: Path, **env: str)
         **env,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "fit", "--config", str(config)],
+        [sys.executable, "-m", "sprout", "fit", "--config", str(config)],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -116,7 +116,7 @@ def test_lightning_requeue_handler_is_off_under_slurm(monkeypatch):
     SIGUSR1 handler of its own; elsewhere, or with an environment the recipe chose, nothing changes."""
     from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
 
-    from app.callbacks.preemption import slurm_without_auto_requeue
+    from sprout.callbacks.preemption import slurm_without_auto_requeue
 
     for name in [n for n in os.environ if n.startswith(("SLURM_", "TORCHELASTIC_"))]:
         monkeypatch.delenv(name)

@@ -11,11 +11,11 @@ import pytest
 import zstandard
 from litdata import StreamingDataset, TokensLoader
 
-from app.data.prepare import Source, prepare
-from app.data.readers import Document, read_documents, split_text
-from app.data.stats import PairCounter, entropies, pair_codes
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
+from sprout.data.prepare import Source, prepare
+from sprout.data.readers import Document, read_documents, split_text
+from sprout.data.stats import PairCounter, entropies, pair_codes
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
 
 WORDS = (
     "the of and to in is was that it for on with as his by at from her which but not had be this or have one an".split()
@@ -106,7 +106,7 @@ def documents(tokens: np.ndarray, eos: int) -> list[np.ndarray]:
 
 
 def expected_texts(sources: list[Source], domain: str) -> list[str]:
-    from app.data.prepare.sources import resolve
+    from sprout.data.prepare.sources import resolve
 
     texts = []
     for source in sources:
@@ -360,7 +360,7 @@ def test_starcoder_languages_can_merge_into_one_domain(tmp_path, corpus, tok):
 
 
 def test_cli_prepares_and_reports_errors(tmp_path, corpus, tok, capsys):
-    from app.cli import main
+    from sprout.cli import main
 
     main(
         [
@@ -447,7 +447,7 @@ def test_pair_counter_folds_and_takes_back_exactly():
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"the shared sample corpus is not at {SHARED}")
 def test_shared_corpus_four_domains(tmp_path):
-    from app.data.corpus import stdlib_files
+    from sprout.data.corpus import stdlib_files
 
     rng = random.Random(0)
     books = sorted((SHARED / "books").glob("*.txt"))
@@ -490,7 +490,7 @@ def test_shared_corpus_four_domains(tmp_path):
 def test_a_killed_worker_fails_the_run_instead_of_hanging(tmp_path, corpus, tok, monkeypatch):
     import signal
 
-    from app.data.prepare import worker
+    from sprout.data.prepare import worker
 
     real = worker.run_task
 

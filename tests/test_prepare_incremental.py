@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from app.data.prepare import Source, prepare
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
+from sprout.data.prepare import Source, prepare
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
 
 WORDS = (
     "the of and to in is was that it for on with as his by at from her which but not had be this or have one an".split()

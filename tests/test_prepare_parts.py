@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from test_prepare_restart import stream
 
-from app.data.prepare import Source, merge_parts, prepare
-from app.data.prepare.parts import share
-from app.data.prepare.sources import resolve
-from app.errors import SproutError
+from sprout.data.prepare import Source, merge_parts, prepare
+from sprout.data.prepare.parts import share
+from sprout.data.prepare.sources import resolve
+from sprout.errors import SproutError
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 DOMAINS = {"email": sorted((STDLIB / "email").glob("*.py"))[:12], "json": sorted((STDLIB / "json").glob("*.py"))}

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.data.prepare import Source, prepare
+from sprout.data.prepare import Source, prepare
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 DOMAINS = {
@@ -27,7 +27,7 @@ OPTIONS = {"val_fraction": 0.2, "num_workers": 1, "chunk_tokens": 4096, "progres
 KILL_AT = """
 import json, os, signal, sys
 import importlib
-from app.data.prepare import Source, prepare
+from sprout.data.prepare import Source, prepare
 paths, domains, tokenizer, out, options = json.loads(sys.argv[1])
 module, owner, name = "{where}".split(":")
 target = importlib.import_module(module)
@@ -80,7 +80,8 @@ def uninterrupted(tiny_data, tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize(
-    "where, calls", [("app.data.prepare.worker:SplitWriter:write_chunk", 5), ("app.data.prepare.merge::merge_split", 3)]
+    "where, calls",
+    [("sprout.data.prepare.worker:SplitWriter:write_chunk", 5), ("sprout.data.prepare.merge::merge_split", 3)],
 )
 def test_killed_preparation_restarted_writes_the_same_shards(where, calls, tiny_data, uninterrupted, tmp_path):
     out = tmp_path / "data"
@@ -124,7 +125,7 @@ def appended(tiny_data, tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize(
-    "where, calls", [("app.data.prepare.merge::merge_split", 1), ("app.data.prepare.merge::_move_if_there", 2)]
+    "where, calls", [("sprout.data.prepare.merge::merge_split", 1), ("sprout.data.prepare.merge::_move_if_there", 2)]
 )
 def test_killed_append_restarted_writes_the_same_shards(where, calls, tiny_data, appended, tmp_path):
     """Killed while assembling an append in staging, or half way through moving it into the domain."""

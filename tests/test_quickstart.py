@@ -4,7 +4,7 @@ from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from app.cli import main
+from sprout.cli import main
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "quickstart.yaml"
 
@@ -67,8 +67,8 @@ def test_domain_without_validation_data_is_a_clear_error(tiny_data, tmp_path):
 
     import pytest
 
-    from app.data.datamodule import SproutDataModule
-    from app.errors import SproutError
+    from sprout.data.datamodule import SproutDataModule
+    from sprout.errors import SproutError
 
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)

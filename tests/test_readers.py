@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from app.data.readers import BadRecord, Document, detect_format, read_documents, slimpajama_domain, split_text
+from sprout.data.readers import BadRecord, Document, detect_format, read_documents, slimpajama_domain, split_text
 
 SETS = ["RedPajamaC4", "RedPajamaGithub", "RedPajamaArXiv"]
 

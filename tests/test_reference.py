@@ -10,17 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from app.checkpoint.weights import save_model
-from app.commands.score import score_reference
-from app.data.blocks import DomainBlocks, open_blocks
-from app.data.datamodule import SproutDataModule
-from app.data.prepare import Source, prepare
-from app.data.scores import scores_folder
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
-from app.model import Llama, LlamaConfig
-from app.reference import Reference
-from plugins.selectors.rho1 import Rho1
+from sprout.checkpoint.weights import save_model
+from sprout.commands.score import score_reference
+from sprout.data.blocks import DomainBlocks, open_blocks
+from sprout.data.datamodule import SproutDataModule
+from sprout.data.prepare import Source, prepare
+from sprout.data.scores import scores_folder
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
+from sprout.model import Llama, LlamaConfig
+from sprout.plugins.selectors.rho1 import Rho1
+from sprout.reference import Reference
 
 SEQ_LEN = 16
 VOCAB = 320
@@ -127,7 +127,7 @@ def test_refuses_scores_of_other_data_lengths_and_references(world, tmp_path):
     other_ref = random_reference(tmp_path / "other.ckpt", world["tok"], seed=2)
     with pytest.raises(SproutError, match=r"already holds scores by .*ref.ckpt.*this run is .*other.ckpt.*--overwrite"):
         score_reference(str(other_ref), str(world["data"]), str(world["scores"]), SEQ_LEN, progress=False)
-    from app.module import SproutModule
+    from sprout.module import SproutModule
 
     module = SproutModule(
         arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": 32}, selector=Rho1(), reference=str(other_ref)
@@ -149,7 +149,7 @@ def test_reference_with_another_vocabulary_is_refused(world, tmp_path):
 def test_tiny_rho1_recipe_trains_end_to_end_with_offline_scores(world, tmp_path, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from app.cli import main
+    from sprout.cli import main
 
     recipe = tmp_path / "rho1.yaml"
     recipe.write_text(f"""
@@ -188,8 +188,8 @@ checkpoint: {{dirpath: {tmp_path / "ckpt"}}}
 
 
 def test_init_from_starts_from_the_checkpoint_and_checks_its_shape(world):
-    from app.checkpoint.weights import load_model
-    from app.module import SproutModule
+    from sprout.checkpoint.weights import load_model
+    from sprout.module import SproutModule
 
     module = SproutModule(
         arch="micro", arch_overrides={"vocab_size": VOCAB, "block_size": 64}, init_from=str(world["ref"])

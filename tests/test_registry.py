@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from app import registry
-from app.errors import SproutError
-from app.protocols import MixturePolicy, TokenSelector
+from sprout import registry
+from sprout.errors import SproutError
+from sprout.protocols import MixturePolicy, TokenSelector
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sprout_extra"
 
@@ -16,7 +16,7 @@ def test_builtins_are_registered_through_entry_points():
     assert {("selector", "all"), ("mixture", "natural"), ("mixture", "uniform"), ("mixture", "fixed")} <= set(found)
     assert found[("selector", "all")].package == "sprout"
     assert issubclass(registry.resolve("selector", "all"), TokenSelector)
-    assert issubclass(registry.resolve("mixture", "plugins.mixtures.static.Uniform"), MixturePolicy)
+    assert issubclass(registry.resolve("mixture", "sprout.plugins.mixtures.static.Uniform"), MixturePolicy)
 
 
 def test_unknown_name_lists_available():
@@ -26,7 +26,7 @@ def test_unknown_name_lists_available():
 
 def test_class_path_of_wrong_kind_is_refused():
     with pytest.raises(SproutError, match="not a selector plugin"):
-        registry.resolve("selector", "plugins.mixtures.static.Uniform")
+        registry.resolve("selector", "sprout.plugins.mixtures.static.Uniform")
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +49,13 @@ def test_third_party_plugin_is_found_and_broken_one_is_reported(extra_package):
     with pytest.raises(SproutError, match=r"'broken' from package 'sprout-extra' failed to load: ImportError"):
         registry.resolve("selector", "broken")
     listing = subprocess.run(
-        [sys.executable, "-m", "app", "plugins"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "sprout", "plugins"], capture_output=True, text=True, check=True
     ).stdout
     assert (
         "every_other" in listing and "sprout-extra" in listing
     )  # listed from the metadata; the import error shows only on loading
     checked = subprocess.run(
-        [sys.executable, "-m", "app", "plugins", "--check"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "sprout", "plugins", "--check"], capture_output=True, text=True, check=True
     ).stdout
     broken_line = next(line for line in checked.splitlines() if " broken " in line)
     assert (

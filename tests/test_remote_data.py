@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from tiny_run import logged_steps, recipe, scalars, sprout
 
-from app.data.datamodule import SproutDataModule
-from app.data.prepare.publish import publish_domain, publish_tokenizer
-from app.data.store.client import ObjectStore
+from sprout.data.datamodule import SproutDataModule
+from sprout.data.prepare.publish import publish_domain, publish_tokenizer
+from sprout.data.store.client import ObjectStore
 from tools.local_s3 import local_s3
 
 TESTS = Path(__file__).parent
@@ -72,7 +72,7 @@ def test_offline_reference_scores_serve_remote_data(tiny_data, s3, tmp_path):
     """Scores made on the local folder fit the same shards in S3 (their index is the same file)."""
     from tiny_run import save_reference
 
-    from app.commands.score import score_reference
+    from sprout.commands.score import score_reference
 
     url = upload(tiny_data, f"{s3}/tiny")
     ref = save_reference(tiny_data, tmp_path / "ref.ckpt")
@@ -126,7 +126,7 @@ def test_killed_training_resumes_bit_identical_from_s3(tiny_data, s3, tmp_path):
         "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "app", "fit", "--config", str(killed)],
+        [sys.executable, "-m", "sprout", "fit", "--config", str(killed)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -233,8 +233,8 @@ def prepare_args(tiny_data: Path, out: str, stage: Path, *extra: str) -> list[st
 
 
 def test_prepare_in_parts_to_s3_resumes_an_interrupted_upload_and_merges(tiny_data, s3, tmp_path, monkeypatch, capsys):
-    from app.cli import main
-    from app.data.store.mirror import remote_domains
+    from sprout.cli import main
+    from sprout.data.store.mirror import remote_domains
 
     url = f"{s3}/tiny"
     store = ObjectStore(url)

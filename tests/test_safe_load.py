@@ -10,8 +10,8 @@ import pytest
 import torch
 from tiny_run import SEQ, VOCAB, recipe, save_reference, sprout
 
-from app.errors import SproutError
-from app.model import Llama, LlamaConfig
+from sprout.errors import SproutError
+from sprout.model import Llama, LlamaConfig
 
 REFUSED = "holds objects a checkpoint should not"
 
@@ -120,7 +120,7 @@ def test_model_init_from_reference_and_growth_source(where, evil_ckpt, marker, t
 
 
 def test_tools(evil_ckpt, evil_distributed, marker, tiny_data, tmp_path, capsys):
-    from app.cli import main
+    from sprout.cli import main
 
     for args, path in [
         (["export", str(evil_ckpt), str(tmp_path / "hf")], evil_ckpt),
@@ -149,7 +149,7 @@ def test_tools(evil_ckpt, evil_distributed, marker, tiny_data, tmp_path, capsys)
 
 
 def test_score_file_holding_python_objects(marker, tmp_path):
-    from app.data.scores import open_scores
+    from sprout.data.scores import open_scores
 
     np.save(tmp_path / "scores.npy", np.array([Payload(marker)], dtype=object), allow_pickle=True)
     with pytest.raises(SproutError) as err:
@@ -160,7 +160,7 @@ def test_score_file_holding_python_objects(marker, tmp_path):
 
 def test_sprouts_own_checkpoints_still_load(tiny_data, tmp_path):
     """The allow-list is what Sprout stores: a real run's checkpoint and a saved reference load."""
-    from app.checkpoint.safe_load import load_file
+    from sprout.checkpoint.safe_load import load_file
 
     assert sprout("fit", "--config", str(recipe(tmp_path / "r.yaml", tiny_data, tmp_path / "runs", 2)))[0] == 0
     last = next((tmp_path / "runs").rglob("last.ckpt"))

@@ -3,7 +3,7 @@ from itertools import islice
 
 import pytest
 
-from app.data.sampler import MixtureBatchSampler
+from sprout.data.sampler import MixtureBatchSampler
 
 
 def take(sampler, n):

@@ -10,14 +10,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from app import registry
-from app.errors import SproutError
-from app.loss import IGNORE_INDEX, token_losses
-from app.protocols import TokenSelector
-from plugins.selectors.loss_topk import LossTopK
-from plugins.selectors.random_tokens import RandomTokens
-from plugins.selectors.rho1 import Rho1
-from plugins.selectors.topk import top_k_mask
+from sprout import registry
+from sprout.errors import SproutError
+from sprout.loss import IGNORE_INDEX, token_losses
+from sprout.plugins.selectors.loss_topk import LossTopK
+from sprout.plugins.selectors.random_tokens import RandomTokens
+from sprout.plugins.selectors.rho1 import Rho1
+from sprout.plugins.selectors.topk import top_k_mask
+from sprout.protocols import TokenSelector
 
 
 def batch_of(loss, ref=None, valid=None, batch_no=0):
@@ -105,7 +105,7 @@ def test_registered_by_short_name():
 
 
 def test_objective_is_mean_over_kept_tokens():
-    from app.module import SproutModule  # here, so the gloo workers below need not import Lightning
+    from sprout.module import SproutModule  # here, so the gloo workers below need not import Lightning
 
     torch.manual_seed(0)
     module = SproutModule(arch="micro", arch_overrides={"vocab_size": 64, "block_size": 16}, selector=LossTopK(k=25))
@@ -176,7 +176,7 @@ class _Soft(TokenSelector):
 
 
 def _step(selector):
-    from app.module import SproutModule
+    from sprout.module import SproutModule
 
     torch.manual_seed(0)
     module = SproutModule(arch="micro", arch_overrides={"vocab_size": 64, "block_size": 16}, selector=selector)

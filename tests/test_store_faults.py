@@ -1,5 +1,5 @@
 """Faults of the object store under a run, against a real S3 protocol server (moto): chunks
-damaged in the store or in the local cache, and (``app.data.store.retry``) a store that stops
+damaged in the store or in the local cache, and (``sprout.data.store.retry``) a store that stops
 answering for a while or for good."""
 
 import builtins
@@ -16,13 +16,13 @@ from test_bad_input import fails
 from test_remote_data import upload
 from tiny_run import recipe, scalars, sprout
 
-from app.data import cache
-from app.data.checksums import CHECKSUM
-from app.data.datamodule import SproutDataModule
-from app.data.store import client, retry
-from app.data.store.client import ObjectStore
-from app.data.verify import verify
-from app.errors import SproutError
+from sprout.data import cache
+from sprout.data.checksums import CHECKSUM
+from sprout.data.datamodule import SproutDataModule
+from sprout.data.store import client, retry
+from sprout.data.store.client import ObjectStore
+from sprout.data.verify import verify
+from sprout.errors import SproutError
 from tools.local_s3 import local_s3
 
 s3_server, s3 = test_remote_data.s3_server, test_remote_data.s3  # the fixtures of a local S3 server and a fresh bucket

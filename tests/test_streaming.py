@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from test_remote_data import upload
 
-from app.data.datamodule import SproutDataModule
-from app.data.prepare import Source, prepare
-from app.errors import SproutError
+from sprout.data.datamodule import SproutDataModule
+from sprout.data.prepare import Source, prepare
+from sprout.errors import SproutError
 from tools.local_s3 import local_s3
 from tools.s3_proxy import S3Proxy
 

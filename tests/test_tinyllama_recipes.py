@@ -7,8 +7,8 @@ import pytest
 import torch
 import yaml
 
-from app.model import Llama, LlamaConfig
-from app.optim import build_optimizer
+from sprout.model import Llama, LlamaConfig
+from sprout.optim import build_optimizer
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import TINY_VOCAB
 
-from app.checkpoint.weights import save_model
-from app.commands.dynamics import CLASSES, classify, token_dynamics
-from app.errors import SproutError
-from app.model import Llama, LlamaConfig
+from sprout.checkpoint.weights import save_model
+from sprout.commands.dynamics import CLASSES, classify, token_dynamics
+from sprout.errors import SproutError
+from sprout.model import Llama, LlamaConfig
 
 
 def test_classes_on_hand_made_curves():

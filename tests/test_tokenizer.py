@@ -2,8 +2,8 @@ import hashlib
 
 import pytest
 
-from app.data.tokenizer import EOS_TOKEN, Tokenizer
-from app.errors import SproutError
+from sprout.data.tokenizer import EOS_TOKEN, Tokenizer
+from sprout.errors import SproutError
 
 TEXTS = [
     "It is a truth universally acknowledged, that a single man in possession of a good fortune, must be in want of a wife.",

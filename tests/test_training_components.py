@@ -7,14 +7,14 @@ import pytest
 import torch
 import yaml
 
-from app.counter import Counter
-from app.errors import SproutError
-from app.growth.plan import GrowthPlan
-from app.model import LlamaConfig, flops_per_token, forward_flops_per_token
-from app.objective import kept_share, objective, token_weights
-from app.optim import clip_gradients, clips_unscaled
-from app.schedule import Schedule, WarmupCosine
-from plugins.growth.direct import Gstack
+from sprout.counter import Counter
+from sprout.errors import SproutError
+from sprout.growth.plan import GrowthPlan
+from sprout.model import LlamaConfig, flops_per_token, forward_flops_per_token
+from sprout.objective import kept_share, objective, token_weights
+from sprout.optim import clip_gradients, clips_unscaled
+from sprout.plugins.growth.direct import Gstack
+from sprout.schedule import Schedule, WarmupCosine
 
 
 def test_objective_is_the_weighted_mean_with_domain_factors_per_row():

@@ -1,7 +1,7 @@
 """A tiny but real Sprout run for the reliability tests: prepared shards, a recipe, its losses.
 
 The data are the shared ``tiny_data`` fixture (two stdlib domains, a 320-token BPE, prepared by
-``app.data.prepare``); the model is the ``micro`` Llama. A whole run of a dozen steps takes a
+``sprout.data.prepare``); the model is the ``micro`` Llama. A whole run of a dozen steps takes a
 few seconds on one CPU core.
 """
 
@@ -20,13 +20,13 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from app.callbacks.preemption import Preemption
-from app.checkpoint.run import AtomicCheckpointIO
-from app.checkpoint.weights import save_model
-from app.cli import main
-from app.data.tokenizer import Tokenizer
-from app.model import Llama, LlamaConfig
-from app.protocols import TokenSelector
+from sprout.callbacks.preemption import Preemption
+from sprout.checkpoint.run import AtomicCheckpointIO
+from sprout.checkpoint.weights import save_model
+from sprout.cli import main
+from sprout.data.tokenizer import Tokenizer
+from sprout.model import Llama, LlamaConfig
+from sprout.protocols import TokenSelector
 
 VOCAB, SEQ = 320, 32  # the tiny_data tokenizer's size
 

@@ -3,7 +3,7 @@
     python -m tools.bench_data                      # ../shared/corpus + stdlib code if present, else the embedded corpus
     python -m tools.bench_data --corpus default --tokenizer data/tokenizer.json
 
-``prepare``: tokens/s of ``app.data.prepare.prepare`` (read, tokenize, split, write litdata
+``prepare``: tokens/s of ``sprout.data.prepare.prepare`` (read, tokenize, split, write litdata
 shards, count statistics, all cores) against the tokenizer's own ``encode_batch`` on the same
 documents, already in memory, in one process that uses all cores through the tokenizer's
 own threads. Both count the same tokens (each document's ids plus its EOS). The target is
@@ -39,17 +39,17 @@ from typing import Literal
 
 import torch
 
-from app.commands import run_function
-from app.data.corpus import build_default_corpus
-from app.data.datamodule import SproutDataModule
-from app.data.prepare import Source, prepare
-from app.data.prepare.sources import resolve
-from app.data.prepare.worker import BATCH_CHARS
-from app.data.readers import SLIMPAJAMA_DOMAIN_FIELD, Document, read_documents
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
-from app.loss import token_losses
-from app.model import Llama, LlamaConfig
+from sprout.commands import run_function
+from sprout.data.corpus import build_default_corpus
+from sprout.data.datamodule import SproutDataModule
+from sprout.data.prepare import Source, prepare
+from sprout.data.prepare.sources import resolve
+from sprout.data.prepare.worker import BATCH_CHARS
+from sprout.data.readers import SLIMPAJAMA_DOMAIN_FIELD, Document, read_documents
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
+from sprout.loss import token_losses
+from sprout.model import Llama, LlamaConfig
 from tools.bench_streaming import bench_chunks, bench_latency, bench_sampler
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
@@ -220,8 +220,8 @@ def bench_remote(
     each timed from the data module's creation to its last batch."""
     import statistics
 
-    from app.data.prepare.publish import publish_domain, publish_tokenizer
-    from app.data.store.client import ObjectStore
+    from sprout.data.prepare.publish import publish_domain, publish_tokenizer
+    from sprout.data.store.client import ObjectStore
     from tools.local_s3 import local_s3
 
     out = setup.workdir / "stream"

@@ -54,11 +54,11 @@ class StepClock(L.Callback):
 
 
 def _fit_command(folder: Path, precision: str, max_steps: int, data_dir: str | None, fit_args: list[str]) -> list[str]:
-    from app.model import CONFIGS
+    from sprout.model import CONFIGS
 
     shape = CONFIGS[SHAPE]
     command = [
-        sys.executable, "-m", "app", "fit", "--config", str(REPO / "recipes" / "quickstart.yaml"),
+        sys.executable, "-m", "sprout", "fit", "--config", str(REPO / "recipes" / "quickstart.yaml"),
         "--model.arch", SHAPE, "--model.arch_overrides", json.dumps({"vocab_size": shape["vocab_size"], "block_size": shape["block_size"]}),
         "--model.parallel.compile", "true", "--trainer.precision", precision, "--trainer.max_steps", str(max_steps),
         "--trainer.limit_val_batches", "0", "--trainer.num_sanity_val_steps", "0",
@@ -74,7 +74,7 @@ def _fit_command(folder: Path, precision: str, max_steps: int, data_dir: str | N
 def _fit_tokens_per_s(
     precision: str, threads: int, warmup: int, steps: int, data_dir: str | None, fit_args: list[str]
 ) -> dict:
-    from app.model import CONFIGS
+    from sprout.model import CONFIGS
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -103,7 +103,7 @@ def _fit_tokens_per_s(
 
 
 def _bare_tokens_per_s(precision: str, threads: int, warmup: int, steps: int) -> dict:
-    from app.model import CONFIGS
+    from sprout.model import CONFIGS
     from tools.bench_train import _run_worker
 
     shape = CONFIGS[SHAPE]

@@ -20,11 +20,11 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from app import registry
-from app.commands import run_function
-from app.data.datamodule import SproutDataModule
-from app.errors import SproutError
-from app.module import SproutModule
+from sprout import registry
+from sprout.commands import run_function
+from sprout.data.datamodule import SproutDataModule
+from sprout.errors import SproutError
+from sprout.module import SproutModule
 
 CONFIGS = ("all", "rho1-offline", "rho1-online")
 

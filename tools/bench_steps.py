@@ -8,9 +8,9 @@ from __future__ import annotations
 
 
 def _sprout_step(shape: dict, compile_blocks: bool):
-    from app.loss import chunked_token_losses
-    from app.model import Llama, LlamaConfig
-    from app.parallel import Parallelism, parallelize
+    from sprout.loss import chunked_token_losses
+    from sprout.model import Llama, LlamaConfig
+    from sprout.parallel import Parallelism, parallelize
 
     model = parallelize(Llama(LlamaConfig(**shape)), Parallelism(compile=compile_blocks))
 

@@ -27,9 +27,9 @@ SEQ_LEN, BATCH = 256, 8
 
 
 def _upload(setup, out: Path, server) -> str:
-    from app.data.prepare import prepare
-    from app.data.prepare.publish import publish_domain, publish_tokenizer
-    from app.data.store.client import ObjectStore
+    from sprout.data.prepare import prepare
+    from sprout.data.prepare.publish import publish_domain, publish_tokenizer
+    from sprout.data.store.client import ObjectStore
 
     metas = prepare(
         setup.sources,
@@ -50,8 +50,8 @@ def _upload(setup, out: Path, server) -> str:
 
 def _read(url: str, out: Path, cache: Path, batches: int | None, latency: float, proxy_of) -> dict:
     """Read ``batches`` (default: one epoch's worth of blocks) through a proxy; what it cost."""
-    from app.data.chunks import SplitChunks
-    from app.data.datamodule import SproutDataModule
+    from sprout.data.chunks import SplitChunks
+    from sprout.data.datamodule import SproutDataModule
 
     splits = [SplitChunks(p.parent, SEQ_LEN + 1) for p in sorted(out.glob("*/train/index.json"))]
     data_bytes = sum(sum(s.bytes) for s in splits)
@@ -146,7 +146,7 @@ def bench_latency(setup, train_rate) -> list[tuple]:
 
 
 def bench_sampler(setup=None, blocks: int = 419_000_000, world: int = 64) -> list[tuple]:
-    from app.data.sampler import MixtureBatchSampler
+    from sprout.data.sampler import MixtureBatchSampler
 
     per_chunk = (1 << 22) // 2049  # blocks of 2,049 tokens in a 16 MiB chunk
     shares = [0.3819, 0.1953, 0.0307, 0.0337, 0.0278, 0.0241, 0.3064]

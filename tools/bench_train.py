@@ -4,8 +4,8 @@ Every candidate trains the same Llama shape (sequence length, batch, AdamW, dtyp
 tokens) in a plain loop, each in a fresh process, in alternating rounds so that a noisy
 machine treats them alike; the table reports medians. Candidates:
 
-- ``sprout``: the step ``SproutModule.training_step`` runs: ``app.model.Llama`` with compiled
-  blocks (``model.parallel.compile``) and the chunked cross-entropy of ``app.loss``;
+- ``sprout``: the step ``SproutModule.training_step`` runs: ``sprout.model.Llama`` with compiled
+  blocks (``model.parallel.compile``) and the chunked cross-entropy of ``sprout.loss``;
 - ``sprout-eager``: the same without compiled blocks;
 - ``hf``: Hugging Face ``transformers`` ``LlamaForCausalLM`` (SDPA attention), logits then
   ``F.cross_entropy``; ``hf-compiled``: the same with ``torch.compile`` of the whole model;
@@ -20,7 +20,7 @@ Face Trainer's since torch 2.8), so the ratios compare the models and losses, no
 kernels. Each process uses ``--threads`` torch threads: all cores by default, as users run
 them; ``--threads 1`` is the steadier measure on a machine shared with other jobs.
 
-MFU is model FLOPs (``app.model.flops_per_token``: 6 per matmul weight per token plus
+MFU is model FLOPs (``sprout.model.flops_per_token``: 6 per matmul weight per token plus
 attention, the same count for every candidate, recomputation not credited) over the measured
 matmul peak of the dtype at the same thread count (``tools/bench_peak.py``). Memory is the
 process's peak resident memory during the timed steps above its resident memory before the
@@ -44,7 +44,7 @@ from pathlib import Path
 from tools.bench_steps import build_step, versions
 
 REPO = Path(__file__).resolve().parents[1]
-# Shapes beyond app.model.CONFIGS["bench-6l-384"], up to ~100M parameters.
+# Shapes beyond sprout.model.CONFIGS["bench-6l-384"], up to ~100M parameters.
 SHAPES = {
     "bench-8l-512": dict(
         n_layer=8, n_embd=512, n_head=8, n_kv_head=2, intermediate_size=1408, vocab_size=8192, block_size=256
@@ -67,8 +67,8 @@ def _reset_peak_resident() -> None:
 
 
 def resolve_shape(name: str, seq_len: int) -> dict:
-    """A shape of app.model.CONFIGS (its context widened to seq_len) or of this tool's SHAPES."""
-    from app.model import CONFIGS
+    """A shape of sprout.model.CONFIGS (its context widened to seq_len) or of this tool's SHAPES."""
+    from sprout.model import CONFIGS
 
     if name in CONFIGS:
         return {**CONFIGS[name], "block_size": max(seq_len, CONFIGS[name]["block_size"])}
@@ -143,7 +143,7 @@ def bench_train(
     """Measure and print the table.
 
     Args:
-        shapes: model shapes: names in app.model.CONFIGS or this tool's SHAPES.
+        shapes: model shapes: names in sprout.model.CONFIGS or this tool's SHAPES.
         dtypes: float32 and/or bfloat16 (autocast, fp32 master weights).
         candidates: any of sprout, sprout-eager, hf, hf-compiled, litgpt, litgpt-compiled (the
             litgpt ones are skipped when no Python here can import litgpt).
@@ -161,7 +161,7 @@ def bench_train(
     """
     import torch
 
-    from app.model import LlamaConfig, flops_per_token, param_count
+    from sprout.model import LlamaConfig, flops_per_token, param_count
     from tools.bench_peak import bench_peak
 
     unknown = sorted(set(candidates) - set(CANDIDATES))

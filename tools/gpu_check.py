@@ -4,7 +4,7 @@
     python -m tools.gpu_check --dry_run       # on CPU, a tiny shape: checks the tool itself
 
 It runs from the source tree with whatever PyTorch the machine has (the pin need not be
-installed: only ``torch`` and Sprout's ``app.model``/``app.loss``/``app.parallel`` are imported),
+installed: only ``torch`` and Sprout's ``sprout.model``/``sprout.loss``/``sprout.parallel`` are imported),
 downloads nothing, and names each optional package it did not find, skipping only the rows that
 need it (``flash-attn`` for FlashAttention-2, ``transformers`` for the peer). Each row trains
 ``tiny-llama-1.1b`` (22 layers, width 2048, 32 heads, 4 KV groups, FFN 5632, vocab 32000) at
@@ -18,7 +18,7 @@ fresh process, for 20 steps on one fixed batch of random tokens:
   ``F.cross_entropy``, when transformers is installed.
 
 The table has tokens/s (median of the last ``steps - warmup`` steps), model-FLOPs MFU
-(``app.model.flops_per_token`` against the GPU's datasheet bf16 peak, ``app.peaks.GPU_PEAKS``,
+(``sprout.model.flops_per_token`` against the GPU's datasheet bf16 peak, ``sprout.peaks.GPU_PEAKS``,
 or ``--peak_tflops``), peak GPU memory (``torch.cuda.max_memory_allocated``), and the loss
 check: the loss of the 20 steps must fall (the last three steps' mean below the first three's
 by ``MIN_LOSS_DROP``), else the row says FAIL and the command exits 1. Target: at least 50% MFU
@@ -77,9 +77,9 @@ def needs(framework: str, attention: str) -> str | None:
 
 # -- worker side: one row in a fresh process ----------------------------------------------------
 def _sprout(config, compiled: bool):
-    from app.loss import chunked_token_losses
-    from app.model import Llama
-    from app.parallel import Parallelism, parallelize
+    from sprout.loss import chunked_token_losses
+    from sprout.model import Llama
+    from sprout.parallel import Parallelism, parallelize
 
     model = parallelize(Llama(config), Parallelism(compile=compiled))
 
@@ -123,7 +123,7 @@ def worker(
 ) -> dict:
     import torch
 
-    from app.model import LlamaConfig
+    from sprout.model import LlamaConfig
 
     torch.manual_seed(0)
     config = LlamaConfig(**shape, attention=attention)
@@ -228,7 +228,7 @@ def gpu_check(
     """
     import torch
 
-    from app.model import CONFIGS, LlamaConfig, flops_per_token, param_count
+    from sprout.model import CONFIGS, LlamaConfig, flops_per_token, param_count
 
     deadline = time.monotonic() + time_limit
     if tuple(int(v) for v in torch.__version__.split(".")[:2]) < (2, 5):
@@ -250,7 +250,7 @@ def gpu_check(
     if dry_run:
         name, peak = "CPU (dry run)", None
     else:
-        from app.peaks import gpu_peak
+        from sprout.peaks import gpu_peak
 
         name = torch.cuda.get_device_name(0)
         peak = peak_tflops * 1e12 if peak_tflops else gpu_peak(torch.device("cuda"), torch.bfloat16)
@@ -262,7 +262,7 @@ def gpu_check(
         what = "the FlashAttention-2 rows" if need == "flash" else "the transformers row"
         print(f"{pip} is not importable here: skipping {what} (pip install {pip} to run them)")
     if peak is None and not dry_run:
-        print(f"{name} is not in app.peaks.GPU_PEAKS: MFU is left out; pass --peak_tflops with its dense bf16 peak")
+        print(f"{name} is not in sprout.peaks.GPU_PEAKS: MFU is left out; pass --peak_tflops with its dense bf16 peak")
 
     unknown = sorted(set(rows or []) - {r[0] for r in ROWS})
     if unknown:

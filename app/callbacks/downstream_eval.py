@@ -17,7 +17,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from app.model.build import build_model
+from sprout.model.build import build_model
 
 
 class DownstreamEval(L.Callback):
@@ -58,8 +58,8 @@ class DownstreamEval(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled:
             return
-        from app.evaluation import require_harness
-        from app.evaluation.tasks import resolve
+        from sprout.evaluation import require_harness
+        from sprout.evaluation.tasks import resolve
 
         require_harness()
         resolve(self.tasks)  # a misspelt or unreachable task fails now, not after N steps
@@ -79,7 +79,7 @@ class DownstreamEval(L.Callback):
         self._last_step = step  # several micro-batches end the same optimizer step under accumulation
         model = self._full_model(pl_module.model)
         if trainer.is_global_zero:
-            from app.evaluation import evaluate, scores
+            from sprout.evaluation import evaluate, scores
 
             results = evaluate(
                 model,

@@ -3,10 +3,10 @@
 One ``sprout fit`` runs both stages. At the boundary (``at_step`` optimizer steps or
 ``at_tokens`` training tokens) the callback saves a stage-1 checkpoint, hands the trained
 model to a ``growth`` plugin, and swaps the grown model into the module
-(``app.growth.swap``): the run's layout (activation checkpointing, compile, FSDP2 sharding), a
+(``sprout.growth.swap``): the run's layout (activation checkpointing, compile, FSDP2 sharding), a
 fresh optimizer and, by default, a warm-up + cosine schedule restarted over the remaining
 steps (one more segment of the module's schedule), as the official code trains stage 2. The
-plan is ``app.growth.plan.GrowthPlan``, checked when this callback is made; this callback
+plan is ``sprout.growth.plan.GrowthPlan``, checked when this callback is made; this callback
 only says when. FLOPs and tokens keep counting across
 the switch (``perf/flops_seen``), ``growth/stage`` steps from 0 to 1 in TensorBoard, and the
 event is written there as text too.
@@ -18,7 +18,7 @@ checkpoint grows the very same model as the uninterrupted run, although its glob
 generators stand elsewhere at that moment; the seed is part of this callback's state.
 
 Resuming needs no option: a checkpoint records its model's shape (``sprout.model_config``),
-and the module rebuilds that shape before Lightning loads the weights (``app.growth.reshape``);
+and the module rebuilds that shape before Lightning loads the weights (``sprout.growth.reshape``);
 this callback's state (step of growth, tokens, the operator's ramp or learned map)
 comes back in ``on_load_checkpoint``, where the operator may re-wrap the model before the
 optimizer is set up. Checkpoints always hold a plain Llama (``GrowthOperator.export``).
@@ -26,8 +26,8 @@ optimizer is set up. Checkpoints always hold a plain Llama (``GrowthOperator.exp
 Sharded runs: a model sharded by FSDP2 is gathered into full tensors on every rank, grown
 there, and ``swap_model`` shards the grown model again (rank 0's tensors are broadcast,
 so random initialisations agree). ``source`` starts stage 2 from any small checkpoint
-``app.checkpoint.weights.load_model`` reads (single-device ``.ckpt``, DDP, sharded FSDP folders); the
-tokens and FLOPs that checkpoint counted (``app.counter``) are added to this run's counter, so
+``sprout.checkpoint.weights.load_model`` reads (single-device ``.ckpt``, DDP, sharded FSDP folders); the
+tokens and FLOPs that checkpoint counted (``sprout.counter``) are added to this run's counter, so
 ``perf/tokens_seen`` and ``perf/flops_seen`` include the small stage as in a one-run growth.
 """
 
@@ -41,15 +41,15 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from app.checkpoint.resume import stored_entries
-from app.checkpoint.weights import PREFIX, load_model
-from app.counter import Counter
-from app.errors import warn
-from app.growth.plan import GrowthPlan
-from app.growth.reshape import STATE_KEY, stored_shape
-from app.growth.swap import carry_optimizer_state, full_model, seeded_grow, swap_model
-from app.model import SHAPE_FIELDS, Llama, LlamaConfig
-from app.protocols import GrowthOperator
+from sprout.checkpoint.resume import stored_entries
+from sprout.checkpoint.weights import PREFIX, load_model
+from sprout.counter import Counter
+from sprout.errors import warn
+from sprout.growth.plan import GrowthPlan
+from sprout.growth.reshape import STATE_KEY, stored_shape
+from sprout.growth.swap import carry_optimizer_state, full_model, seeded_grow, swap_model
+from sprout.model import SHAPE_FIELDS, Llama, LlamaConfig
+from sprout.protocols import GrowthOperator
 
 
 class Growth(L.Callback):
@@ -58,7 +58,7 @@ class Growth(L.Callback):
     Args:
         operator: the ``growth`` plugin: ``gstack``, ``direct_width``, ``zero_depth``,
             ``zero_width``, ``random_depth``, ``random_width``, ``learn``.
-        target_arch: named shape (``app.model.CONFIGS``) of the grown model; only its layer
+        target_arch: named shape (``sprout.model.CONFIGS``) of the grown model; only its layer
             count and widths are taken, the vocabulary, context and numerics stay the model's.
         target_overrides: shape fields set on top, e.g. ``{n_layer: 8}`` (4x deeper than 2).
         at_step: grow after this many optimizer steps ...

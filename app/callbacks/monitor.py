@@ -9,10 +9,10 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from app.counter import Counter
-from app.errors import check_option, is_count, is_number
-from app.flops import flop_counter_mode
-from app.peaks import gpu_peak, measured_matmul_peak
+from sprout.counter import Counter
+from sprout.errors import check_option, is_count, is_number
+from sprout.flops import flop_counter_mode
+from sprout.peaks import gpu_peak, measured_matmul_peak
 
 
 def _param_count(module: torch.nn.Module) -> int:
@@ -20,17 +20,17 @@ def _param_count(module: torch.nn.Module) -> int:
 
 
 class ThroughputMonitor(L.Callback):
-    """Logs ``perf/*`` every ``log_every`` steps: the run's tokens and FLOPs (``app.counter``),
+    """Logs ``perf/*`` every ``log_every`` steps: the run's tokens and FLOPs (``sprout.counter``),
     their rates and utilisation.
 
     Two utilisations, as Megatron-LM and PaLM define them, both FLOP/s per device over
     ``peak_flops``:
 
     * ``perf/mfu`` (model FLOPs utilisation): the FLOPs the model needs, whatever the
-      implementation, ``app.model.flops_per_token`` of the shape the batch ran with (6 per
+      implementation, ``sprout.model.flops_per_token`` of the shape the batch ran with (6 per
       matmul weight per token plus attention), so it follows growth and does not depend on
       sharding. An online reference model (Rho-1's ``model.reference``) adds its forward,
-      ``app.model.forward_flops_per_token`` of its shape (2 per weight per token), for every batch
+      ``sprout.model.forward_flops_per_token`` of its shape (2 per weight per token), for every batch
       it scores: the run pays for it, so compute-matched comparisons must count it (offline
       scores cost nothing per step; their one-off scoring is the experiment's to report).
       ``perf/flops_seen`` and ``perf/flops_per_s_per_device`` count these model FLOPs too: they
@@ -61,7 +61,7 @@ class ThroughputMonitor(L.Callback):
         check_option(is_count(log_every), "monitor.log_every", log_every, "a positive number of steps")
         self.peak_flops = peak_flops
         self.log_every = log_every
-        self._counter = Counter()  # the module's (app.counter), from on_fit_start on
+        self._counter = Counter()  # the module's (sprout.counter), from on_fit_start on
         self._flops_per_batch: float | None = None  # counted (hardware) FLOPs of one local batch
         self._counted_params = -1
         self._batch_params = 0

@@ -22,9 +22,9 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 
-from app.checkpoint.run import checkpoint_dir
-from app.errors import SproutError
-from app.parallel import total_norm
+from sprout.checkpoint.run import checkpoint_dir
+from sprout.errors import SproutError
+from sprout.parallel import total_norm
 
 
 class NaNGuard(Checkpoint):

@@ -38,8 +38,8 @@ from lightning.fabric.plugins.environments import ClusterEnvironment, SLURMEnvir
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from app.checkpoint.run import checkpoint_dir
-from app.checkpoint.step_logs import log_step_before_saving
+from sprout.checkpoint.run import checkpoint_dir
+from sprout.checkpoint.step_logs import log_step_before_saving
 
 
 class Preemption(Checkpoint):

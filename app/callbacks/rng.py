@@ -8,7 +8,7 @@ the checkpoint holds: dropout and any plugin drawing from the global generators 
 same numbers whether or not the run was interrupted. Work done once, at a moment a resumed
 run reaches in another way (growth's random initialisation runs at the start of a run
 resumed from the stage-1 checkpoint), draws from a stream of its own seeded by the run
-seed instead (``app.callbacks.growth``).
+seed instead (``sprout.callbacks.growth``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ folder (its checkpoints, its retention, one curve). The same command line serves
 launch and every restart.
 
 Components read their own part of a stored checkpoint through ``callback_state`` with their
-own state key (``app.growth.reshape``, ``app.counter``); nothing outside a component
+own state key (``sprout.growth.reshape``, ``sprout.counter``); nothing outside a component
 spells its key.
 """
 
@@ -25,7 +25,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from app.checkpoint.safe_load import load_file
+from sprout.checkpoint.safe_load import load_file
 
 _LAST = re.compile(rf"^{ModelCheckpoint.CHECKPOINT_NAME_LAST}(-v\d+)?{re.escape(ModelCheckpoint.FILE_EXTENSION)}$")
 

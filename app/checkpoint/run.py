@@ -2,7 +2,7 @@
 
 A week-long run is killed at random moments, sometimes in the middle of a save, and disks
 fill up. ``AtomicCheckpointIO`` writes every checkpoint (periodic, last, preemption) through
-``app.files.replacing``: a hidden temporary file in the same folder, flushed to disk, then
+``sprout.files.replacing``: a hidden temporary file in the same folder, flushed to disk, then
 renamed over the target, so a reader sees the old file or the complete new one, never half of one. A failed
 write (disk full) removes the temporary file and says what to do, with the checkpoint's size and the
 space left. ``SproutCheckpoint`` makes
@@ -25,11 +25,11 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from app.checkpoint.safe_load import check_distributed, load_file
-from app.checkpoint.step_logs import log_step_before_saving
-from app.compat.lightning import last_saved_step, save_last_checkpoint
-from app.errors import SproutError
-from app.files import remove_stale_temporaries, replacing
+from sprout.checkpoint.safe_load import check_distributed, load_file
+from sprout.checkpoint.step_logs import log_step_before_saving
+from sprout.compat.lightning import last_saved_step, save_last_checkpoint
+from sprout.errors import SproutError
+from sprout.files import remove_stale_temporaries, replacing
 
 # Defaults of the recipe sections `checkpoint:` (SproutCheckpoint: every save as step<N>.ckpt, the
 # newest save_top_k kept, plus last.ckpt) and `best_checkpoint:` (the best by mean validation loss).

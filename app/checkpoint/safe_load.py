@@ -7,12 +7,12 @@ tools) goes through ``load_file``: ``torch.load(weights_only=True)``, which rebu
 tensors, plain Python data (dict, list, str, numbers) and torch's own allow-listed types
 (dtypes, ``torch.Size``, ``OrderedDict``). That is everything Sprout stores: the model and
 optimizer tensors, and plain data for the run's state (random generator states are stored as
-tensors and lists on purpose, ``app.callbacks.rng``), so Sprout adds no types of its own to
+tensors and lists on purpose, ``sprout.callbacks.rng``), so Sprout adds no types of its own to
 that list. A distributed checkpoint's ``.metadata`` is a plain pickle that torch's reader loads
 with ``pickle.load``; ``check_distributed`` reads it first with an unpickler that accepts only
 the classes torch's distributed-checkpoint metadata is made of (``DISTRIBUTED_METADATA``).
 Anything else in a file is refused with one paragraph naming it; nothing in it runs.
-Hugging Face folders are read from safetensors only (``app.hf``), which hold no code.
+Hugging Face folders are read from safetensors only (``sprout.hf``), which hold no code.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from app.compat.torch import DISTRIBUTED_CHECKPOINT_CLASSES
-from app.errors import SproutError
+from sprout.compat.torch import DISTRIBUTED_CHECKPOINT_CLASSES
+from sprout.errors import SproutError
 
 # (module, name) pairs a distributed checkpoint's .metadata may name: torch's metadata classes,
 # tensor shapes, dtypes and layouts, and the path of the folder it was written to.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import lightning
 
-from app.errors import SproutError
+from sprout.errors import SproutError
 
 WRITTEN_FOR = ("2.6",)  # lightning major.minor versions whose training loop this was read against
 

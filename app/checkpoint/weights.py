@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-from app.checkpoint.safe_load import check_distributed, load_file
-from app.errors import SproutError
-from app.files import replacing
-from app.hf import read_hf
-from app.model import Llama, LlamaConfig, build_model
-from app.model.attention import flash_available
+from sprout.checkpoint.safe_load import check_distributed, load_file
+from sprout.errors import SproutError
+from sprout.files import replacing
+from sprout.hf import read_hf
+from sprout.model import Llama, LlamaConfig, build_model
+from sprout.model.attention import flash_available
 
 FORMATS = (
     "a Lightning .ckpt file written by `sprout fit` (or by sprout import), "
@@ -78,7 +78,7 @@ def load_weights_into(model: torch.nn.Module, config: LlamaConfig, path: str | o
 
 
 def save_model(model: Llama, path: str | os.PathLike, meta: dict | None = None) -> Path:
-    """Write ``model`` as a Sprout checkpoint ``load_model`` reads (atomically, ``app.files.replacing``)."""
+    """Write ``model`` as a Sprout checkpoint ``load_model`` reads (atomically, ``sprout.files.replacing``)."""
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {
@@ -160,7 +160,7 @@ def _stored_config(meta: dict | None, path: Path) -> LlamaConfig:
 
 def _folder_tokenizer(folder: Path) -> dict | None:
     """Identity of the tokenizer shipped in an HF folder, so data made with it can be matched."""
-    from app.data.tokenizer import Tokenizer
+    from sprout.data.tokenizer import Tokenizer
 
     if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
         return None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.errors import SproutError
+from sprout.errors import SproutError
 
 
 @dataclass(frozen=True)
@@ -29,17 +29,17 @@ class Command:
 
 
 COMMANDS = {
-    "prepare": Command("app.commands.prepare:prepare_data", "tokenize corpora into per-domain token shards", False),
-    "score": Command("app.commands.score:score_reference", "score prepared shards with a reference model, for Rho-1", False),
-    "fit-bimix": Command("app.commands.fit_bimix:fit_bimix", "fit the BiMix law to proxy runs; print the best mixture", False),
-    "plan-growth": Command("app.commands.plan_growth:plan_growth", "how many tokens to train before growing (Du et al. 2024)", False),
-    "eval": Command("app.commands.evaluate:evaluate", "score a checkpoint on lm-evaluation-harness tasks"),
-    "export": Command("app.commands.export:export", "write a checkpoint as a Hugging Face Llama folder"),
-    "import": Command("app.commands.import_hf:import_hf", "read a Hugging Face Llama folder into a Sprout checkpoint"),
-    "consolidate": Command("app.commands.consolidate:consolidate", "gather a sharded (distributed) checkpoint into one file"),
-    "dynamics": Command("app.commands.dynamics:token_dynamics", "classify tokens by how their loss moves across checkpoints", False),
-    "memory": Command("app.commands.memory:estimate", "per-GPU training memory of a model shape or recipe"),
-    "verify": Command("app.data.verify:verify", "check prepared shards (a folder or URL) against their checksums"),
+    "prepare": Command("sprout.commands.prepare:prepare_data", "tokenize corpora into per-domain token shards", False),
+    "score": Command("sprout.commands.score:score_reference", "score prepared shards with a reference model, for Rho-1", False),
+    "fit-bimix": Command("sprout.commands.fit_bimix:fit_bimix", "fit the BiMix law to proxy runs; print the best mixture", False),
+    "plan-growth": Command("sprout.commands.plan_growth:plan_growth", "how many tokens to train before growing (Du et al. 2024)", False),
+    "eval": Command("sprout.commands.evaluate:evaluate", "score a checkpoint on lm-evaluation-harness tasks"),
+    "export": Command("sprout.commands.export:export", "write a checkpoint as a Hugging Face Llama folder"),
+    "import": Command("sprout.commands.import_hf:import_hf", "read a Hugging Face Llama folder into a Sprout checkpoint"),
+    "consolidate": Command("sprout.commands.consolidate:consolidate", "gather a sharded (distributed) checkpoint into one file"),
+    "dynamics": Command("sprout.commands.dynamics:token_dynamics", "classify tokens by how their loss moves across checkpoints", False),
+    "memory": Command("sprout.commands.memory:estimate", "per-GPU training memory of a model shape or recipe"),
+    "verify": Command("sprout.data.verify:verify", "check prepared shards (a folder or URL) against their checksums"),
 }  # fmt: skip
 
 

@@ -4,7 +4,7 @@ FSDP2 runs save each rank's shards into a folder (``.metadata``, ``__<rank>_0.di
 ``meta.pt``). Growth, reference scoring and export read such folders directly, but a single
 file is easier to copy, share and keep. This reads the model's tensors (not the optimizer
 state) in one process, no GPUs or process group needed, and writes a Sprout checkpoint that
-``app.checkpoint.weights.load_model`` reads:
+``sprout.checkpoint.weights.load_model`` reads:
 
     sprout consolidate runs/sprout/version_0/checkpoints/last.ckpt out/model.ckpt
 """
@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from app.checkpoint.weights import load_model, save_model
-from app.errors import SproutError
-from app.hf import DTYPES
+from sprout.checkpoint.weights import load_model, save_model
+from sprout.errors import SproutError
+from sprout.hf import DTYPES
 
 
 def consolidate(

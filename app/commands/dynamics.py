@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from app.checkpoint.weights import load_model
-from app.data.blocks import SequentialBlocks
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
-from app.reference import reference_losses
+from sprout.checkpoint.weights import load_model
+from sprout.data.blocks import SequentialBlocks
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
+from sprout.reference import reference_losses
 
 CLASSES = ("H→H", "L→H", "H→L", "L→L")
 PAPER_SHARES = {"H→H": 0.11, "L→H": 0.12, "H→L": 0.26, "L→L": 0.51}  # Rho-1, fig. 2 (TinyLlama-1B on 15B tokens)

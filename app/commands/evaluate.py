@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.checkpoint.resume import stored_entries
-from app.checkpoint.weights import load_model
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
-from app.evaluation import evaluate as run_evaluation
-from app.evaluation import require_harness, scores, write_results
+from sprout.checkpoint.resume import stored_entries
+from sprout.checkpoint.weights import load_model
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
+from sprout.evaluation import evaluate as run_evaluation
+from sprout.evaluation import require_harness, scores, write_results
 
 
 def evaluate(

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from app.checkpoint.weights import load_model
-from app.errors import SproutError
-from app.hf import DTYPES, save_hf
+from sprout.checkpoint.weights import load_model
+from sprout.errors import SproutError
+from sprout.hf import DTYPES, save_hf
 
 # What a previous export may have left in OUT_DIR; --overwrite removes only these.
 HF_FILES = (

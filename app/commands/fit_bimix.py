@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.bimix import (
+from sprout.bimix import (
     BiMixLaw,
     extrapolated,
     fit_law,
@@ -26,8 +26,8 @@ from app.bimix import (
     share_ranges,
     write_fit,
 )
-from app.errors import SproutError
-from app.tensorboard_logs import read_scalars
+from sprout.errors import SproutError
+from sprout.tensorboard_logs import read_scalars
 
 MIN_STEPS = 3
 

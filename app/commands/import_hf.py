@@ -1,7 +1,7 @@
 """Read a Hugging Face ``LlamaForCausalLM`` folder into a Sprout checkpoint.
 
 Single-file (``model.safetensors``) and sharded (``model.safetensors.index.json``) folders are
-read; the result loads with ``app.checkpoint.weights.load_model`` and can seed growth or serve as a
+read; the result loads with ``sprout.checkpoint.weights.load_model`` and can seed growth or serve as a
 Rho-1 reference model:
 
     sprout import /models/TinyLlama-1.1B out/tinyllama.ckpt
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.checkpoint.weights import load_model, save_model
+from sprout.checkpoint.weights import load_model, save_model
 
 
 def import_hf(hf_dir: Path, out: Path) -> Path:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from app.errors import SproutError
-from app.memory import estimate_memory
-from app.model import LlamaConfig, param_count
-from app.parallel import compute_dtype
+from sprout.errors import SproutError
+from sprout.memory import estimate_memory
+from sprout.model import LlamaConfig, param_count
+from sprout.parallel import compute_dtype
 
 
 def estimate(
@@ -30,7 +30,7 @@ def estimate(
     """Print the estimate as a table; returns the totals in GiB.
 
     Args:
-        arch: a named model shape (app.model.CONFIGS).
+        arch: a named model shape (sprout.model.CONFIGS).
         micro_batch: sequences per GPU per forward.
         seq_len: tokens per sequence.
         shards: GPUs FSDP shards over (1 for DDP or one GPU; the GPUs per node for hybrid sharding).

@@ -14,7 +14,7 @@ import math
 import re
 from pathlib import Path
 
-from app.errors import SproutError
+from sprout.errors import SproutError
 
 GROWTH_FACTOR = 4  # the paper's recommended g
 SUFFIXES = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
@@ -43,7 +43,7 @@ def growth_tokens(params: float, tokens: float) -> float:
 
 def small_config(name: str, factor: int):
     """The target named ``name`` with ``1/factor`` of its layers, and that shape's name if the table has it."""
-    from app.model.config import CONFIGS, LlamaConfig
+    from sprout.model.config import CONFIGS, LlamaConfig
 
     target = LlamaConfig.from_name(name)
     if target.n_layer % factor:
@@ -85,7 +85,7 @@ def plan_growth(
     Args:
         tokens: tokens D the target model trains on: 2T, 15T, 3e12 ...
         params: target model parameters N: 7e9, 7B, 1.1B ... (default: counted from --arch).
-        arch: target shape name from app.model.config.CONFIGS (e.g. llama-7b-32l); prints the small
+        arch: target shape name from sprout.model.config.CONFIGS (e.g. llama-7b-32l); prints the small
             model's shape and writes its model: section.
         factor: growth factor g (layers of target / layers of small model).
         write_recipe: write the stanza as YAML to this path.
@@ -96,7 +96,7 @@ def plan_growth(
     if params is not None:
         n = parse_count(params, "--params")
     elif shapes is not None:
-        from app.model.config import param_count
+        from sprout.model.config import param_count
 
         n = float(param_count(shapes[0]))
     else:

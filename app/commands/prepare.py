@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.data.prepare import DEFAULT_CHUNK_TOKENS, Source, merge_parts, prepare
-from app.data.prepare import publish as remote
-from app.data.store.client import is_remote
-from app.errors import SproutError
+from sprout.data.prepare import DEFAULT_CHUNK_TOKENS, Source, merge_parts, prepare
+from sprout.data.prepare import publish as remote
+from sprout.data.store.client import is_remote
+from sprout.errors import SproutError
 
 
 def prepare_data(

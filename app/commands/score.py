@@ -23,8 +23,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from app.data.blocks import SequentialBlocks
-from app.data.scores import (
+from sprout.data.blocks import SequentialBlocks
+from sprout.data.scores import (
     FORMAT,
     SCORES_FILE,
     describe,
@@ -35,9 +35,9 @@ from app.data.scores import (
     shards_sha256,
     write_scores_meta,
 )
-from app.data.shards import META_FILE, prepared_domains, read_meta
-from app.errors import SproutError
-from app.reference import Reference
+from sprout.data.shards import META_FILE, prepared_domains, read_meta
+from sprout.errors import SproutError
+from sprout.reference import Reference
 
 PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
 # Fields that must agree for an unfinished run to be continued rather than restarted.

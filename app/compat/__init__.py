@@ -1,6 +1,6 @@
 """Where Sprout needs a dependency's internals: one module per dependency, checked against the versions it was written for.
 
-Each module here wraps the private names of one package (``app.compat.torch``, ``.lightning``,
+Each module here wraps the private names of one package (``sprout.compat.torch``, ``.lightning``,
 ``.jsonargparse``, ``.litdata``) and calls ``require`` when it is imported: on a version
 outside the range it was written and tested for, the run stops with the package, the version
 found, the range expected and what the patch does, instead of patching something that has
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from importlib.metadata import PackageNotFoundError, version
 
-from app.errors import SproutError
+from sprout.errors import SproutError
 
 
 def _release(text: str) -> tuple[int, ...]:

@@ -1,4 +1,4 @@
-"""jsonargparse's class-path resolution, wrapped so that registered plugin names resolve (``app.plugin_names``).
+"""jsonargparse's class-path resolution, wrapped so that registered plugin names resolve (``sprout.plugin_names``).
 
 jsonargparse turns a value without a dot into a class path in one function,
 ``jsonargparse._typehints.resolve_class_path_by_name(base_type, name)``, which it looks up in
@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from jsonargparse import _typehints
 
-from app.compat import require
-from app.errors import SproutError
+from sprout.compat import require
+from sprout.errors import SproutError
 
 WHY = (
     "recipes name plugins by their registered names through a wrapper around jsonargparse's internal "

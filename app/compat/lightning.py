@@ -12,7 +12,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from app.compat import require
+from sprout.compat import require
 
 require(
     "lightning",

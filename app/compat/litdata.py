@@ -2,7 +2,7 @@
 
 Preparation writes chunk files with litdata's ``BinaryWriter`` (one per worker task) and then
 merges the tasks' indexes into one ``index.json`` per split, renaming chunks across tasks and
-appending to an existing split (``app.data.prepare.merge``, ``.parts``). litdata's own
+appending to an existing split (``sprout.data.prepare.merge``, ``.parts``). litdata's own
 ``merge_datasets`` copies whole datasets into an empty folder, so it cannot append or rename;
 the index is written here instead, in the schema litdata reads (``chunks``, ``config``,
 ``updated_at``). ``read_chunk_tokens`` reads the tokens of a ``TokensLoader`` chunk past its header.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.compat import require
+from sprout.compat import require
 
 LITDATA_TESTED = ("0.2.76", "0.2.77")  # [at least, below): pyproject.toml pins litdata==0.2.76
 

@@ -2,11 +2,11 @@
 
 - ``cpu_flash_attention``: the fused causal CPU attention kernel behind
   ``F.scaled_dot_product_attention``, called directly because it also returns the log-sum-exp
-  that ``app.model.attention``'s written-out backward needs (the public function returns only
-  the output). Its backward op is the one eager autograd runs after it. ``app.flops`` gives
+  that ``sprout.model.attention``'s written-out backward needs (the public function returns only
+  the output). Its backward op is the one eager autograd runs after it. ``sprout.flops`` gives
   both a FLOP formula, as torch gives their CUDA counterparts.
 - ``DISTRIBUTED_CHECKPOINT_CLASSES``: the private classes and functions torch's own pickle of a
-  distributed checkpoint's ``.metadata`` names; ``app.checkpoint.safe_load`` allows exactly
+  distributed checkpoint's ``.metadata`` names; ``sprout.checkpoint.safe_load`` allows exactly
   these (and torch's public metadata classes) when it reads that pickle without running code.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from app.compat import require
+from sprout.compat import require
 
 require(
     "torch",

@@ -1,7 +1,7 @@
 """Training and validation samples from the blocks of prepared token shards.
 
 Blocks are ``seq_len + 1`` tokens so that inputs and shifted targets come from one read, read
-by ``app.data.chunks.BlockReader`` from a local folder or the cache of a split in object storage
+by ``sprout.data.chunks.BlockReader`` from a local folder or the cache of a split in object storage
 alike, which checks each chunk's size and checksum the first time it reads it. Readers are
 opened lazily, inside whichever process reads, and hold no open file, so DataLoader workers
 start from nothing of their parent's.
@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from app.data.chunks import BlockReader, SplitChunks
-from app.data.scores import open_scores
-from app.data.shards import shard_vocab_size
-from app.data.store.retry import DEFAULT_SECONDS
-from app.errors import SproutError
+from sprout.data.chunks import BlockReader, SplitChunks
+from sprout.data.scores import open_scores
+from sprout.data.shards import shard_vocab_size
+from sprout.data.store.retry import DEFAULT_SECONDS
+from sprout.errors import SproutError
 
 
 def open_blocks(
@@ -60,7 +60,7 @@ class DomainBlocks(Dataset):
     """Reads key ``(batch_no, domain, block)`` into one training sample.
 
     With ``score_dirs`` (offline reference scores, one folder per domain, see
-    ``app.reference``) a sample also carries ``ref_loss``, the reference's loss on its targets.
+    ``sprout.reference``) a sample also carries ``ref_loss``, the reference's loss on its targets.
     """
 
     def __init__(

@@ -9,7 +9,7 @@ domain, whatever the size of the corpus against the cache, and the cache holds a
 and those of batches still queued. The workers read the files this process downloaded; they
 download a chunk themselves only if it is not there (validation reads, which are few). Each
 download is checked against its index and rides out the store's passing faults
-(``app.data.chunks.download_chunk``), so the time training waits for the store is spent, and
+(``sprout.data.chunks.download_chunk``), so the time training waits for the store is spent, and
 logged, in this process.
 """
 
@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from app.data.chunks import SplitChunks, download_chunk
-from app.data.sampler import MixtureBatchSampler
-from app.data.store.retry import DEFAULT_SECONDS
+from sprout.data.chunks import SplitChunks, download_chunk
+from sprout.data.sampler import MixtureBatchSampler
+from sprout.data.store.retry import DEFAULT_SECONDS
 
 Key = tuple[int, int]  # (domain, chunk)
 

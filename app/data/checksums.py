@@ -5,7 +5,7 @@ with the right size but other bytes would otherwise train silently on garbage. P
 records each chunk's xxh3-64 digest in the split's ``index.json``, beside the size litdata's
 writer records there (the index already travels with its chunks through merges, appends, parts and
 uploads, and the mirror of a remote split fetches it anyway; readers ignore the extra key).
-``app.data.chunks`` checks a chunk's size and digest the first time a process reads it (and a
+``sprout.data.chunks`` checks a chunk's size and digest the first time a process reads it (and a
 download as it arrives); a bad one is read (or, from a store, downloaded) again once, then
 refused in one paragraph (``damaged``). Shards prepared before digests were recorded are
 checked by size only.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import xxhash
 
-from app.errors import SproutError
+from sprout.errors import SproutError
 
 CHECKSUM = "xxh3_64"  # the key of a chunk's digest in index.json
 _READ = 8 << 20

@@ -7,12 +7,12 @@ never read. Blocks are numbered through the split, as offline scores number them
 
 Reading a block is one ``pread`` of ``block_size`` tokens from its chunk's file: no reader state
 to share between processes or threads. For a split in object storage the file is in the local
-cache (``app.data.cache`` downloads training chunks ahead of use); a chunk that is not
+cache (``sprout.data.cache`` downloads training chunks ahead of use); a chunk that is not
 there is downloaded by the reader itself (validation, which reads few chunks in order).
 Downloads ride out a store's passing faults for up to ``data.store_retry_seconds``
-(``app.data.store.retry``).
+(``sprout.data.store.retry``).
 
-A reader checks each chunk file against its size and checksum (``app.data.checksums``) the
+A reader checks each chunk file against its size and checksum (``sprout.data.checksums``) the
 first time it reads it, and again whenever the file was replaced: a local chunk found bad is
 read a second time (a failing disk or network file system may return other bytes), a cached
 one is downloaded again; bad twice, it is refused in one paragraph.
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from app.data.checksums import damaged, file_problem
-from app.data.shards import INDEX_FILE, TOKEN_DTYPE
-from app.data.store.client import ObjectStore, join
-from app.data.store.retry import DEFAULT_SECONDS
-from app.errors import SproutError
+from sprout.data.checksums import damaged, file_problem
+from sprout.data.shards import INDEX_FILE, TOKEN_DTYPE
+from sprout.data.store.client import ObjectStore, join
+from sprout.data.store.retry import DEFAULT_SECONDS
+from sprout.errors import SproutError
 
 _ITEM = np.dtype(TOKEN_DTYPE).itemsize
 

@@ -18,9 +18,9 @@ import sysconfig
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from app.data.prepare.sources import contiguous_runs
-from app.data.tokenizer import Tokenizer
-from app.files import write_json
+from sprout.data.prepare.sources import contiguous_runs
+from sprout.data.tokenizer import Tokenizer
+from sprout.files import write_json
 
 CORPUS_VERSION = 1
 DEFAULT_MAX_BYTES = 8 * 2**20  # per domain

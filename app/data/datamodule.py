@@ -9,17 +9,17 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
-from app import registry
-from app.data.blocks import DomainBlocks, SequentialBlocks
-from app.data.cache import ChunkCache, ReadAhead
-from app.data.location import open_location
-from app.data.sampler import MixtureBatchSampler
-from app.data.scores import check_scores, describe, scores_folder
-from app.data.shards import META_FILE, domain_stats, read_meta
-from app.data.store.retry import DEFAULT_SECONDS, take_waited
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError, check_option, is_count, is_number
-from app.protocols import DomainStats, MixturePolicy, Preparation
+from sprout import registry
+from sprout.data.blocks import DomainBlocks, SequentialBlocks
+from sprout.data.cache import ChunkCache, ReadAhead
+from sprout.data.location import open_location
+from sprout.data.sampler import MixtureBatchSampler
+from sprout.data.scores import check_scores, describe, scores_folder
+from sprout.data.shards import META_FILE, domain_stats, read_meta
+from sprout.data.store.retry import DEFAULT_SECONDS, take_waited
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError, check_option, is_count, is_number
+from sprout.protocols import DomainStats, MixturePolicy, Preparation
 
 
 class SproutDataModule(L.LightningDataModule):
@@ -50,7 +50,7 @@ class SproutDataModule(L.LightningDataModule):
             disk free under ``cache_dir``.
         window: training chunks of a domain whose blocks are shuffled together. Each epoch a
             domain's chunks are read in a new random order, ``window`` at a time (see
-            ``app.data.order``); larger is closer to a full shuffle and needs more cache.
+            ``sprout.data.order``); larger is closer to a full shuffle and needs more cache.
         prefetch: chunks per domain downloaded ahead of the window being read (data in object
             storage), so training does not wait for a chunk when the store keeps up.
         store_retry_seconds: how long a download, read or listing of a ``data_dir`` URL that fails
@@ -254,7 +254,7 @@ class SproutDataModule(L.LightningDataModule):
         return dict(zip(self.domains, weights))
 
     def update_mixture(self, step: int, feedback: dict[str, float]) -> None:
-        """Give a dynamic policy its feedback (``app.callbacks.MixtureFeedback`` calls this every
+        """Give a dynamic policy its feedback (``sprout.callbacks.MixtureFeedback`` calls this every
         ``mixture.update_every`` steps); new weights apply from the next batch drawn."""
         if self.sampler is None or not self.mixture.dynamic:
             return

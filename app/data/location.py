@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from app.data.cache import ChunkCache
-from app.data.chunks import SplitChunks
-from app.data.shards import META_FILE, SPLITS, check_shards, prepared_domains
-from app.data.store.client import is_remote
-from app.data.store.mirror import cache_bytes, local_cache_root, mirror, mirror_folder
-from app.data.store.retry import DEFAULT_SECONDS
-from app.errors import SproutError
-from app.protocols import Preparation
+from sprout.data.cache import ChunkCache
+from sprout.data.chunks import SplitChunks
+from sprout.data.shards import META_FILE, SPLITS, check_shards, prepared_domains
+from sprout.data.store.client import is_remote
+from sprout.data.store.mirror import cache_bytes, local_cache_root, mirror, mirror_folder
+from sprout.data.store.retry import DEFAULT_SECONDS
+from sprout.errors import SproutError
+from sprout.protocols import Preparation
 
 
 class LocalData:

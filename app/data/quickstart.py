@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.data.corpus import DEFAULT_MAX_BYTES, build_default_corpus, train_default_tokenizer
-from app.data.prepare import Source, prepare
-from app.data.shards import is_prepared
-from app.data.tokenizer import Tokenizer
-from app.protocols import Preparation
+from sprout.data.corpus import DEFAULT_MAX_BYTES, build_default_corpus, train_default_tokenizer
+from sprout.data.prepare import Source, prepare
+from sprout.data.shards import is_prepared
+from sprout.data.tokenizer import Tokenizer
+from sprout.protocols import Preparation
 
 
 class EmbeddedCorpus(Preparation):

@@ -8,7 +8,7 @@ for a new batch of keys exactly once per consumed batch, the draw sequence depen
 only on the seed, the rank and the weight changes, never on worker timing. Weight
 changes are queued to take effect at a given batch number for the same reason.
 
-Within a domain, blocks come in the chunk-aware order of ``app.data.order``. The state is a few
+Within a domain, blocks come in the chunk-aware order of ``sprout.data.order``. The state is a few
 numbers per domain, so with the weights fixed the blocks a run reads are a pure function of
 seed, weights, chunk sizes, rank and batch number: ``itertools.islice(sampler, steps)``.
 """
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch.utils.data import Sampler
 
-from app.data.order import ChunkOrder
+from sprout.data.order import ChunkOrder
 
 
 class MixtureBatchSampler(Sampler[list[tuple[int, int, int]]]):

@@ -3,13 +3,13 @@
 ``sprout score`` scores every training block once and writes, per domain and
 split, ``<scores_dir>/<domain>/<split>/scores.npy``: float16 ``[n_blocks, seq_len]`` whose row
 ``i`` holds the reference's loss on the targets of block ``i`` exactly as
-``app.data.blocks.open_blocks(split_dir, seq_len + 1)[i]`` serves it. Rows are keyed by block
+``sprout.data.blocks.open_blocks(split_dir, seq_len + 1)[i]`` serves it. Rows are keyed by block
 rather than by position in the flat token stream because litdata's ``TokensLoader`` never
 lets a block straddle two chunks: it drops each chunk's tail, so block ``i`` does not start at
 token ``i * (seq_len + 1)`` of the stream. A ``meta.json`` beside the scores records who made
 them (reference, tokenizer, block size, the shards' index), so training refuses a mismatch.
 The identities here (content hashes of a reference checkpoint and of a split's index) are
-what such a record compares. Online scoring lives in ``app.reference``.
+what such a record compares. Online scoring lives in ``sprout.reference``.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from app.data.shards import INDEX_FILE, META_FILE
-from app.errors import SproutError
-from app.files import write_json
+from sprout.data.shards import INDEX_FILE, META_FILE
+from sprout.errors import SproutError
+from sprout.files import write_json
 
 FORMAT = "sprout-ref-scores/1"
 SCORES_FILE = "scores.npy"

@@ -1,4 +1,4 @@
-"""The on-disk format of prepared data, which ``app.data.prepare`` writes and everything else reads::
+"""The on-disk format of prepared data, which ``sprout.data.prepare`` writes and everything else reads::
 
     <data_dir>/<domain>/train/      litdata chunks + index.json (TokensLoader, int32)
     <data_dir>/<domain>/val/        the same for held-out documents
@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import SproutError
-from app.protocols import DomainStats
+from sprout.errors import SproutError
+from sprout.protocols import DomainStats
 
 SHARD_FORMAT = "sprout-shards/1"
 META_FILE = "meta.json"

@@ -13,8 +13,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from app.errors import SproutError
-from app.files import replacing
+from sprout.errors import SproutError
+from sprout.files import replacing
 
 EOS_TOKEN = "<|endoftext|>"
 # End-of-text spellings of common tokenizer.json files, tried in this order.

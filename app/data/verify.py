@@ -14,11 +14,11 @@ from pathlib import Path
 
 import xxhash
 
-from app.data.checksums import CHECKSUM, file_problem, problem
-from app.data.shards import INDEX_FILE, META_FILE, SPLITS, prepared_domains
-from app.data.store.client import ObjectStore, is_remote
-from app.data.store.mirror import remote_domains
-from app.errors import SproutError
+from sprout.data.checksums import CHECKSUM, file_problem, problem
+from sprout.data.shards import INDEX_FILE, META_FILE, SPLITS, prepared_domains
+from sprout.data.store.client import ObjectStore, is_remote
+from sprout.data.store.mirror import remote_domains
+from sprout.errors import SproutError
 
 _LISTED = 3  # damaged chunks named per domain
 

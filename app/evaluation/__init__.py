@@ -4,6 +4,6 @@
 Importing this package does not import lm-eval (an optional extra); ``evaluate`` does.
 """
 
-from app.evaluation.harness import evaluate, require_harness, scores, write_results
+from sprout.evaluation.harness import evaluate, require_harness, scores, write_results
 
 __all__ = ["evaluate", "require_harness", "scores", "write_results"]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
-from app.files import replacing
-from app.model import Llama
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
+from sprout.files import replacing
+from sprout.model import Llama
 
 FEWSHOT_SEED = 1234  # lm_eval.simple_evaluate's default: the same few-shot examples as its CLI
 
@@ -50,8 +50,8 @@ def evaluate(
     require_harness()
     from lm_eval.evaluator import evaluate as run_tasks
 
-    from app.evaluation.lm import SproutLM
-    from app.evaluation.tasks import resolve
+    from sprout.evaluation.lm import SproutLM
+    from sprout.evaluation.tasks import resolve
 
     specs, manager = resolve(tasks)
     loaded = manager.load(specs)

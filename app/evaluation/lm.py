@@ -17,8 +17,8 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-from app.data.tokenizer import Tokenizer
-from app.model import Llama
+from sprout.data.tokenizer import Tokenizer
+from sprout.model import Llama
 
 
 class SproutLM(LM):

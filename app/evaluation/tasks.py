@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from app.errors import SproutError
+from sprout.errors import SproutError
 
 LOCAL_DIR = Path(__file__).parent / "local_tasks"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

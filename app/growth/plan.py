@@ -10,17 +10,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import SproutError, check_option, is_count
-from app.model import CONFIGS, SHAPE_FIELDS, LlamaConfig, param_count
-from app.protocols import GrowthOperator
-from app.schedule import WarmupCosine
+from sprout.errors import SproutError, check_option, is_count
+from sprout.model import CONFIGS, SHAPE_FIELDS, LlamaConfig, param_count
+from sprout.protocols import GrowthOperator
+from sprout.schedule import WarmupCosine
 
 _STAGE2 = ("stage2_lr", "stage2_min_lr", "stage2_warmup_steps", "stage2_max_steps")
 
 
 @dataclass
 class GrowthPlan:
-    """The growth section (see ``app.callbacks.growth.Growth`` for each option's meaning)."""
+    """The growth section (see ``sprout.callbacks.growth.Growth`` for each option's meaning)."""
 
     operator: GrowthOperator | None = None
     target_arch: str | None = None

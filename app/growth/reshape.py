@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from app.checkpoint.resume import callback_state, stored_entries
-from app.errors import SproutError
-from app.model import LlamaConfig
+from sprout.checkpoint.resume import callback_state, stored_entries
+from sprout.errors import SproutError
+from sprout.model import LlamaConfig
 
 STATE_KEY = "Growth"  # the growth callback's checkpoint state
 

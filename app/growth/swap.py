@@ -16,10 +16,10 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
 from torch.distributed.tensor import DTensor
 
-from app.errors import SproutError
-from app.model import Llama, LlamaConfig, build_model
-from app.parallel import parallelize
-from app.protocols import GrowthOperator
+from sprout.errors import SproutError
+from sprout.model import Llama, LlamaConfig, build_model
+from sprout.parallel import parallelize
+from sprout.protocols import GrowthOperator
 
 
 def swap_model(trainer: L.Trainer, module: L.LightningModule, model: nn.Module, config: LlamaConfig) -> None:

@@ -1,7 +1,7 @@
 """Plain-PyTorch Llama: config table, model, attention backends, and building one from given tensors."""
 
-from app.model.build import build_model
-from app.model.config import (
+from sprout.model.build import build_model
+from sprout.model.config import (
     CONFIGS,
     DEPTH_FIELDS,
     SHAPE_FIELDS,
@@ -11,8 +11,8 @@ from app.model.config import (
     forward_flops_per_token,
     param_count,
 )
-from app.model.init import INIT_SCHEMES, init_stds
-from app.model.llama import Llama, RMSNorm, TransformerBlock
+from sprout.model.init import INIT_SCHEMES, init_stds
+from sprout.model.llama import Llama, RMSNorm, TransformerBlock
 
 __all__ = [
     "CONFIGS",

@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from app.errors import SproutError
+from sprout.errors import SproutError
 
 try:  # flash-attn is an optional GPU dependency (``pip install sprout[gpu]``)
     from flash_attn import flash_attn_func
@@ -99,7 +99,7 @@ class _CPUAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v):
-        from app.compat.torch import cpu_flash_attention  # here: on a GPU any torch will do (tools/gpu_check.py)
+        from sprout.compat.torch import cpu_flash_attention  # here: on a GPU any torch will do (tools/gpu_check.py)
 
         out, lse = cpu_flash_attention(q, k, v, 0.0, True)
         ctx.save_for_backward(q, k, v, out, lse)

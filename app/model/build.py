@@ -2,7 +2,7 @@
 
 Checkpoint formats differ in how they store tensors, never in how a model is made from them,
 so that step lives here, beside the model, where growth operators (which import only
-``app.model``) reach it too.
+``sprout.model``) reach it too.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import os
 
 import torch
 
-from app.errors import SproutError
-from app.model.config import LlamaConfig
-from app.model.llama import Llama
+from sprout.errors import SproutError
+from sprout.model.config import LlamaConfig
+from sprout.model.llama import Llama
 
 
 def build_model(config: LlamaConfig, state_dict: dict[str, torch.Tensor], source: str | os.PathLike) -> Llama:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from app.errors import SproutError
-from app.model.init import INIT_SCHEMES
+from sprout.errors import SproutError
+from sprout.model.init import INIT_SCHEMES
 
 ATTENTION_BACKENDS = ("auto", "flash", "sdpa", "eager")
 # The fields that make a model's size, which growth changes; the others (vocabulary, context,
@@ -41,7 +41,7 @@ class LlamaConfig:
     tie_embeddings: bool = False
     attention: str = "auto"
     init_std: float = 0.02
-    init: str = "llama"  # how fresh weights are drawn (``app.model.init``)
+    init: str = "llama"  # how fresh weights are drawn (``sprout.model.init``)
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_embd", "n_head", "n_kv_head", "intermediate_size", "vocab_size", "block_size"):

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.errors import SproutError
-from app.model.attention import causal_attention, check_backend
-from app.model.config import LlamaConfig
-from app.model.init import init_stds
+from sprout.errors import SproutError
+from sprout.model.attention import causal_attention, check_backend
+from sprout.model.config import LlamaConfig
+from sprout.model.init import init_stds
 
 
 def rope_tables(config: LlamaConfig, device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +138,7 @@ class Llama(nn.Module):
         self.rope_cos, self.rope_sin = rope_tables(self.config, self.tok_embeddings.weight.device)
 
     def init_weights(self) -> None:
-        """Normal draws with the config's scheme's stds (``app.model.init``): one for the
+        """Normal draws with the config's scheme's stds (``sprout.model.init``): one for the
         embedding, head and block input matrices, a smaller one for the residual projections
         ``wo`` and ``w2``; norms to one. Ties the head to the embedding again when the config asks
         for it, because ``to_empty()`` on a meta model unties shared parameters."""

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from app.errors import SproutError
-from app.model import DEPTH_FIELDS, SHAPE_FIELDS, WIDTH_FIELDS, Llama, LlamaConfig, build_model
+from sprout.errors import SproutError
+from sprout.model import DEPTH_FIELDS, SHAPE_FIELDS, WIDTH_FIELDS, Llama, LlamaConfig, build_model
 
 # Fields a grown model shares with its source: the vocabulary and the numerics of RoPE and the norms.
 KEPT_FIELDS = ("vocab_size", "rope_base", "norm_eps", "tie_embeddings")

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from app.errors import check_option, is_number
-from app.model import WIDTH_FIELDS, Llama, LlamaConfig
-from app.protocols import GrowthOperator
-from plugins.growth.common import DepthGrowth, check_shapes, deepen, widen, width_maps
+from sprout.errors import check_option, is_number
+from sprout.model import WIDTH_FIELDS, Llama, LlamaConfig
+from sprout.plugins.growth.common import DepthGrowth, check_shapes, deepen, widen, width_maps
+from sprout.protocols import GrowthOperator
 
 
 class Gstack(DepthGrowth, GrowthOperator):

@@ -32,11 +32,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from app.errors import SproutError
-from app.model import SHAPE_FIELDS, Llama, LlamaConfig, build_model
-from app.model.llama import rope_tables
-from app.protocols import GrowthOperator
-from plugins.growth.common import check_shapes, layer_map, width_maps
+from sprout.errors import SproutError
+from sprout.model import SHAPE_FIELDS, Llama, LlamaConfig, build_model
+from sprout.model.llama import rope_tables
+from sprout.plugins.growth.common import check_shapes, layer_map, width_maps
+from sprout.protocols import GrowthOperator
 
 VARIANTS = ("official", "heads")
 

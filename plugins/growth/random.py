@@ -24,10 +24,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.errors import SproutError
-from app.model import WIDTH_FIELDS, Llama, LlamaConfig, RMSNorm, init_stds
-from app.protocols import GrowthOperator
-from plugins.growth.common import DepthGrowth, check_shapes, copies, deepen, fresh_weights, layer_map, widen, width_maps
+from sprout.errors import SproutError
+from sprout.model import WIDTH_FIELDS, Llama, LlamaConfig, RMSNorm, init_stds
+from sprout.plugins.growth.common import (
+    DepthGrowth,
+    check_shapes,
+    copies,
+    deepen,
+    fresh_weights,
+    layer_map,
+    widen,
+    width_maps,
+)
+from sprout.protocols import GrowthOperator
 
 VARIANTS = ("published", "joint")
 

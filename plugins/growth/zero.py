@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from app.errors import SproutError
-from app.model import WIDTH_FIELDS, Llama, LlamaConfig, RMSNorm
-from app.protocols import GrowthOperator
-from plugins.growth.common import (
+from sprout.errors import SproutError
+from sprout.model import WIDTH_FIELDS, Llama, LlamaConfig, RMSNorm
+from sprout.plugins.growth.common import (
     DepthGrowth,
     axes,
     check_shapes,
@@ -26,6 +25,7 @@ from plugins.growth.common import (
     widen,
     width_maps,
 )
+from sprout.protocols import GrowthOperator
 
 
 class ZeroDepth(DepthGrowth, GrowthOperator):

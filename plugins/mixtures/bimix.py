@@ -6,9 +6,9 @@ from collections.abc import Mapping
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from app.bimix import BiMixLaw, extrapolated, fitted_shares, optimal_mixture, read_fit
-from app.errors import SproutError, check_option, is_number
-from app.protocols import DomainStats, MixturePolicy
+from sprout.bimix import BiMixLaw, extrapolated, fitted_shares, optimal_mixture, read_fit
+from sprout.errors import SproutError, check_option, is_number
+from sprout.protocols import DomainStats, MixturePolicy
 
 
 class BiMixMixture(MixturePolicy):

@@ -25,8 +25,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from app.errors import SproutError
-from app.protocols import DomainStats, MixturePolicy
+from sprout.errors import SproutError
+from sprout.protocols import DomainStats, MixturePolicy
 
 MODES = ("reweight", "resample")
 

@@ -8,8 +8,8 @@ from typing import Literal
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from app.errors import SproutError
-from app.protocols import DomainStats, MixturePolicy
+from sprout.errors import SproutError
+from sprout.protocols import DomainStats, MixturePolicy
 
 MEASURES = ("conditional", "joint", "shannon")
 

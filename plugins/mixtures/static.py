@@ -6,8 +6,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from app.errors import SproutError
-from app.protocols import DomainStats, MixturePolicy
+from sprout.errors import SproutError
+from sprout.protocols import DomainStats, MixturePolicy
 
 
 class Fixed(MixturePolicy):

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from app.protocols import TokenSelector
+from sprout.protocols import TokenSelector
 
 
 class AllTokens(TokenSelector):

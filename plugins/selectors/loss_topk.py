@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from plugins.selectors.topk import TopKSelector
+from sprout.plugins.selectors.topk import TopKSelector
 
 
 class LossTopK(TopKSelector):

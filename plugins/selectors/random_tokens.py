@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from app.errors import check_option, is_count
-from plugins.selectors.topk import TopKSelector
+from sprout.errors import check_option, is_count
+from sprout.plugins.selectors.topk import TopKSelector
 
 
 class RandomTokens(TopKSelector):

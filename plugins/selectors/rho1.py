@@ -2,7 +2,7 @@
 
 Rho-1 keeps the k% of tokens whose loss under the training model most exceeds their loss
 under a reference model trained on high-quality data: L_Δ(x_i) = L_θ(x_i) − L_ref(x_i).
-The top-k machinery it shares with ``loss_topk`` and ``random`` is ``plugins.selectors.topk``.
+The top-k machinery it shares with ``loss_topk`` and ``random`` is ``sprout.plugins.selectors.topk``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from plugins.selectors.topk import TopKSelector
+from sprout.plugins.selectors.topk import TopKSelector
 
 
 class Rho1(TopKSelector):

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from app.errors import SproutError
-from app.protocols import TokenSelector
+from sprout.errors import SproutError
+from sprout.protocols import TokenSelector
 
 SCOPES = ("batch", "sequence", "global")
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import yaml
 
-from app.data.corpus import build_default_corpus, corpus_texts
-from app.data.prepare import DEFAULT_CHUNK_TOKENS, Source, prepare
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
-from app.files import write_json
-from app.tensorboard_logs import read_scalars
+from sprout.data.corpus import build_default_corpus, corpus_texts
+from sprout.data.prepare import DEFAULT_CHUNK_TOKENS, Source, prepare
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
+from sprout.files import write_json
+from sprout.tensorboard_logs import read_scalars
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = str(ROOT.parent / "shared" / "corpus")
@@ -218,7 +218,7 @@ def recipe(
 
 
 def scalars(run_dir: Path) -> dict[str, dict[int, float]]:
-    """Every scalar a run logged, ``tag -> {step: value}`` (see ``app.tensorboard_logs.read_scalars``)."""
+    """Every scalar a run logged, ``tag -> {step: value}`` (see ``sprout.tensorboard_logs.read_scalars``)."""
     return read_scalars(run_dir / "logs")
 
 
@@ -254,7 +254,7 @@ def train(
     started, cpu = time.perf_counter(), children_cpu()
     with open(run_dir / "train.log", "w") as log:
         code = subprocess.call(
-            [sys.executable, "-m", "app", "fit", "--config", str(run_dir / "recipe.yaml")],
+            [sys.executable, "-m", "sprout", "fit", "--config", str(run_dir / "recipe.yaml")],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

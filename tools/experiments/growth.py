@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.commands import run_function
-from app.errors import SproutError
-from app.model import LlamaConfig, flops_per_token
+from sprout.commands import run_function
+from sprout.errors import SproutError
+from sprout.model import LlamaConfig, flops_per_token
 from tools.experiments import common
 
 DEPTH = ("gstack", "zero_depth", "random_depth", "learn")

@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from app.commands import run_function
-from app.commands.fit_bimix import fit_bimix
-from app.errors import SproutError
+from sprout.commands import run_function
+from sprout.commands.fit_bimix import fit_bimix
+from sprout.errors import SproutError
 from tools.experiments import common
 
 STATIC = ("uniform", "natural", "entropy")
@@ -236,7 +236,7 @@ def mixtures(
         proxy_steps: steps of the proxy runs the law is fitted on (the three static mixtures and
             ``SPREAD``); equal to ``steps``, the proxies double as those policies' final runs.
         val_every: steps between validations (the law needs 3 or more per proxy run).
-        arch: model configuration from ``app.model.CONFIGS``.
+        arch: model configuration from ``sprout.model.CONFIGS``.
         lr: peak AdamW learning rate (cosine decay to a tenth).
         r_min: lower bound on every domain's BiMix weight.
         doremi_update_every: steps between DoReMi weight updates (the paper: every step).

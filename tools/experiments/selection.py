@@ -37,12 +37,12 @@ from typing import Any
 
 import yaml
 
-from app.commands import run_function
-from app.commands.score import score_reference
-from app.data.corpus import build_default_corpus, corpus_texts
-from app.data.prepare import Source, prepare
-from app.errors import SproutError
-from app.model import LlamaConfig, forward_flops_per_token
+from sprout.commands import run_function
+from sprout.commands.score import score_reference
+from sprout.data.corpus import build_default_corpus, corpus_texts
+from sprout.data.prepare import Source, prepare
+from sprout.errors import SproutError
+from sprout.model import LlamaConfig, forward_flops_per_token
 from tools.experiments import common
 
 SELECTORS = ("all", "rho1", "loss_topk", "random")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from app.commands import run_function
+from sprout.commands import run_function
 from tools.experiments import common
 
 FULL = 1 << 30  # a window wider than any domain: the whole epoch shuffled together

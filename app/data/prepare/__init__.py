@@ -1,6 +1,6 @@
 """Raw corpora in, per-domain litdata token shards out, with train/val splits and statistics.
 
-The output is the format ``app.data.shards`` describes. Work is spread over files: each task
+The output is the format ``sprout.data.shards`` describes. Work is spread over files: each task
 (a run of files, ``sources``) streams its documents, tokenizes them in batches and writes its
 own chunk files with litdata's ``BinaryWriter`` into a staging folder (``worker``,
 ``staging``); the parent then moves the chunks into place, merges the indexes and the
@@ -16,15 +16,15 @@ import os
 import time
 from pathlib import Path
 
-from app.data.prepare.ledger import already_prepared, append_problem, cannot_append
-from app.data.prepare.merge import append_domain, finish_domain, finish_pending, finished_domains, place_tokenizer
-from app.data.prepare.parts import merge_parts, run_part
-from app.data.prepare.sources import SOURCE_FORMATS, Source, check_domain_name, resolve
-from app.data.prepare.staging import staging_folder
-from app.data.prepare.summary import print_summary
-from app.data.prepare.worker import Part, TaskResult, plan_tasks, run_tasks
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
+from sprout.data.prepare.ledger import already_prepared, append_problem, cannot_append
+from sprout.data.prepare.merge import append_domain, finish_domain, finish_pending, finished_domains, place_tokenizer
+from sprout.data.prepare.parts import merge_parts, run_part
+from sprout.data.prepare.sources import SOURCE_FORMATS, Source, check_domain_name, resolve
+from sprout.data.prepare.staging import staging_folder
+from sprout.data.prepare.summary import print_summary
+from sprout.data.prepare.worker import Part, TaskResult, plan_tasks, run_tasks
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
 
 __all__ = ["DEFAULT_CHUNK_TOKENS", "SOURCE_FORMATS", "Source", "merge_parts", "prepare"]
 
@@ -50,7 +50,7 @@ def prepare(
     """Tokenize ``sources`` into ``<out_root>/<domain>/{train,val,meta.json}``; returns ``{domain: meta}``.
 
     With ``part`` (0 .. ``num_parts`` - 1) only that share of the input files is prepared, for a
-    later ``merge_parts`` (``app.data.prepare.parts``); it returns ``{}``.
+    later ``merge_parts`` (``sprout.data.prepare.parts``); it returns ``{}``.
 
     Domains already prepared with the same tokenizer are reused (and returned) unless
     ``overwrite``; documents of files they were not made from are appended to them, and a file

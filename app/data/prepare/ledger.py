@@ -23,9 +23,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from app.data.prepare.sources import SourceFile
-from app.data.shards import PAIRS_FILE
-from app.errors import SproutError
+from sprout.data.prepare.sources import SourceFile
+from sprout.data.shards import PAIRS_FILE
+from sprout.errors import SproutError
 
 _HASH_BLOCK = 1 << 24
 

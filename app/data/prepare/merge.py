@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from app.compat.litdata import read_chunk_tokens, split_index
-from app.data.prepare.worker import MAX_EXAMPLES, Part, SplitWriter
-from app.data.shards import INDEX_FILE, META_FILE, PAIRS_FILE, SHARD_FORMAT, SPLITS, UNIGRAM_FILE
-from app.data.stats import entropies
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
-from app.files import replacing, write_json
+from sprout.compat.litdata import read_chunk_tokens, split_index
+from sprout.data.prepare.worker import MAX_EXAMPLES, Part, SplitWriter
+from sprout.data.shards import INDEX_FILE, META_FILE, PAIRS_FILE, SHARD_FORMAT, SPLITS, UNIGRAM_FILE
+from sprout.data.stats import entropies
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
+from sprout.files import replacing, write_json
 
 _PARENT_PART = "99999"  # staging part written by the parent, after the tasks' 00000, 00001, ...
 PENDING = ".pending-append"

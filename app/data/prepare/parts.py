@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.compat.litdata import split_index
-from app.data.prepare.merge import (
+from sprout.compat.litdata import split_index
+from sprout.data.prepare.merge import (
     cut_document,
     fallback_validation,
     place_tokenizer,
@@ -39,13 +39,13 @@ from app.data.prepare.merge import (
     total_of,
     write_statistics_and_meta,
 )
-from app.data.prepare.sources import SourceFile, contiguous_runs
-from app.data.prepare.staging import staging_folder
-from app.data.prepare.worker import Part, SplitWriter, plan_tasks, run_tasks
-from app.data.shards import INDEX_FILE, META_FILE, SPLITS
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
-from app.files import replacing, write_json
+from sprout.data.prepare.sources import SourceFile, contiguous_runs
+from sprout.data.prepare.staging import staging_folder
+from sprout.data.prepare.worker import Part, SplitWriter, plan_tasks, run_tasks
+from sprout.data.shards import INDEX_FILE, META_FILE, SPLITS
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
+from sprout.files import replacing, write_json
 
 PART_FORMAT = "sprout-part/2"  # 2: per-file records and document counts, for meta.json's ``files``
 

@@ -21,11 +21,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from app.data.prepare.parts import merge_parts, record_path, stats_path
-from app.data.shards import INDEX_FILE, META_FILE, SPLITS, TOKENIZER_FILES
-from app.data.store.client import ObjectStore
-from app.data.store.mirror import check_chunks, mirror_folder
-from app.errors import SproutError
+from sprout.data.prepare.parts import merge_parts, record_path, stats_path
+from sprout.data.shards import INDEX_FILE, META_FILE, SPLITS, TOKENIZER_FILES
+from sprout.data.store.client import ObjectStore
+from sprout.data.store.mirror import check_chunks, mirror_folder
+from sprout.errors import SproutError
 
 
 def staging_root(url: str, stage_dir: str | os.PathLike | None) -> Path:

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from app.data.readers import detect_format
-from app.errors import SproutError
+from sprout.data.readers import detect_format
+from sprout.errors import SproutError
 
 SOURCE_FORMATS = ("auto", "slimpajama", "starcoder", "jsonl", "parquet", "text")
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from collections import Counter
 
-from app.data.prepare.worker import TaskResult
-from app.data.shards import SPLITS
+from sprout.data.prepare.worker import TaskResult
+from sprout.data.shards import SPLITS
 
 
 def print_summary(

@@ -5,7 +5,7 @@ Tasks run in pool workers (or in the parent with one worker). Every document bec
 text falls below ``val_fraction``, so the split does not depend on file order or worker
 count, and exact duplicates always land on the same side. Each task notes where its
 smallest-hash training document lies in its stream, so that the parent can cut one out and
-move it to ``val`` when nothing else went there (``app.data.prepare.merge``): the training
+move it to ``val`` when nothing else went there (``sprout.data.prepare.merge``): the training
 stream is then the documents in file order, however the files were split into tasks or parts.
 """
 
@@ -25,15 +25,15 @@ import numpy as np
 from litdata.streaming.item_loader import TokensLoader
 from litdata.streaming.writer import BinaryWriter
 
-from app.data.checksums import add_checksums
-from app.data.prepare.ledger import file_record
-from app.data.prepare.sources import SourceFile, split_tasks
-from app.data.prepare.staging import held_locks
-from app.data.readers import SLIMPAJAMA_DOMAIN_FIELD, BadRecord, read_documents, slimpajama_domain
-from app.data.stats import PairCounter, count_codes, count_unigrams, pair_codes
-from app.data.tokenizer import Tokenizer
-from app.errors import SproutError
-from app.files import process_gone
+from sprout.data.checksums import add_checksums
+from sprout.data.prepare.ledger import file_record
+from sprout.data.prepare.sources import SourceFile, split_tasks
+from sprout.data.prepare.staging import held_locks
+from sprout.data.readers import SLIMPAJAMA_DOMAIN_FIELD, BadRecord, read_documents, slimpajama_domain
+from sprout.data.stats import PairCounter, count_codes, count_unigrams, pair_codes
+from sprout.data.tokenizer import Tokenizer
+from sprout.errors import SproutError
+from sprout.files import process_gone
 
 MAX_EXAMPLES = 20  # bad records listed per domain in meta.json
 BATCH_CHARS = 1 << 20  # text per encode_batch call

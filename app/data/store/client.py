@@ -8,7 +8,7 @@ where every AWS tool looks (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` /
 ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws/{credentials,config}``, ``AWS_ENDPOINT_URL``
 or ``AWS_ENDPOINT_URL_S3``), with short connect timeouts: a wrong bucket or key fails in
 seconds with one paragraph naming the URL, while a store that does not answer (refused, reset,
-timed out, 5xx, throttled) is waited for up to ``retry_seconds`` (``app.data.store.retry``). No message ever contains a credential. Other schemes are read through litdata's own
+timed out, 5xx, throttled) is waited for up to ``retry_seconds`` (``sprout.data.store.retry``). No message ever contains a credential. Other schemes are read through litdata's own
 downloaders and cannot be listed or written: name ``data.domains`` for them.
 """
 
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from app.data.store.retry import DEFAULT_SECONDS, patiently
-from app.errors import SproutError
+from sprout.data.store.retry import DEFAULT_SECONDS, patiently
+from sprout.errors import SproutError
 
 READ_TIMEOUT_SECONDS = 60  # a stalled store counts as failing (and is retried) after this long without a byte
 # litdata's downloaders (litdata.streaming.downloader._DOWNLOADERS), minus its "local:" alias
@@ -72,7 +72,7 @@ class ObjectStore:
         self.scheme = parsed.scheme
         self.bucket = parsed.netloc
         self.prefix = parsed.path.strip("/")
-        self.retry_seconds = retry_seconds  # how long a transient failure is retried (app.data.store.retry)
+        self.retry_seconds = retry_seconds  # how long a transient failure is retried (sprout.data.store.retry)
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.url!r})"

@@ -14,10 +14,10 @@ import re
 import shutil
 from pathlib import Path
 
-from app.data.shards import INDEX_FILE, META_FILE, SPLITS, TOKENIZER_FILES
-from app.data.store.client import ObjectStore
-from app.data.store.retry import DEFAULT_SECONDS
-from app.errors import SproutError
+from sprout.data.shards import INDEX_FILE, META_FILE, SPLITS, TOKENIZER_FILES
+from sprout.data.store.client import ObjectStore
+from sprout.data.store.retry import DEFAULT_SECONDS
+from sprout.errors import SproutError
 
 
 def local_cache_root(cache_dir: str | os.PathLike | None) -> Path:

@@ -10,7 +10,7 @@ TensorBoard (``data/store_wait_seconds``: the training chunks are downloaded by 
 process, which logs them). Past the limit the run ends in one paragraph with the command that
 resumes it. A failure that waiting cannot cure (no such bucket or object, refused credentials)
 is raised at once. One attempt is bounded by the client's own timeouts and retries
-(``app.data.store.client``).
+(``sprout.data.store.client``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from app.errors import SproutError
+from sprout.errors import SproutError
 
 DEFAULT_SECONDS = 300.0
 _FIRST_WAIT, _LONGEST_WAIT = 0.5, 30.0
