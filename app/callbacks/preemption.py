@@ -39,7 +39,7 @@ from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sprout.checkpoint.run import checkpoint_dir
-from sprout.checkpoint.step_logs import log_step_before_saving
+from sprout.compat.lightning import log_step_before_saving
 
 
 class Preemption(Checkpoint):

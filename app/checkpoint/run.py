@@ -26,8 +26,7 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from sprout.checkpoint.safe_load import check_distributed, load_file
-from sprout.checkpoint.step_logs import log_step_before_saving
-from sprout.compat.lightning import last_saved_step, save_last_checkpoint
+from sprout.compat.lightning import last_saved_step, log_step_before_saving, save_last_checkpoint
 from sprout.errors import SproutError
 from sprout.files import remove_stale_temporaries, replacing
 
@@ -143,7 +142,7 @@ class SproutCheckpoint(ModelCheckpoint):
 
     Lightning writes ``last.ckpt`` at the end of training only if it wrote none before, so a
     run whose ``max_steps`` falls between two saves would lose its final steps. A step's logged
-    values are written and flushed before its checkpoint (``step_logs``), so a kill right after a
+    values are written and flushed before its checkpoint (``sprout.compat.lightning``), so a kill right after a
     save leaves no hole in the logs.
     """
 
