@@ -139,6 +139,7 @@ def test_gsm8k_task_reads_the_shared_corpus_else_its_fixture(monkeypatch, tmp_pa
     project = tmp_path / "project"
     shutil.copytree(LOCAL_DIR, project / "app" / "evaluation" / "local_tasks")
     monkeypatch.setattr("sprout.evaluation.tasks.PROJECT_ROOT", project)
+    monkeypatch.setattr("sprout.evaluation.tasks.LOCAL_DIR", project / "app" / "evaluation" / "local_tasks")
 
     def data():
         return Path(local_task_configs()["gsm8k_local"]["dataset_kwargs"]["data_files"]["test"])
@@ -154,6 +155,16 @@ def test_gsm8k_task_reads_the_shared_corpus_else_its_fixture(monkeypatch, tmp_pa
         match="Task stdlib_mc .* reads .*stdlib_mc.jsonl, which does not exist",
     ):
         local_task_configs()
+
+
+def test_offline_tasks_read_the_data_installed_beside_them_wherever_the_package_is(monkeypatch, tmp_path):
+    """A wheel install has no project root around it: the shipped data resolve beside the task YAMLs."""
+    monkeypatch.setattr("sprout.evaluation.tasks.PROJECT_ROOT", tmp_path / "site-packages")  # no checkout here
+    files = {name: config["dataset_kwargs"]["data_files"]["test"] for name, config in local_task_configs().items()}
+    assert files == {
+        "gsm8k_local": str(LOCAL_DIR / "gsm8k_fixture.jsonl"),
+        "stdlib_mc": str(LOCAL_DIR / "stdlib_mc.jsonl"),
+    }
 
 
 # -- bad input ----------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 Sprout ships lm-evaluation-harness task YAMLs that read local files (``local_tasks/``), so
 evaluation runs on a machine without network. Their relative ``data_files`` are resolved here
-against the project root (the harness would resolve them against the working directory), with
-``metadata.fallback_data_files`` used when the preferred files are absent. Every other name is
+(the harness would resolve them against the working directory): a bare file name is a file
+shipped beside the YAML, installed with the package, and any other relative path is a
+checkout's (``../shared``), resolved against the project root; ``metadata.fallback_data_files``
+is used when the preferred files are absent. Every other name is
 looked up in the harness's index of its ~15,000 tasks, which takes seconds to build: it is built
 only when a name is not a local one, and once per process.
 """
@@ -35,10 +37,10 @@ def local_task_configs() -> dict[str, dict]:
 def _with_local_files(config: dict, source: Path) -> dict:
     config = copy.deepcopy(config)
     kwargs = config["dataset_kwargs"]
-    files = {split: PROJECT_ROOT / name for split, name in kwargs["data_files"].items()}
+    files = {split: _data_path(name, source.parent) for split, name in kwargs["data_files"].items()}
     fallback = config.get("metadata", {}).get("fallback_data_files")
     if fallback and not all(path.is_file() for path in files.values()):
-        files = {split: PROJECT_ROOT / name for split, name in fallback.items()}
+        files = {split: _data_path(name, source.parent) for split, name in fallback.items()}
     missing = [path for path in files.values() if not path.is_file()]
     if missing:
         raise SproutError(
@@ -46,6 +48,11 @@ def _with_local_files(config: dict, source: Path) -> dict:
         )
     kwargs["data_files"] = {split: str(path) for split, path in files.items()}
     return config
+
+
+def _data_path(name: str, task_dir: Path) -> Path:
+    """A bare file name ships beside the task's YAML; a path with folders is a checkout's."""
+    return task_dir / name if Path(name).parent == Path(".") else PROJECT_ROOT / name
 
 
 @functools.cache
