@@ -30,7 +30,7 @@ import numpy as np
 
 from sprout.data.checksums import damaged, file_problem
 from sprout.data.shards import INDEX_FILE, TOKEN_DTYPE
-from sprout.data.store.client import ObjectStore, join
+from sprout.data.store.client import ObjectStore, configured_endpoint, join
 from sprout.data.store.retry import DEFAULT_SECONDS
 from sprout.errors import SproutError
 
@@ -137,8 +137,7 @@ def download_chunk(
     """Download one chunk of the split at ``url`` into its folder (whole or not at all) and check
     it; one of the wrong size or checksum is downloaded again, ``tries`` times in all, then refused.
     Returns its bytes."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    store = _store(url, retry_seconds, os.getpid(), endpoint)
+    store = _store(url, retry_seconds, os.getpid(), configured_endpoint())
     path, entry = chunks.path(chunk), chunks.entries[chunk]
     for _ in range(tries):
         if not store.download(chunks.names[chunk], path):

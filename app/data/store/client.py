@@ -59,6 +59,11 @@ class RemoteObject:
     size: int
 
 
+def configured_endpoint() -> str | None:
+    """The S3 endpoint the environment names (``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``), as boto3 reads it."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
 class ObjectStore:
     """A prefix in object storage, as a folder of files addressed by relative keys."""
 
@@ -113,7 +118,7 @@ class ObjectStore:
             return f"{self.scheme}://"
         if "_s3" in self.__dict__:
             return self._s3.meta.endpoint_url
-        return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS's default"
+        return configured_endpoint() or "AWS's default"
 
     def _call(self, what: str, fn, *args, **kwargs):
         try:

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from sprout.data.shards import INDEX_FILE, META_FILE, SPLITS, TOKENIZER_FILES
-from sprout.data.store.client import ObjectStore
+from sprout.data.store.client import ObjectStore, configured_endpoint
 from sprout.data.store.retry import DEFAULT_SECONDS
 from sprout.errors import SproutError
 
@@ -28,11 +28,7 @@ def local_cache_root(cache_dir: str | os.PathLike | None) -> Path:
 def mirror_folder(cache_root: Path, url: str) -> Path:
     """This URL's folder under the cache: readable, and distinct per bucket, prefix and endpoint."""
     store = ObjectStore(url)
-    endpoint = (
-        (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "")
-        if store.scheme == "s3"
-        else ""
-    )
+    endpoint = (configured_endpoint() or "") if store.scheme == "s3" else ""
     tag = hashlib.sha256(f"{store.url}|{endpoint}".encode()).hexdigest()[:10]
     readable = "-".join(p for p in (store.scheme, store.bucket, *store.prefix.split("/")) if p)
     return cache_root / f"{readable[:80]}-{tag}"
